@@ -1,0 +1,660 @@
+"""Per-CPU kvfree_rcu() state and the kernel functions that act on it (struct kfree_rcu_cpu).
+
+Mirrors kernel/rcu/tree.c (up to 6.13) and mm/slab_common.c (6.14+): kvfree_call_rcu() and
+add_ptr_to_bulk_krc_lock(), kfree_rcu_monitor() with kvfree_rcu_drain_ready() and the krw batches,
+kfree_rcu_work(), run_page_cache_worker()/fill_page_cache_func(), and the shrinker's per-CPU
+part. What differs between releases is read from `KernelBehaviour`; there is one copy of each
+mechanism.
+
+Calls are booked in bulk: `book()` takes counts of calls of each kind that arrived since the last
+booking and resolves them the way the kernel would one by one. Calls fill the current block; then
+block pages come from the cache; once it is empty each call that needs a block either allocates
+inline (if its kind and the release allow, succeeding with the allocator's probability), or falls
+back: two-argument calls to the rcu_head list, headless calls to synchronize_rcu(). The number of
+inline-allocated blocks and of fallbacks is drawn from the renewal process this defines, so a whole
+jiffy of a flood costs a handful of random draws, not one per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+import simpy
+
+from ._arrivals import ArrivalStream
+from ._gp import QOVLD
+
+if TYPE_CHECKING:
+    from ._engine import Model
+
+KFREE_N_BATCHES = 2
+
+
+class Objs:
+    """Objects waiting together: how many, their bytes, the newest call time and the arrival-time sum."""
+
+    __slots__ = ("count", "bytes", "newest", "arrival_sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.bytes = 0.0
+        self.newest = -math.inf
+        self.arrival_sum = 0.0
+
+    def add(self, count: int, nbytes: float, now: float, arrival_mid: float) -> None:
+        if count:
+            self.count += count
+            self.bytes += nbytes
+            self.newest = now
+            self.arrival_sum += count * arrival_mid
+
+    def absorb(self, other: "Objs") -> None:
+        if other.count:
+            self.count += other.count
+            self.bytes += other.bytes
+            self.newest = max(self.newest, other.newest)
+            self.arrival_sum += other.arrival_sum
+
+
+class BlockGroup(Objs):
+    """Full blocks filled in one booking (one gp_snap), or the current partly filled block."""
+
+    __slots__ = ("blocks", "snap")
+
+    def __init__(self, snap: int = 0) -> None:
+        super().__init__()
+        self.blocks = 0
+        self.snap = snap
+
+
+class Batch:
+    """struct kfree_rcu_cpu_work: what one detach moved out, waiting for its grace period."""
+
+    __slots__ = ("slot", "blocks", "records", "objs", "head", "target")
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.blocks = 0
+        self.records = 0
+        self.objs = Objs()  # all objects of the batch, blocks and rcu_head list
+        self.head = 0  # objects on the rcu_head list
+        self.target = 0
+
+
+class KfreeRcuCpu:
+    """One CPU's `krc`: current blocks, pending blocks, the rcu_head list, two batch slots, the monitor."""
+
+    def __init__(self, model: "Model", cpu: int, stream: ArrivalStream | None, rng: np.random.Generator,
+                 refill_rng: np.random.Generator) -> None:
+        self.m = model
+        self.env: simpy.Environment = model.env
+        self.cpu = cpu
+        self.stream = stream
+        self.rng = rng
+        self.refill_rng = refill_rng
+        self.nocb = cpu < model.hw.nocb_cpus
+        channels = max(1, model.kernel.block_channels)
+        self.cur: list[BlockGroup | None] = [None] * channels
+        self.pending: list[deque[BlockGroup]] = [deque() for _ in range(channels)]
+        self.head = Objs()
+        self.head_snap = 0
+        self.krw: list[Batch | None] = [None] * KFREE_N_BATCHES
+        self.pending_count = 0  # krc_count(): records in blocks plus the rcu_head list
+        self.callbacks = Objs()  # call_rcu() callbacks (5.5, or rcuscale's kfree_by_call_rcu)
+        self.reclaiming = Objs()  # batches whose kfree_rcu_work() is running
+        self.reclaiming_blocks = 0
+        self.cum_seen: tuple[int, int, int, int] = (0, 0, 0, 0)
+        self.last_t = 0.0
+        self.deadline: float | None = None
+        self.work_in_progress = False
+        self.backoff = False
+        self._wake_at: float | None = None
+        self.proc = self.env.process(self.kfree_rcu_monitor()) if model.kernel.batching else None
+
+    # Booking calls ----------------------------------------------------------------------------
+
+    def advance(self, now: float) -> None:
+        """Book the open-loop calls that arrived since the last booking (lazy catch-up)."""
+        if self.stream is None or now <= self.last_t:
+            return
+        cum = self.stream.cumulative(now)
+        seen = self.cum_seen
+        delta = (cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3])
+        self.cum_seen = cum
+        mid = 0.5 * (self.last_t + now)
+        self.last_t = now
+        if any(delta):
+            self.book(now, delta, mid)
+
+    def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
+             slab_bytes: float | None = None, by_call_rcu: bool = False) -> simpy.Event | None:
+        """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
+
+        Returns the event a closed-loop caller waits on if one of its calls fell back to
+        synchronize_rcu(), else None.
+        """
+        m = self.m
+        k = m.kernel
+        n2s, n2v, nhs, nhv = counts
+        slab = m.slab_bytes if slab_bytes is None else slab_bytes
+        vmb = float(m.workload.vmalloc_object_bytes)
+        st = m.stats
+        total = n2s + n2v + nhs + nhv
+        st.calls += total
+        st.calls_two_arg += n2s + n2v
+        st.calls_headless += nhs + nhv
+        m.cpu_last_call[self.cpu] = now
+        m.add_pending((n2s + nhs) * slab + (n2v + nhv) * vmb, now, arrival_mid)
+        base = m.hw.kfree_call_ns * 1e-9
+        sync_event = None
+        if by_call_rcu or not k.batching:
+            self._call_rcu(n2s + n2v, n2s * slab + n2v * vmb, now, arrival_mid, lazy=by_call_rcu and k.lazy_rcu)
+            m.latency.add(base * 1e9, n2s + n2v)
+            if not k.headless_api or not k.batching:
+                if nhs + nhv:
+                    sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
+                return sync_event
+        if not k.headless_api:
+            # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
+            if nhs + nhv:
+                sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
+            nhs = nhv = 0
+        if len(self.cur) == 1:
+            n2s, nhs, n2v, nhv = n2s + n2v, nhs + nhv, 0, 0
+        sync_count, sync_bytes = self._add_to_channel(0, n2s, nhs, slab, now, arrival_mid, base)
+        if n2v + nhv:
+            c, b = self._add_to_channel(1, n2v, nhv, vmb, now, arrival_mid, base)
+            sync_count += c
+            sync_bytes += b
+        if sync_count:
+            ev = self._synchronize_rcu(sync_count, sync_bytes, now, arrival_mid, base)
+            sync_event = sync_event or ev
+        self.schedule_delayed_monitor_work(now)
+        return sync_event
+
+    def _add_to_channel(self, ch: int, n2: int, nh: int, obj_bytes: float, now: float, mid: float,
+                        base: float) -> tuple[int, int]:
+        """add_ptr_to_bulk_krc_lock() for n2 two-argument and nh headless calls on one channel.
+
+        Returns (calls that fell back to synchronize_rcu(), their bytes).
+        """
+        n = n2 + nh
+        if n == 0:
+            return 0, 0
+        m = self.m
+        st = m.stats
+        pool = m.pool
+        records = m.records
+        snap = m.gp.snap()  # get_state_synchronize_rcu_full() on every insertion
+        h = nh / n
+        filled = BlockGroup(snap)
+        fast_calls = n  # calls that took only the fast path; adjusted below
+        lock_calls = 0
+        lock_wait = 0.0
+        cur = self.cur[ch]
+        if cur is not None:
+            take = min(records - cur.count, n)
+            if take:
+                cur.add(take, take * obj_bytes, now, mid)
+                cur.snap = snap
+                n -= take
+            if n and cur.count >= records:
+                filled.blocks += 1
+                filled.absorb(cur)
+                self.cur[ch] = cur = None
+        new_records = 0  # records placed in blocks taken in this booking
+        new_blocks = 0
+        if n:
+            need = -(-n // records)
+            got, acquisitions = pool.take(self.cpu, need)
+            if acquisitions:
+                lock_wait = pool.contend(acquisitions)
+                lock_calls += acquisitions
+            st.blocks_from_cache += got
+            absorbed = min(n, got * records)
+            new_records += absorbed
+            new_blocks += got
+            n -= absorbed
+            if m.policy.refill_low_watermark and pool.available(self.cpu) <= m.policy.refill_low_watermark:
+                self.run_page_cache_worker(now)
+        sync_count = 0
+        if n:
+            # The cache is empty: each call that needs a block allocates inline or falls back.
+            k = m.kernel
+            g2, gh = k.two_arg_inline_gfp, k.headless_inline_gfp
+            s2 = m.alloc.success_probability(g2)
+            sh = m.alloc.success_probability(gh)
+            a2 = g2 != "none"
+            ah = gh != "none"
+            q = (1 - h) * a2 * s2 + h * ah * sh
+            blocks, failures = self._renewal(n, q, records)
+            weights = np.array([(1 - h) * a2 * (1 - s2), (1 - h) * (not a2), h * ah * (1 - sh), h * (not ah)])
+            if failures:
+                f2a, f2n, fha, fhn = (int(x) for x in self.rng.multinomial(failures, weights / weights.sum()))
+            else:
+                f2a = f2n = fha = fhn = 0
+            if pool.has_shared():
+                # Every call that finds no block tries the shared pool again under its lock.
+                lock_wait = pool.contend(blocks + failures)
+                lock_calls += blocks + failures
+            attempts_ok = blocks
+            st.page_alloc_attempts += attempts_ok + f2a + fha
+            st.page_alloc_failures += f2a + fha
+            st.pages_allocated += blocks
+            m.alloc.block_pages += blocks
+            # Which caller kind allocated each block, for its latency.
+            ok_head = int(self.rng.binomial(blocks, (h * ah * sh) / q)) if blocks and q > 0 else 0
+            lat2 = m.alloc.latency(g2) if a2 else 0.0
+            lath = m.alloc.latency(gh) if ah else 0.0
+            m.latency.add((base + lat2) * 1e9, blocks - ok_head + f2a)
+            m.latency.add((base + lath) * 1e9, ok_head)
+            st.head_fallbacks += f2a + f2n
+            in_blocks = n - failures
+            new_records += in_blocks
+            new_blocks += blocks
+            head_count = f2a + f2n
+            if head_count:
+                self.head.add(head_count, head_count * obj_bytes, now, mid)
+                self.head_snap = snap
+            sync_count = fha + fhn
+            fast_calls -= blocks + f2a + sync_count
+            if failures:
+                self.run_page_cache_worker(now)
+        fast_calls -= lock_calls
+        m.latency.add(base * 1e9, max(0, fast_calls))
+        if lock_calls:
+            m.latency.add((base + lock_wait) * 1e9, lock_calls)
+        if new_blocks:
+            full, rest = divmod(new_records, records)
+            if rest == 0 and full == new_blocks and full:
+                full -= 1  # the last block stays current even when exactly full
+                rest = records
+            if full:
+                filled.blocks += full
+                filled.add(full * records, full * records * obj_bytes, now, mid)
+            cur = BlockGroup(snap)
+            cur.blocks = 1
+            cur.add(rest, rest * obj_bytes, now, mid)
+            self.cur[ch] = cur
+            unused = new_blocks - full - 1
+            if unused > 0:  # rounding in the renewal draw: give back pages no call used
+                self._put_pages(unused)
+        if filled.blocks:
+            self.pending[ch].append(filled)
+        self._recount()
+        return sync_count, int(sync_count * obj_bytes)
+
+    def _recount(self) -> None:
+        """krc_count(): records in blocks plus the rcu_head list (a few groups per channel to add)."""
+        count = self.head.count
+        for c in range(len(self.cur)):
+            cur = self.cur[c]
+            if cur is not None:
+                count += cur.count
+            for g in self.pending[c]:
+                count += g.count
+        self.pending_count = count
+
+    def _renewal(self, n: int, q: float, records: int) -> tuple[int, int]:
+        """Blocks allocated inline and calls that failed, among n calls that each need a block.
+
+        Each call that needs a block succeeds with probability q and then opens a block that the
+        next `records` calls fill; failures before each success are geometric.
+        """
+        if q <= 0.0:
+            return 0, n
+        rng = self.rng
+        if q >= 1.0:
+            return -(-n // records), 0
+        failures = int(rng.geometric(q)) - 1
+        if failures >= n:
+            return 0, n
+        blocks = 1
+        left = n - failures - records
+        if left > 0:
+            cycle = records + (1.0 - q) / q
+            expect = left / cycle
+            more = int(expect) + (1 if rng.random() < expect - int(expect) else 0)
+            extra_failures = int(rng.negative_binomial(more, q)) if more else 0
+            blocks += more
+            failures += extra_failures
+            # Reconcile so that the calls in blocks fit the blocks opened.
+            while n - failures > blocks * records:
+                failures += int(rng.geometric(q)) - 1
+                blocks += 1
+            failures = min(failures, n - 1)
+            blocks = max(1, min(blocks, -(-(n - failures) // records)))
+        return blocks, failures
+
+    # Fallback paths ---------------------------------------------------------------------------
+
+    def _synchronize_rcu(self, count: int, nbytes: float, now: float, mid: float, base: float) -> simpy.Event:
+        """Headless fallback: block for a full grace period, then kvfree() inline."""
+        m = self.m
+        st = m.stats
+        st.sync_fallbacks += count
+        m.blocked_callers += count
+        objs = Objs()
+        objs.add(count, nbytes, now, mid)
+        done_event = self.env.event()
+
+        def done() -> None:
+            t = self.env.now
+            stall = t - now
+            st.sync_stall_seconds += count * stall
+            m.latency.add((base + stall) * 1e9, count)
+            m.blocked_callers -= count
+            m.free_objects(objs, t)
+            done_event.succeed()
+
+        if m.hw.rcu_expedited:
+            self.env.timeout(m.gp.expedited_duration()).callbacks.append(lambda _e: done())
+        else:
+            target: list[int] = []
+            target.append(m.gp.request(lambda: (m.check_safe(objs.newest, target[0]), done())))
+        return done_event
+
+    def _call_rcu(self, count: int, nbytes: float, now: float, mid: float, lazy: bool) -> None:
+        """call_rcu() per object (5.5, or rcuscale's kfree_by_call_rcu): freed one by one after a GP."""
+        if not count:
+            return
+        m = self.m
+        objs = Objs()
+        objs.add(count, nbytes, now, mid)
+        was_over = self.callbacks.count > QOVLD
+        self.callbacks.absorb(objs)
+        if (self.callbacks.count > QOVLD) != was_over:
+            m.overloaded_cpus += 1 if not was_over else -1
+            m.gp.overloaded = m.overloaded_cpus > 0
+        env = self.env
+
+        def invoked(target: int) -> None:
+            m.check_safe(objs.newest, target)
+            delay = (m.hw.nocb_invoke_ms * 1e-3 if self.nocb else m.hw.cb_invoke_us * 1e-6)
+            delay += count * m.hw.kvfree_ns_per_object * 1e-9
+
+            def free(_e: simpy.Event) -> None:
+                was = self.callbacks.count > QOVLD
+                self.callbacks.count -= count
+                self.callbacks.bytes -= nbytes
+                if was and self.callbacks.count <= QOVLD:
+                    m.overloaded_cpus -= 1
+                    m.gp.overloaded = m.overloaded_cpus > 0
+                m.free_objects(objs, env.now)
+
+            env.timeout(delay).callbacks.append(free)
+
+        def queue() -> None:
+            holder: list[int] = []
+            holder.append(m.gp.request(lambda: invoked(holder[0])))
+
+        if lazy and self.nocb:
+            # Lazy callbacks sit in the bypass list until LAZY_FLUSH_JIFFIES (or a flush).
+            env.timeout(m.hw.lazy_flush_ms * 1e-3).callbacks.append(lambda _e: queue())
+        else:
+            queue()
+
+    # The monitor ------------------------------------------------------------------------------
+
+    def schedule_delayed_monitor_work(self, now: float) -> None:
+        """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once."""
+        m = self.m
+        if not m.kernel.batching or self.pending_count == 0:
+            return
+        delay = m.kernel.drain_delay_jiffies(m.hw.hz, self.pending_count, m.records) / m.hw.hz
+        if self.deadline is None:
+            self._set_deadline(now + delay)
+        elif m.kernel.adaptive_drain and now + delay < self.deadline:
+            self._set_deadline(now + delay)
+
+    def _set_deadline(self, when: float) -> None:
+        if self.deadline is not None and when > self.deadline + 1e-12:
+            self.m.stats.monitor_timer_lengthened += 1
+        self.deadline = when
+        if self._wake_at is not None and when < self._wake_at and self.proc is not None:
+            self._wake_at = None
+            self.proc.interrupt()
+
+    def _forecast(self, now: float, until: float) -> float:
+        """When the open-loop calls will next matter: a block's worth pending (6.1+), or the cache running dry."""
+        m = self.m
+        assert self.stream is not None
+        ks = []
+        if m.kernel.adaptive_drain and self.pending_count < m.records and until - now > 2.0 / m.hw.hz:
+            ks.append(m.records - self.pending_count)
+        if m.kernel.refill_worker and not self.work_in_progress and m.policy.n_per_cpu > 0:
+            cur = self.cur[0]
+            room = (m.records - cur.count) if cur is not None else 0
+            ks.append(room + m.pool.available(self.cpu) * m.records + 1)
+        if not ks:
+            return until
+        return self.stream.time_to_reach(now, min(ks), until)
+
+    def kfree_rcu_monitor(self):
+        """The delayed monitor work, and the clock that books this CPU's open-loop calls."""
+        env = self.env
+        m = self.m
+        while True:
+            now = env.now
+            if self.deadline is None:
+                wake = m.end if self.stream is None else self.stream.time_to_reach(now, 1, m.end)
+            else:
+                wake = self.deadline if self.stream is None else self._forecast(now, self.deadline)
+            if self.stream is not None:
+                wake = min(wake, now + m.max_booking_interval)
+            if wake >= m.end:
+                wake = m.end + 1.0
+            wake = max(wake, now + 1e-9)
+            self._wake_at = wake
+            try:
+                yield env.timeout(max(0.0, wake - now))
+            except simpy.Interrupt:
+                continue
+            self._wake_at = None
+            now = env.now
+            self.advance(now)
+            if self.deadline is not None and now >= self.deadline - 1e-12:
+                self.deadline = None
+                self.monitor_work(now)
+
+    def monitor_work(self, now: float) -> None:
+        """kfree_rcu_monitor(): free ready blocks (6.3), detach one batch, re-arm if work remains."""
+        m = self.m
+        if m.kernel.polled_gp_per_block:
+            self.kvfree_rcu_drain_ready(now)
+        queued = self.kvfree_rcu_queue_batch(now)
+        if self.pending_count and (m.kernel.adaptive_drain or not queued):
+            self.schedule_delayed_monitor_work(now)
+
+    def kvfree_rcu_drain_ready(self, now: float) -> None:
+        """Free blocks (oldest first) and the rcu_head list whose polled GP has already completed."""
+        m = self.m
+        gp = m.gp
+        for ch, groups in enumerate(self.pending):
+            while groups and gp.done(groups[0].snap):
+                g = groups.popleft()
+                self._free_ready(g)
+            cur = self.cur[ch]
+            if not groups and cur is not None and cur.count and gp.done(cur.snap):
+                self.cur[ch] = None
+                self._free_ready(cur)
+        if self.head.count and gp.done(self.head_snap):
+            m.check_safe(self.head.newest, self.head_snap)
+            self.pending_count -= self.head.count
+            m.free_objects(self.head, now)
+            self.head = Objs()
+
+    def _free_ready(self, g: BlockGroup) -> None:
+        m = self.m
+        m.check_safe(g.newest, g.snap)
+        m.stats.drained_ready_blocks += g.blocks
+        m.stats.blocks_detached += g.blocks
+        m.stats.records_detached += g.count
+        self.pending_count -= g.count
+        m.free_objects(g, self.env.now)
+        self._put_pages(g.blocks)
+
+    def kvfree_rcu_queue_batch(self, now: float) -> bool:
+        """Move everything pending into a fully empty krw slot and queue_rcu_work() it."""
+        if self.pending_count == 0:
+            return False
+        slot = next((i for i, b in enumerate(self.krw) if b is None), None)
+        if slot is None:
+            return False
+        m = self.m
+        batch = Batch(slot)
+        for ch, groups in enumerate(self.pending):
+            while groups:
+                g = groups.popleft()
+                batch.blocks += g.blocks
+                batch.records += g.count
+                batch.objs.absorb(g)
+            cur = self.cur[ch]
+            if cur is not None:
+                self.cur[ch] = None
+                batch.blocks += cur.blocks
+                batch.records += cur.count
+                batch.objs.absorb(cur)
+        if self.head.count:
+            batch.head = self.head.count
+            batch.objs.absorb(self.head)
+            self.head = Objs()
+        self.pending_count = 0
+        self.krw[slot] = batch
+        st = m.stats
+        st.batches += 1
+        st.blocks_detached += batch.blocks
+        st.records_detached += batch.records
+        in_flight = sum(b is not None for b in self.krw)
+        st.batches_in_flight_peak = max(st.batches_in_flight_peak, in_flight)
+        # queue_rcu_work() uses call_rcu_hurry(): never lazy.
+        batch.target = m.gp.request(lambda: self.env.process(self.kfree_rcu_work(batch)))
+        return True
+
+    def kfree_rcu_work(self, batch: Batch):
+        """After the batch's GP: the callback is invoked (softirq, or an rcuo kthread with NOCB), the work
+        runs, takes the lists (the slot is free again), frees the objects and returns the pages to
+        this CPU's cache, whichever CPU it runs on."""
+        m = self.m
+        hw = m.hw
+        invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
+        yield self.env.timeout(invoke + hw.wq_latency_us * 1e-6)
+        self.krw[batch.slot] = None
+        self.reclaiming.count += batch.objs.count
+        self.reclaiming_blocks += batch.blocks
+        m.check_safe(batch.objs.newest, batch.target)
+        duration = (batch.records * hw.kfree_bulk_ns_per_object + batch.head * hw.kvfree_ns_per_object) * 1e-9
+        yield self.env.timeout(duration)
+        now = self.env.now
+        self.advance(now)
+        self.reclaiming.count -= batch.objs.count
+        self.reclaiming_blocks -= batch.blocks
+        m.free_objects(batch.objs, now)
+        self._put_pages(batch.blocks)
+
+    def _put_pages(self, pages: int) -> None:
+        """put_cached_bnode() each page back to this CPU; free_page() what the cache refuses."""
+        if not pages:
+            return
+        m = self.m
+        kept, acquisitions = m.pool.put(self.cpu, pages)
+        if acquisitions:
+            m.pool.contend(acquisitions)
+        freed = pages - kept
+        if freed:
+            m.stats.pages_freed += freed
+            m.alloc.block_pages -= freed
+
+    # Cache refill -----------------------------------------------------------------------------
+
+    def run_page_cache_worker(self, now: float) -> None:
+        """Kick the refill: an hrtimer then high-priority work, or after the backoff delay."""
+        m = self.m
+        if not m.kernel.refill_worker or m.policy.n_per_cpu == 0 or self.work_in_progress:
+            return
+        self.work_in_progress = True
+        delay = m.policy.refill_delay_ms * 1e-3 if self.backoff else m.hw.wq_latency_us * 1e-6
+        self.env.process(self.fill_page_cache_func(delay))
+
+    def fill_page_cache_func(self, delay: float):
+        """Allocate pages up to N (1 while backing off), stopping at the first failure from 6.1."""
+        m = self.m
+        yield self.env.timeout(delay)
+        target = 1 if self.backoff else m.policy.n_per_cpu
+        if m.pool.layout == "global":
+            want = min(target, m.pool.room(self.cpu))
+        else:
+            want = max(0, min(target, m.pool.local_cap) - int(m.pool.local[self.cpu]))
+        gfp = m.kernel.refill_gfp
+        got = attempts = 0
+        if want:
+            if gfp == "kernel":
+                for _ in range(want):
+                    m.alloc.allocate_kernel_page()
+                got = attempts = want
+            else:
+                p = m.alloc.success_probability(gfp)
+                if m.kernel.refill_stops_at_failure:
+                    got = want if p >= 1.0 else min(want, int(self.refill_rng.geometric(1.0 - p)) - 1)
+                    attempts = got + (1 if got < want else 0)
+                else:
+                    got = int(self.refill_rng.binomial(want, p))
+                    attempts = want
+            yield self.env.timeout(attempts * m.alloc.latency(gfp))
+        now = self.env.now
+        self.advance(now)
+        st = m.stats
+        st.page_alloc_attempts += attempts
+        st.page_alloc_failures += attempts - got
+        if got:
+            if m.pool.layout == "global":
+                got = min(got, m.pool.room(self.cpu))
+            else:
+                got = min(got, m.pool.local_cap - int(m.pool.local[self.cpu]))
+            m.pool.fill(self.cpu, got)
+            st.pages_allocated += got
+            st.refill_allocations += got
+            m.alloc.block_pages += got
+        self.work_in_progress = False
+        self.backoff = False
+
+    # Shrinker ---------------------------------------------------------------------------------
+
+    def shrink_count(self) -> int:
+        """kfree_rcu_shrink_count() for this CPU: pending objects plus cached pages; sets the backoff."""
+        if self.m.kernel.shrinker_drains_cache:
+            self.backoff = True
+        return self.pending_count + int(self.m.pool.local[self.cpu])
+
+    def shrink_scan(self, now: float) -> int:
+        """kfree_rcu_shrink_scan() for this CPU: drain the cache, run the monitor now."""
+        m = self.m
+        self.advance(now)
+        freed = 0
+        if m.kernel.shrinker_drains_cache:
+            freed = m.pool.drain(self.cpu)
+            if freed:
+                m.stats.pages_freed += freed
+                m.alloc.block_pages -= freed
+        count = self.pending_count
+        self.monitor_work(now)
+        return count + freed
+
+    # Accounting -------------------------------------------------------------------------------
+
+    def held_pages(self) -> int:
+        pages = 0
+        for ch, groups in enumerate(self.pending):
+            pages += sum(g.blocks for g in groups)
+            if self.cur[ch] is not None:
+                pages += self.cur[ch].blocks
+        pages += sum(b.blocks for b in self.krw if b is not None)
+        return pages + self.reclaiming_blocks
+
+    def pending_objects(self) -> int:
+        """Objects this CPU holds: blocks, rcu_head list, batches, running reclaim, call_rcu callbacks."""
+        in_batches = sum(b.objs.count for b in self.krw if b is not None)
+        return self.pending_count + in_batches + self.reclaiming.count + self.callbacks.count
