@@ -1,0 +1,41 @@
+"""Where studies are stored: database URLs, engines, rcutune's own tables and the campaign registry.
+
+Optuna's RDBStorage tables live in the same database; rcutune's tables are prefixed `rcutune_`.
+SQLite runs in WAL mode with a busy timeout; any other SQLAlchemy URL (PostgreSQL) works as it is.
+This package does not import `tuner` (nor `sim`).
+"""
+
+from ._engine import BUSY_TIMEOUT_S, create_engine, engine_kwargs
+from ._registry import (
+    OWNER_STALE_AFTER_S,
+    CampaignBusy,
+    Database,
+    beat,
+    claim_campaign,
+    ensure_schema,
+    find_campaign,
+    free_campaign_name,
+    list_campaigns,
+    open_database,
+    owner_alive,
+    release_campaign,
+    this_owner,
+)
+from ._schema import (
+    SCHEMA_VERSION,
+    Base,
+    Campaign,
+    RecommendationRecord,
+    SchemaVersion,
+    StudyRecord,
+    SurrogateRecord,
+)
+from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, resolve_url, sqlite_path
+
+__all__ = [
+    "BUSY_TIMEOUT_S", "DEFAULT_URL", "ENV_VAR", "OWNER_STALE_AFTER_S", "SCHEMA_VERSION", "Base", "Campaign",
+    "CampaignBusy", "Database", "RecommendationRecord", "SchemaVersion", "StorageError", "StudyRecord",
+    "SurrogateRecord", "beat", "claim_campaign", "create_engine", "database_exists", "engine_kwargs",
+    "ensure_schema", "find_campaign", "free_campaign_name", "list_campaigns", "open_database", "owner_alive",
+    "release_campaign", "resolve_url", "sqlite_path", "this_owner",
+]

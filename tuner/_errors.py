@@ -9,6 +9,7 @@ from contextlib import contextmanager
 import typer
 
 from sim import ProfileError
+from storage import StorageError
 
 
 class UserError(Exception):
@@ -23,7 +24,7 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into `error: <one line>` and exit code 2."""
     try:
         yield
-    except (UserError, ProfileError, ValueError) as err:
+    except (UserError, ProfileError, StorageError, ValueError) as err:
         message = " ".join(str(err).split())
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_USAGE) from None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -170,5 +172,113 @@ def _print_metrics(hw, wl, kernel: str, policy: Policy, m: sim.Metrics) -> None:
     console.print(table)
 
 
+class ObjectiveChoice(str, Enum):
+    multi = "multi"
+    scalar = "scalar"
+
+
+class SamplerChoice(str, Enum):
+    tpe = "tpe"
+    random = "random"
+
+
+StorageOpt = Annotated[
+    Optional[str],
+    typer.Option("--storage", help="Database URL (default: $RCUTUNE_STORAGE, else sqlite:///rcutune.db here)."),
+]
+
+
+@app.command()
+def study(
+    hardware: HardwareOpt,
+    workload: Annotated[Optional[list[str]], typer.Option("--workload", "-W", help="Workload profile (repeatable; default: all shipped).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default: 20; --quick: 8).")] = None,
+    study_name: Annotated[Optional[str], typer.Option("--study", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
+    storage_url: StorageOpt = None,
+    jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes running simulations (this process owns all writes).")] = max(1, min(os.cpu_count() or 1, 8)),
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the replication seed list and the sampler.")] = 0,
+    quick: Annotated[bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 8 trials per workload.")] = False,
+    new: Annotated[bool, typer.Option("--new", help="Start a fresh campaign (name-2, name-3, ...) instead of resuming.")] = False,
+    kernel: Annotated[KernelVersion, typer.Option(help="Kernel release to model.")] = KernelVersion(sim.DEFAULT_KERNEL),  # type: ignore[call-arg]
+    fix: Annotated[Optional[list[str]], typer.Option("--fix", help="Pin a parameter: key=value, e.g. layout=per-cpu. Repeatable.")] = None,
+    faithful: Annotated[bool, typer.Option("--faithful", help="Only policies the stock kernel runs (per-CPU, no emergency reserve).")] = False,
+    objective: Annotated[ObjectiveChoice, typer.Option(help="multi: reserved MiB and fallback cost; scalar: one weighted value.")] = ObjectiveChoice.multi,
+    seconds: Annotated[Optional[float], typer.Option(min=0.001, max=86_400, help="High-fidelity simulated seconds per replication (default 5; --quick 1).")] = None,
+    replications: Annotated[Optional[int], typer.Option(min=1, max=100, help="Base seeds every trial runs (default 3; --quick 2).")] = None,
+    race_replications: Annotated[Optional[int], typer.Option(min=0, max=100, help="Extra seeds for contenders (default 3; --quick 2).")] = None,
+    sampler: Annotated[SamplerChoice, typer.Option(help="Optuna sampler.")] = SamplerChoice.tpe,
+    sim_timeout: Annotated[float, typer.Option(min=1.0, help="Wall-clock limit of one simulation, seconds; past it the trial fails.")] = 300.0,
+    settings: SetOpt = None,
+) -> None:
+    """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it."""
+    import optuna
+
+    from ._progress import PlainProgress, RichProgress
+    from ._runner import StudyRequest, run_campaign
+    from ._space import parse_fix
+
+    with user_errors():
+        if seconds is not None and not math.isfinite(seconds):
+            raise UserError(f"--seconds {seconds}: must be a finite number of seconds")
+        request = StudyRequest(
+            hardware=hardware, workloads=tuple(workload or ()), overrides=tuple(settings or ()),
+            kernel=kernel.value, fixed=tuple(parse_fix(fix).items()), faithful=faithful, objective=objective.value,
+            trials=trials, campaign=study_name, storage_url=storage_url, jobs=jobs, seed=seed, quick=quick, new=new,
+            sampler=sampler.value, max_seconds=seconds, replications=replications,
+            race_replications=race_replications, sim_timeout_s=sim_timeout,
+        )
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        progress = RichProgress() if is_terminal() else PlainProgress()
+        result = run_campaign(request, progress)
+    told = sum(result.told.values())
+    typer.echo(f"campaign {result.campaign}: {told} trials added to {len(result.told)} studies in "
+               f"{result.wall_seconds:.1f} s ({result.storage_url})")
+
+
+@app.command()
+def studies(storage_url: StorageOpt = None) -> None:
+    """List stored campaigns and studies: trials complete/pruned/failed, best values, age."""
+    import storage as storage_pkg
+
+    from ._listing import list_studies
+
+    with user_errors():
+        url = storage_pkg.resolve_url(storage_url)
+        if not storage_pkg.database_exists(url):
+            typer.echo(f"no studies: {url} does not exist yet (run rcutune study first)")
+            return
+        campaigns = list_studies(url)
+    if not campaigns:
+        typer.echo(f"no studies in {url}")
+        return
+    console = Console()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    for c in campaigns:
+        table = Table(title=f"{c.name}: {c.hardware}, kernel {c.kernel}, {c.objective} objective, "
+                            f"created {_age(now - c.created_at)} ago", title_justify="left")
+        for column in ("study", "complete", "pruned", "failed", "best", "reserved MiB", "fallback ms/s", "last trial"):
+            table.add_column(column, justify="left" if column in ("study", "best") else "right")
+        for s in c.studies:
+            v = s.best_values or {}
+            table.add_row(s.optuna_name, str(s.complete), str(s.pruned), str(s.failed),
+                          "-" if s.best_number is None else f"#{s.best_number}",
+                          f"{v['reserved_mib']:.4g}" if "reserved_mib" in v else "-",
+                          f"{v['fallback_cost']:.4g}" if "fallback_cost" in v else "-",
+                          "-" if s.last_activity is None else f"{_age(now - s.last_activity)} ago")
+        console.print(table)
+
+
+def _age(delta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
 def main() -> None:  # pragma: no cover - the console script calls `app`
+    app()
+
+
+if __name__ == "__main__":
     app()

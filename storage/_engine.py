@@ -1,0 +1,49 @@
+"""Engines: SQLite in WAL mode with a busy timeout; any other SQLAlchemy URL as it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from ._url import StorageError, sqlite_path
+
+BUSY_TIMEOUT_S = 60.0
+"""How long a SQLite connection waits for a lock before failing (the single writer may be busy)."""
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """Keyword arguments for `sqlalchemy.create_engine` (and Optuna's `RDBStorage`) for this URL."""
+    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+        return {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+def create_engine(url: str) -> sa.Engine:
+    """An engine for `url`; SQLite connections use WAL journaling and a busy timeout.
+
+    Raises:
+        StorageError: for an unknown dialect or a SQLite file in a directory that does not exist.
+    """
+    path = sqlite_path(url)
+    if path is not None and not path.parent.exists():
+        raise StorageError(f"storage '{url}': directory '{path.parent}' does not exist")
+    try:
+        engine = sa.create_engine(url, **engine_kwargs(url))
+    except (ArgumentError, NoSuchModuleError) as err:
+        raise StorageError(f"storage '{url}': {' '.join(str(err).split())}") from None
+    if engine.dialect.name == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL: readers never block the writer, and a killed writer leaves a consistent file.
+    mode = cursor.execute("PRAGMA journal_mode").fetchone()[0]
+    if mode != "wal":
+        cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

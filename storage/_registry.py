@@ -1,0 +1,173 @@
+"""Opening a database and the registry of campaigns: lookup, naming, and one owner at a time."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from ._engine import create_engine
+from ._schema import SCHEMA_VERSION, Base, Campaign, SchemaVersion, utcnow
+from ._url import StorageError, database_exists
+
+OWNER_STALE_AFTER_S = 60.0
+"""A campaign owner whose heartbeat is older than this is presumed dead (other hosts, reused pids)."""
+
+
+class CampaignBusy(StorageError):
+    """Another live process is running the campaign."""
+
+
+class Database:
+    """An open rcutune database: one engine and a session factory. Close it when done."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose work is committed on normal exit and rolled back on an exception."""
+        with self._sessions() as session, _one_line_errors(self.url):
+            with session.begin():
+                yield session
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+@contextmanager
+def _one_line_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as err:
+        first = " ".join(str(err.orig).split()) if err.orig is not None else type(err).__name__
+        raise StorageError(f"storage '{url}': {first}") from None
+
+
+def open_database(url: str, *, create: bool = True) -> Database:
+    """Open `url`, creating rcutune's tables when they are missing and `create` is true.
+
+    Nothing is written to a database that already has rcutune's tables.
+
+    Raises:
+        StorageError: no such SQLite file (with `create=False`), unreachable database, or tables
+            written by a newer rcutune.
+    """
+    if not create and not database_exists(url):
+        raise StorageError(f"no database at '{url}'")
+    db = Database(url)
+    try:
+        with _one_line_errors(url):
+            ensure_schema(db.engine, create=create)
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def ensure_schema(engine: sa.Engine, *, create: bool = True) -> int | None:
+    """Check (and with `create`, make) rcutune's tables; returns the schema version found or made."""
+    inspector = sa.inspect(engine)
+    if inspector.has_table(SchemaVersion.__tablename__):
+        with engine.connect() as conn:
+            found = conn.execute(sa.select(sa.func.max(SchemaVersion.version))).scalar()
+        if found is not None and found > SCHEMA_VERSION:
+            raise StorageError(f"database tables are schema version {found}, newer than this rcutune's "
+                               f"{SCHEMA_VERSION}; upgrade rcutune")
+        if found == SCHEMA_VERSION and all(inspector.has_table(t) for t in Base.metadata.tables):
+            return found
+    if not create:
+        return None
+    Base.metadata.create_all(engine)
+    with engine.begin() as conn:
+        if conn.execute(sa.select(sa.func.count()).select_from(SchemaVersion)).scalar() == 0:
+            conn.execute(sa.insert(SchemaVersion).values(version=SCHEMA_VERSION, created_at=utcnow()))
+    return SCHEMA_VERSION
+
+
+def find_campaign(session: Session, name: str) -> Campaign | None:
+    """The campaign called `name` with its studies loaded, or None."""
+    return session.scalars(
+        sa.select(Campaign).where(Campaign.name == name).options(selectinload(Campaign.studies))
+    ).one_or_none()
+
+
+def list_campaigns(session: Session) -> list[Campaign]:
+    """Every campaign, oldest first, with its studies loaded."""
+    return list(session.scalars(sa.select(Campaign).order_by(Campaign.id).options(selectinload(Campaign.studies))))
+
+
+def free_campaign_name(session: Session, base: str) -> str:
+    """`base` if no campaign has it, else the first free `base-2`, `base-3`, ..."""
+    taken = set(session.scalars(sa.select(Campaign.name).where(Campaign.name.like(f"{base}%"))))
+    if base not in taken:
+        return base
+    k = 2
+    while f"{base}-{k}" in taken:
+        k += 1
+    return f"{base}-{k}"
+
+
+def this_owner() -> str:
+    """The owner tag of this process: "host:pid"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None, heartbeat_at: datetime | None, *, now: datetime | None = None) -> bool:
+    """Whether the process that tagged a campaign may still be running it.
+
+    On this host a dead pid is dead at once (so a resume after `kill -9` sweeps immediately);
+    elsewhere, and for a live pid that stopped beating (a reused pid), the heartbeat decides.
+    """
+    if not owner:
+        return False
+    now = now or utcnow()
+    fresh = heartbeat_at is not None and now - heartbeat_at < timedelta(seconds=OWNER_STALE_AFTER_S)
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        if int(pid) == os.getpid():
+            return True
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+    return fresh
+
+
+def claim_campaign(session: Session, campaign: Campaign) -> bool:
+    """Make this process the campaign's owner; returns whether a dead owner was displaced.
+
+    Raises:
+        CampaignBusy: another live process owns it.
+    """
+    if campaign.owner and campaign.owner != this_owner() and owner_alive(campaign.owner, campaign.owner_heartbeat_at):
+        raise CampaignBusy(f"campaign '{campaign.name}' is being run by {campaign.owner}; wait for it to "
+                           "finish, or choose another name with --study")
+    displaced = bool(campaign.owner) and campaign.owner != this_owner()
+    campaign.owner = this_owner()
+    campaign.owner_heartbeat_at = campaign.updated_at = utcnow()
+    return displaced
+
+
+def beat(db: Database, campaign_id: int) -> None:
+    """Record that this process still runs the campaign."""
+    with db.session() as session:
+        session.execute(sa.update(Campaign).where(Campaign.id == campaign_id, Campaign.owner == this_owner())
+                        .values(owner_heartbeat_at=utcnow()))
+
+
+def release_campaign(db: Database, campaign_id: int) -> None:
+    """Give the campaign up (end of a run)."""
+    with db.session() as session:
+        session.execute(sa.update(Campaign).where(Campaign.id == campaign_id, Campaign.owner == this_owner())
+                        .values(owner=None, owner_heartbeat_at=None, updated_at=utcnow()))

@@ -1,0 +1,324 @@
+"""One study's ask-and-tell loop: low-fidelity pruning, base replications, racing, in-order tells.
+
+The main process asks Optuna for trials, hands their simulations to the worker pool and tells the
+results back; it is the only writer. Every decision about trial k (prune it, race it) uses only
+trials numbered below k, and trials are told in number order, so the stored results do not depend
+on how many workers ran them (for a sampler whose suggestions do not depend on timing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+import sim
+
+from ._campaign import CampaignDefinition
+from ._objective import (
+    OBJECTIVES,
+    constraint_values,
+    feasible,
+    objective_values,
+    replication_table,
+    summary_table,
+)
+from ._workers import SimResult, SimTask, SimulationPool
+
+HEARTBEAT_EVERY_S = 10.0
+
+
+@dataclass
+class TrialOutcome:
+    """What the progress display and the caller learn about one told trial."""
+
+    number: int
+    state: TrialState
+    policy: sim.Policy
+    values: dict[str, float] | None
+    feasible: bool
+    raced: bool
+    label: str | None
+    error: str | None = None
+
+
+@dataclass
+class _Run:
+    trial: optuna.Trial
+    policy: sim.Policy
+    label: str | None
+    stage: str = "low"  # low -> base -> race -> ready
+    low: sim.Metrics | None = None
+    runs: dict[int, sim.Metrics] = field(default_factory=dict)  # seed index -> metrics
+    waiting: int = 0
+    error: str | None = None
+    pruned_by: int | None = None
+    raced: bool = False
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """A decided trial as later decisions see it."""
+
+    number: int
+    low: dict[str, float] | None = None
+    low_feasible: bool = False
+    base: dict[str, float] | None = None
+    base_feasible: bool = False
+
+
+class StudyLoop:
+    """Runs `trials` new trials of one study with the campaign's definition.
+
+    Args:
+        study: the Optuna study (RDB storage; this process is its only writer).
+        definition: the campaign definition (profiles, space, seeds, settings, objective).
+        workload: this study's workload profile.
+        pool: the simulation workers.
+        on_trial: called after each tell.
+        heartbeat: called at least every HEARTBEAT_EVERY_S seconds while the loop runs.
+    """
+
+    def __init__(self, study: optuna.Study, definition: CampaignDefinition, workload: sim.WorkloadProfile,
+                 pool: SimulationPool, *, on_trial: Callable[[TrialOutcome], None] | None = None,
+                 heartbeat: Callable[[], None] | None = None, window: int | None = None) -> None:
+        self.study, self.d, self.workload, self.pool = study, definition, workload, pool
+        self.on_trial = on_trial or (lambda outcome: None)
+        self.heartbeat = heartbeat or (lambda: None)
+        self.window = window or max(2, 2 * pool.jobs)
+        self.seconds = definition.settings.seconds_for(workload)
+        self.low_seconds = definition.settings.low_seconds_for(workload)
+        self.seen: list[_Seen] = [s for s in (_seen_from(t, definition) for t in study.get_trials(deepcopy=False))
+                                  if s is not None]
+        self.in_flight: dict[int, _Run] = {}
+        self.interrupted: list[_Run] = []
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, trials: int) -> None:
+        asked = 0
+        last_beat = time.monotonic()
+        try:
+            while asked < trials or self.in_flight:
+                while asked < trials and len(self.in_flight) < self.window:
+                    self._ask()
+                    asked += 1
+                self._advance()
+                if not self.in_flight:
+                    continue
+                for result in self.pool.collect(timeout=1.0):
+                    self._receive(result)
+                if time.monotonic() - last_beat > HEARTBEAT_EVERY_S:
+                    self.heartbeat()
+                    last_beat = time.monotonic()
+        except BaseException:
+            self.interrupted = list(self.in_flight.values())
+            raise
+
+    def _ask(self) -> None:
+        trial = self.study.ask()
+        values = self.d.space.suggest(trial)
+        policy = self.d.space.policy(values)
+        behaviour = sim.kernel_behaviour(self.d.kernel)
+        trial.set_user_attr("policy", _policy_dict(policy))
+        trial.set_user_attr("kernel_cmdline", policy.kernel_cmdline())
+        trial.set_user_attr("what_if_reasons", list(policy.what_if_reasons(behaviour)))
+        label = trial.user_attrs.get("design")
+        run = _Run(trial, policy, label)
+        self.in_flight[trial.number] = run
+        self._submit(run, [(-1, self.d.seeds[0], self.low_seconds)])
+
+    def _submit(self, run: _Run, jobs: list[tuple[int, int, float]]) -> None:
+        stage_order = {"low": 0, "base": 1, "race": 2}[run.stage]
+        for index, seed, seconds in jobs:
+            task = SimTask((run.number, index), self.d.hardware, self.workload, run.policy, seconds, seed, self.d.kernel)
+            self.pool.submit(task, priority=(run.number, stage_order, index))
+            run.waiting += 1
+
+    def _receive(self, result: SimResult) -> None:
+        number, index = result.key  # type: ignore[misc]
+        run = self.in_flight.get(number)
+        if run is None:
+            return
+        run.waiting -= 1
+        if result.error is not None:
+            run.error = run.error or result.error
+        elif index == -1:
+            run.low = result.metrics
+        else:
+            run.runs[index] = result.metrics  # type: ignore[assignment]
+
+    def _advance(self) -> None:
+        """Take every decision whose inputs are complete, in trial order; tell finished trials in order."""
+        progressed = True
+        while progressed:
+            progressed = False
+            earlier_low_known = True
+            for number in sorted(self.in_flight):
+                run = self.in_flight[number]
+                if run.stage == "low" and run.waiting == 0 and earlier_low_known and run.error is None:
+                    self._decide_prune(run)
+                    progressed = True
+                earlier_low_known = earlier_low_known and (run.stage != "low" or run.error is not None)
+            head = self.in_flight[min(self.in_flight)] if self.in_flight else None
+            if head is None:
+                return
+            if head.error is not None and head.waiting == 0:
+                self._tell(head, TrialState.FAIL)
+                progressed = True
+            elif head.stage == "base" and head.waiting == 0:
+                self._decide_race(head)
+                progressed = True
+            elif head.stage == "ready" and head.waiting == 0:
+                self._tell(head, TrialState.PRUNED if head.pruned_by is not None else TrialState.COMPLETE)
+                progressed = True
+
+    # -- decisions ------------------------------------------------------------------------------
+    def _low_summary(self, run: _Run) -> tuple[dict[str, float], bool]:
+        assert run.low is not None
+        return objective_values(run.low, self.d.hardware), feasible(constraint_values([run.low], self.d.hardware))
+
+    def _decide_prune(self, run: _Run) -> None:
+        low, _ = self._low_summary(run)
+        s = self.d.settings
+        earlier = [x for x in self.seen if x.low is not None and x.low_feasible and x.number < run.number]
+        earlier += [_Seen(r.number, *self._low_summary(r)) for r in self.in_flight.values()
+                    if r.number < run.number and r.low is not None]
+        earlier = [x for x in earlier if x.low_feasible]
+        if run.label is None:
+            for other in earlier:
+                assert other.low is not None
+                if self.d.objective == "scalar":
+                    hopeless = low["scalar"] > s.prune_ratio * other.low["scalar"] + s.prune_slack
+                else:  # clearly dominated: no more memory, and a fallback cost `prune_ratio` times lower
+                    hopeless = (other.low["reserved_mib"] <= low["reserved_mib"]
+                                and other.low["fallback_cost"] * s.prune_ratio + s.prune_slack <= low["fallback_cost"])
+                if hopeless:
+                    run.pruned_by = other.number
+                    break
+        if run.pruned_by is not None:
+            run.stage = "ready"
+            return
+        run.stage = "base"
+        self._submit(run, [(i, seed, self.seconds) for i, seed in enumerate(self.d.base_seeds)])
+
+    def _decide_race(self, run: _Run) -> None:
+        """Race a feasible trial that ranks among the best (and always the kernel default)."""
+        runs = [run.runs[i] for i in range(self.d.settings.replications)]
+        base = _means(runs, self.d.hardware)
+        ok = feasible(constraint_values(runs, self.d.hardware))
+        contenders = sorted(x.base["scalar"] for x in self.seen if x.base is not None and x.base_feasible)
+        k = self.d.settings.race_top_k
+        in_top = ok and (len(contenders) < k or base["scalar"] <= contenders[k - 1])
+        if self.d.settings.race_replications > 0 and (in_top or run.label == "kernel-default"):
+            run.raced = True
+            run.stage = "race"
+            r = self.d.settings.replications
+            self._submit(run, [(r + i, seed, self.seconds) for i, seed in enumerate(self.d.seeds[r:])])
+        run.stage = "ready"  # told once `waiting` (the race replications, if any) reaches zero
+
+    # -- telling --------------------------------------------------------------------------------
+    def _tell(self, run: _Run, state: TrialState) -> None:
+        trial = run.trial
+        hw = self.d.hardware
+        outcome_values: dict[str, float] | None = None
+        ok = False
+        low_entry = None
+        if run.low is not None:
+            low, low_ok = self._low_summary(run)
+            low_entry = low
+            trial.set_user_attr("low_fidelity", {
+                "seconds": self.low_seconds, "seed": self.d.seeds[0], **low, "feasible": low_ok,
+                "metrics": {k: v[0] for k, v in replication_table([run.low], hw).items()},
+            })
+        else:
+            low_ok = False
+        base_entry = None
+        if state == TrialState.FAIL:
+            trial.set_user_attr("fail_reason", run.error or "failed")
+            self.study.tell(trial, state=TrialState.FAIL)
+        elif state == TrialState.PRUNED:
+            assert run.low is not None
+            constraints = constraint_values([run.low], hw)
+            for name, value in constraints.items():
+                trial.set_constraint(name, value)
+            trial.set_user_attr("pruned_by", run.pruned_by)
+            if self.d.objective == "scalar":
+                trial.report(low_entry["scalar"], step=0)  # type: ignore[index]
+            self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            order = sorted(run.runs)
+            runs = [run.runs[i] for i in order]
+            seeds = [self.d.seeds[i] for i in order]
+            r = self.d.settings.replications
+            constraints = constraint_values(runs[:r], hw)
+            ok = feasible(constraints)
+            for name, value in constraints.items():
+                trial.set_constraint(name, value)
+            table = replication_table(runs, hw)
+            trial.set_user_attr("seconds", self.seconds)
+            trial.set_user_attr("seeds", seeds)
+            trial.set_user_attr("replications", table)
+            trial.set_user_attr("summary", summary_table(table))
+            trial.set_user_attr("raced", run.raced)
+            if run.raced:
+                trial.set_user_attr("raced_constraints", constraint_values(runs, hw))
+            base_entry = _means(runs[:r], hw)
+            outcome_values = base_entry
+            if self.d.objective == "scalar":
+                self.study.tell(trial, base_entry["scalar"])
+            else:
+                self.study.tell(trial, [base_entry[name] for name in OBJECTIVES])
+        self.seen.append(_Seen(run.number, low_entry, low_ok, base_entry, ok))
+        del self.in_flight[run.number]
+        self.on_trial(TrialOutcome(run.number, state, run.policy, outcome_values, ok, run.raced, run.label, run.error))
+
+
+def _means(runs: list[sim.Metrics], hw: sim.HardwareProfile) -> dict[str, float]:
+    per_run = [objective_values(m, hw) for m in runs]
+    return {name: sum(o[name] for o in per_run) / len(per_run) for name in per_run[0]}
+
+
+def _policy_dict(policy: sim.Policy) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(policy)
+
+
+def _seen_from(trial: FrozenTrial, d: CampaignDefinition) -> _Seen | None:
+    """How a stored trial counts in later decisions (low-fidelity values, base-seed means)."""
+    low = trial.user_attrs.get("low_fidelity")
+    low_values = {k: low[k] for k in ("reserved_mib", "fallback_cost", "scalar")} if low else None
+    base = None
+    base_ok = False
+    if trial.state == TrialState.COMPLETE:
+        table = trial.user_attrs.get("replications", {})
+        r = d.settings.replications
+        if all(name in table for name in ("reserved_mib", "fallback_cost", "scalar")):
+            base = {name: sum(table[name][:r]) / r for name in ("reserved_mib", "fallback_cost", "scalar")}
+            base_ok = all(v <= 0 for v in trial.constraints.values())
+    if low_values is None and base is None:
+        return None
+    return _Seen(trial.number, low_values, bool(low and low.get("feasible")), base, base_ok)
+
+
+def raced_best(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The best trial that went through racing: feasible over all its seeds, lowest mean scalar value."""
+    best, best_value = None, float("inf")
+    for t in trials:
+        if t.state != TrialState.COMPLETE or not t.user_attrs.get("raced"):
+            continue
+        constraints = t.user_attrs.get("raced_constraints") or t.constraints
+        if any(v > 0 for v in constraints.values()):
+            continue
+        value = t.user_attrs.get("summary", {}).get("scalar", {}).get("mean")
+        if value is not None and value < best_value:
+            best, best_value = t, value
+    return best
