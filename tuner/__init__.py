@@ -5,36 +5,34 @@ Public surface: build a campaign's search space (`build_search_space`, `parse_fi
 `run_campaign`), and list what a database holds (`list_studies`). Everything else is private.
 """
 
-from ._campaign import (
-    DEFAULT_SETTINGS,
-    DEFAULT_TRIALS,
-    QUICK_SETTINGS,
-    QUICK_TRIALS,
-    CampaignDefinition,
-    Settings,
-    make_seeds,
-    study_name,
-)
-from ._errors import UserError
-from ._listing import CampaignSummary, StudySummary, list_studies
-from ._objective import CONSTRAINTS, OBJECTIVES, constraint_values, feasible, mean_ci, objective_values
-from ._progress import PlainProgress, ProgressSink, RichProgress
-from ._runner import (
-    CampaignResult,
-    StudyRequest,
-    build_definition,
-    enqueue_design,
-    run_campaign,
-    sweep_stale_trials,
-)
-from ._space import PARAM_NAMES, Param, SearchSpace, build_search_space, kernel_defaults, parse_fix
-from ._study import raced_best
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "CONSTRAINTS", "DEFAULT_SETTINGS", "DEFAULT_TRIALS", "OBJECTIVES", "PARAM_NAMES", "QUICK_SETTINGS",
-    "QUICK_TRIALS", "CampaignDefinition", "CampaignResult", "CampaignSummary", "Param", "PlainProgress",
-    "ProgressSink", "RichProgress", "SearchSpace", "Settings", "StudyRequest", "StudySummary", "UserError",
-    "build_definition", "build_search_space", "constraint_values", "enqueue_design", "feasible",
-    "kernel_defaults", "list_studies", "make_seeds", "mean_ci", "objective_values", "parse_fix", "raced_best",
-    "run_campaign", "study_name", "sweep_stale_trials",
-]
+# Names load on first use, so a simulation worker importing `tuner._workers` pays for `sim`
+# alone, not for Optuna, SciPy and SQLAlchemy.
+_EXPORTS = {
+    "._campaign": ("DEFAULT_SETTINGS", "DEFAULT_TRIALS", "QUICK_SETTINGS", "QUICK_TRIALS", "CampaignDefinition",
+                   "Settings", "make_seeds", "study_name"),
+    "._errors": ("UserError",),
+    "._listing": ("CampaignSummary", "StudySummary", "list_studies"),
+    "._objective": ("CONSTRAINTS", "OBJECTIVES", "constraint_values", "feasible", "mean_ci", "objective_values"),
+    "._progress": ("PlainProgress", "ProgressSink", "RichProgress"),
+    "._runner": ("CampaignResult", "StudyRequest", "build_definition", "enqueue_design", "run_campaign",
+                 "sweep_stale_trials"),
+    "._space": ("PARAM_NAMES", "Param", "SearchSpace", "build_search_space", "kernel_defaults", "parse_fix"),
+    "._study": ("raced_best",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'tuner' has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -157,7 +157,7 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
         for workload in definition.workloads:
             study = _open_study(rdb, definition, base_name, workload)
             result.swept += sweep_stale_trials(study, "interrupted: the process running it stopped")
-            enqueue_design(study, definition.space)
+            enqueue_design(study, definition.space, limit=trials)
             studies[workload.name] = study
             result.studies[workload.name] = study.study_name
         progress.begin(base_name, [(w.name, trials, _count(studies[w.name])) for w in definition.workloads])
@@ -229,11 +229,18 @@ def _sampler(request: StudyRequest, workload: str, existing: int) -> optuna.samp
                                           n_startup_trials=5)
 
 
-def enqueue_design(study: optuna.Study, space: SearchSpace) -> int:
-    """Enqueue the initial design points (kernel default and N=0 first) the study lacks; returns how many."""
-    present = [t.params for t in study.get_trials(deepcopy=False)]
+def enqueue_design(study: optuna.Study, space: SearchSpace, *, limit: int | None = None) -> int:
+    """Enqueue the initial design points (kernel default and N=0 first) the study lacks; returns how many.
+
+    With `limit`, no more trials wait in the queue than that (a run asks for `limit` trials).
+    """
+    existing = study.get_trials(deepcopy=False)
+    present = [t.params for t in existing]
+    waiting = sum(t.state == TrialState.WAITING for t in existing)
     added = 0
     for label, values in space.initial_design():
+        if limit is not None and waiting + added >= limit:
+            break
         if any(_same(values, p) for p in present):
             continue
         study.enqueue_trial(values, user_attrs={"design": label})

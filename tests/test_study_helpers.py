@@ -1,0 +1,38 @@
+"""Shared set-up of the study tests: a tiny campaign (vm-2, short runs, few seeds) in a temporary SQLite file."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from pathlib import Path
+
+import optuna
+from typer.testing import CliRunner
+
+from tuner.cli import app
+
+TINY = ["--hardware", "vm-2", "--seconds", "0.3", "--replications", "2", "--race-replications", "1", "--jobs", "1"]
+
+
+def url(db: Path) -> str:
+    return f"sqlite:///{db}"
+
+
+def run_study(db: Path, *args: str, workloads: tuple[str, ...] = ("steady",)):
+    argv = ["study", *TINY, "--storage", url(db), *args]
+    for w in workloads:
+        argv += ["--workload", w]
+    return CliRunner().invoke(app, argv)
+
+
+def trials(db: Path, name: str) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=url(db)).get_trials()
+
+
+def file_digest(db: Path) -> str:
+    return hashlib.sha256(db.read_bytes()).hexdigest()
+
+
+def integrity(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
