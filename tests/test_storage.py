@@ -1,0 +1,123 @@
+"""rcutune's tables and engines: WAL SQLite, a schema version, a registry that names and guards campaigns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import storage
+from storage import Campaign, StorageError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _campaign(name: str) -> Campaign:
+    return Campaign(name=name, hardware_name="vm-2", hardware_profile="cpus = 2", hardware_sha256="0" * 64,
+                    kernel="6.3", simulator_version="1.0.0", search_space={}, search_space_sha256="0" * 64,
+                    objective="multi", seeds=[1, 2], settings={})
+
+
+def test_the_default_url_is_rcutune_db_here_unless_the_environment_says_otherwise(monkeypatch):
+    monkeypatch.delenv(storage.ENV_VAR, raising=False)
+    assert storage.resolve_url() == "sqlite:///rcutune.db"
+    monkeypatch.setenv(storage.ENV_VAR, "sqlite:///elsewhere.db")
+    assert storage.resolve_url() == "sqlite:///elsewhere.db"
+    assert storage.resolve_url("sqlite:///given.db") == "sqlite:///given.db"
+
+
+def test_a_malformed_url_is_a_storage_error():
+    with pytest.raises(StorageError, match="not a database URL"):
+        storage.resolve_url("just words")
+
+
+def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path):
+    db = storage.open_database(f"sqlite:///{tmp_path / 'w.db'}")
+    try:
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == int(storage.BUSY_TIMEOUT_S * 1000)
+    finally:
+        db.close()
+
+
+def test_a_new_database_records_its_schema_version(tmp_path):
+    db = storage.open_database(f"sqlite:///{tmp_path / 'v.db'}")
+    try:
+        with db.session() as session:
+            assert session.scalar(sa.select(storage.SchemaVersion.version)) == storage.SCHEMA_VERSION
+        assert {"rcutune_campaigns", "rcutune_studies", "rcutune_surrogates", "rcutune_recommendations"} <= set(
+            sa.inspect(db.engine).get_table_names())
+    finally:
+        db.close()
+
+
+def test_a_database_from_a_newer_rcutune_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    storage.open_database(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.update(storage.SchemaVersion).values(version=storage.SCHEMA_VERSION + 1))
+    engine.dispose()
+    with pytest.raises(StorageError, match="newer than this rcutune"):
+        storage.open_database(url)
+
+
+def test_opening_without_create_never_makes_a_file(tmp_path):
+    with pytest.raises(StorageError, match="no database"):
+        storage.open_database(f"sqlite:///{tmp_path / 'missing.db'}", create=False)
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_a_missing_directory_is_named(tmp_path):
+    with pytest.raises(StorageError, match="does not exist"):
+        storage.open_database(f"sqlite:///{tmp_path / 'no' / 'dir.db'}")
+
+
+def test_free_campaign_names_count_up(tmp_path):
+    db = storage.open_database(f"sqlite:///{tmp_path / 'f.db'}")
+    try:
+        with db.session() as session:
+            assert storage.free_campaign_name(session, "vm-2") == "vm-2"
+            session.add_all([_campaign("vm-2"), _campaign("vm-2-2")])
+        with db.session() as session:
+            assert storage.free_campaign_name(session, "vm-2") == "vm-2-3"
+    finally:
+        db.close()
+
+
+def test_a_campaign_owned_by_a_live_process_cannot_be_claimed(tmp_path):
+    db = storage.open_database(f"sqlite:///{tmp_path / 'o.db'}")
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with db.session() as session:
+            c = _campaign("busy")
+            session.add(c)
+            c.owner, c.owner_heartbeat_at = f"{storage.this_owner().rsplit(':', 1)[0]}:{sleeper.pid}", storage._schema.utcnow()
+        with db.session() as session, pytest.raises(storage.CampaignBusy, match="is being run by"):
+            storage.claim_campaign(session, storage.find_campaign(session, "busy"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with db.session() as session:  # its owner is dead now: the claim displaces it
+        assert storage.claim_campaign(session, storage.find_campaign(session, "busy")) is True
+    db.close()
+
+
+def test_a_remote_owner_is_alive_only_while_its_heartbeat_is_fresh():
+    now = storage._schema.utcnow()
+    assert storage.owner_alive("other-host:123", now, now=now)
+    assert not storage.owner_alive("other-host:123", now - timedelta(seconds=storage.OWNER_STALE_AFTER_S + 1), now=now)
+    assert not storage.owner_alive(None, now)
+
+
+def test_storage_imports_neither_tuner_nor_sim():
+    code = "import sys, storage; print(sorted(m for m in ('tuner', 'sim') if m in sys.modules))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
