@@ -33,7 +33,7 @@ class Settings:
         prune_slack: ...plus this much (fallback-cost units, ms/s), so noise near zero prunes nothing.
     """
 
-    max_seconds: float = 5.0
+    max_seconds: float = 2.0
     low_fidelity_fraction: float = 0.2
     replications: int = 3
     race_replications: int = 3

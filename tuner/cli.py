@@ -203,7 +203,7 @@ def study(
     fix: Annotated[Optional[list[str]], typer.Option("--fix", help="Pin a parameter: key=value, e.g. layout=per-cpu. Repeatable.")] = None,
     faithful: Annotated[bool, typer.Option("--faithful", help="Only policies the stock kernel runs (per-CPU, no emergency reserve).")] = False,
     objective: Annotated[ObjectiveChoice, typer.Option(help="multi: reserved MiB and fallback cost; scalar: one weighted value.")] = ObjectiveChoice.multi,
-    seconds: Annotated[Optional[float], typer.Option(min=0.001, max=86_400, help="High-fidelity simulated seconds per replication (default 5; --quick 1).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(min=0.001, max=86_400, help="High-fidelity simulated seconds per replication (default 2; --quick 1).")] = None,
     replications: Annotated[Optional[int], typer.Option(min=1, max=100, help="Base seeds every trial runs (default 3; --quick 2).")] = None,
     race_replications: Annotated[Optional[int], typer.Option(min=0, max=100, help="Extra seeds for contenders (default 3; --quick 2).")] = None,
     sampler: Annotated[SamplerChoice, typer.Option(help="Optuna sampler.")] = SamplerChoice.tpe,
