@@ -109,3 +109,9 @@ def test_constraints_are_feasible_at_or_below_zero():
 def test_seed_lists_depend_on_the_seed_only():
     assert make_seeds(0, 4) == make_seeds(0, 4) and make_seeds(0, 4)[:2] == make_seeds(0, 2)
     assert make_seeds(0, 4) != make_seeds(1, 4)
+
+
+def test_the_scalar_objective_weighs_reserved_memory_by_the_machine_size():
+    hw, m = _metrics(cache_bytes_reserved=2**20)
+    values = objective_values(m, hw)
+    assert values["scalar"] == pytest.approx(values["fallback_cost"] + 1.0 / (hw.memory_mib / 1024))

@@ -15,8 +15,9 @@ Objectives, per replication, then averaged over the study's seed list:
   i.e. callers blocked in synchronize_rcu(), spinning on a shared pool lock, and the extra CPU
   an object freed from the rcu_head list costs over a bulk free; a pending-memory peak equal to the
   hardware profile's SLO costs as much as 1 ms of stall per second.
-* ``scalar`` (``--objective scalar``) — ``fallback_cost + MIB_COST_MS * reserved_mib``: one MiB
-  reserved weighs as much as 1 ms of stall per simulated second.
+* ``scalar`` (``--objective scalar``) — ``fallback_cost + MIB_PER_GIB_COST_MS * reserved_mib /
+  (memory_mib / 1024)``: reserving 1 MiB per GiB of the machine's memory (0.1 %) weighs as much as
+  1 ms of stall per simulated second (0.1 % of one CPU), so the trade-off scales with the machine.
 
 Constraints (``trial.set_constraint``; feasible when <= 0): ``oom`` = OOM events in the worst
 replication; ``p99_latency`` = mean p99 call latency / SLO - 1; ``sync_fallbacks`` = mean
@@ -36,7 +37,7 @@ from scipy import stats
 import sim
 
 PENDING_PEAK_COST_MS = 1.0
-MIB_COST_MS = 1.0
+MIB_PER_GIB_COST_MS = 1.0
 OBJECTIVES = ("reserved_mib", "fallback_cost")
 CONSTRAINTS = ("oom", "p99_latency", "sync_fallbacks", "pending_peak")
 NUMERIC_METRICS = tuple(
@@ -54,7 +55,7 @@ def objective_values(m: sim.Metrics, hw: sim.HardwareProfile) -> dict[str, float
     pending = PENDING_PEAK_COST_MS * m.bytes_pending_peak / (hw.slo_pending_peak_mib * 2**20)
     fallback_cost = stall_ms_per_s + pending
     return {"reserved_mib": reserved_mib, "fallback_cost": fallback_cost,
-            "scalar": fallback_cost + MIB_COST_MS * reserved_mib}
+            "scalar": fallback_cost + MIB_PER_GIB_COST_MS * reserved_mib / (hw.memory_mib / 1024)}
 
 
 def constraint_values(runs: Sequence[sim.Metrics], hw: sim.HardwareProfile) -> dict[str, float]:

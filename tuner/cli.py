@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Optional
@@ -229,7 +230,12 @@ def study(
         )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         progress = RichProgress() if is_terminal() else PlainProgress()
-        result = run_campaign(request, progress)
+        # A polite kill stops like Ctrl-C: in-flight trials are failed and re-enqueued at once.
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            result = run_campaign(request, progress)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     told = sum(result.told.values())
     typer.echo(f"campaign {result.campaign}: {told} trials added to {len(result.told)} studies in "
                f"{result.wall_seconds:.1f} s ({result.storage_url})")
@@ -266,6 +272,10 @@ def studies(storage_url: StorageOpt = None) -> None:
                           f"{v['fallback_cost']:.4g}" if "fallback_cost" in v else "-",
                           "-" if s.last_activity is None else f"{_age(now - s.last_activity)} ago")
         console.print(table)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _age(delta) -> str:
