@@ -25,6 +25,8 @@ class ProgressSink:
 
     def end_study(self, workload: str, study: optuna.Study) -> None: ...
 
+    def aborted(self, workload: str, reason: str) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -82,6 +84,10 @@ class PlainProgress(ProgressSink):
         self._print(f"{workload}: done in {took:.1f} s; best {best_text(study)}")
 
 
+    def aborted(self, workload: str, reason: str) -> None:
+        self._print(f"{workload}: stopped early: {reason}")
+
+
 class RichProgress(ProgressSink):
     """A bar per workload: trials done, best so far, time left."""
 
@@ -110,6 +116,11 @@ class RichProgress(ProgressSink):
     def end_study(self, workload: str, study: optuna.Study) -> None:
         self._progress.update(self._tasks[workload], best=best_text(study))
         self._progress.stop_task(self._tasks[workload])
+
+    def aborted(self, workload: str, reason: str) -> None:
+        self._progress.update(self._tasks[workload], best="[red]stopped[/]")
+        self._progress.stop_task(self._tasks[workload])
+        self._progress.console.print(f"[red]{workload}: stopped early:[/] {reason}")
 
     def close(self) -> None:
         self._progress.stop()

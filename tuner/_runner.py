@@ -32,7 +32,7 @@ from ._errors import UserError
 from ._objective import OBJECTIVES
 from ._progress import NullProgress, ProgressSink
 from ._space import SearchSpace, build_search_space
-from ._study import StudyLoop, TrialOutcome
+from ._study import StudyAborted, StudyLoop, TrialOutcome
 from ._workers import SimulationPool
 
 SAMPLERS = ("tpe", "random")
@@ -65,7 +65,7 @@ class StudyRequest:
     max_seconds: float | None = None
     replications: int | None = None
     race_replications: int | None = None
-    sim_timeout_s: float = 300.0
+    sim_timeout_s: float | None = None  # None: 30 wall seconds per simulated second, at least 30
 
 
 @dataclass
@@ -78,6 +78,7 @@ class CampaignResult:
     studies: dict[str, str] = field(default_factory=dict)  # workload -> Optuna study name
     told: dict[str, int] = field(default_factory=dict)  # workload -> trials told this run
     swept: int = 0  # trials a dead run left RUNNING, now failed and re-enqueued
+    aborted: dict[str, str] = field(default_factory=dict)  # workload -> why its study stopped early
     wall_seconds: float = 0.0
 
 
@@ -161,7 +162,8 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
             studies[workload.name] = study
             result.studies[workload.name] = study.study_name
         progress.begin(base_name, [(w.name, trials, _count(studies[w.name])) for w in definition.workloads])
-        with SimulationPool(request.jobs, request.sim_timeout_s) as pool:
+        timeout = request.sim_timeout_s or max(30.0, 30.0 * definition.settings.max_seconds)
+        with SimulationPool(request.jobs, timeout) as pool:
             for workload in definition.workloads:
                 study = studies[workload.name]
                 before = _count(study)
@@ -173,12 +175,18 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
                 progress.start_study(workload.name)
                 try:
                     loop.run(trials)
+                except StudyAborted as err:
+                    for run in loop.interrupted:
+                        fail_and_retry(study, run.number, f"interrupted: the study stopped ({err})")
+                    result.aborted[workload.name] = str(err)
+                    progress.aborted(workload.name, str(err))
                 except BaseException:
                     for run in loop.interrupted:
                         fail_and_retry(study, run.number, "interrupted: the run was stopped")
                     raise
+                else:
+                    progress.end_study(workload.name, study)
                 result.told[workload.name] = _count(study) - before
-                progress.end_study(workload.name, study)
         result.wall_seconds = time.monotonic() - start
         return result
     finally:

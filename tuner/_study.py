@@ -30,6 +30,12 @@ from ._objective import (
 from ._workers import SimResult, SimTask, SimulationPool
 
 HEARTBEAT_EVERY_S = 10.0
+MAX_FAILURES_IN_A_ROW = 2
+"""A study stops after this many failed trials in a row (a workload the simulator cannot run)."""
+
+
+class StudyAborted(Exception):
+    """A study stopped early because its trials kept failing; the message says why, in one line."""
 
 
 @dataclass
@@ -100,6 +106,7 @@ class StudyLoop:
                                   if s is not None]
         self.in_flight: dict[int, _Run] = {}
         self.interrupted: list[_Run] = []
+        self.failures_in_a_row = 0
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, trials: int) -> None:
@@ -279,6 +286,10 @@ class StudyLoop:
         self.seen.append(_Seen(run.number, low_entry, low_ok, base_entry, ok))
         del self.in_flight[run.number]
         self.on_trial(TrialOutcome(run.number, state, run.policy, outcome_values, ok, run.raced, run.label, run.error))
+        self.failures_in_a_row = self.failures_in_a_row + 1 if state == TrialState.FAIL else 0
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            self.pool.cancel_all()
+            raise StudyAborted(f"{self.failures_in_a_row} trials in a row failed, the last with: {run.error}")
 
 
 def _means(runs: list[sim.Metrics], hw: sim.HardwareProfile) -> dict[str, float]:

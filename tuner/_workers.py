@@ -148,6 +148,13 @@ class SimulationPool:
         self._dispatch()
         return results
 
+    def cancel_all(self) -> None:
+        """Drop every queued task and stop every running one (their results never arrive)."""
+        self._queue = []
+        for i, w in enumerate(self._workers):
+            if w.task is not None:
+                self._workers[i] = self._replace(w)
+
     def _replace(self, worker: _Worker) -> _Worker:
         worker.stop(force=True)
         return _Worker(self._ctx)

@@ -17,7 +17,7 @@ from rich.table import Table
 import sim
 from sim import KERNELS, Policy
 
-from ._errors import UserError, is_terminal, user_errors
+from ._errors import EXIT_FAILURE, UserError, is_terminal, user_errors
 
 app = typer.Typer(
     name="rcutune",
@@ -208,7 +208,7 @@ def study(
     replications: Annotated[Optional[int], typer.Option(min=1, max=100, help="Base seeds every trial runs (default 3; --quick 2).")] = None,
     race_replications: Annotated[Optional[int], typer.Option(min=0, max=100, help="Extra seeds for contenders (default 3; --quick 2).")] = None,
     sampler: Annotated[SamplerChoice, typer.Option(help="Optuna sampler.")] = SamplerChoice.tpe,
-    sim_timeout: Annotated[float, typer.Option(min=1.0, help="Wall-clock limit of one simulation, seconds; past it the trial fails.")] = 300.0,
+    sim_timeout: Annotated[Optional[float], typer.Option(min=1.0, help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at least 30); past it the trial fails.")] = None,
     settings: SetOpt = None,
 ) -> None:
     """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it."""
@@ -239,6 +239,10 @@ def study(
     told = sum(result.told.values())
     typer.echo(f"campaign {result.campaign}: {told} trials added to {len(result.told)} studies in "
                f"{result.wall_seconds:.1f} s ({result.storage_url})")
+    if result.aborted:
+        typer.echo(f"error: studies stopped early: {', '.join(result.aborted)} (their trials kept failing; "
+                   "see the fail_reason of their failed trials)", err=True)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command()
