@@ -236,7 +236,9 @@ class Model:
         per_call = hw.kfree_call_ns * 1e-9
         total = w.kfree_loops * w.kfree_alloc_num
         jiffy_calls = max(1, int(1e-3 / per_call))
-        both = w.kfree_rcu_test_single == w.kfree_rcu_test_double
+        # Before 5.9 there is no headless kvfree_rcu(): the test of that era frees with kfree_rcu() only.
+        single_only = w.kfree_rcu_test_single and not w.kfree_rcu_test_double and self.kernel.headless_api
+        both = w.kfree_rcu_test_single == w.kfree_rcu_test_double and self.kernel.headless_api
         start = env.now
         self._threads_started += 1
         if self._threads_started == self.threads_left:
@@ -253,7 +255,7 @@ class Model:
                 elif quarter and loop % quarter == 0:
                     mem_during = (mem_during + self.alloc.available()) / 2
             k = min(total - done, w.kfree_alloc_num - offset, jiffy_calls)
-            risk = self._sync_risk(krc, both, w.kfree_rcu_test_single)
+            risk = self._sync_risk(krc, both, single_only)
             if risk > 0:
                 k = max(1, min(k, int(1.0 / risk)))
             yield env.timeout(k * per_call + debt)
@@ -263,7 +265,7 @@ class Model:
             if both:
                 single = int(rng.binomial(k, 0.5))
             else:
-                single = k if w.kfree_rcu_test_single else 0
+                single = k if single_only else 0
             counts = (k - single, 0, single, 0)
             now = env.now
             ev = krc.book(now, counts, now - 0.5 * k * per_call, by_call_rcu=w.kfree_by_call_rcu)

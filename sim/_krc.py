@@ -112,7 +112,7 @@ class KfreeRcuCpu:
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
-        self.proc = self.env.process(self.kfree_rcu_monitor()) if model.kernel.batching else None
+        self.proc = self.env.process(self.kfree_rcu_monitor())
 
     # Booking calls ----------------------------------------------------------------------------
 
@@ -434,12 +434,20 @@ class KfreeRcuCpu:
         return self.stream.time_to_reach(now, min(ks), until)
 
     def kfree_rcu_monitor(self):
-        """The delayed monitor work, and the clock that books this CPU's open-loop calls."""
+        """The delayed monitor work, and the clock that books this CPU's open-loop calls.
+
+        Sleeps until the earliest of: the monitor's deadline, the next arrival when nothing is
+        pending, the moment a block's worth of calls will be pending (6.1+: the timer shortens),
+        the moment the cache will run dry (the refill kick), and a bound on booking staleness.
+        """
         env = self.env
         m = self.m
         while True:
             now = env.now
-            if self.deadline is None:
+            if not m.kernel.batching:
+                # No monitor before 5.6: book this CPU's calls (each its own call_rcu()) every jiffy.
+                wake = m.end if self.stream is None else now + 1.0 / m.hw.hz
+            elif self.deadline is None:
                 wake = m.end if self.stream is None else self.stream.time_to_reach(now, 1, m.end)
             else:
                 wake = self.deadline if self.stream is None else self._forecast(now, self.deadline)
