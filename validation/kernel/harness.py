@@ -36,6 +36,10 @@ SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SOURCE_DIRNAME = "linux-source-6.1"
 DEFAULT_CACHE = Path("~/.cache/rcutune/kernel-6.1")
 QEMU = "qemu-system-x86_64"
+# One host thread runs all vCPUs round-robin. With multi-threaded TCG, 4 vCPU threads on a shared
+# 2-core host get preempted while holding guest locks and a 1 s run sometimes takes 30 s; the
+# single-threaded variant keeps boots at 2-3 s and the run-to-run spread small (README).
+DEFAULT_ACCEL = "tcg,thread=single"
 # Bump when the build recipe changes in a way the hash of fragment + init.c does not see.
 BUILD_RECIPE_VERSION = "1"
 
@@ -162,7 +166,8 @@ class BootResult:
     failure_detail: str
     facts: ConsoleFacts
     boot_wall_s: float
-    accelerator: str
+    accelerator: str  # "tcg" or "kvm": what the guest ran on
+    tcg_threads: str  # "single" or "multi" for TCG, "" otherwise
     returncode: int | None
     console: str = field(repr=False, default="")
 
@@ -504,7 +509,19 @@ def build(cache_dir: Path | str | None = None, jobs: int = 2) -> BuildResult:
 # Boot
 # --------------------------------------------------------------------------------------------
 
-def qemu_command(params: BootParams, kernel: BuildResult, accel: str = "tcg") -> list[str]:
+def accel_facts(accel: str) -> tuple[str, str]:
+    """Split a qemu -accel value into (accelerator, tcg thread mode) for the CSV."""
+    name, *opts = accel.split(",")
+    if name != "tcg":
+        return name, ""
+    threads = "multi"  # qemu's default for an x86_64 guest on an x86_64 host
+    for opt in opts:
+        if opt.startswith("thread="):
+            threads = opt.split("=", 1)[1]
+    return "tcg", threads
+
+
+def qemu_command(params: BootParams, kernel: BuildResult, accel: str = DEFAULT_ACCEL) -> list[str]:
     """TCG only: the nested KVM here dies on cmpxchg16b/xrstor, and -icount distorts timing."""
     return [QEMU, "-accel", accel, "-smp", str(params.guest_cpus),
             "-m", f"{params.guest_mem_mib}M", "-nographic", "-no-reboot",
@@ -513,7 +530,7 @@ def qemu_command(params: BootParams, kernel: BuildResult, accel: str = "tcg") ->
 
 
 def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | None = None,
-         accel: str = "tcg") -> BootResult:
+         accel: str = DEFAULT_ACCEL) -> BootResult:
     """Boot one guest and classify it; the timeout backstops runs whose shutdown never comes."""
     if kernel is None:
         kernel = find_build()
@@ -535,10 +552,10 @@ def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | Non
     status, detail = classify_console(console, timed_out, rc)
     facts = parse_console(console)
     # Requested accelerator, corrected if the guest saw a hypervisor (KVM) rather than TCG.
-    used = accel
+    used, threads = accel_facts(accel)
     if facts.hypervisor.upper() == "KVM":
-        used = "kvm"
-    return BootResult(params, status, detail, facts, round(wall, 3), used, rc, console)
+        used, threads = "kvm", ""
+    return BootResult(params, status, detail, facts, round(wall, 3), used, threads, rc, console)
 
 
 # --------------------------------------------------------------------------------------------
@@ -547,7 +564,7 @@ def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | Non
 
 PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(BootParams))
 _GRID_KEYS = set(PARAM_FIELDS) | {"mode", "repetitions"}
-_SWEEP_KEYS = {"name", "seed", "repetitions", "timeout_s", "description"}
+_SWEEP_KEYS = {"name", "seed", "repetitions", "timeout_s", "accel", "description"}
 
 
 @dataclass(frozen=True)
@@ -566,6 +583,7 @@ class Sweep:
     seed: int
     timeout_s: float
     points: tuple[SweepPoint, ...]
+    accel: str = DEFAULT_ACCEL
 
     def runs(self) -> list[tuple[SweepPoint, int]]:
         """All (point, rep) boots in a seeded random order, so host drift is not confounded
@@ -679,7 +697,11 @@ def load_sweep(path: Path | str) -> Sweep:
             # Overlapping blocks share a point; it runs with the larger repetition count.
             if old is None or old.repetitions < reps:
                 points[pid] = SweepPoint(params, reps)
-    return Sweep(name, seed, float(timeout), tuple(points.values()))
+    accel = head.get("accel", DEFAULT_ACCEL)
+    if not isinstance(accel, str) or not accel.startswith(("tcg", "kvm")):
+        raise SweepError(f"{path}: [sweep]: accel must be a qemu -accel value such as "
+                         f"'tcg' or '{DEFAULT_ACCEL}', got {accel!r}")
+    return Sweep(name, seed, float(timeout), tuple(points.values()), accel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -691,7 +713,8 @@ CSV_COLUMNS = (
     "status", "failure_detail", "total_time_ns", "loops", "batches", "footprint_mb",
     "boot_wall_s", "kernel_ts_test_start_s", "kernel_ts_result_s", "kernel_ts_last_s",
     "guest_mem_available_kib", "guest_mem_total_kib", "oom_seen",
-    "kernel_version", "qemu_version", "accelerator", "host_cpu", "host_cores", "host_load1",
+    "kernel_version", "qemu_version", "accelerator", "tcg_threads", "host_cpu", "host_cores",
+    "host_load1",
     "sweep", "seed", "boot_index", "started_utc", "build_key",
 )
 
@@ -723,7 +746,7 @@ def result_row(res: BootResult, *, rep: int, context: dict) -> dict[str, str]:
         guest_mem_available_kib=f.guest_mem_available_kib,
         guest_mem_total_kib=f.guest_mem_total_kib, oom_seen=f.oom_seen,
         kernel_version=f.kernel_version or context.get("kernel_version", ""),
-        accelerator=res.accelerator,
+        accelerator=res.accelerator, tcg_threads=res.tcg_threads,
     )
     for k in ("qemu_version", "host_cpu", "host_cores", "host_load1", "sweep", "seed",
               "boot_index", "started_utc", "build_key"):
@@ -820,13 +843,14 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
                "host_cores": os.cpu_count(), "sweep": sweep.name, "seed": sweep.seed,
                "build_key": kernel.build_key, "kernel_version": kernel.kernel_version}
     progress(f"[sweep] {sweep.name}: {len(sweep.points)} points, {len(runs)} boots planned, "
-             f"{skipped} already in {out_csv.name}, {len(todo)} to run (timeout {timeout:.0f} s)")
+             f"{skipped} already in {out_csv.name}, {len(todo)} to run "
+             f"(accel {sweep.accel}, timeout {timeout:.0f} s)")
     t0 = time.monotonic()
     by_status: dict[str, int] = {}
     for n, (index, point, rep) in enumerate(todo, 1):
         ctx = dict(context, boot_index=index, host_load1=host_load1(),
                    started_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
-        res = boot(point.params, timeout, kernel)
+        res = boot(point.params, timeout, kernel, sweep.accel)
         (logs / f"{point.point_id}-r{rep}.log").write_text(res.console)
         append_row(out_csv, result_row(res, rep=rep, context=ctx))
         by_status[res.status] = by_status.get(res.status, 0) + 1
@@ -859,6 +883,7 @@ def main(argv: list[str] | None = None) -> int:
                        default=getattr(BootParams(), name))
     o.add_argument("--mode", choices=MODES)
     o.add_argument("--timeout", type=float, default=120)
+    o.add_argument("--accel", default=DEFAULT_ACCEL, help="qemu -accel value")
     o.add_argument("--console", action="store_true", help="print the guest console")
     s = sub.add_parser("sweep", help="run a sweep file, appending to (and resuming) a CSV")
     s.add_argument("file")
@@ -879,7 +904,7 @@ def main(argv: list[str] | None = None) -> int:
                 vals.pop("kfree_rcu_test_double")
                 vals["mode"] = a.mode
             params = validate_params("command line", vals)
-            res = boot(params, a.timeout)
+            res = boot(params, a.timeout, accel=a.accel)
             if a.console:
                 print(res.console)
             r, f = res.result, res.facts
