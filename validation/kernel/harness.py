@@ -867,8 +867,50 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
     return SweepSummary(len(runs), skipped, len(todo), by_status, round(seconds, 1))
 
 
+def summarize(csv_path: Path | str) -> list[dict]:
+    """Per point: boots, OK boots, OOM fraction and medians of the figures.
+
+    The README's observations come from this, so anyone can recheck them from the committed CSV.
+    """
+    import statistics
+
+    groups: dict[str, list[dict]] = {}
+    with Path(csv_path).open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            groups.setdefault(row["point_id"], []).append(row)
+
+    def med(rows, key):
+        vals = [float(r[key]) for r in rows if r[key] != ""]
+        return statistics.median(vals) if vals else None
+
+    out = []
+    for pid, rows in groups.items():
+        ok = [r for r in rows if r["status"] == "ok"]
+        times = [float(r["total_time_ns"]) for r in ok]
+        out.append({
+            "point_id": pid, "boots": len(rows), "ok": len(ok),
+            "oom_fraction": sum(r["status"] == "oom" for r in rows) / len(rows),
+            "other_failures": sum(r["status"] not in ("ok", "oom") for r in rows),
+            "time_ms_median": med(ok, "total_time_ns") / 1e6 if ok else None,
+            "time_cv": (statistics.stdev(times) / statistics.mean(times)
+                        if len(times) > 1 else None),
+            "batches_median": med(ok, "batches"), "footprint_mb_median": med(ok, "footprint_mb"),
+            "boot_wall_s_median": med(rows, "boot_wall_s"),
+        })
+    return out
+
+
+def _print_summary(rows: list[dict]) -> None:
+    cols = ("point_id", "boots", "ok", "oom_fraction", "other_failures", "time_ms_median",
+            "time_cv", "batches_median", "footprint_mb_median", "boot_wall_s_median")
+    print("\t".join(cols))
+    for r in sorted(rows, key=lambda r: r["point_id"]):
+        print("\t".join("" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float)
+                        else str(r[c]) for c in cols))
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m validation.kernel build | boot ... | sweep FILE --out CSV`."""
+    """`python -m validation.kernel build | boot ... | sweep FILE --out CSV | summary CSV`."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m validation.kernel",
@@ -892,6 +934,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--limit", type=int, help="run at most this many boots, then stop")
     s.add_argument("--dry-run", action="store_true", help="validate and list, boot nothing")
     s.add_argument("--build", action="store_true", help="build (or reuse cache) first")
+    m = sub.add_parser("summary", help="per-point medians and OOM fractions of a CSV")
+    m.add_argument("csv")
     a = ap.parse_args(argv)
 
     try:
@@ -916,6 +960,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"footprint_mb={r.footprint_mb}")
             else:
                 print(f"  {res.failure_detail}")
+        elif a.cmd == "summary":
+            _print_summary(summarize(a.csv))
         elif a.cmd == "sweep":
             if a.dry_run:
                 sw = load_sweep(a.file)
