@@ -910,7 +910,7 @@ def _print_summary(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m validation.kernel build | boot ... | sweep FILE --out CSV | summary CSV`."""
+    """`python -m validation.kernel build | boot ... | sweep FILE --out CSV | measure | summary CSV`."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m validation.kernel",
@@ -934,6 +934,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--limit", type=int, help="run at most this many boots, then stop")
     s.add_argument("--dry-run", action="store_true", help="validate and list, boot nothing")
     s.add_argument("--build", action="store_true", help="build (or reuse cache) first")
+    e = sub.add_parser("measure", help="build, then run every committed sweep (one command)")
+    e.add_argument("--out-dir", default=str(HERE.parent / "data"),
+                   help="where rcuscale-6.1-<sweep>.csv go (existing rows are kept and skipped)")
+    e.add_argument("--jobs", type=int, default=2)
     m = sub.add_parser("summary", help="per-point medians and OOM fractions of a CSV")
     m.add_argument("csv")
     a = ap.parse_args(argv)
@@ -960,6 +964,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"footprint_mb={r.footprint_mb}")
             else:
                 print(f"  {res.failure_detail}")
+        elif a.cmd == "measure":
+            kernel = build(jobs=a.jobs)
+            for sweep_file in sorted((HERE.parent / "sweeps").glob("*.toml")):
+                out = Path(a.out_dir) / f"rcuscale-6.1-{sweep_file.stem}.csv"
+                run_sweep(sweep_file, out, kernel=kernel)
         elif a.cmd == "summary":
             _print_summary(summarize(a.csv))
         elif a.cmd == "sweep":
