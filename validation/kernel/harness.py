@@ -905,7 +905,7 @@ def _print_summary(rows: list[dict]) -> None:
             "time_cv", "batches_median", "footprint_mb_median", "boot_wall_s_median")
     print("\t".join(cols))
     for r in sorted(rows, key=lambda r: r["point_id"]):
-        print("\t".join("" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float)
+        print("\t".join("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float)
                         else str(r[c]) for c in cols))
 
 
