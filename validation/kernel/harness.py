@@ -6,7 +6,7 @@ Standard library only, so that it runs on a bare Debian 12 with Python 3.11.
 
 Public functions (used by the CLI and by ``python -m validation.kernel``):
 ``build``, ``boot``, ``run_sweep``, ``load_sweep``, ``parse_kfree_line``, ``classify_console``,
-``parse_console``, ``completed_runs``.
+``parse_console``, ``completed_runs``, ``summarize``.
 """
 
 from __future__ import annotations
@@ -611,8 +611,6 @@ def validate_params(where: str, values: dict) -> BootParams:
             raise SweepError(f"{where}: mode must be one of {', '.join(MODES)}, got {mode!r}")
         flags = {"single": (1, 0), "double": (0, 1), "mixed": (0, 0)}[mode]
         for key, flag in zip(("kfree_rcu_test_single", "kfree_rcu_test_double"), flags):
-            if key in values and int(values[key]) != flag and mode != "mixed":
-                raise SweepError(f"{where}: mode = {mode!r} contradicts {key} = {values[key]}")
             v.setdefault(key, flag)
     for key in ("kfree_rcu_test_single", "kfree_rcu_test_double"):
         if key in v:
@@ -635,7 +633,12 @@ def validate_params(where: str, values: dict) -> BootParams:
             _check_int(where, key, v[key], lo, hi)
     if v.get("kfree_nthreads") == 0:
         raise SweepError(f"{where}: kfree_nthreads = 0 is not meaningful (use -1 for one per CPU)")
-    return BootParams(**v)
+    params = BootParams(**v)
+    if mode is not None and params.mode != mode:
+        raise SweepError(f"{where}: mode = {mode!r} contradicts kfree_rcu_test_single = "
+                         f"{params.kfree_rcu_test_single}, kfree_rcu_test_double = "
+                         f"{params.kfree_rcu_test_double}")
+    return params
 
 
 def load_sweep(path: Path | str) -> Sweep:
@@ -862,8 +865,8 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
         progress(f"[sweep] {n}/{len(todo)} {point.point_id} r{rep}: {res.status} "
                  f"{res.boot_wall_s:.1f}s {figs} | eta {eta / 60:.1f} min")
     seconds = time.monotonic() - t0
-    progress(f"[sweep] done: {sum(by_status.values())} boots in {seconds / 60:.1f} min, "
-             + ", ".join(f"{k}={v}" for k, v in sorted(by_status.items())))
+    progress(f"[sweep] done: {sum(by_status.values())} boots in {seconds / 60:.1f} min"
+             + "".join(f", {k}={v}" for k, v in sorted(by_status.items())))
     return SweepSummary(len(runs), skipped, len(todo), by_status, round(seconds, 1))
 
 

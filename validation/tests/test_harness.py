@@ -195,6 +195,7 @@ def test_sweep_order_is_seeded_and_complete(tmp_path):
     ("[[grid]]\nrcu_delay_page_cache_fill_msec = 200000\n", "rcu_delay_page_cache_fill_msec"),
     ("[[grid]]\nguest_cpus = []\n", "empty list"),
     ("[[grid]]\nmode = \"double\"\nkfree_rcu_test_single = 1\n", "contradicts"),
+    ("[[grid]]\nmode = \"mixed\"\nkfree_rcu_test_single = 1\n", "contradicts"),
     ("[sweep]\nrepetitions = 0\n[[grid]]\nguest_cpus = 2\n", "repetitions = 0"),
     ("[sweep]\ntimeout_s = -1\n[[grid]]\nguest_cpus = 2\n", "timeout_s must be a positive"),
     ("[sweep]\nname = \"x\"\n", "needs at least one [[grid]]"),
