@@ -251,6 +251,7 @@ class KfreeRcuCpu:
             lath = m.alloc.latency(gh) if ah else 0.0
             m.latency.add((base + lat2) * 1e9, blocks - ok_head + f2a)
             m.latency.add((base + lath) * 1e9, ok_head)
+            m.cpu_busy[self.cpu] += (blocks - ok_head + f2a) * lat2 + (ok_head + fha) * lath
             st.head_fallbacks += f2a + f2n
             in_blocks = n - failures
             new_records += in_blocks
@@ -374,7 +375,9 @@ class KfreeRcuCpu:
         def invoked(target: int) -> None:
             m.check_safe(objs.newest, target)
             delay = (m.hw.nocb_invoke_ms * 1e-3 if self.nocb else m.hw.cb_invoke_us * 1e-6)
-            delay += count * m.hw.kvfree_ns_per_object * 1e-9
+            work = count * m.hw.kvfree_ns_per_object * 1e-9
+            m.cpu_busy[self.cpu] += work
+            delay += work
 
             def free(_e: simpy.Event) -> None:
                 was = self.callbacks.count > QOVLD
@@ -555,6 +558,7 @@ class KfreeRcuCpu:
         self.reclaiming_blocks += batch.blocks
         m.check_safe(batch.objs.newest, batch.target)
         duration = (batch.records * hw.kfree_bulk_ns_per_object + batch.head * hw.kvfree_ns_per_object) * 1e-9
+        m.cpu_busy[self.cpu] += duration
         yield self.env.timeout(duration)
         now = self.env.now
         self.advance(now)
@@ -611,7 +615,9 @@ class KfreeRcuCpu:
                 else:
                     got = int(self.refill_rng.binomial(want, p))
                     attempts = want
-            yield self.env.timeout(attempts * m.alloc.latency(gfp))
+            work = attempts * m.alloc.latency(gfp)
+            m.cpu_busy[self.cpu] += work
+            yield self.env.timeout(work)
         now = self.env.now
         self.advance(now)
         st = m.stats
