@@ -173,15 +173,15 @@ class Model:
             last = now
             chain = w.chain_bytes_per_pending_byte * self.bytes_pending / page
             chain += w.chain_mib_per_blocked_caller * self.blocked_callers * (1 << 20) / page
-            alloc.kswapd(now, dt, chain)
+            reclaiming = alloc.kswapd(now, dt, chain)
             active = int(np.count_nonzero(self.cpu_last_call > now - 0.01))
             self.pool.end_window(dt, active)
             if self.pool.local_cap:
                 idle = self.cpu_last_call < now - STRANDED_IDLE_S
                 self._stranded_integral += float(self.pool.local[idle].sum()) * dt
             self.max_booking_interval = 0.02 if alloc.free < alloc.wmark_low else 0.1
-            if alloc.free < alloc.wmark_low and self.kernel.shrinker and self.kernel.batching:
-                self.shrink(now)
+            if reclaiming and self.kernel.shrinker and self.kernel.batching:
+                self.shrink(now)  # shrink_node() calls shrink_slab() on every reclaim pass
             if self.rcuscale and alloc.oom_events and not self.all_done.triggered:
                 self._rcuscale_oom()
             if self.trace is not None and now >= self._next_trace:
@@ -265,7 +265,9 @@ class Model:
             yield env.timeout(k * per_call + busy)
             if self.all_done.triggered:
                 break
-            if both:
+            if w.kfree_by_call_rcu:
+                single = 0  # call_rcu() with kfree in the callback, no single/double choice
+            elif both:
                 single = int(rng.binomial(k, 0.5))
             else:
                 single = k if single_only else 0

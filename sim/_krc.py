@@ -151,12 +151,13 @@ class KfreeRcuCpu:
         base = m.hw.kfree_call_ns * 1e-9
         sync_event = None
         if by_call_rcu or not k.batching:
-            self._call_rcu(n2s + n2v, n2s * slab + n2v * vmb, now, arrival_mid, lazy=by_call_rcu and k.lazy_rcu)
+            # call_rcu() per object; lazy (v6.2+, CONFIG_RCU_LAZY) unless it is a kvfree batch.
+            lazy = by_call_rcu and k.lazy_rcu and m.hw.rcu_lazy
+            self._call_rcu(n2s + n2v, n2s * slab + n2v * vmb, now, arrival_mid, lazy=lazy)
             m.latency.add(base * 1e9, n2s + n2v)
-            if not k.headless_api or not k.batching:
-                if nhs + nhv:
-                    sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
-                return sync_event
+            if nhs + nhv:
+                sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
+            return sync_event
         if not k.headless_api:
             # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
             if nhs + nhv:

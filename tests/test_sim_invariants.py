@@ -33,9 +33,13 @@ def test_invariants_hold_on_large_machines(hardware):
 
 
 @pytest.mark.parametrize("kernel", list(sim.KERNELS))
-@pytest.mark.parametrize("workload", ["steady", "oom-storm", "rcuscale"])
-def test_invariants_hold_for_every_kernel(kernel, workload):
-    hw, wl = load("phone-8", workload, **({"workload.kfree_loops": 3} if workload == "rcuscale" else {}))
+@pytest.mark.parametrize("workload,settings", [
+    ("steady", {}), ("oom-storm", {}), ("rcuscale", {"workload.kfree_loops": 3}),
+    ("rcuscale", {"workload.kfree_loops": 20, "workload.kfree_by_call_rcu": "true"}),
+    ("rcuscale", {"workload.kfree_loops": 5, "workload.kfree_rcu_test_single": "true"}),
+])
+def test_invariants_hold_for_every_kernel(kernel, workload, settings):
+    hw, wl = load("phone-8", workload, **settings)
     policy = sim.Policy.kernel_default(sim.kernel_behaviour(kernel))
     m = sim.simulate(hw, wl, policy, seconds=1.0, seed=2, kernel=kernel)
     assert_invariants(m, policy)
