@@ -133,16 +133,31 @@ class ArrivalStream:
                 before = int(tot[j - 1]) if j else (int(self._cum_total[c - 1][-1]) if c else 0)
                 frac = _fraction_reaching(self._counts[c][j].tolist(), target - before)
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.
-                when = (c * CHUNK + j + min(1.0, frac * (1 + 1e-12) + 1e-12)) * SLOT
+                when = (c * CHUNK + j + min(1.0, frac * (1 + 1e-9) + 1e-9)) * SLOT
                 return min(max(when, t + 1e-9), horizon)
             c += 1
         return horizon
 
 
 def _fraction_reaching(per_kind: list[int], need: int) -> float:
-    """Smallest x in (0, 1] with sum(floor(n * x) for n in per_kind) >= need (the slot's need-th call)."""
-    total = sum(per_kind)
-    x = need / total
-    while sum(int(n * x) for n in per_kind) < need:
-        x = min((int(n * x) + 1) / n for n in per_kind if n and int(n * x) < n)
-    return x
+    """Smallest x in (0, 1] with sum(floor(n * x) for n in per_kind) >= need (the slot's need-th call).
+
+    The answer is a jump point i / n_j; integer arithmetic finds it exactly.
+    """
+    best = 1.0
+    for nj in per_kind:
+        if not nj:
+            continue
+        def reached(i: int, nj: int = nj) -> bool:
+            return sum(n * i // nj for n in per_kind) >= need
+        if not reached(nj):
+            continue
+        lo, hi = 1, nj
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if reached(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        best = min(best, lo / nj)
+    return best

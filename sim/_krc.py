@@ -112,7 +112,7 @@ class KfreeRcuCpu:
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
-        self.proc = self.env.process(self.kfree_rcu_monitor()) if model.kernel.batching else None
+        self.proc = self.env.process(self.kfree_rcu_monitor())
 
     # Booking calls ----------------------------------------------------------------------------
 
@@ -151,12 +151,13 @@ class KfreeRcuCpu:
         base = m.hw.kfree_call_ns * 1e-9
         sync_event = None
         if by_call_rcu or not k.batching:
-            self._call_rcu(n2s + n2v, n2s * slab + n2v * vmb, now, arrival_mid, lazy=by_call_rcu and k.lazy_rcu)
+            # call_rcu() per object; lazy (v6.2+, CONFIG_RCU_LAZY) unless it is a kvfree batch.
+            lazy = by_call_rcu and k.lazy_rcu and m.hw.rcu_lazy
+            self._call_rcu(n2s + n2v, n2s * slab + n2v * vmb, now, arrival_mid, lazy=lazy)
             m.latency.add(base * 1e9, n2s + n2v)
-            if not k.headless_api or not k.batching:
-                if nhs + nhv:
-                    sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
-                return sync_event
+            if nhs + nhv:
+                sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
+            return sync_event
         if not k.headless_api:
             # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
             if nhs + nhv:
@@ -251,6 +252,7 @@ class KfreeRcuCpu:
             lath = m.alloc.latency(gh) if ah else 0.0
             m.latency.add((base + lat2) * 1e9, blocks - ok_head + f2a)
             m.latency.add((base + lath) * 1e9, ok_head)
+            m.cpu_busy[self.cpu] += (blocks - ok_head + f2a) * lat2 + (ok_head + fha) * lath
             st.head_fallbacks += f2a + f2n
             in_blocks = n - failures
             new_records += in_blocks
@@ -374,7 +376,9 @@ class KfreeRcuCpu:
         def invoked(target: int) -> None:
             m.check_safe(objs.newest, target)
             delay = (m.hw.nocb_invoke_ms * 1e-3 if self.nocb else m.hw.cb_invoke_us * 1e-6)
-            delay += count * m.hw.kvfree_ns_per_object * 1e-9
+            work = count * m.hw.kvfree_ns_per_object * 1e-9
+            m.cpu_busy[self.cpu] += work
+            delay += work
 
             def free(_e: simpy.Event) -> None:
                 was = self.callbacks.count > QOVLD
@@ -434,12 +438,20 @@ class KfreeRcuCpu:
         return self.stream.time_to_reach(now, min(ks), until)
 
     def kfree_rcu_monitor(self):
-        """The delayed monitor work, and the clock that books this CPU's open-loop calls."""
+        """The delayed monitor work, and the clock that books this CPU's open-loop calls.
+
+        Sleeps until the earliest of: the monitor's deadline, the next arrival when nothing is
+        pending, the moment a block's worth of calls will be pending (6.1+: the timer shortens),
+        the moment the cache will run dry (the refill kick), and a bound on booking staleness.
+        """
         env = self.env
         m = self.m
         while True:
             now = env.now
-            if self.deadline is None:
+            if not m.kernel.batching:
+                # No monitor before 5.6: book this CPU's calls (each its own call_rcu()) every jiffy.
+                wake = m.end if self.stream is None else now + 1.0 / m.hw.hz
+            elif self.deadline is None:
                 wake = m.end if self.stream is None else self.stream.time_to_reach(now, 1, m.end)
             else:
                 wake = self.deadline if self.stream is None else self._forecast(now, self.deadline)
@@ -547,6 +559,7 @@ class KfreeRcuCpu:
         self.reclaiming_blocks += batch.blocks
         m.check_safe(batch.objs.newest, batch.target)
         duration = (batch.records * hw.kfree_bulk_ns_per_object + batch.head * hw.kvfree_ns_per_object) * 1e-9
+        m.cpu_busy[self.cpu] += duration
         yield self.env.timeout(duration)
         now = self.env.now
         self.advance(now)
@@ -603,7 +616,9 @@ class KfreeRcuCpu:
                 else:
                     got = int(self.refill_rng.binomial(want, p))
                     attempts = want
-            yield self.env.timeout(attempts * m.alloc.latency(gfp))
+            work = attempts * m.alloc.latency(gfp)
+            m.cpu_busy[self.cpu] += work
+            yield self.env.timeout(work)
         now = self.env.now
         self.advance(now)
         st = m.stats

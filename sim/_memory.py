@@ -137,8 +137,11 @@ class PageAllocator:
             self.oom_killed_anon += victim
             self.anon -= victim
 
-    def kswapd(self, t: float, dt: float, chain_target_pages: float) -> None:
-        """One kswapd/reclaim round: follow demand, reclaim page cache below low, OOM if nothing is left."""
+    def kswapd(self, t: float, dt: float, chain_target_pages: float) -> bool:
+        """One kswapd/reclaim round: follow demand, reclaim page cache below low, OOM if nothing is left.
+
+        Returns whether reclaim ran (free memory was below the low watermark): shrinkers run then.
+        """
         hw = self.hw
         self.anon = self.anon_demand(t)
         tau = self.workload.chain_tau_ms * 1e-3
@@ -146,7 +149,8 @@ class PageAllocator:
         if self.free < self.wmark_min:
             # Allocating tasks enter direct reclaim: page cache goes first, at once.
             self.file -= min(self.file, self.wmark_min - self.free)
-        if self.free < self.wmark_low:
+        reclaiming = self.free < self.wmark_low
+        if reclaiming:
             want = self.wmark_high - self.free
             rate = hw.reclaim_mib_per_s * (1 << 20) / self.page_size * dt
             self.file -= min(self.file, want, rate)
@@ -163,3 +167,4 @@ class PageAllocator:
             if self.free <= before:
                 break
         self.free_min = min(self.free_min, max(0.0, self.free))
+        return reclaiming

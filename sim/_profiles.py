@@ -17,6 +17,25 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+_KMALLOC_SMALL = (8, 16, 32, 64, 96, 128, 192)
+
+
+def kmalloc_size(nbytes: int) -> int:
+    """The kmalloc cache an allocation of `nbytes` lands in (kmalloc-8 ... kmalloc-192, then powers of two).
+
+    Large allocations go to the page allocator and round up to whole pages of 4 KiB.
+    """
+    for size in _KMALLOC_SMALL:
+        if nbytes <= size:
+            return size
+    size = 256
+    while size < nbytes and size < 8192:
+        size *= 2
+    if nbytes <= size:
+        return size
+    return -(-nbytes // 4096) * 4096
+
+
 class ProfileError(ValueError):
     """A profile (file, name or override) that cannot be used; the message is one line."""
 
@@ -140,6 +159,11 @@ class WorkloadProfile(_Profile):
     def rcuscale_object_bytes(self) -> int:
         """rcuscale allocates kfree_mult x sizeof(struct kfree_obj): char[8] + rcu_head = 24 B."""
         return 24 * self.kfree_mult
+
+    @property
+    def rcuscale_slab_bytes(self) -> int:
+        """What each rcuscale object really occupies: its kmalloc size class."""
+        return kmalloc_size(self.rcuscale_object_bytes)
 
     def rcuscale_threads(self, cpus: int) -> int:
         """kfree_nthreads as rcuscale resolves it (-1: all CPUs; -k: CPUs - k + 1, at least 1)."""

@@ -1,0 +1,1 @@
+"""Validation of rcutune's model against real kernels (see validation/README.md)."""

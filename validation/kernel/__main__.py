@@ -1,0 +1,7 @@
+"""`python -m validation.kernel build | boot ... | sweep FILE --out CSV`."""
+
+import sys
+
+from .harness import main
+
+sys.exit(main())

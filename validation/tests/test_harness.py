@@ -1,0 +1,294 @@
+"""Fast tests of the real-kernel harness: parsing, classification, sweep files, CSV resume.
+
+No kernel is built or booted here; console logs are short samples of what the 6.1 guests print.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from validation.kernel import harness as h
+
+OK_LOG = """\
+[    0.000000] Linux version 6.1.192 (root@builder) (gcc (Debian 12.2.0-14) 12.2.0) #1 SMP
+[    0.012000] Memory: 482304K/523768K available (8192K kernel code, 1024K rwdata)
+[    0.543176] kfree object size=24
+[    0.543320] rcu-torture: Creating kfree_scale_thread task
+[    0.654165] Total time taken by all kfree'ers: 97675810 ns, loops: 10, batches: 13, memory footprint: 3MB
+[    0.659364] rcu-torture: Stopping kfree_scale_thread task
+[    1.278523] reboot: Power down
+"""
+
+OOM_LOG = """\
+[    0.000000] Linux version 6.1.192 (root@builder) #1 SMP
+[    0.376621] kfree object size=1536
+[    0.912000] kfree_scale_thr invoked oom-killer: gfp_mask=0x40cc0(GFP_KERNEL|__GFP_COMP), order=0, oom_score_adj=0
+[    0.913000] CPU: 1 PID: 57 Comm: kfree_scale_thr Not tainted 6.1.192 #1
+[    0.950000] Out of memory and no killable processes...
+[    0.951000] Kernel panic - not syncing: System is deadlocked on memory
+"""
+
+PANIC_LOG = """\
+[    0.000000] Linux version 6.1.192 #1 SMP
+[    0.700000] Kernel panic - not syncing: No working init found.
+"""
+
+EMULATION_LOG = """\
+KVM internal error. Suberror: 1
+emulation failure
+EAX=00000000 EBX=00000000
+"""
+
+HANGING_LOG = """\
+[    0.000000] Linux version 6.1.192 #1 SMP
+[    0.543176] kfree object size=24
+[   13.918928] input: ImExPS/2 Generic Explorer Mouse as /devices/platform/i8042/serio1/input/input3
+"""
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+def test_parse_kfree_line_positive():
+    r = h.parse_kfree_line("[ 0.65] Total time taken by all kfree'ers: 97675810 ns, loops: 10, "
+                           "batches: 13, memory footprint: 3MB")
+    assert r == h.KfreeResult(97675810, 10, 13, 3)
+
+
+def test_parse_kfree_line_negative_footprint():
+    r = h.parse_kfree_line("Total time taken by all kfree'ers: 5 ns, loops: 50, batches: 0, "
+                           "memory footprint: -4MB\r")
+    assert r is not None and r.footprint_mb == -4 and r.batches == 0
+
+
+def test_parse_kfree_line_absent():
+    assert h.parse_kfree_line("rcu-scale: kfree_scale_thread task started") is None
+    assert h.parse_kfree_line("Total time taken by all kfree'ers: garbage") is None
+
+
+def test_parse_console_collects_context():
+    f = h.parse_console(OK_LOG)
+    assert f.result == h.KfreeResult(97675810, 10, 13, 3)
+    assert f.kernel_version == "6.1.192"
+    assert f.object_size_bytes == 24
+    assert f.kernel_ts_test_start_s == pytest.approx(0.543176)
+    assert f.kernel_ts_result_s == pytest.approx(0.654165)
+    assert f.kernel_ts_last_s == pytest.approx(1.278523)
+    assert (f.guest_mem_available_kib, f.guest_mem_total_kib) == (482304, 523768)
+    assert not f.oom_seen
+
+
+# --- failure classification -----------------------------------------------------------------
+
+@pytest.mark.parametrize("log, timed_out, status, detail_has", [
+    (OK_LOG, False, "ok", ""),
+    (OOM_LOG, False, "oom", "invoked oom-killer"),
+    (OOM_LOG, True, "oom", "invoked oom-killer"),  # the cause wins over the symptom
+    (PANIC_LOG, False, "panic", "No working init"),
+    (EMULATION_LOG, False, "emulation_failure", "KVM internal error"),
+    (HANGING_LOG, True, "timeout", "timeout"),
+    (HANGING_LOG, False, "no_result", "exited"),
+    ("", False, "no_result", "exited"),
+])
+def test_classify_console(log, timed_out, status, detail_has):
+    got, detail = h.classify_console(log, timed_out, 0 if not timed_out else None)
+    assert got == status
+    assert detail_has in detail
+    assert "[" not in detail[:2]  # the kernel timestamp is stripped from the cause
+
+
+def test_allocation_failure_counts_as_oom():
+    log = "[ 1.0] kfree_scale_thr: page allocation failure: order:0, mode:0xcc0(GFP_KERNEL)\n"
+    assert h.classify_console(log, True)[0] == "oom"
+
+
+def test_result_line_wins_over_late_oom():
+    status, _ = h.classify_console(OK_LOG + "[ 2.0] Out of memory: Killed process 1\n", False)
+    assert status == "ok"
+    assert h.parse_console(OK_LOG + "[ 2.0] Out of memory: Killed process 1\n").oom_seen
+
+
+# --- boot parameters ---------------------------------------------------------------------------
+
+def test_boot_params_mode_and_cmdline():
+    p = h.BootParams(guest_cpus=4, rcu_min_cached_objs=0, kfree_loops=50,
+                     kfree_rcu_test_double=1)
+    assert p.mode == "double"
+    assert p.kfree_threads_effective == 4
+    cmd = p.kernel_cmdline()
+    for want in ("rcutree.rcu_min_cached_objs=0", "rcuscale.kfree_loops=50",
+                 "rcuscale.kfree_rcu_test_double=1", "rcuscale.shutdown=1", "panic=-1"):
+        assert want in cmd
+    assert h.BootParams().mode == "mixed"
+    assert h.BootParams(kfree_rcu_test_single=1).mode == "single"
+    assert h.BootParams(kfree_rcu_test_single=1, kfree_rcu_test_double=1).mode == "mixed"
+    assert h.BootParams(guest_cpus=4, kfree_nthreads=-2).kfree_threads_effective == 3
+
+
+def test_accel_facts():
+    assert h.accel_facts("tcg,thread=single") == ("tcg", "single")
+    assert h.accel_facts("tcg") == ("tcg", "multi")
+    assert h.accel_facts("kvm") == ("kvm", "")
+
+
+# --- sweep files ----------------------------------------------------------------------------
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "sweep.toml"
+    p.write_text(text)
+    return p
+
+
+GOOD = """
+[sweep]
+name = "t"
+seed = 5
+repetitions = 3
+timeout_s = 30
+
+[defaults]
+guest_mem_mib = 256
+kfree_loops = 50
+
+[[grid]]
+guest_cpus = [2, 4]
+mode = ["double", "mixed"]
+rcu_min_cached_objs = [0, 64]
+
+[[grid]]
+guest_cpus = 2
+mode = "double"
+rcu_min_cached_objs = 0
+repetitions = 5
+"""
+
+
+def test_load_sweep_grid_and_overlap(tmp_path):
+    sw = h.load_sweep(write(tmp_path, GOOD))
+    assert sw.name == "t" and sw.seed == 5 and sw.timeout_s == 30
+    assert sw.accel == h.DEFAULT_ACCEL
+    assert len(sw.points) == 8  # 2 x 2 x 2; the second block overlaps one point
+    reps = {p.point_id: p.repetitions for p in sw.points}
+    assert reps["c2-m256-n0-d5000-t-1-a8000-l50-x1-double"] == 5
+    assert sum(reps.values()) == 7 * 3 + 5
+    assert all(p.params.guest_mem_mib == 256 for p in sw.points)
+
+
+def test_sweep_order_is_seeded_and_complete(tmp_path):
+    sw = h.load_sweep(write(tmp_path, GOOD))
+    a, b = sw.runs(), sw.runs()
+    assert [(p.point_id, r) for p, r in a] == [(p.point_id, r) for p, r in b]
+    keys = {(p.point_id, r) for p, r in a}
+    assert len(keys) == len(a) == 26
+    ordered = [(p.point_id, r) for p in sw.points for r in range(p.repetitions)]
+    assert [(p.point_id, r) for p, r in a] != ordered  # shuffled, not grid order
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[[grid]]\nguest_cpus = 0\n", "guest_cpus = 0 must be in [1, 16]"),
+    ("[[grid]]\nkfree_loops = 2\n", "kfree_loops = 2"),
+    ("[[grid]]\nmode = \"triple\"\n", "mode must be one of"),
+    ("[[grid]]\nguest_cpu = 2\n", "unknown keys ['guest_cpu']"),
+    ("[[grid]]\nrcu_min_cached_objs = \"5\"\n", "rcu_min_cached_objs must be an integer"),
+    ("[[grid]]\nrcu_delay_page_cache_fill_msec = 200000\n", "rcu_delay_page_cache_fill_msec"),
+    ("[[grid]]\nguest_cpus = []\n", "empty list"),
+    ("[[grid]]\nmode = \"double\"\nkfree_rcu_test_single = 1\n", "contradicts"),
+    ("[[grid]]\nmode = \"mixed\"\nkfree_rcu_test_single = 1\n", "contradicts"),
+    ("[sweep]\nrepetitions = 0\n[[grid]]\nguest_cpus = 2\n", "repetitions = 0"),
+    ("[sweep]\ntimeout_s = -1\n[[grid]]\nguest_cpus = 2\n", "timeout_s must be a positive"),
+    ("[sweep]\nname = \"x\"\n", "needs at least one [[grid]]"),
+    ("[swep]\n[[grid]]\nguest_cpus = 2\n", "unknown top-level keys"),
+    ("[[grid]\nguest_cpus = 2\n", "not valid TOML"),
+    ("[[grid]]\nkfree_nthreads = 0\n", "kfree_nthreads = 0"),
+])
+def test_bad_sweep_files_give_clear_errors(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(h.SweepError) as e:
+        h.load_sweep(path)
+    assert message in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_missing_sweep_file(tmp_path):
+    with pytest.raises(h.SweepError, match="no such sweep file"):
+        h.load_sweep(tmp_path / "nope.toml")
+
+
+def test_committed_sweeps_are_valid():
+    root = Path(h.__file__).resolve().parents[1] / "sweeps"
+    files = sorted(root.glob("*.toml"))
+    assert files, "validation/sweeps/*.toml missing"
+    for f in files:
+        sw = h.load_sweep(f)
+        assert all(p.repetitions >= 4 for p in sw.points)
+
+
+# --- CSV rows and resume -------------------------------------------------------------------
+
+def fake_result(params: h.BootParams, log: str, status: str) -> h.BootResult:
+    return h.BootResult(params, status, "", h.parse_console(log), 1.5, "tcg", "single", 0, log)
+
+
+def test_result_row_has_all_columns():
+    p = h.BootParams(kfree_loops=10)
+    row = h.result_row(fake_result(p, OK_LOG, "ok"), rep=2, context={"host_cores": 2})
+    assert tuple(row) == h.CSV_COLUMNS
+    assert row["point_id"] == p.point_id and row["rep"] == "2"
+    assert row["total_time_ns"] == "97675810" and row["footprint_mb"] == "3"
+    assert row["mode"] == "mixed" and row["status"] == "ok" and row["host_cores"] == "2"
+    assert row["kernel_version"] == "6.1.192" and row["tcg_threads"] == "single"
+    failed = h.result_row(fake_result(p, OOM_LOG, "oom"), rep=0, context={})
+    assert failed["total_time_ns"] == "" and failed["oom_seen"] == "1"
+
+
+def test_completed_runs_and_resume(tmp_path):
+    out = tmp_path / "d.csv"
+    assert h.completed_runs(out) == set()
+    p = h.BootParams(kfree_loops=10)
+    h.append_row(out, h.result_row(fake_result(p, OK_LOG, "ok"), rep=0, context={}))
+    h.append_row(out, h.result_row(fake_result(p, OOM_LOG, "oom"), rep=1, context={}))
+    assert h.completed_runs(out) == {(p.point_id, 0), (p.point_id, 1)}
+    # A row cut short by an interrupted run is not counted, and the next append repairs it.
+    with out.open("a") as fh:
+        fh.write(p.point_id + ",2,2,512")
+    assert h.completed_runs(out) == {(p.point_id, 0), (p.point_id, 1)}
+    h.append_row(out, h.result_row(fake_result(p, OK_LOG, "ok"), rep=2, context={}))
+    rows = list(csv.DictReader(out.open()))
+    assert [r["rep"] for r in rows] == ["0", "1", "2"]
+    assert h.completed_runs(out) == {(p.point_id, r) for r in range(3)}
+
+
+def test_completed_runs_refuses_foreign_header(tmp_path):
+    out = tmp_path / "other.csv"
+    out.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(h.CsvMismatchError):
+        h.completed_runs(out)
+
+
+def test_run_sweep_skips_done_rows(tmp_path, monkeypatch):
+    """run_sweep boots only what the CSV lacks, in the seeded order, and appends as it goes."""
+    sweep = write(tmp_path, GOOD)
+    out = tmp_path / "out.csv"
+    booted = []
+
+    def fake_boot(params, timeout_s, kernel=None, accel=h.DEFAULT_ACCEL):
+        booted.append(params.point_id)
+        return fake_result(params, OK_LOG, "ok")
+
+    kernel = h.BuildResult(Path("bz"), Path("rd"), Path("cfg"), "6.1.192", "k", 1.0, True)
+    monkeypatch.setattr(h, "boot", fake_boot)
+    monkeypatch.setattr(h, "qemu_version", lambda: "7.2.0")
+    logs = tmp_path / "logs"
+    s1 = h.run_sweep(sweep, out, kernel=kernel, limit=10, log_dir=logs, progress=lambda s: None)
+    assert (s1.ran, s1.skipped) == (10, 0)
+    s2 = h.run_sweep(sweep, out, kernel=kernel, log_dir=logs, progress=lambda s: None)
+    assert (s2.ran, s2.skipped, s2.planned) == (16, 10, 26)
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 26 == len({(r["point_id"], r["rep"]) for r in rows})
+    order = [(p.point_id, r) for p, r in h.load_sweep(sweep).runs()]
+    assert [(r["point_id"], int(r["rep"])) for r in rows] == order
+    assert {r["boot_index"] for r in rows} == {str(i) for i in range(26)}
+    s3 = h.run_sweep(sweep, out, kernel=kernel, log_dir=logs, progress=lambda s: None)
+    assert s3.ran == 0
