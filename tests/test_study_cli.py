@@ -116,3 +116,36 @@ def test_studies_on_a_missing_database_creates_nothing(tmp_path):
     result = CliRunner().invoke(app, ["studies", "--storage", url(db)])
     assert result.exit_code == 0 and "does not exist" in result.output
     assert not db.exists()
+
+
+def test_the_scalar_objective_prunes_hopeless_trials_at_low_fidelity(tmp_path):
+    db = tmp_path / "s.db"
+    result = run_study(db, "--trials", "12", "--objective", "scalar", "--sampler", "random", "--fix", "layout=per-cpu")
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name="vm-2/steady", storage=url(db))
+    assert study.metric_names == ["scalar"]
+    done = study.get_trials()
+    pruned = [t for t in done if t.state == TrialState.PRUNED]
+    assert pruned, "reserving far more memory than an earlier trial needs is hopeless"
+    low = {t.number: t.user_attrs["low_fidelity"] for t in done}
+    for t in pruned:
+        by = t.user_attrs["pruned_by"]
+        assert by < t.number and "design" not in t.user_attrs
+        assert low[t.number]["scalar"] > 2 * low[by]["scalar"] + 0.05
+        assert t.intermediate_values == {0: low[t.number]["scalar"]}
+
+
+def test_the_tpe_search_tries_the_neighbours_of_its_best_trial(tmp_path):
+    db = tmp_path / "p.db"
+    result = run_study(db, "--trials", "10", "--objective", "scalar", "--fix", "layout=per-cpu")
+    assert result.exit_code == 0, result.output
+    done = {t.number: t for t in trials(db, "vm-2/steady")}
+    refining = [t for t in done.values() if "refines" in t.user_attrs]
+    assert refining
+    for t in refining:
+        best = done[t.user_attrs["refines"]].params
+        changed = {k for k in t.params if t.params[k] != best[k]}
+        assert len(changed) == 1
+        if changed == {"n_per_cpu"}:
+            assert abs(t.params["n_per_cpu"] - best["n_per_cpu"]) == 1
+

@@ -171,7 +171,7 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
                 study.sampler = sampler
                 loop = StudyLoop(study, definition, workload, pool,
                                  on_trial=lambda outcome, w=workload.name, s=study: progress.trial(w, outcome, s),
-                                 heartbeat=lambda: storage.beat(db, campaign_id))
+                                 heartbeat=lambda: storage.beat(db, campaign_id), refine=request.sampler == "tpe")
                 progress.start_study(workload.name)
                 try:
                     loop.run(trials)

@@ -119,6 +119,12 @@ class SearchSpace:
                 out[p.name] = values[p.name]
         return out
 
+    def complete(self, values: Mapping[str, Any]) -> bool:
+        """Whether `values` holds every parameter that is active for them, and nothing else."""
+        return set(self.active(values)) == set(values) and all(
+            p.name in values for p in self.params
+            if p.when is None or self._value(p.when[0], values) == p.when[1])
+
     def policy(self, values: Mapping[str, Any]) -> Policy:
         """The policy that parameter values (plus the fixed ones and the kernel's defaults) describe.
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 import sim
@@ -64,6 +65,7 @@ class _Run:
     error: str | None = None
     pruned_by: int | None = None
     raced: bool = False
+    simulations: int = 0  # simulations run for this trial (identical ones run earlier are reused)
 
     @property
     def number(self) -> int:
@@ -91,11 +93,16 @@ class StudyLoop:
         pool: the simulation workers.
         on_trial: called after each tell.
         heartbeat: called at least every HEARTBEAT_EVERY_S seconds while the loop runs.
+        window: trials in flight at once (default: twice the workers).
+        refine: when a trial becomes the best (lowest base scalar value among feasible ones), every
+            other new trial tries one of its untried neighbours (N-1, N+1, the other layouts, one
+            step of each other parameter): a pattern search that ends the study on a local optimum.
     """
 
     def __init__(self, study: optuna.Study, definition: CampaignDefinition, workload: sim.WorkloadProfile,
                  pool: SimulationPool, *, on_trial: Callable[[TrialOutcome], None] | None = None,
-                 heartbeat: Callable[[], None] | None = None, window: int | None = None) -> None:
+                 heartbeat: Callable[[], None] | None = None, window: int | None = None,
+                 refine: bool = False) -> None:
         self.study, self.d, self.workload, self.pool = study, definition, workload, pool
         self.on_trial = on_trial or (lambda outcome: None)
         self.heartbeat = heartbeat or (lambda: None)
@@ -105,8 +112,15 @@ class StudyLoop:
         self.seen: list[_Seen] = [s for s in (_seen_from(t, definition) for t in study.get_trials(deepcopy=False))
                                   if s is not None]
         self.in_flight: dict[int, _Run] = {}
+        self.memo: dict[tuple, sim.Metrics] = {}  # simulate() is pure: (policy, seed, seconds) -> metrics
         self.interrupted: list[_Run] = []
         self.failures_in_a_row = 0
+        self.refine = refine and "n_per_cpu" in definition.space.names()
+        self.refinements: list[tuple[dict[str, Any], int]] = []  # (parameters, the best trial they neighbour)
+        self.asked = 0
+        if self.refine and any(x.base is not None and x.base_feasible for x in self.seen):
+            best = self._best_number()
+            self._queue_neighbours(self.study.get_trials(deepcopy=False)[best].params, best)
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self, trials: int) -> None:
@@ -130,6 +144,9 @@ class StudyLoop:
             raise
 
     def _ask(self) -> None:
+        if self.asked % 2 == 0:  # every other trial refines the best; the sampler explores in between
+            self._next_refinement()
+        self.asked += 1
         trial = self.study.ask()
         values = self.d.space.suggest(trial)
         policy = self.d.space.policy(values)
@@ -145,9 +162,20 @@ class StudyLoop:
     def _submit(self, run: _Run, jobs: list[tuple[int, int, float]]) -> None:
         stage_order = {"low": 0, "base": 1, "race": 2}[run.stage]
         for index, seed, seconds in jobs:
+            known = self.memo.get((run.policy, seed, seconds))
+            if known is not None:  # an identical simulation already ran in this loop
+                self._store(run, index, known)
+                continue
             task = SimTask((run.number, index), self.d.hardware, self.workload, run.policy, seconds, seed, self.d.kernel)
             self.pool.submit(task, priority=(run.number, stage_order, index))
             run.waiting += 1
+            run.simulations += 1
+
+    def _store(self, run: _Run, index: int, metrics: sim.Metrics) -> None:
+        if index == -1:
+            run.low = metrics
+        else:
+            run.runs[index] = metrics
 
     def _receive(self, result: SimResult) -> None:
         number, index = result.key  # type: ignore[misc]
@@ -157,10 +185,11 @@ class StudyLoop:
         run.waiting -= 1
         if result.error is not None:
             run.error = run.error or result.error
-        elif index == -1:
-            run.low = result.metrics
-        else:
-            run.runs[index] = result.metrics  # type: ignore[assignment]
+            return
+        assert result.metrics is not None
+        seconds = self.low_seconds if index == -1 else self.seconds
+        self.memo[(run.policy, self.d.seeds[0] if index == -1 else self.d.seeds[index], seconds)] = result.metrics
+        self._store(run, index, result.metrics)
 
     def _advance(self) -> None:
         """Take every decision whose inputs are complete, in trial order; tell finished trials in order."""
@@ -248,6 +277,7 @@ class StudyLoop:
         else:
             low_ok = False
         base_entry = None
+        trial.set_user_attr("simulations", run.simulations)
         if state == TrialState.FAIL:
             trial.set_user_attr("fail_reason", run.error or "failed")
             self.study.tell(trial, state=TrialState.FAIL)
@@ -285,11 +315,57 @@ class StudyLoop:
                 self.study.tell(trial, [base_entry[name] for name in OBJECTIVES])
         self.seen.append(_Seen(run.number, low_entry, low_ok, base_entry, ok))
         del self.in_flight[run.number]
+        if self.refine and base_entry is not None and ok and self._best_number() == run.number:
+            self._queue_neighbours(dict(run.trial.params), run.number)
         self.on_trial(TrialOutcome(run.number, state, run.policy, outcome_values, ok, run.raced, run.label, run.error))
         self.failures_in_a_row = self.failures_in_a_row + 1 if state == TrialState.FAIL else 0
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             self.pool.cancel_all()
             raise StudyAborted(f"{self.failures_in_a_row} trials in a row failed, the last with: {run.error}")
+
+
+    def _best_number(self) -> int:
+        ranked = [x for x in self.seen if x.base is not None and x.base_feasible]
+        return min(ranked, key=lambda x: (x.base["scalar"], x.number)).number  # type: ignore[index]
+
+    def _queue_neighbours(self, params: dict[str, Any], number: int) -> None:
+        """The best trial's neighbours: N-1, N, N+1 in every layout first, then one step of each other parameter."""
+        space = self.d.space
+        by_name = {p.name: p for p in space.params}
+
+        def steps(name: str) -> list[Any]:
+            d, x = by_name[name].distribution, params[name]
+            if isinstance(d, CategoricalDistribution):
+                return [c for c in d.choices if c != x]
+            step = d.step or 1  # type: ignore[attr-defined]
+            values = [v for v in (x - step, x + step) if d.low <= v <= d.high]  # type: ignore[attr-defined]
+            return [round(v, 10) for v in values] if isinstance(d, FloatDistribution) else values
+
+        first: list[dict[str, Any]] = []
+        n_values = [params["n_per_cpu"]] + steps("n_per_cpu")
+        layouts = [params["layout"]] + steps("layout") if "layout" in params else [None]
+        for n in n_values:
+            for layout in layouts:
+                change = {"n_per_cpu": n} if layout is None else {"n_per_cpu": n, "layout": layout}
+                first.append({**params, **change})
+        rest = [{**params, name: value} for name in params if name not in ("n_per_cpu", "layout")
+                for value in steps(name)]
+        candidates = [space.active(c) for c in first[1:] + rest]
+        self.refinements = [(c, number) for c in candidates if space.complete(c)]
+
+    def _next_refinement(self) -> None:
+        """Put the next untried neighbour of the best trial at the head of the queue (if nothing else waits)."""
+        if not self.refinements:
+            return
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return
+        tried = [t.params for t in trials]
+        while self.refinements:
+            params, number = self.refinements.pop(0)
+            if params not in tried:
+                self.study.enqueue_trial(params, user_attrs={"refines": number})
+                return
 
 
 def _means(runs: list[sim.Metrics], hw: sim.HardwareProfile) -> dict[str, float]:
