@@ -109,6 +109,7 @@ class KfreeRcuCpu:
         self.cum_seen: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.last_t = 0.0
         self.deadline: float | None = None
+        self.blocked: tuple[float, float] | None = None  # (re-arm anchor, period) while both slots are busy
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
@@ -226,17 +227,26 @@ class KfreeRcuCpu:
             # The cache is empty: each call that needs a block allocates inline or falls back.
             k = m.kernel
             g2, gh = k.two_arg_inline_gfp, k.headless_inline_gfp
-            s2 = m.alloc.success_probability(g2)
-            sh = m.alloc.success_probability(gh)
             a2 = g2 != "none"
             ah = gh != "none"
-            q = (1 - h) * a2 * s2 + h * ah * sh
+            s2 = m.alloc.success_probability(g2) if a2 and h < 1 else 0.0
+            sh = m.alloc.success_probability(gh) if ah and h > 0 else 0.0
+            q = (1 - h) * s2 + h * sh
             blocks, failures = self._renewal(n, q, records)
-            weights = np.array([(1 - h) * a2 * (1 - s2), (1 - h) * (not a2), h * ah * (1 - sh), h * (not ah)])
+            # Split the failed calls: two-argument (attempted or not) vs headless (attempted or not).
+            f2a = f2n = fha = fhn = 0
             if failures:
-                f2a, f2n, fha, fhn = (int(x) for x in self.rng.multinomial(failures, weights / weights.sum()))
-            else:
-                f2a = f2n = fha = fhn = 0
+                p2 = (1 - h) * (1 - s2)
+                f2 = self._binomial(failures, p2 / (p2 + h * (1 - sh))) if h > 0 else failures
+                fh = failures - f2
+                if a2:
+                    f2a = f2
+                else:
+                    f2n = f2
+                if ah:
+                    fha = fh
+                else:
+                    fhn = fh
             if pool.has_shared():
                 # Every call that finds no block tries the shared pool again under its lock.
                 lock_wait = pool.contend(blocks + failures)
@@ -247,7 +257,7 @@ class KfreeRcuCpu:
             st.pages_allocated += blocks
             m.alloc.block_pages += blocks
             # Which caller kind allocated each block, for its latency.
-            ok_head = int(self.rng.binomial(blocks, (h * ah * sh) / q)) if blocks and q > 0 else 0
+            ok_head = self._binomial(blocks, h * sh / q) if blocks and q > 0 else 0
             lat2 = m.alloc.latency(g2) if a2 else 0.0
             lath = m.alloc.latency(gh) if ah else 0.0
             m.latency.add((base + lat2) * 1e9, blocks - ok_head + f2a)
@@ -299,6 +309,13 @@ class KfreeRcuCpu:
             for g in self.pending[c]:
                 count += g.count
         self.pending_count = count
+
+    def _binomial(self, n: int, p: float) -> int:
+        if p <= 0.0:
+            return 0
+        if p >= 1.0:
+            return n
+        return int(self.rng.binomial(n, p))
 
     def _renewal(self, n: int, q: float, records: int) -> tuple[int, int]:
         """Blocks allocated inline and calls that failed, among n calls that each need a block.
@@ -406,7 +423,7 @@ class KfreeRcuCpu:
     def schedule_delayed_monitor_work(self, now: float) -> None:
         """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once."""
         m = self.m
-        if not m.kernel.batching or self.pending_count == 0:
+        if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None:
             return
         delay = m.kernel.drain_delay_jiffies(m.hw.hz, self.pending_count, m.records) / m.hw.hz
         if self.deadline is None:
@@ -451,6 +468,8 @@ class KfreeRcuCpu:
             if not m.kernel.batching:
                 # No monitor before 5.6: book this CPU's calls (each its own call_rcu()) every jiffy.
                 wake = m.end if self.stream is None else now + 1.0 / m.hw.hz
+            elif self.blocked is not None:
+                wake = m.end  # until _unblock() sets the deadline (bookings still happen below)
             elif self.deadline is None:
                 wake = m.end if self.stream is None else self.stream.time_to_reach(now, 1, m.end)
             else:
@@ -478,8 +497,40 @@ class KfreeRcuCpu:
         if m.kernel.polled_gp_per_block:
             self.kvfree_rcu_drain_ready(now)
         queued = self.kvfree_rcu_queue_batch(now)
-        if self.pending_count and (m.kernel.adaptive_drain or not queued):
+        if queued:
+            self.blocked = None
+        if not self.pending_count:
+            return
+        delay = m.kernel.drain_delay_jiffies(m.hw.hz, self.pending_count, m.records) / m.hw.hz
+        if not queued and self.deadline is None and self.stream is None and (not m.kernel.adaptive_drain or self.pending_count >= m.records):
+            # Both krw slots are busy and the timer re-arms every `delay` (1 jiffy, or 20 ms before
+            # 6.1). Those fires change nothing until a slot frees or (6.3) a polled GP completes,
+            # so skip them: the next fire is the first tick of that re-arm grid after such an event.
+            # Only where callers book their own calls (rcuscale threads): open-loop calls are
+            # booked at the monitor's fires, and their polled snapshots need that cadence.
+            self._block(now, delay)
+        elif m.kernel.adaptive_drain or not queued:
             self.schedule_delayed_monitor_work(now)
+
+    def _block(self, now: float, period: float) -> None:
+        if self.blocked is None:
+            self.blocked = (now, period)
+        if self.m.kernel.polled_gp_per_block:
+            snaps = [g[0].snap for g in self.pending if g]
+            snaps += [c.snap for c in self.cur if c is not None and c.count]
+            if self.head.count:
+                snaps.append(self.head_snap)
+            if snaps:
+                self.m.gp.when_done(min(snaps), self._unblock)
+
+    def _unblock(self) -> None:
+        """Something the blocked monitor waits for happened: fire at the next tick of its re-arm grid."""
+        if self.blocked is None:
+            return
+        anchor, period = self.blocked
+        self.blocked = None
+        ticks = max(1, math.ceil((self.env.now - anchor) / period - 1e-9))
+        self._set_deadline(anchor + ticks * period)
 
     def kvfree_rcu_drain_ready(self, now: float) -> None:
         """Free blocks (oldest first) and the rcu_head list whose polled GP has already completed."""
@@ -555,6 +606,7 @@ class KfreeRcuCpu:
         invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
         yield self.env.timeout(invoke + hw.wq_latency_us * 1e-6)
         self.krw[batch.slot] = None
+        self._unblock()
         self.reclaiming.count += batch.objs.count
         self.reclaiming_blocks += batch.blocks
         m.check_safe(batch.objs.newest, batch.target)
@@ -590,12 +642,14 @@ class KfreeRcuCpu:
             return
         self.work_in_progress = True
         delay = m.policy.refill_delay_ms * 1e-3 if self.backoff else m.hw.wq_latency_us * 1e-6
-        self.env.process(self.fill_page_cache_func(delay))
+        self.env.timeout(delay).callbacks.append(self.fill_page_cache_func)
 
-    def fill_page_cache_func(self, delay: float):
-        """Allocate pages up to N (1 while backing off), stopping at the first failure from 6.1."""
+    def fill_page_cache_func(self, _event: simpy.Event | None = None) -> None:
+        """The refill work: allocate pages up to N (1 while backing off), stopping at the first
+        failure from 6.1. The allocations take microseconds; their CPU time is charged to this CPU."""
         m = self.m
-        yield self.env.timeout(delay)
+        now = self.env.now
+        self.advance(now)
         target = 1 if self.backoff else m.policy.n_per_cpu
         if m.pool.layout == "global":
             want = min(target, m.pool.room(self.cpu))
@@ -616,19 +670,11 @@ class KfreeRcuCpu:
                 else:
                     got = int(self.refill_rng.binomial(want, p))
                     attempts = want
-            work = attempts * m.alloc.latency(gfp)
-            m.cpu_busy[self.cpu] += work
-            yield self.env.timeout(work)
-        now = self.env.now
-        self.advance(now)
+            m.cpu_busy[self.cpu] += attempts * m.alloc.latency(gfp)
         st = m.stats
         st.page_alloc_attempts += attempts
         st.page_alloc_failures += attempts - got
         if got:
-            if m.pool.layout == "global":
-                got = min(got, m.pool.room(self.cpu))
-            else:
-                got = min(got, m.pool.local_cap - int(m.pool.local[self.cpu]))
             m.pool.fill(self.cpu, got)
             st.pages_allocated += got
             st.refill_allocations += got
