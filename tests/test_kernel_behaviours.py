@@ -264,7 +264,7 @@ def test_pages_return_to_the_originating_cpu(monkeypatch):
 
     def work(self, batch):
         puts.append(self.cpu)
-        yield from original(self, batch)
+        original(self, batch)
 
     monkeypatch.setattr(_krc.KfreeRcuCpu, "kfree_rcu_work", work)
     hw, wl = load("phone-8", "bursty")
