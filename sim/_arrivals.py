@@ -84,6 +84,7 @@ class ArrivalStream:
         self._counts: list[np.ndarray] = []  # per chunk: (4, CHUNK) calls per slot
         self._cum: list[np.ndarray] = []  # per chunk: (4, CHUNK) inclusive cumulative, from time 0
         self._cum_total: list[np.ndarray] = []
+        self._chunk_total: list[int] = []  # calls up to each chunk's end
 
     def _chunk(self, k: int) -> None:
         while len(self._counts) <= k:
@@ -99,6 +100,7 @@ class ArrivalStream:
             self._counts.append(np.ascontiguousarray(counts.T))
             self._cum.append(np.ascontiguousarray(cum.T))
             self._cum_total.append(cum.sum(axis=0))
+            self._chunk_total.append(int(self._cum_total[-1][-1]))
 
     def cumulative(self, t: float) -> tuple[int, ...]:
         """Calls of each kind in (0, t]; kind k's i-th call in a slot comes at fraction i / count_k."""
@@ -134,8 +136,8 @@ class ArrivalStream:
             if c >= len(self._counts):
                 self._chunk(c)
             tot = self._cum_total[c]
-            if tot[-1] >= target:
-                j = int(np.searchsorted(tot, target, side="left"))
+            if self._chunk_total[c] >= target:
+                j = int(tot.searchsorted(target))
                 before = int(tot[j - 1]) if j else (int(self._cum_total[c - 1][-1]) if c else 0)
                 frac = _fraction_reaching(self._counts[c][j].tolist(), target - before)
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.

@@ -473,15 +473,15 @@ class KfreeRcuCpu:
             k_cross = m.records - self.pending_count
         if k_miss == k_cross == math.inf:
             return until, False
-        seen = sum(self.cum_seen) if now == self.last_t else None
-        wake, shortened = until, False
-        if k_miss < math.inf:
-            wake = self.stream.time_to_reach(now, int(k_miss), until, seen)
+        stream = self.stream
+        seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
         if k_cross < k_miss:
-            cross = self.stream.time_to_reach(now, int(k_cross), wake, seen)
-            if cross + jiffy < wake:
-                wake, shortened = cross + jiffy, True
-        return wake, shortened
+            cross = stream.time_to_reach(now, int(k_cross), until, seen)
+            if cross + jiffy >= until:
+                return until, False
+            if k_miss == math.inf or sum(stream.cumulative(cross + jiffy)) - seen < k_miss:
+                return cross + jiffy, True  # the cache lasts past the shortened timer's expiry
+        return stream.time_to_reach(now, int(k_miss), until, seen), False
 
     def kfree_rcu_monitor(self):
         """The delayed monitor work, and the clock that books this CPU's open-loop calls.
