@@ -172,3 +172,7 @@ def _print_metrics(hw, wl, kernel: str, policy: Policy, m: sim.Metrics) -> None:
 
 def main() -> None:  # pragma: no cover - the console script calls `app`
     app()
+
+
+if __name__ == "__main__":
+    app()
