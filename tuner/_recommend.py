@@ -179,6 +179,25 @@ def load_campaign(url: str, name: str) -> CampaignData:
     return data
 
 
+def newest_campaign(url: str, hardware: str) -> str:
+    """The most recently updated campaign of a hardware profile.
+
+    Raises:
+        UserError: no database, or no campaign for that hardware.
+    """
+    if not storage.database_exists(url):
+        raise UserError(f"{url} does not exist (run rcutune study --hardware {hardware} first)")
+    db = storage.open_database(url, create=False)
+    try:
+        with db.session() as session:
+            rows = [(c.updated_at, c.name) for c in storage.list_campaigns(session) if c.hardware_name == hardware]
+    finally:
+        db.close()
+    if not rows:
+        raise UserError(f"no campaign for hardware '{hardware}' in {url}; run rcutune study --hardware {hardware}")
+    return max(rows)[1]
+
+
 def fit_surrogates(data: CampaignData) -> None:
     """One surrogate per (workload, metric), fitted to every replication of every complete trial.
 
@@ -417,7 +436,8 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
         fix = f"rcutune study --hardware {data.hardware.name} --study {data.name} {names} --trials {trials}"
     surrogate = {w.name: {m: {"estimator": s.accuracy.estimator, "n_trials": s.accuracy.n_trials,
                               "cv_r2": s.accuracy.cv_r2, "rank_correlation": s.accuracy.rank_correlation,
-                              "coverage": s.accuracy.coverage, "healthy": s.accuracy.healthy}
+                              "coverage": s.accuracy.coverage, "decisive": bool(s.accuracy.decisive),
+                              "healthy": s.accuracy.healthy}
                           for m, s in w.surrogates.items()} for w in data.workloads}
     return Recommendation(data.name, data.hardware.name, data.kernel, data.simulator_version, confidence, data.seeds,
                           fresh, overall, overall_what_if, results, surrogate, bad, extrapolated, fix)
