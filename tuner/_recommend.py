@@ -205,6 +205,13 @@ def fit_surrogates(data: CampaignData) -> None:
     half its SLO, and a fallback cost whose spread over the trials is under a tenth of the spread of
     the memory term, cannot change the recommendation: their accuracy is stored but not required.
     """
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):  # tiny matrices: threaded BLAS only oversubscribes the CPUs
+        _fit_surrogates(data)
+
+
+def _fit_surrogates(data: CampaignData) -> None:
     hw = data.hardware
     per_gib = hw.memory_mib / 1024
     slo = {name: getattr(hw, attr) for name, _, _, attr in METRICS if attr is not None}

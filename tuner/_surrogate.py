@@ -50,6 +50,15 @@ def policy_features(policies: Sequence[Mapping[str, Any]]) -> np.ndarray:
     return np.asarray(rows, dtype=float)
 
 
+def _bounded_lbfgs(objective, initial_theta, bounds):
+    """L-BFGS-B on the log marginal likelihood, capped at 60 iterations (the fit is cross-validated anyway)."""
+    from scipy.optimize import minimize
+
+    result = minimize(objective, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds,
+                      options={"maxiter": 60})
+    return result.x, result.fun
+
+
 class GPSurrogate(RegressorMixin, BaseEstimator):
     """Gaussian process with a Matern kernel plus white noise on standardised inputs and targets.
 
@@ -72,7 +81,7 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
         kernel = (ConstantKernel(1.0, (1e-3, 1e3))
                   * Matern(length_scale=np.ones(X.shape[1]), length_scale_bounds=(1e-2, 1e3), nu=self.nu)
                   + WhiteKernel(1e-2, (1e-6, 1e1)))
-        self.model_ = GaussianProcessRegressor(kernel=kernel, normalize_y=True,
+        self.model_ = GaussianProcessRegressor(kernel=kernel, normalize_y=True, optimizer=_bounded_lbfgs,
                                                n_restarts_optimizer=self.n_restarts_optimizer,
                                                random_state=self.random_state)
         with warnings.catch_warnings():
