@@ -80,15 +80,19 @@ class ArrivalStream:
         self.rng = stream(seed, "arrivals", cpu)
         h, v = w.headless_fraction, w.vmalloc_fraction
         self.mix = np.array([(1 - h) * (1 - v), (1 - h) * v, h * (1 - v), h * v])
+        self._kinds = [k for k in range(4) if self.mix[k] > 0]
         self._counts: list[np.ndarray] = []  # per chunk: (4, CHUNK) calls per slot
         self._cum: list[np.ndarray] = []  # per chunk: (4, CHUNK) inclusive cumulative, from time 0
         self._cum_total: list[np.ndarray] = []
+        self._chunk_total: list[int] = []  # calls up to each chunk's end
 
     def _chunk(self, k: int) -> None:
         while len(self._counts) <= k:
             c = len(self._counts)
             lam = self.schedule.rate(self.cpu, c * CHUNK, CHUNK) * SLOT
-            counts = self.rng.poisson(self.mix[:, None] * lam[None, :])
+            counts = np.zeros((4, CHUNK), dtype=np.int64)
+            for kind in self._kinds:  # only the kinds this workload has
+                counts[kind] = self.rng.poisson(self.mix[kind] * lam)
             base = self._last if self._cum else np.zeros(4, dtype=np.int64)
             cum = np.cumsum(counts, axis=1) + base[:, None]
             self._last = cum[:, -1].copy()
@@ -96,6 +100,7 @@ class ArrivalStream:
             self._counts.append(np.ascontiguousarray(counts.T))
             self._cum.append(np.ascontiguousarray(cum.T))
             self._cum_total.append(cum.sum(axis=0))
+            self._chunk_total.append(int(self._cum_total[-1][-1]))
 
     def cumulative(self, t: float) -> tuple[int, ...]:
         """Calls of each kind in (0, t]; kind k's i-th call in a slot comes at fraction i / count_k."""
@@ -117,19 +122,22 @@ class ArrivalStream:
         return (before[0] + int(a * frac), before[1] + int(b * frac), before[2] + int(c * frac),
                 before[3] + int(d * frac))
 
-    def time_to_reach(self, t: float, k: int, horizon: float) -> float:
-        """The first time after t by which at least k more calls (all kinds) have arrived; `horizon` if none."""
+    def time_to_reach(self, t: float, k: int, horizon: float, seen: int | None = None) -> float:
+        """A time after t by which at least k more calls (all kinds) have arrived; `horizon` if none.
+
+        `seen` is the number of calls up to t when the caller already knows it.
+        """
         if k <= 0:
             return t
-        target = sum(self.cumulative(t)) + k
+        target = (sum(self.cumulative(t)) if seen is None else seen) + k
         last = int(horizon / SLOT) + 1
         c = int(t / SLOT) // CHUNK
         while c * CHUNK <= last:
             if c >= len(self._counts):
                 self._chunk(c)
             tot = self._cum_total[c]
-            if tot[-1] >= target:
-                j = int(np.searchsorted(tot, target, side="left"))
+            if self._chunk_total[c] >= target:
+                j = int(tot.searchsorted(target))
                 before = int(tot[j - 1]) if j else (int(self._cum_total[c - 1][-1]) if c else 0)
                 frac = _fraction_reaching(self._counts[c][j].tolist(), target - before)
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.
@@ -140,24 +148,13 @@ class ArrivalStream:
 
 
 def _fraction_reaching(per_kind: list[int], need: int) -> float:
-    """Smallest x in (0, 1] with sum(floor(n * x) for n in per_kind) >= need (the slot's need-th call).
+    """An x in (0, 1] with sum(floor(n * x) for n in per_kind) >= need, at most a few calls late.
 
-    The answer is a jump point i / n_j; integer arithmetic finds it exactly.
+    need / total is exact when the kinds' floors line up; otherwise (need + kinds) / total is
+    enough, because floor(y) > y - 1 for each kind.
     """
-    best = 1.0
-    for nj in per_kind:
-        if not nj:
-            continue
-        def reached(i: int, nj: int = nj) -> bool:
-            return sum(n * i // nj for n in per_kind) >= need
-        if not reached(nj):
-            continue
-        lo, hi = 1, nj
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if reached(mid):
-                hi = mid
-            else:
-                lo = mid + 1
-        best = min(best, lo / nj)
-    return best
+    total = sum(per_kind)
+    x = need / total
+    if sum(int(n * x) for n in per_kind) >= need:
+        return x
+    return min(1.0, (need + sum(1 for n in per_kind if n)) / total)

@@ -40,6 +40,7 @@ class GraceEngine:
         self.overloaded = False
         self.expedited_count = 0
         self._waiters: list[tuple[int, int, Callable[[], None]]] = []
+        self._watchers: list[tuple[int, int, Callable[[], None]]] = []
         self._seq = 0
         self._wake: simpy.Event | None = None
         self._mu = math.log(max(1e-9, hw.gp_median_ms - hw.gp_min_ms * 0.5))
@@ -61,6 +62,14 @@ class GraceEngine:
         if not self.in_progress and self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         return target
+
+    def when_done(self, snap: int, callback: Callable[[], None]) -> None:
+        """Run `callback` once GP number `snap` has completed, without asking for a GP (polled API)."""
+        if self.done(snap):
+            callback()
+            return
+        heapq.heappush(self._watchers, (snap, self._seq, callback))
+        self._seq += 1
 
     def remaining(self) -> float:
         """Expected wait for synchronize_rcu() issued now: the rest of the current GP plus one more."""
@@ -100,4 +109,7 @@ class GraceEngine:
             self.in_progress = False
             while self._waiters and self._waiters[0][0] <= self.completed:
                 _, _, callback = heapq.heappop(self._waiters)
+                callback()
+            while self._watchers and self._watchers[0][0] <= self.completed:
+                _, _, callback = heapq.heappop(self._watchers)
                 callback()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._engine import Model
 
 KFREE_N_BATCHES = 2
+SHORT_WORK_S = 50e-6  # reclaim work shorter than this completes at its start
 
 
 class Objs:
@@ -109,6 +110,7 @@ class KfreeRcuCpu:
         self.cum_seen: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.last_t = 0.0
         self.deadline: float | None = None
+        self.blocked: tuple[float, float] | None = None  # (re-arm anchor, period) while both slots are busy
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
@@ -123,14 +125,22 @@ class KfreeRcuCpu:
         cum = self.stream.cumulative(now)
         seen = self.cum_seen
         delta = (cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3])
-        self.cum_seen = cum
-        mid = 0.5 * (self.last_t + now)
-        self.last_t = now
         if any(delta):
-            self.book(now, delta, mid)
+            first_call = None
+            if self.deadline is None and self.blocked is None and self.m.kernel.batching:
+                # The first of these calls armed the monitor (schedule_delayed_monitor_work()).
+                first_call = self.stream.time_to_reach(self.last_t, 1, now, sum(seen))
+            mid = 0.5 * (self.last_t + now)
+            self.cum_seen = cum
+            self.last_t = now
+            self.book(now, delta, mid, first_call=first_call)
+        else:
+            self.cum_seen = cum
+            self.last_t = now
 
     def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
-             slab_bytes: float | None = None, by_call_rcu: bool = False) -> simpy.Event | None:
+             slab_bytes: float | None = None, by_call_rcu: bool = False,
+             first_call: float | None = None) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
@@ -173,7 +183,7 @@ class KfreeRcuCpu:
         if sync_count:
             ev = self._synchronize_rcu(sync_count, sync_bytes, now, arrival_mid, base)
             sync_event = sync_event or ev
-        self.schedule_delayed_monitor_work(now)
+        self.schedule_delayed_monitor_work(now, first_call)
         return sync_event
 
     def _add_to_channel(self, ch: int, n2: int, nh: int, obj_bytes: float, now: float, mid: float,
@@ -226,17 +236,26 @@ class KfreeRcuCpu:
             # The cache is empty: each call that needs a block allocates inline or falls back.
             k = m.kernel
             g2, gh = k.two_arg_inline_gfp, k.headless_inline_gfp
-            s2 = m.alloc.success_probability(g2)
-            sh = m.alloc.success_probability(gh)
             a2 = g2 != "none"
             ah = gh != "none"
-            q = (1 - h) * a2 * s2 + h * ah * sh
+            s2 = m.alloc.success_probability(g2) if a2 and h < 1 else 0.0
+            sh = m.alloc.success_probability(gh) if ah and h > 0 else 0.0
+            q = (1 - h) * s2 + h * sh
             blocks, failures = self._renewal(n, q, records)
-            weights = np.array([(1 - h) * a2 * (1 - s2), (1 - h) * (not a2), h * ah * (1 - sh), h * (not ah)])
+            # Split the failed calls: two-argument (attempted or not) vs headless (attempted or not).
+            f2a = f2n = fha = fhn = 0
             if failures:
-                f2a, f2n, fha, fhn = (int(x) for x in self.rng.multinomial(failures, weights / weights.sum()))
-            else:
-                f2a = f2n = fha = fhn = 0
+                p2 = (1 - h) * (1 - s2)
+                f2 = self._binomial(failures, p2 / (p2 + h * (1 - sh))) if h > 0 else failures
+                fh = failures - f2
+                if a2:
+                    f2a = f2
+                else:
+                    f2n = f2
+                if ah:
+                    fha = fh
+                else:
+                    fhn = fh
             if pool.has_shared():
                 # Every call that finds no block tries the shared pool again under its lock.
                 lock_wait = pool.contend(blocks + failures)
@@ -247,7 +266,7 @@ class KfreeRcuCpu:
             st.pages_allocated += blocks
             m.alloc.block_pages += blocks
             # Which caller kind allocated each block, for its latency.
-            ok_head = int(self.rng.binomial(blocks, (h * ah * sh) / q)) if blocks and q > 0 else 0
+            ok_head = self._binomial(blocks, h * sh / q) if blocks and q > 0 else 0
             lat2 = m.alloc.latency(g2) if a2 else 0.0
             lath = m.alloc.latency(gh) if ah else 0.0
             m.latency.add((base + lat2) * 1e9, blocks - ok_head + f2a)
@@ -299,6 +318,13 @@ class KfreeRcuCpu:
             for g in self.pending[c]:
                 count += g.count
         self.pending_count = count
+
+    def _binomial(self, n: int, p: float) -> int:
+        if p <= 0.0:
+            return 0
+        if p >= 1.0:
+            return n
+        return int(self.rng.binomial(n, p))
 
     def _renewal(self, n: int, q: float, records: int) -> tuple[int, int]:
         """Blocks allocated inline and calls that failed, among n calls that each need a block.
@@ -403,16 +429,23 @@ class KfreeRcuCpu:
 
     # The monitor ------------------------------------------------------------------------------
 
-    def schedule_delayed_monitor_work(self, now: float) -> None:
-        """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once."""
+    def schedule_delayed_monitor_work(self, now: float, first_call: float | None = None) -> None:
+        """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once.
+
+        `first_call`: when calls booked together began, the first of them armed the timer then.
+        """
         m = self.m
-        if not m.kernel.batching or self.pending_count == 0:
+        if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None:
             return
-        delay = m.kernel.drain_delay_jiffies(m.hw.hz, self.pending_count, m.records) / m.hw.hz
+        hz = m.hw.hz
         if self.deadline is None:
-            self._set_deadline(now + delay)
-        elif m.kernel.adaptive_drain and now + delay < self.deadline:
-            self._set_deadline(now + delay)
+            armed = now if first_call is None else first_call
+            pending = self.pending_count if first_call is None else 1
+            self._set_deadline(armed + m.kernel.drain_delay_jiffies(hz, pending, m.records) / hz)
+        if m.kernel.adaptive_drain:
+            delay = m.kernel.drain_delay_jiffies(hz, self.pending_count, m.records) / hz
+            if now + delay < self.deadline:
+                self._set_deadline(now + delay)
 
     def _set_deadline(self, when: float) -> None:
         if self.deadline is not None and when > self.deadline + 1e-12:
@@ -422,20 +455,33 @@ class KfreeRcuCpu:
             self._wake_at = None
             self.proc.interrupt()
 
-    def _forecast(self, now: float, until: float) -> float:
-        """When the open-loop calls will next matter: a block's worth pending (6.1+), or the cache running dry."""
+    def _forecast(self, now: float, until: float) -> tuple[float, bool]:
+        """When the open-loop calls will next matter: the cache running dry (the refill kick), or a
+        block's worth pending (6.1+), when the kernel shortens the timer to one jiffy from then.
+
+        Returns (wake time, whether that wake is the shortened timer's expiry).
+        """
         m = self.m
         assert self.stream is not None
-        ks = []
-        if m.kernel.adaptive_drain and self.pending_count < m.records and until - now > 2.0 / m.hw.hz:
-            ks.append(m.records - self.pending_count)
+        jiffy = 1.0 / m.hw.hz
+        k_miss = k_cross = math.inf
         if m.kernel.refill_worker and not self.work_in_progress and m.policy.n_per_cpu > 0:
             cur = self.cur[0]
             room = (m.records - cur.count) if cur is not None else 0
-            ks.append(room + m.pool.available(self.cpu) * m.records + 1)
-        if not ks:
-            return until
-        return self.stream.time_to_reach(now, min(ks), until)
+            k_miss = room + m.pool.available(self.cpu) * m.records + 1
+        if m.kernel.adaptive_drain and self.pending_count < m.records and until - now > 2 * jiffy:
+            k_cross = m.records - self.pending_count
+        if k_miss == k_cross == math.inf:
+            return until, False
+        stream = self.stream
+        seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
+        if k_cross < k_miss:
+            cross = stream.time_to_reach(now, int(k_cross), until, seen)
+            if cross + jiffy >= until:
+                return until, False
+            if k_miss == math.inf or sum(stream.cumulative(cross + jiffy)) - seen < k_miss:
+                return cross + jiffy, True  # the cache lasts past the shortened timer's expiry
+        return stream.time_to_reach(now, int(k_miss), until, seen), False
 
     def kfree_rcu_monitor(self):
         """The delayed monitor work, and the clock that books this CPU's open-loop calls.
@@ -448,13 +494,28 @@ class KfreeRcuCpu:
         m = self.m
         while True:
             now = env.now
+            shortened = False
             if not m.kernel.batching:
                 # No monitor before 5.6: book this CPU's calls (each its own call_rcu()) every jiffy.
                 wake = m.end if self.stream is None else now + 1.0 / m.hw.hz
+            elif self.blocked is not None:
+                wake = m.end  # until _unblock() sets the deadline (bookings still happen below)
             elif self.deadline is None:
-                wake = m.end if self.stream is None else self.stream.time_to_reach(now, 1, m.end)
+                if self.stream is None:
+                    wake = m.end
+                else:
+                    # The next call will arm the timer; plan for the deadline it will set.
+                    first = self.stream.time_to_reach(now, 1, m.end, sum(self.cum_seen) if now == self.last_t else None)
+                    if first >= m.end:
+                        wake = m.end
+                    else:
+                        virtual = first + m.kernel.drain_delay_jiffies(m.hw.hz, 1, m.records) / m.hw.hz
+                        wake, shortened = self._forecast(now, virtual)
             else:
-                wake = self.deadline if self.stream is None else self._forecast(now, self.deadline)
+                if self.stream is None:
+                    wake = self.deadline
+                else:
+                    wake, shortened = self._forecast(now, self.deadline)
             if self.stream is not None:
                 wake = min(wake, now + m.max_booking_interval)
             if wake >= m.end:
@@ -468,6 +529,9 @@ class KfreeRcuCpu:
             self._wake_at = None
             now = env.now
             self.advance(now)
+            if shortened and self.deadline is not None and self.pending_count >= m.records:
+                # A block's worth arrived one jiffy ago: the kernel shortened the timer to expire now.
+                self.deadline = min(self.deadline, now)
             if self.deadline is not None and now >= self.deadline - 1e-12:
                 self.deadline = None
                 self.monitor_work(now)
@@ -478,8 +542,40 @@ class KfreeRcuCpu:
         if m.kernel.polled_gp_per_block:
             self.kvfree_rcu_drain_ready(now)
         queued = self.kvfree_rcu_queue_batch(now)
-        if self.pending_count and (m.kernel.adaptive_drain or not queued):
+        if queued:
+            self.blocked = None
+        if not self.pending_count:
+            return
+        delay = m.kernel.drain_delay_jiffies(m.hw.hz, self.pending_count, m.records) / m.hw.hz
+        if not queued and self.deadline is None and self.stream is None and (not m.kernel.adaptive_drain or self.pending_count >= m.records):
+            # Both krw slots are busy and the timer re-arms every `delay` (1 jiffy, or 20 ms before
+            # 6.1). Those fires change nothing until a slot frees or (6.3) a polled GP completes,
+            # so skip them: the next fire is the first tick of that re-arm grid after such an event.
+            # Only where callers book their own calls (rcuscale threads): open-loop calls are
+            # booked at the monitor's fires, and their polled snapshots need that cadence.
+            self._block(now, delay)
+        elif m.kernel.adaptive_drain or not queued:
             self.schedule_delayed_monitor_work(now)
+
+    def _block(self, now: float, period: float) -> None:
+        if self.blocked is None:
+            self.blocked = (now, period)
+        if self.m.kernel.polled_gp_per_block:
+            snaps = [g[0].snap for g in self.pending if g]
+            snaps += [c.snap for c in self.cur if c is not None and c.count]
+            if self.head.count:
+                snaps.append(self.head_snap)
+            if snaps:
+                self.m.gp.when_done(min(snaps), self._unblock)
+
+    def _unblock(self) -> None:
+        """Something the blocked monitor waits for happened: fire at the next tick of its re-arm grid."""
+        if self.blocked is None:
+            return
+        anchor, period = self.blocked
+        self.blocked = None
+        ticks = max(1, math.ceil((self.env.now - anchor) / period - 1e-9))
+        self._set_deadline(anchor + ticks * period)
 
     def kvfree_rcu_drain_ready(self, now: float) -> None:
         """Free blocks (oldest first) and the rcu_head list whose polled GP has already completed."""
@@ -543,26 +639,38 @@ class KfreeRcuCpu:
         in_flight = sum(b is not None for b in self.krw)
         st.batches_in_flight_peak = max(st.batches_in_flight_peak, in_flight)
         # queue_rcu_work() uses call_rcu_hurry(): never lazy.
-        batch.target = m.gp.request(lambda: self.env.process(self.kfree_rcu_work(batch)))
+        batch.target = m.gp.request(lambda: self._rcu_work_rcufn(batch))
         return True
 
-    def kfree_rcu_work(self, batch: Batch):
-        """After the batch's GP: the callback is invoked (softirq, or an rcuo kthread with NOCB), the work
-        runs, takes the lists (the slot is free again), frees the objects and returns the pages to
-        this CPU's cache, whichever CPU it runs on."""
+    def _rcu_work_rcufn(self, batch: Batch) -> None:
+        """The batch's GP ended: its callback is invoked (softirq, or an rcuo kthread with NOCB)
+        and queues kfree_rcu_work()."""
+        hw = self.m.hw
+        invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
+        self.env.timeout(invoke + hw.wq_latency_us * 1e-6).callbacks.append(lambda _e: self.kfree_rcu_work(batch))
+
+    def kfree_rcu_work(self, batch: Batch) -> None:
+        """The work takes the batch's lists (its krw slot is free again), frees the objects with
+        kfree_bulk() or per-object kvfree(), and returns the pages to this CPU's cache, whichever
+        CPU it runs on."""
         m = self.m
         hw = m.hw
-        invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
-        yield self.env.timeout(invoke + hw.wq_latency_us * 1e-6)
         self.krw[batch.slot] = None
+        self._unblock()
         self.reclaiming.count += batch.objs.count
         self.reclaiming_blocks += batch.blocks
         m.check_safe(batch.objs.newest, batch.target)
         duration = (batch.records * hw.kfree_bulk_ns_per_object + batch.head * hw.kvfree_ns_per_object) * 1e-9
         m.cpu_busy[self.cpu] += duration
-        yield self.env.timeout(duration)
+        if duration < SHORT_WORK_S:
+            self._kfree_rcu_work_done(batch)  # a few microseconds: not worth an event of its own
+        else:
+            self.env.timeout(duration).callbacks.append(lambda _e: self._kfree_rcu_work_done(batch))
+
+    def _kfree_rcu_work_done(self, batch: Batch) -> None:
+        m = self.m
         now = self.env.now
-        self.advance(now)
+        self.advance(now)  # earlier calls must not use the pages coming back
         self.reclaiming.count -= batch.objs.count
         self.reclaiming_blocks -= batch.blocks
         m.free_objects(batch.objs, now)
@@ -590,12 +698,14 @@ class KfreeRcuCpu:
             return
         self.work_in_progress = True
         delay = m.policy.refill_delay_ms * 1e-3 if self.backoff else m.hw.wq_latency_us * 1e-6
-        self.env.process(self.fill_page_cache_func(delay))
+        self.env.timeout(delay).callbacks.append(self.fill_page_cache_func)
 
-    def fill_page_cache_func(self, delay: float):
-        """Allocate pages up to N (1 while backing off), stopping at the first failure from 6.1."""
+    def fill_page_cache_func(self, _event: simpy.Event | None = None) -> None:
+        """The refill work: allocate pages up to N (1 while backing off), stopping at the first
+        failure from 6.1. The allocations take microseconds; their CPU time is charged to this CPU."""
         m = self.m
-        yield self.env.timeout(delay)
+        now = self.env.now
+        self.advance(now)
         target = 1 if self.backoff else m.policy.n_per_cpu
         if m.pool.layout == "global":
             want = min(target, m.pool.room(self.cpu))
@@ -616,25 +726,22 @@ class KfreeRcuCpu:
                 else:
                     got = int(self.refill_rng.binomial(want, p))
                     attempts = want
-            work = attempts * m.alloc.latency(gfp)
-            m.cpu_busy[self.cpu] += work
-            yield self.env.timeout(work)
-        now = self.env.now
-        self.advance(now)
+            m.cpu_busy[self.cpu] += attempts * m.alloc.latency(gfp)
         st = m.stats
         st.page_alloc_attempts += attempts
         st.page_alloc_failures += attempts - got
         if got:
-            if m.pool.layout == "global":
-                got = min(got, m.pool.room(self.cpu))
-            else:
-                got = min(got, m.pool.local_cap - int(m.pool.local[self.cpu]))
             m.pool.fill(self.cpu, got)
             st.pages_allocated += got
             st.refill_allocations += got
             m.alloc.block_pages += got
         self.work_in_progress = False
         self.backoff = False
+        if self.stream is not None and self._wake_at is not None and self.proc is not None:
+            # The monitor planned its next wake while the refill was in flight (no miss to
+            # foresee then); let it plan for the moment these pages run dry.
+            self._wake_at = None
+            self.proc.interrupt()
 
     # Shrinker ---------------------------------------------------------------------------------
 

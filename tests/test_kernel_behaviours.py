@@ -198,8 +198,9 @@ def test_cache_fills_lazily_since_5_11_and_at_boot_in_5_9():
 
 # 11 ----------------------------------------------------------------------------------------------
 def test_after_a_shrinker_count_no_refill_happens_for_the_refill_delay(monkeypatch):
-    counts, refills, fills, running = [], [], [], []
+    counts, refills, fills, running, kicks = [], [], [], [], {}
     original_count = _krc.KfreeRcuCpu.shrink_count
+    original_kick = _krc.KfreeRcuCpu.run_page_cache_worker
     original_fill = _krc.KfreeRcuCpu.fill_page_cache_func
     original_pool_fill = _pool.PageCache.fill
 
@@ -207,21 +208,19 @@ def test_after_a_shrinker_count_no_refill_happens_for_the_refill_delay(monkeypat
         counts.append(self.env.now)
         return original_count(self)
 
-    def fill(self, delay):
-        """Run the real refill step by step, so pool fills can be attributed to it."""
-        context = (self.cpu, self.backoff, self.env.now)
-        gen = original_fill(self, delay)
-        value = None
-        while True:
-            running.append(context)
-            try:
-                event = gen.send(value)
-            except StopIteration:
-                break
-            finally:
-                running.pop()
-            value = yield event
-        refills.append((*context, self.env.now))
+    def kick(self, now):
+        if not self.work_in_progress and self.m.policy.n_per_cpu:
+            kicks[self.cpu] = (now, self.backoff)
+        original_kick(self, now)
+
+    def fill(self, event=None):
+        start, backing_off = kicks.pop(self.cpu)
+        running.append((self.cpu, backing_off, start))
+        try:
+            original_fill(self, event)
+        finally:
+            running.pop()
+        refills.append((self.cpu, backing_off, start, self.env.now))
 
     def pool_fill(self, cpu, pages):
         if running:
@@ -229,6 +228,7 @@ def test_after_a_shrinker_count_no_refill_happens_for_the_refill_delay(monkeypat
         original_pool_fill(self, cpu, pages)
 
     monkeypatch.setattr(_krc.KfreeRcuCpu, "shrink_count", count)
+    monkeypatch.setattr(_krc.KfreeRcuCpu, "run_page_cache_worker", kick)
     monkeypatch.setattr(_krc.KfreeRcuCpu, "fill_page_cache_func", fill)
     monkeypatch.setattr(_pool.PageCache, "fill", pool_fill)
     delay_ms = 700
@@ -264,7 +264,7 @@ def test_pages_return_to_the_originating_cpu(monkeypatch):
 
     def work(self, batch):
         puts.append(self.cpu)
-        yield from original(self, batch)
+        original(self, batch)
 
     monkeypatch.setattr(_krc.KfreeRcuCpu, "kfree_rcu_work", work)
     hw, wl = load("phone-8", "bursty")
