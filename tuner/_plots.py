@@ -57,7 +57,10 @@ def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> byt
         ax.axvline(default["n_per_cpu"], color="grey", ls=":", label=f"default N={default['n_per_cpu']}")
         if chosen is not None:
             ax.axvline(chosen, color="tab:green", ls="-", lw=1.5, label=f"recommended N={chosen}")
-        ax.set_xscale("symlog", linthresh=8)
+        ax.set_xscale("symlog", linthresh=1)
+        ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100) if t <= xs.max()]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("N (rcu_min_cached_objs)")
         ax.set_title(f"{label}" + (f" ({unit})" if unit else ""), fontsize=10)
         ax.grid(alpha=0.3)
@@ -100,8 +103,9 @@ def pareto(data: CampaignData, rec: Recommendation) -> bytes:
             p = r.faithful.predicted
             ax.scatter([p["reserved_mib"]["mean"]], [p["fallback_cost"]["mean"]], marker="*", s=180,
                        color="tab:green", edgecolor="black", zorder=4, label="recommended")
-        ax.set_xscale("symlog", linthresh=0.1)
-        ax.set_yscale("symlog", linthresh=0.01)
+        positive = [t.metrics["reserved_mib"] for t in w.trials if t.metrics["reserved_mib"] > 0]
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 0.1)
+        ax.set_yscale("log")  # fallback costs are positive (the pending-memory charge never vanishes)
         ax.set_title(w.name, fontsize=10)
         ax.set_xlabel("reserved MiB")
         ax.set_ylabel("fallback cost (ms/s)")
@@ -147,15 +151,23 @@ def time_series(data: CampaignData, w: WorkloadData, policy: dict[str, Any], see
     """Pending memory and cumulative fallbacks over time: recommended vs kernel default, same seed."""
     default = sim.Policy.kernel_default(sim.kernel_behaviour(data.kernel))
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    peak = 0.0
     for label, p, color in ((f"recommended N={policy['n_per_cpu']}", sim.Policy(**policy), "tab:green"),
                             (f"kernel default N={default.n_per_cpu}", default, "tab:grey")):
         _, trace = sim.simulate_with_trace(data.hardware, w.profile, p, seconds=w.seconds, seed=seed,
                                            kernel=data.kernel)
         t = np.asarray(trace.t)
-        top.plot(t, np.asarray(trace.bytes_pending) / 2**20, color=color, label=label)
-        bottom.plot(t, trace.sync_fallbacks, color=color, label=f"{label}: synchronize_rcu()")
-        bottom.plot(t, trace.head_fallbacks, color=color, ls="--", label=f"{label}: rcu_head")
-    top.axhline(data.hardware.slo_pending_peak_mib, color="tab:red", ls="--", label="pending-peak SLO")
+        marker = "o" if len(t) < 30 else None  # a short run (rcuscale) has few samples: show them
+        pending = np.asarray(trace.bytes_pending) / 2**20
+        peak = max(peak, float(pending.max()) if len(pending) else 0.0)
+        top.plot(t, pending, color=color, marker=marker, label=label)
+        bottom.plot(t, trace.sync_fallbacks, color=color, marker=marker, label=f"{label}: synchronize_rcu()")
+        bottom.plot(t, trace.head_fallbacks, color=color, ls="--", marker=marker, label=f"{label}: rcu_head")
+    slo = data.hardware.slo_pending_peak_mib
+    if peak > 0.3 * slo:  # otherwise the SLO line would flatten the curves
+        top.axhline(slo, color="tab:red", ls="--", label="pending-peak SLO")
+    top.set_title(f"pending-memory peak SLO: {slo:g} MiB", fontsize=9)
+    top.set_ylim(bottom=0)
     top.set_ylabel("memory waiting (MiB)")
     bottom.set_ylabel("fallbacks (cumulative)")
     bottom.set_xlabel("simulated seconds")

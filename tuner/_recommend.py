@@ -444,6 +444,7 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
     surrogate = {w.name: {m: {"estimator": s.accuracy.estimator, "n_trials": s.accuracy.n_trials,
                               "cv_r2": s.accuracy.cv_r2, "rank_correlation": s.accuracy.rank_correlation,
                               "coverage": s.accuracy.coverage, "decisive": bool(s.accuracy.decisive),
+                              "noise_limited": s.accuracy.noise_limited,
                               "healthy": s.accuracy.healthy}
                           for m, s in w.surrogates.items()} for w in data.workloads}
     return Recommendation(data.name, data.hardware.name, data.kernel, data.simulator_version, confidence, data.seeds,

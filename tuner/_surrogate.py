@@ -146,11 +146,15 @@ class Accuracy:
     rank_correlation: float | None
     coverage: float | None
     decisive: bool = True  # False: the metric cannot change the recommendation (see `fit_metric`)
+    noise_limited: bool = False  # trial means indistinguishable within replication noise: R² is not meaningful
 
     @property
     def healthy(self) -> bool:
         if self.cv_r2 is None or not self.decisive:  # constant, exact, or far from deciding anything
             return True
+        covered = self.coverage is not None and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1]
+        if self.noise_limited:  # a flat response: only the calibration of its interval matters
+            return covered
         return (self.cv_r2 >= MIN_R2 and self.coverage is not None
                 and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1])
 
@@ -158,7 +162,7 @@ class Accuracy:
         """Why the surrogate is unhealthy, in a few words; None when healthy."""
         if self.healthy:
             return None
-        if self.cv_r2 < MIN_R2:
+        if self.cv_r2 < MIN_R2 and not self.noise_limited:
             return f"CV R² {self.cv_r2:.2f} < {MIN_R2}"
         return f"90% interval coverage {self.coverage:.0%} outside {COVERAGE_RANGE[0]:.0%}-{COVERAGE_RANGE[1]:.0%}"
 
@@ -243,14 +247,28 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
     X_all = policy_features(policies)
     columns = tuple(int(c) for c in np.flatnonzero(np.ptp(X_all, axis=0) > 0)) or (0,)
     X = X_all[:, list(columns)]
+    noise_limited = _flat_within_noise(y, g)
     best = None
     for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
         r2, rho, coverage = cross_validate(estimator, X, y, g)
         key = (round(r2, 3), -abs(coverage - INTERVAL_LEVEL))
         if best is None or key > best[0]:
-            best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive))
+            best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
+                                                      noise_limited))
     _, estimator, accuracy = best  # type: ignore[misc]
     return MetricSurrogate(metric, clone(estimator).fit(X, y), None, accuracy, columns)
+
+
+def _flat_within_noise(y: np.ndarray, groups: np.ndarray) -> bool:
+    """True when a one-way ANOVA over trials cannot tell the trial means apart (p > 0.05)."""
+    samples = [y[groups == g] for g in sorted(set(groups.tolist()))]
+    samples = [x for x in samples if len(x) >= 2]
+    if len(samples) < 3 or all(np.ptp(x) == 0 for x in samples):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = stats.f_oneway(*samples).pvalue
+    return bool(np.isfinite(p) and p > 0.05)
 
 
 def exact_metric(metric: str, formula: Callable[[Mapping[str, Any]], float], policies: Sequence[Mapping[str, Any]],
