@@ -124,3 +124,12 @@ def test_a_campaign_with_no_complete_trials_is_a_user_error(tmp_path):
     result = CliRunner().invoke(app, ["report", "empty", "--storage", url(db), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no complete trials" in result.output
     assert file_digest(db) == before
+
+
+def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
+    result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--set", "hardware.cpus=4",
+                                      "--storage", url(studied), "--json", "--confirm-seeds", "1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["extrapolated"] is True
+    assert "cpus = 4" in doc["profiles"]["hardware"]

@@ -311,26 +311,37 @@ def recommend(
     confidence: Annotated[float, typer.Option(help="Required probability of meeting every SLO, in [0.5, 1).")] = 0.95,
     confirm_seeds: Annotated[int, typer.Option(min=0, max=32, help="Fresh seeds confirming the recommendation.")] = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print recommendation.json's document.")] = False,
+    settings: SetOpt = None,
 ) -> None:
-    """Print the recommendation for a hardware profile: the kernel command line first."""
+    """Print the recommendation for a hardware profile: the kernel command line first.
+
+    With --set hardware.<key>=<value> (e.g. hardware.cpus=96) the profile has no study of its own: the
+    recommendation is extrapolated from the studied profile's surrogates, with intervals twice as wide,
+    confirmed by simulating the new profile, and flagged as extrapolated."""
     import storage as storage_pkg
 
-    from ._recommend import fit_surrogates, load_campaign, newest_campaign, recommend as make_recommendation
+    from ._recommend import EXTRAPOLATION_WIDEN, fit_surrogates, load_campaign, newest_campaign
+    from ._recommend import recommend as make_recommendation
     from ._report import recommendation_json
 
     with user_errors():
         if not 0.5 <= confidence < 1.0:
             raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
         url = storage_pkg.resolve_url(storage_url)
-        name = campaign or newest_campaign(url, hardware)
+        target, _ = load_profiles(hardware, None, settings)
+        name = campaign or newest_campaign(url, target.name)
         data = load_campaign(url, name)
+        extrapolated = sim.profile_text(target) != sim.profile_text(data.hardware)
+        if extrapolated:
+            data.hardware = target
         if workload is not None:
             known = [w.name for w in data.workloads]
             if workload not in known:
                 raise UserError(f"workload '{workload}' has no study in campaign '{name}' (studied: {', '.join(known)})")
             data.workloads = [w for w in data.workloads if w.name == workload]
         fit_surrogates(data)
-        rec = make_recommendation(data, confidence=confidence, confirm_seeds=confirm_seeds)
+        rec = make_recommendation(data, confidence=confidence, confirm_seeds=confirm_seeds,
+                                  widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0, extrapolated=extrapolated)
         doc = recommendation_json(rec, data)
     if json_out:
         typer.echo(json.dumps(doc, default=_json_safe))
