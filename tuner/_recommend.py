@@ -220,7 +220,7 @@ def _fit_surrogates(data: CampaignData) -> None:
         policies = [p for _, p, _ in rows]
         groups = [n for n, _, _ in rows]
         w.surrogates = {"reserved_mib": exact_metric("reserved_mib", lambda p: reserved_mib(p, hw), policies,
-                                                     [r["reserved_mib"] for _, _, r in rows])}
+                                                     [r["reserved_mib"] for _, _, r in rows], len(w.trials))}
         memory_spread = np.ptp([reserved_mib(t.policy, hw) / per_gib for t in w.trials])
         for name in METRIC_NAMES[1:]:
             values = [r[name] for _, _, r in rows]

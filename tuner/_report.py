@@ -146,7 +146,9 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
               "|---|---|---|---|---|---|---|"]
     for name, w in doc["workloads"].items():
         if w["n_per_cpu"] is None:
-            lines.append(f"| {name} | - | - | - | - | unhealthy surrogate: {'; '.join(w['unhealthy']) or 'no policy reaches the confidence'} | - |")
+            why = (f"unhealthy surrogate: {'; '.join(w['unhealthy'])}" if w["unhealthy"]
+                   else f"no faithful policy reaches P(SLOs met) ≥ {doc['confidence']}")
+            lines.append(f"| {name} | - | - | - | - | {why} | - |")
             continue
         fc = w["predicted"]["fallback_cost"]
         gain = "-" if not w["what_if"] else f"{_fmt(w['what_if']['gain'])} ({w['what_if']['layout']}, N={w['what_if']['n_per_cpu']})"

@@ -3,7 +3,7 @@
 Two regressors follow the scikit-learn estimator contract (settings in `__init__`, `fit` returns
 self, learned state in `*_` attributes, `predict(X, return_std=True)` gives a predictive standard
 deviation): `GPSurrogate` (Matern + WhiteKernel, normalised targets) and `ForestSurrogate` (a random
-forest whose spread is the inter-tree variance plus the out-of-bag residual variance).
+forest whose spread is the larger of the inter-tree variance and the out-of-bag residual variance).
 `fit_metric` cross-validates both on one metric and keeps the better, with its accuracy.
 """
 
@@ -99,7 +99,7 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
 
 
 class ForestSurrogate(RegressorMixin, BaseEstimator):
-    """Random forest; predictive spread = inter-tree variance + out-of-bag residual variance.
+    """Random forest; predictive spread = max(inter-tree variance, out-of-bag residual variance).
 
     Args:
         n_estimators: trees.
@@ -132,7 +132,9 @@ class ForestSurrogate(RegressorMixin, BaseEstimator):
         per_tree = np.stack([t.predict(X) for t in self.model_.estimators_])
         mean = per_tree.mean(axis=0)
         if return_std:
-            return mean, np.sqrt(per_tree.var(axis=0) + self.residual_var_ + 1e-12)
+            # The out-of-bag residual already holds the replication noise and most of the model error;
+            # adding the inter-tree variance on top of it over-covers, so take the larger of the two.
+            return mean, np.sqrt(np.maximum(per_tree.var(axis=0), self.residual_var_) + 1e-12)
         return mean
 
 
@@ -272,7 +274,7 @@ def _flat_within_noise(y: np.ndarray, groups: np.ndarray) -> bool:
 
 
 def exact_metric(metric: str, formula: Callable[[Mapping[str, Any]], float], policies: Sequence[Mapping[str, Any]],
-                 values: Sequence[float]) -> MetricSurrogate:
+                 values: Sequence[float], n_trials: int | None = None) -> MetricSurrogate:
     """A metric known in closed form (reserved memory); its accuracy is checked against the observed values."""
     predicted = np.array([formula(p) for p in policies], dtype=float)
     observed = np.asarray(values, dtype=float)
@@ -281,5 +283,5 @@ def exact_metric(metric: str, formula: Callable[[Mapping[str, Any]], float], pol
     exact = bool(np.allclose(predicted, observed, rtol=1e-9, atol=1e-12))
     rho = stats.spearmanr(observed, predicted).statistic if np.ptp(predicted) > 0 and np.ptp(observed) > 0 else 1.0
     return MetricSurrogate(metric, None, None, Accuracy("exact" if exact else "formula (mismatch)",
-                                                       len(observed), r2, float(rho), 1.0 if exact else 0.0, not exact),
+                                                       n_trials or len(observed), r2, float(rho), 1.0 if exact else 0.0, not exact),
                            exact=formula)
