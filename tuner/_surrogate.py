@@ -171,7 +171,7 @@ class Accuracy:
 
 @dataclass(frozen=True)
 class MetricSurrogate:
-    """A fitted model of one metric of one workload: log1p-transformed target, predictive normal."""
+    """A fitted model of one metric of one workload: log-transformed target, predictive normal."""
 
     metric: str
     estimator: Any  # fitted GPSurrogate / ForestSurrogate, or None for a constant or exact target
@@ -179,13 +179,14 @@ class MetricSurrogate:
     accuracy: Accuracy
     columns: tuple[int, ...] = ()  # the feature columns the estimator uses (those that varied)
     exact: Callable[[Mapping[str, Any]], float] | None = None  # a metric known in closed form
+    offset: float = 1.0  # the model sees log(value + offset)
 
     def predict(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and standard deviation on the log1p scale."""
+        """Mean and standard deviation on the log(value + offset) scale."""
         if self.exact is not None:
-            return np.log1p(np.array([self.exact(p) for p in policies], dtype=float)), np.full(len(policies), 1e-9)
+            return np.log(np.array([self.exact(p) for p in policies], dtype=float) + self.offset), np.full(len(policies), 1e-9)
         if self.estimator is None:
-            value = math.log1p(max(self.constant or 0.0, 0.0))
+            value = math.log(max(self.constant or 0.0, 0.0) + self.offset)
             return np.full(len(policies), value), np.full(len(policies), 1e-9)
         X = policy_features(policies)[:, list(self.columns)]
         mean, std = self.estimator.predict(X, return_std=True)
@@ -194,7 +195,7 @@ class MetricSurrogate:
     def interval(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Median prediction and the 90% interval, on the metric's own scale."""
         mean, std = self.predict(policies, widen)
-        back = np.expm1
+        back = lambda z: np.exp(z) - self.offset  # noqa: E731
         return back(mean), back(mean - Z90 * std), back(mean + Z90 * std)
 
     def prob_at_most(self, policies: Sequence[Mapping[str, Any]], limit: float, widen: float = 1.0) -> np.ndarray:
@@ -204,7 +205,7 @@ class MetricSurrogate:
         if limit < 0:
             return np.zeros(len(policies))
         mean, std = self.predict(policies, widen)
-        return stats.norm.cdf((math.log1p(limit) - mean) / std)
+        return stats.norm.cdf((math.log(limit + self.offset) - mean) / std)
 
 
 def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> tuple[float, float, float]:
@@ -232,7 +233,7 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, 
 def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Sequence[float],
                groups: Sequence[int] | None = None, *, decisive: bool = True,
                candidates: Sequence[Any] | None = None) -> MetricSurrogate:
-    """Fit each candidate estimator to log1p(values), keep the one with the best CV R² (coverage breaks ties).
+    """Fit each candidate estimator to log(values + offset), keep the one with the best CV R² (coverage breaks ties).
 
     Args:
         policies, values: one row per replication (or per trial).
@@ -241,7 +242,11 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
             its SLO); its accuracy is still measured and stored but does not make the surrogate unhealthy.
     """
     y_raw = np.maximum(np.asarray(values, dtype=float), 0.0)
-    y = np.log1p(y_raw)
+    # A log scale relative to the metric's own size: small values (fallback costs of 0.03 ms/s) keep
+    # their ratios instead of vanishing under log1p.
+    positive = y_raw[y_raw > 0]
+    offset = float(max(0.05 * np.median(positive), 1e-9)) if positive.size else 1.0
+    y = np.log(y_raw + offset)
     g = np.arange(len(y)) if groups is None else np.asarray(groups)
     n_trials = len(set(g.tolist()))
     if np.ptp(y) <= 1e-9 * max(1.0, abs(float(y.mean()))):
@@ -258,7 +263,7 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
             best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
                                                       noise_limited))
     _, estimator, accuracy = best  # type: ignore[misc]
-    return MetricSurrogate(metric, clone(estimator).fit(X, y), None, accuracy, columns)
+    return MetricSurrogate(metric, clone(estimator).fit(X, y), None, accuracy, columns, offset=offset)
 
 
 def _flat_within_noise(y: np.ndarray, groups: np.ndarray) -> bool:
