@@ -151,7 +151,9 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
             lines.append(f"| {name} | - | - | - | - | {why} | - |")
             continue
         fc = w["predicted"]["fallback_cost"]
-        gain = "-" if not w["what_if"] else f"{_fmt(w['what_if']['gain'])} ({w['what_if']['layout']}, N={w['what_if']['n_per_cpu']})"
+        wi = w["what_if"]
+        gain = "-" if not wi else (f"{_fmt(wi['gain'])} ms/s with {wi['layout']}, N={wi['n_per_cpu']} "
+                                   f"(needs: {'; '.join(wi['what_if_reasons'])})")
         lines.append(f"| {name} | {w['n_per_cpu']} | {w['layout']} | {w['slo_met_probability']:.3f} | "
                      f"{'yes' if w['confirmed'] else ('NO' if w['confirmed'] is False else '-')} | "
                      f"{_fmt(fc['mean'])} ({_fmt(fc['lo90'])}-{_fmt(fc['hi90'])}) | {gain} |")
