@@ -133,3 +133,21 @@ def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
     doc = json.loads(result.output)
     assert doc["extrapolated"] is True
     assert "cpus = 4" in doc["profiles"]["hardware"]
+
+
+def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied):
+    import storage
+
+    result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json",
+                                      "--confirm-seeds", "1"])
+    assert result.exit_code == 0, result.output
+    db = storage.open_database(url(studied), create=False)
+    try:
+        with db.session() as session:
+            campaign = storage.find_campaign(session, "tiny")
+            surrogates = [s for study in campaign.studies for s in study.surrogates]
+            assert surrogates and all(s.n_trials > 0 for s in surrogates)
+            if json.loads(result.output)["overall"] is not None:
+                assert any(r.workload_name is None for r in campaign.recommendations)
+    finally:
+        db.close()

@@ -469,3 +469,38 @@ def _overall(data: CampaignData, policies, confidence: float, widen: float, bad)
     if w is not None and f is not None and w.cost >= f.cost:
         w = None
     return f, w
+
+
+def store(url: str, rec: Recommendation) -> None:
+    """Record the surrogates' accuracy and the recommendations in the campaign's database (after success only)."""
+    db = storage.open_database(url, create=False)
+    try:
+        with db.session() as session:
+            campaign = storage.find_campaign(session, rec.campaign)
+            if campaign is None:
+                return
+            studies = {s.workload_name: s for s in campaign.studies}
+            for workload, metrics in rec.surrogate.items():
+                study = studies.get(workload)
+                if study is None:
+                    continue
+                for metric, a in metrics.items():
+                    session.add(storage.SurrogateRecord(
+                        study=study, metric=metric, estimator=a["estimator"], estimator_params={},
+                        n_trials=a["n_trials"], cv_r2=a["cv_r2"], rank_correlation=a["rank_correlation"],
+                        interval_coverage=a["coverage"], passed=bool(a["healthy"])))
+            surrogate_figures = {w: {m: {"cv_r2": a["cv_r2"], "coverage": a["coverage"]} for m, a in ms.items()}
+                                 for w, ms in rec.surrogate.items()}
+            rows = [(None, rec.overall, {})] + [(w.workload, w.faithful, {"confirmed": w.confirmed, "gain": w.gain})
+                                                 for w in rec.workloads]
+            for workload, choice, extra in rows:
+                if choice is None:
+                    continue
+                session.add(storage.RecommendationRecord(
+                    campaign=campaign, workload_name=workload, policy=choice.policy,
+                    kernel_cmdline=choice.kernel_cmdline, confidence=rec.confidence, p_meet_slos=choice.p_meet,
+                    source="surrogate", what_if=bool(choice.what_if_reasons), extrapolated=rec.extrapolated,
+                    details={"surrogate": surrogate_figures if workload is None else surrogate_figures.get(workload),
+                             "fresh_seeds": list(rec.fresh_seeds), **extra}))
+    finally:
+        db.close()

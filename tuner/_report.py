@@ -27,6 +27,7 @@ from ._recommend import (
     fit_surrogates,
     load_campaign,
     recommend,
+    store,
 )
 
 UNITS = {"reserved_mib": "MiB", "fallback_cost": "ms/s", "sync_stall_ms_per_s": "ms/s", "pending_peak_mib": "MiB",
@@ -287,6 +288,7 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
     write_atomic(directory / "recommendation.json", json.dumps(doc, indent=2, default=_json_default) + "\n")
     write_atomic(directory / "report.md", markdown)
     write_atomic(directory / "report.html", render_html(markdown, pngs))
+    store(url, rec)
     return directory
 
 

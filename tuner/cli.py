@@ -322,6 +322,7 @@ def recommend(
 
     from ._recommend import EXTRAPOLATION_WIDEN, fit_surrogates, load_campaign, newest_campaign
     from ._recommend import recommend as make_recommendation
+    from ._recommend import store
     from ._report import recommendation_json
 
     with user_errors():
@@ -343,6 +344,8 @@ def recommend(
         rec = make_recommendation(data, confidence=confidence, confirm_seeds=confirm_seeds,
                                   widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0, extrapolated=extrapolated)
         doc = recommendation_json(rec, data)
+        if not extrapolated:
+            store(url, rec)
     if json_out:
         typer.echo(json.dumps(doc, default=_json_safe))
         return
