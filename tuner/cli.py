@@ -278,6 +278,101 @@ def studies(storage_url: StorageOpt = None) -> None:
         console.print(table)
 
 
+@app.command()
+def report(
+    name: Annotated[str, typer.Argument(help="Campaign name (see rcutune studies).")],
+    storage_url: StorageOpt = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Directory under which reports/<hardware>/<campaign>/ goes (default: reports).")] = None,
+    confidence: Annotated[float, typer.Option(help="Required probability of meeting every SLO, in [0.5, 1).")] = 0.95,
+    confirm_seeds: Annotated[int, typer.Option(min=0, max=32, help="Fresh seeds confirming the recommendation.")] = 4,
+) -> None:
+    """Write the report of a campaign (report.md, report.html, recommendation.json, plots); print its path."""
+    from pathlib import Path
+
+    import storage as storage_pkg
+
+    from ._report import write_report
+
+    with user_errors():
+        if not 0.5 <= confidence < 1.0:
+            raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
+        url = storage_pkg.resolve_url(storage_url)
+        directory = write_report(url, name, Path(out) if out else None, confidence=confidence,
+                                 confirm_seeds=confirm_seeds)
+    typer.echo(str(directory))
+
+
+@app.command()
+def recommend(
+    hardware: HardwareOpt,
+    workload: Annotated[Optional[str], typer.Option("--workload", "-W", help="Only this workload's recommendation.")] = None,
+    storage_url: StorageOpt = None,
+    campaign: Annotated[Optional[str], typer.Option("--study", help="Campaign (default: the newest for this hardware).")] = None,
+    confidence: Annotated[float, typer.Option(help="Required probability of meeting every SLO, in [0.5, 1).")] = 0.95,
+    confirm_seeds: Annotated[int, typer.Option(min=0, max=32, help="Fresh seeds confirming the recommendation.")] = 4,
+    json_out: Annotated[bool, typer.Option("--json", help="Print recommendation.json's document.")] = False,
+    settings: SetOpt = None,
+) -> None:
+    """Print the recommendation for a hardware profile: the kernel command line first.
+
+    With --set hardware.<key>=<value> (e.g. hardware.cpus=96) the profile has no study of its own: the
+    recommendation is extrapolated from the studied profile's surrogates, with intervals twice as wide,
+    confirmed by simulating the new profile, and flagged as extrapolated."""
+    import storage as storage_pkg
+
+    from ._recommend import EXTRAPOLATION_WIDEN, fit_surrogates, load_campaign, newest_campaign
+    from ._recommend import recommend as make_recommendation
+    from ._recommend import store
+    from ._report import recommendation_json
+
+    with user_errors():
+        if not 0.5 <= confidence < 1.0:
+            raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
+        url = storage_pkg.resolve_url(storage_url)
+        target, _ = load_profiles(hardware, None, settings)
+        name = campaign or newest_campaign(url, target.name)
+        data = load_campaign(url, name)
+        extrapolated = sim.profile_text(target) != sim.profile_text(data.hardware)
+        if extrapolated:
+            data.hardware = target
+        if workload is not None:
+            known = [w.name for w in data.workloads]
+            if workload not in known:
+                raise UserError(f"workload '{workload}' has no study in campaign '{name}' (studied: {', '.join(known)})")
+            data.workloads = [w for w in data.workloads if w.name == workload]
+        fit_surrogates(data)
+        rec = make_recommendation(data, confidence=confidence, confirm_seeds=confirm_seeds,
+                                  widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0, extrapolated=extrapolated)
+        doc = recommendation_json(rec, data)
+        if not extrapolated:
+            store(url, rec)
+    if json_out:
+        typer.echo(json.dumps(doc, default=_json_safe))
+        return
+    choice = doc["overall"] if workload is None else doc["workloads"][workload]
+    if choice is None or choice.get("kernel_cmdline") is None:
+        typer.echo(f"no recommendation for {hardware} (campaign {name}): unhealthy surrogates")
+        for w, problems in doc["unhealthy"].items():
+            typer.echo(f"  {w}: {'; '.join(problems)}")
+        if doc["fix_command"]:
+            typer.echo(f"run: {doc['fix_command']}")
+        raise typer.Exit(EXIT_FAILURE)
+    typer.echo(choice["kernel_cmdline"])
+    typer.echo(f"  kernel {doc['kernel']}, layout {choice['layout']}, N={choice['n_per_cpu']}, "
+               f"P(every SLO met)={choice['slo_met_probability']:.3f} (confidence {confidence}), campaign {name}"
+               + (", EXTRAPOLATED" if doc["extrapolated"] else ""))
+    typer.echo(f"  revert to the default: {doc['revert_cmdline']}")
+    for w, entry in doc["workloads"].items():
+        if entry["what_if"]:
+            wi = entry["what_if"]
+            typer.echo(f"  what-if for {w} (needs a kernel patch: {'; '.join(wi['what_if_reasons'])}): "
+                       f"layout {wi['layout']}, N={wi['n_per_cpu']}, cost lower by {wi['gain']:.3g}")
+
+
+def _json_safe(value):
+    return value.item() if hasattr(value, "item") else list(value) if isinstance(value, tuple) else str(value)
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 

@@ -1,0 +1,300 @@
+"""`rcutune report`: report.md, a self-contained report.html, recommendation.json and PNG plots (DESIGN.md §6).
+
+Every file is written atomically (a temporary file in the same directory, then `os.replace`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import sim
+
+from . import _plots
+from ._recommend import (
+    COMPARED,
+    METRICS,
+    CampaignData,
+    Choice,
+    Recommendation,
+    fit_surrogates,
+    load_campaign,
+    recommend,
+    store,
+)
+
+UNITS = {"reserved_mib": "MiB", "fallback_cost": "ms/s", "sync_stall_ms_per_s": "ms/s", "pending_peak_mib": "MiB",
+         "sync_fallbacks_per_s": "/s", "call_latency_p99_us": "us", "oom_events": ""}
+
+
+def write_atomic(path: Path, content: bytes | str) -> None:
+    """Write `content` to `path` through a temporary file and a rename: readers see all or nothing."""
+    data = content.encode() if isinstance(content, str) else content
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _choice_json(c: Choice | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {"kernel_cmdline": c.kernel_cmdline, "policy": c.policy, "n_per_cpu": c.policy["n_per_cpu"],
+            "layout": c.policy["layout"], "what_if_reasons": list(c.what_if_reasons),
+            "slo_met_probability": c.p_meet, "cost": c.cost, "predicted": c.predicted}
+
+
+def recommendation_json(rec: Recommendation, data: CampaignData) -> dict[str, Any]:
+    """The recommendation.json document (keys listed in issue 5)."""
+    overall = rec.overall
+    workloads = {}
+    for w in rec.workloads:
+        f = w.faithful
+        workloads[w.workload] = {
+            "n_per_cpu": None if f is None else f.policy["n_per_cpu"],
+            "layout": None if f is None else f.policy["layout"],
+            "kernel_cmdline": None if f is None else f.kernel_cmdline,
+            "policy": None if f is None else f.policy,
+            "slo_met_probability": None if f is None else f.p_meet,
+            "predicted": None if f is None else f.predicted,
+            "confirmed": w.confirmed,
+            "confirmation": w.confirmation,
+            "what_if": None if w.what_if is None else {**_choice_json(w.what_if), "gain": w.gain},  # type: ignore[dict-item]
+            "default_comparison": w.default_comparison,
+            "unhealthy": w.problems,
+        }
+    surrogate = {}
+    for name, _, _, _ in METRICS:
+        per = [rec.surrogate[w][name] for w in rec.surrogate]
+        r2 = [p["cv_r2"] for p in per if p["cv_r2"] is not None]
+        cov = [p["coverage"] for p in per if p["coverage"] is not None]
+        surrogate[name] = {"cv_r2": min(r2) if r2 else None, "coverage": min(cov) if cov else None,
+                           "per_workload": {w: rec.surrogate[w][name] for w in rec.surrogate}}
+    return {
+        "hardware": rec.hardware, "campaign": rec.campaign, "kernel": rec.kernel,
+        "kernel_cmdline": None if overall is None else overall.kernel_cmdline,
+        "revert_cmdline": sim.Policy.kernel_default(sim.kernel_behaviour(rec.kernel)).kernel_cmdline(),
+        "confidence": rec.confidence,
+        "overall": _choice_json(overall),
+        "overall_what_if": _choice_json(rec.overall_what_if),
+        "workloads": workloads,
+        "surrogate": surrogate,
+        "extrapolated": rec.extrapolated,
+        "unhealthy": rec.unhealthy,
+        "fix_command": rec.fix_command,
+        "simulator_version": rec.simulator_version,
+        "seeds": list(rec.seeds), "fresh_seeds": list(rec.fresh_seeds),
+        "profiles": {"hardware": sim.profile_text(data.hardware),
+                     "workloads": {w.name: sim.profile_text(w.profile) for w in data.workloads}},
+    }
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}g}"
+
+
+def _ci(entry: dict[str, Any], key: str = "mean") -> str:
+    half = entry.get("ci95")
+    return f"{_fmt(entry[key])} ± {_fmt(half, 2)}" if half is not None else _fmt(entry[key])
+
+
+def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> str:
+    """report.md; `images` maps a caption to its PNG file name."""
+    lines: list[str] = []
+    hw, campaign = doc["hardware"], doc["campaign"]
+    lines.append(f"# rcutune report: {hw}, campaign {campaign}")
+    lines.append("")
+    if doc["kernel_cmdline"]:
+        o = doc["overall"]
+        lines += ["**Kernel command line** (every studied workload, faithful stock-kernel policy):", "",
+                  "```", doc["kernel_cmdline"], "```", "",
+                  f"- Holds for kernel **{doc['kernel']}**; layout `{o['layout']}`, N = {o['n_per_cpu']} pages per CPU.",
+                  f"- Risk: probability that every SLO is met in the worst workload "
+                  f"**{o['slo_met_probability']:.3f}** (required {doc['confidence']}).",
+                  f"- Extrapolated: {'yes, intervals widened' if doc['extrapolated'] else 'no'}."]
+    else:
+        lines += ["**No recommendation**: the surrogates of some workloads failed their accuracy check "
+                  "(CV R² ≥ 0.8 and 90% interval coverage within 80-97% are required).", ""]
+        for w, problems in doc["unhealthy"].items():
+            lines.append(f"- {w}: " + "; ".join(problems))
+        if doc["fix_command"]:
+            lines += ["", "To fix it, add trials and report again:", "", "```", doc["fix_command"],
+                      f"rcutune report {campaign} --storage {url}", "```"]
+    lines += ["", f"To revert to the kernel default: `{doc['revert_cmdline']}`", ""]
+    if doc.get("overall_what_if"):
+        wi = doc["overall_what_if"]
+        lines += ["## What-if (needs a kernel patch)", "",
+                  f"`{wi['kernel_cmdline']}` with layout `{wi['layout']}` — needs: {'; '.join(wi['what_if_reasons'])}. "
+                  f"Predicted cost {_fmt(wi['cost'])} vs {_fmt(doc['overall']['cost'])} for the faithful policy.", ""]
+    lines += ["## Per workload", "",
+              "| workload | N | layout | P(SLOs met) | confirmed on fresh seeds | fallback cost ms/s (90% interval) | what-if gain |",
+              "|---|---|---|---|---|---|---|"]
+    for name, w in doc["workloads"].items():
+        if w["n_per_cpu"] is None:
+            why = (f"unhealthy surrogate: {'; '.join(w['unhealthy'])}" if w["unhealthy"]
+                   else f"no faithful policy reaches P(SLOs met) ≥ {doc['confidence']}")
+            lines.append(f"| {name} | - | - | - | - | {why} | - |")
+            continue
+        fc = w["predicted"]["fallback_cost"]
+        wi = w["what_if"]
+        gain = "-" if not wi else (f"{_fmt(wi['gain'])} ms/s with {wi['layout']}, N={wi['n_per_cpu']} "
+                                   f"(needs: {'; '.join(wi['what_if_reasons'])})")
+        lines.append(f"| {name} | {w['n_per_cpu']} | {w['layout']} | {w['slo_met_probability']:.3f} | "
+                     f"{'yes' if w['confirmed'] else ('NO' if w['confirmed'] is False else '-')} | "
+                     f"{_fmt(fc['mean'])} ({_fmt(fc['lo90'])}-{_fmt(fc['hi90'])}) | {gain} |")
+    lines += ["", "## Comparison with the kernel default and N=0", "",
+              "Fresh replications on seeds the search never used, common random numbers (the same seeds for "
+              "every policy); mean ± 95% CI half-width; differences are paired.", ""]
+    for name, w in doc["workloads"].items():
+        comp = w["default_comparison"]
+        if not comp:
+            continue
+        rec = w["confirmation"]["recommended"]
+        lines += [f"### {name}", "",
+                  "| metric | recommended | kernel default | N=0 | recommended − default | recommended − N=0 |",
+                  "|---|---|---|---|---|---|"]
+        for m in COMPARED:
+            lines.append(f"| {m} ({UNITS.get(m, '')}) | {_ci(rec[m])} | {_ci(comp['kernel_default']['summary'][m])} | "
+                         f"{_ci(comp['n_zero']['summary'][m])} | {_ci(comp['recommended_minus_default'][m], 'diff')} | "
+                         f"{_ci(comp['recommended_minus_n_zero'][m], 'diff')} |")
+        lines.append("")
+    lines += ["## Surrogate accuracy", "",
+              "Cross-validated by trial (GroupKFold): R², Spearman rank correlation, empirical coverage of the "
+              "nominal 90% interval. `decisive = no` means the metric cannot change the recommendation "
+              "(every observation below half its SLO, or a spread too small to matter); its accuracy is not required.", "",
+              "| workload | metric | model | trials | CV R² | rank corr. | 90% coverage | decisive | healthy |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for m, entry in doc["surrogate"].items():
+        for w, a in entry["per_workload"].items():
+            lines.append(f"| {w} | {m} | {a['estimator']} | {a['n_trials']} | {_fmt(a['cv_r2'], 2)} | "
+                         f"{_fmt(a['rank_correlation'], 2)} | {_fmt(a['coverage'], 2)} | "
+                         f"{'yes' if a.get('decisive', True) else 'no'} | {'yes' if a['healthy'] else 'NO'} |")
+    lines += ["", "## Plots", ""]
+    for caption, file in images.items():
+        lines += [f"### {caption}", "", f"![{caption}]({file})", ""]
+    lines += ["## Reproduce", "",
+              f"- Simulator version {doc['simulator_version']}, kernel {doc['kernel']}.",
+              f"- Search seeds: {', '.join(map(str, doc['seeds']))}; confirmation seeds: {', '.join(map(str, doc['fresh_seeds']))}.",
+              f"- `rcutune report {campaign} --storage {url}`", "",
+              "<details><summary>Hardware profile</summary>", "", "```", doc["profiles"]["hardware"], "```", "</details>", ""]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(markdown: str, images: dict[str, bytes]) -> str:
+    """A self-contained HTML page from report.md: images inline as data URIs, no external resources."""
+    body: list[str] = []
+    in_code = in_table = False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            body.append("</pre>" if in_code else "<pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= set("-") for c in cells):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{_inline(c)}</th>" for c in cells) + "</tr>")
+            else:
+                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        image = re.match(r"!\[(.*)\]\((.*)\)", line)
+        if image:
+            data = base64.b64encode(images[image.group(2)]).decode()
+            body.append(f'<img alt="{html.escape(image.group(1))}" src="data:image/png;base64,{data}">')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.startswith("- "):
+            body.append(f"<p class='item'>• {_inline(line[2:])}</p>")
+        elif line.startswith("<details") or line.startswith("</details"):
+            body.append(line)
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "pre{background:#f4f4f4;padding:.8em;font-size:15px;overflow-x:auto}"
+             "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
+             "th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}code{background:#f4f4f4}")
+    title = html.escape(markdown.splitlines()[0].lstrip("# "))
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    out = html.escape(text)
+    out = re.sub(r"`([^`]*)`", r"<code>\1</code>", out)
+    return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", out)
+
+
+def write_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
+                 confirm_seeds: int = 4) -> Path:
+    """Fit, recommend and write `reports/<hardware>/<campaign>/`; returns that directory.
+
+    Raises:
+        UserError: unknown campaign, no complete trials, bad confidence.
+    """
+    data = load_campaign(url, name)
+    if not 0.5 <= confidence < 1.0:
+        from ._errors import UserError
+        raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
+    fit_surrogates(data)
+    rec = recommend(data, confidence=confidence, confirm_seeds=confirm_seeds)
+    directory = (out or Path("reports")) / data.hardware.name / data.name
+    directory.mkdir(parents=True, exist_ok=True)
+    pngs: dict[str, bytes] = {}
+    captions: dict[str, str] = {}
+    pngs["pareto.png"] = _plots.pareto(data, rec)
+    captions["Pareto front (recommendation starred)"] = "pareto.png"
+    pngs["importances.png"] = _plots.importances(data)
+    captions["Parameter importances"] = "importances.png"
+    seed = rec.fresh_seeds[0] if rec.fresh_seeds else 0
+    for w in data.workloads:
+        pngs[f"metrics-vs-n-{w.name}.png"] = _plots.metric_vs_n(data, w, rec)
+        captions[f"{w.name}: metrics against N"] = f"metrics-vs-n-{w.name}.png"
+        chosen = next((r.faithful for r in rec.workloads if r.workload == w.name and r.faithful), None)
+        if chosen is not None:
+            pngs[f"timeseries-{w.name}.png"] = _plots.time_series(data, w, chosen.policy, seed)
+            captions[f"{w.name}: pending memory and fallbacks, recommended vs default"] = f"timeseries-{w.name}.png"
+    doc = recommendation_json(rec, data)
+    markdown = render_markdown(doc, captions, url)
+    for file, content in pngs.items():
+        write_atomic(directory / file, content)
+    write_atomic(directory / "recommendation.json", json.dumps(doc, indent=2, default=_json_default) + "\n")
+    write_atomic(directory / "report.md", markdown)
+    write_atomic(directory / "report.html", render_html(markdown, pngs))
+    store(url, rec)
+    return directory
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,292 @@
+"""Surrogate models of a study's metrics, with predictive intervals and measured accuracy (DESIGN.md §5).
+
+Two regressors follow the scikit-learn estimator contract (settings in `__init__`, `fit` returns
+self, learned state in `*_` attributes, `predict(X, return_std=True)` gives a predictive standard
+deviation): `GPSurrogate` (Matern + WhiteKernel, normalised targets) and `ForestSurrogate` (a random
+forest whose spread is the larger of the inter-tree variance and the out-of-bag residual variance).
+`fit_metric` cross-validates both on one metric and keeps the better, with its accuracy.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.gaussian_process import GaussianProcessRegressor
+from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import GroupKFold
+
+MIN_R2 = 0.8
+COVERAGE_RANGE = (0.80, 0.97)
+INTERVAL_LEVEL = 0.90
+Z90 = float(stats.norm.ppf(0.5 + INTERVAL_LEVEL / 2))
+
+FEATURES = ("log_n_per_cpu", "layout_global", "layout_hybrid", "shared_reserve_pages", "log_refill_delay_ms",
+            "refill_low_watermark", "prealloc_at_boot", "emergency_reserve_fraction")
+
+
+def policy_features(policies: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """The numeric feature matrix of policies (dicts of `sim.Policy` fields), columns as `FEATURES`."""
+    rows = []
+    for p in policies:
+        rows.append([
+            math.log1p(float(p["n_per_cpu"])),
+            1.0 if p["layout"] == "global" else 0.0,
+            1.0 if p["layout"] == "hybrid" else 0.0,
+            math.log1p(float(p.get("shared_reserve_pages", 0))),
+            math.log1p(float(p.get("refill_delay_ms", 5000))),
+            float(p.get("refill_low_watermark", 0)) / max(1.0, float(p["n_per_cpu"])),
+            1.0 if p.get("prealloc_at_boot") else 0.0,
+            float(p.get("emergency_reserve_fraction", 0.0)),
+        ])
+    return np.asarray(rows, dtype=float)
+
+
+def _bounded_lbfgs(objective, initial_theta, bounds):
+    """L-BFGS-B on the log marginal likelihood, capped at 60 iterations (the fit is cross-validated anyway)."""
+    from scipy.optimize import minimize
+
+    result = minimize(objective, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds,
+                      options={"maxiter": 60})
+    return result.x, result.fun
+
+
+class GPSurrogate(RegressorMixin, BaseEstimator):
+    """Gaussian process with a Matern kernel plus white noise on standardised inputs and targets.
+
+    Args:
+        nu: Matern smoothness.
+        n_restarts_optimizer: restarts of the kernel hyper-parameter fit.
+        random_state: seed of those restarts.
+    """
+
+    def __init__(self, nu: float = 2.5, n_restarts_optimizer: int = 0, random_state: int = 0) -> None:
+        self.nu = nu
+        self.n_restarts_optimizer = n_restarts_optimizer
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
+        self.x_mean_ = X.mean(axis=0)
+        self.x_scale_ = np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
+        kernel = (ConstantKernel(1.0, (1e-3, 1e3))
+                  * Matern(length_scale=np.ones(X.shape[1]), length_scale_bounds=(1e-2, 1e3), nu=self.nu)
+                  + WhiteKernel(1e-2, (1e-6, 1e1)))
+        self.model_ = GaussianProcessRegressor(kernel=kernel, normalize_y=True, optimizer=_bounded_lbfgs,
+                                               n_restarts_optimizer=self.n_restarts_optimizer,
+                                               random_state=self.random_state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model_.fit((X - self.x_mean_) / self.x_scale_, y)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X, return_std: bool = False):
+        Z = (np.asarray(X, dtype=float) - self.x_mean_) / self.x_scale_
+        if return_std:
+            mean, std = self.model_.predict(Z, return_std=True)
+            return mean, np.maximum(std, 1e-12)
+        return self.model_.predict(Z)
+
+
+class ForestSurrogate(RegressorMixin, BaseEstimator):
+    """Random forest; predictive spread = max(inter-tree variance, out-of-bag residual variance).
+
+    Args:
+        n_estimators: trees.
+        min_samples_leaf: smallest leaf.
+        random_state: seed of the bootstrap.
+    """
+
+    def __init__(self, n_estimators: int = 100, min_samples_leaf: int = 1, random_state: int = 0) -> None:
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X = np.asarray(X, dtype=float)
+        y = np.asarray(y, dtype=float)
+        self.model_ = RandomForestRegressor(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
+                                            bootstrap=True, oob_score=len(y) >= 4, random_state=self.random_state)
+        self.model_.fit(X, y)
+        oob = getattr(self.model_, "oob_prediction_", None)
+        if oob is not None and np.all(np.isfinite(oob)):
+            self.residual_var_ = float(np.mean((oob - y) ** 2))
+        else:
+            self.residual_var_ = float(np.var(y))
+        self.feature_importances_ = self.model_.feature_importances_
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def predict(self, X, return_std: bool = False):
+        X = np.asarray(X, dtype=float)
+        per_tree = np.stack([t.predict(X) for t in self.model_.estimators_])
+        mean = per_tree.mean(axis=0)
+        if return_std:
+            # The out-of-bag residual already holds the replication noise and most of the model error;
+            # adding the inter-tree variance on top of it over-covers, so take the larger of the two.
+            return mean, np.sqrt(np.maximum(per_tree.var(axis=0), self.residual_var_) + 1e-12)
+        return mean
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    """Cross-validated accuracy of one surrogate (on the transformed target)."""
+
+    estimator: str
+    n_trials: int
+    cv_r2: float | None
+    rank_correlation: float | None
+    coverage: float | None
+    decisive: bool = True  # False: the metric cannot change the recommendation (see `fit_metric`)
+    noise_limited: bool = False  # trial means indistinguishable within replication noise: R² is not meaningful
+
+    @property
+    def healthy(self) -> bool:
+        if self.cv_r2 is None or not self.decisive:  # constant, exact, or far from deciding anything
+            return True
+        covered = self.coverage is not None and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1]
+        if self.noise_limited:  # a flat response: only the calibration of its interval matters
+            return covered
+        return (self.cv_r2 >= MIN_R2 and self.coverage is not None
+                and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1])
+
+    def problem(self) -> str | None:
+        """Why the surrogate is unhealthy, in a few words; None when healthy."""
+        if self.healthy:
+            return None
+        if self.cv_r2 < MIN_R2 and not self.noise_limited:
+            return f"CV R² {self.cv_r2:.2f} < {MIN_R2}"
+        return f"90% interval coverage {self.coverage:.0%} outside {COVERAGE_RANGE[0]:.0%}-{COVERAGE_RANGE[1]:.0%}"
+
+
+@dataclass(frozen=True)
+class MetricSurrogate:
+    """A fitted model of one metric of one workload: log-transformed target, predictive normal."""
+
+    metric: str
+    estimator: Any  # fitted GPSurrogate / ForestSurrogate, or None for a constant or exact target
+    constant: float | None
+    accuracy: Accuracy
+    columns: tuple[int, ...] = ()  # the feature columns the estimator uses (those that varied)
+    exact: Callable[[Mapping[str, Any]], float] | None = None  # a metric known in closed form
+    offset: float = 1.0  # the model sees log(value + offset)
+
+    def predict(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation on the log(value + offset) scale."""
+        if self.exact is not None:
+            return np.log(np.array([self.exact(p) for p in policies], dtype=float) + self.offset), np.full(len(policies), 1e-9)
+        if self.estimator is None:
+            value = math.log(max(self.constant or 0.0, 0.0) + self.offset)
+            return np.full(len(policies), value), np.full(len(policies), 1e-9)
+        X = policy_features(policies)[:, list(self.columns)]
+        mean, std = self.estimator.predict(X, return_std=True)
+        return mean, std * widen
+
+    def interval(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Median prediction and the 90% interval, on the metric's own scale."""
+        mean, std = self.predict(policies, widen)
+        back = lambda z: np.exp(z) - self.offset  # noqa: E731
+        return back(mean), back(mean - Z90 * std), back(mean + Z90 * std)
+
+    def prob_at_most(self, policies: Sequence[Mapping[str, Any]], limit: float, widen: float = 1.0) -> np.ndarray:
+        """P(metric <= limit) under the predictive distribution."""
+        if self.exact is None and self.estimator is None:
+            return np.full(len(policies), 1.0 if (self.constant or 0.0) <= limit else 0.0)
+        if limit < 0:
+            return np.zeros(len(policies))
+        mean, std = self.predict(policies, widen)
+        return stats.norm.cdf((math.log(limit + self.offset) - mean) / std)
+
+
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> tuple[float, float, float]:
+    """(R², Spearman rank correlation, 90% interval coverage) of out-of-fold predictions; a trial's
+    replications stay in one fold, so the score is that of predicting an unseen policy. R² and rank
+    correlation compare trial means; coverage counts single replications inside the 90% interval."""
+    k = max(2, min(folds, len(set(groups.tolist()))))
+    mean = np.empty_like(y)
+    std = np.empty_like(y)
+    for train, test in GroupKFold(k).split(X, y, groups):
+        model = clone(estimator).fit(X[train], y[train])
+        mean[test], std[test] = model.predict(X[test], return_std=True)
+    # R² and rank correlation of the mean response: out-of-fold predictions against each trial's mean
+    # over its replications (replication noise is the interval's business, not the mean's).
+    trials = sorted(set(groups.tolist()))
+    y_mean = np.array([y[groups == g].mean() for g in trials])
+    p_mean = np.array([mean[groups == g].mean() for g in trials])
+    ss = float(np.sum((y_mean - y_mean.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((y_mean - p_mean) ** 2)) / ss if ss > 0 else 0.0
+    rho = stats.spearmanr(y_mean, p_mean).statistic if np.ptp(p_mean) > 0 else 0.0
+    coverage = float(np.mean(np.abs(y - mean) <= Z90 * std))
+    return r2, float(0.0 if not np.isfinite(rho) else rho), coverage
+
+
+def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Sequence[float],
+               groups: Sequence[int] | None = None, *, decisive: bool = True,
+               candidates: Sequence[Any] | None = None) -> MetricSurrogate:
+    """Fit each candidate estimator to log(values + offset), keep the one with the best CV R² (coverage breaks ties).
+
+    Args:
+        policies, values: one row per replication (or per trial).
+        groups: the trial of each row (rows of one trial are never split across folds).
+        decisive: False when the metric cannot change the recommendation (e.g. every value far below
+            its SLO); its accuracy is still measured and stored but does not make the surrogate unhealthy.
+    """
+    y_raw = np.maximum(np.asarray(values, dtype=float), 0.0)
+    # A log scale relative to the metric's own size: small values (fallback costs of 0.03 ms/s) keep
+    # their ratios instead of vanishing under log1p.
+    positive = y_raw[y_raw > 0]
+    offset = float(max(0.05 * np.median(positive), 1e-9)) if positive.size else 1.0
+    y = np.log(y_raw + offset)
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
+    n_trials = len(set(g.tolist()))
+    if np.ptp(y) <= 1e-9 * max(1.0, abs(float(y.mean()))):
+        return MetricSurrogate(metric, None, float(y_raw.mean()), Accuracy("constant", n_trials, None, None, None))
+    X_all = policy_features(policies)
+    columns = tuple(int(c) for c in np.flatnonzero(np.ptp(X_all, axis=0) > 0)) or (0,)
+    X = X_all[:, list(columns)]
+    noise_limited = _flat_within_noise(y, g)
+    best = None
+    for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
+        r2, rho, coverage = cross_validate(estimator, X, y, g)
+        key = (round(r2, 3), -abs(coverage - INTERVAL_LEVEL))
+        if best is None or key > best[0]:
+            best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
+                                                      noise_limited))
+    _, estimator, accuracy = best  # type: ignore[misc]
+    return MetricSurrogate(metric, clone(estimator).fit(X, y), None, accuracy, columns, offset=offset)
+
+
+def _flat_within_noise(y: np.ndarray, groups: np.ndarray) -> bool:
+    """True when a one-way ANOVA over trials cannot tell the trial means apart (p > 0.05)."""
+    samples = [y[groups == g] for g in sorted(set(groups.tolist()))]
+    samples = [x for x in samples if len(x) >= 2]
+    if len(samples) < 3 or all(np.ptp(x) == 0 for x in samples):
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        p = stats.f_oneway(*samples).pvalue
+    return bool(np.isfinite(p) and p > 0.05)
+
+
+def exact_metric(metric: str, formula: Callable[[Mapping[str, Any]], float], policies: Sequence[Mapping[str, Any]],
+                 values: Sequence[float], n_trials: int | None = None) -> MetricSurrogate:
+    """A metric known in closed form (reserved memory); its accuracy is checked against the observed values."""
+    predicted = np.array([formula(p) for p in policies], dtype=float)
+    observed = np.asarray(values, dtype=float)
+    ss = float(np.sum((observed - observed.mean()) ** 2))
+    r2 = 1.0 - float(np.sum((observed - predicted) ** 2)) / ss if ss > 0 else 1.0
+    exact = bool(np.allclose(predicted, observed, rtol=1e-9, atol=1e-12))
+    rho = stats.spearmanr(observed, predicted).statistic if np.ptp(predicted) > 0 and np.ptp(observed) > 0 else 1.0
+    return MetricSurrogate(metric, None, None, Accuracy("exact" if exact else "formula (mismatch)",
+                                                       n_trials or len(observed), r2, float(rho), 1.0 if exact else 0.0, not exact),
+                           exact=formula)
