@@ -137,7 +137,7 @@ def test_the_scalar_objective_prunes_hopeless_trials_at_low_fidelity(tmp_path):
 
 def test_the_tpe_search_tries_the_neighbours_of_its_best_trial(tmp_path):
     db = tmp_path / "p.db"
-    result = run_study(db, "--trials", "10", "--objective", "scalar", "--fix", "layout=per-cpu")
+    result = run_study(db, "--trials", "16", "--objective", "scalar", "--fix", "layout=per-cpu")
     assert result.exit_code == 0, result.output
     done = {t.number: t for t in trials(db, "vm-2/steady")}
     refining = [t for t in done.values() if "refines" in t.user_attrs]

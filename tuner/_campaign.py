@@ -56,7 +56,7 @@ DEFAULT_SETTINGS = Settings()
 QUICK_SETTINGS = Settings(max_seconds=1.0, low_fidelity_fraction=0.25, replications=2, race_replications=2,
                           race_top_k=2)
 DEFAULT_TRIALS = 20
-QUICK_TRIALS = 8
+QUICK_TRIALS = 12
 
 
 def make_seeds(base_seed: int, count: int) -> tuple[int, ...]:

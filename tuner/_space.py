@@ -30,8 +30,8 @@ from ._errors import UserError
 
 N_MAX = 128
 SHARED_RESERVE_PAGES_PER_CPU_MAX = 16
-DESIGN_N = (2, 16, 64)
-"""N values enqueued after the kernel default and N=0: a log-spaced start for the sampler."""
+DESIGN_N = (1, 2, 4, 8, 16, 32, 64, 128)
+"""N values enqueued after the kernel default and N=0: a log-spaced start (small N matter most)."""
 
 PARAM_NAMES = ("n_per_cpu", "layout", "shared_reserve_pages", "refill_delay_ms",
                "refill_low_watermark_fraction", "emergency_reserve_fraction", "prealloc_at_boot")

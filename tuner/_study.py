@@ -95,8 +95,8 @@ class StudyLoop:
         heartbeat: called at least every HEARTBEAT_EVERY_S seconds while the loop runs.
         window: trials in flight at once (default: twice the workers).
         refine: when a trial becomes the best (lowest base scalar value among feasible ones), every
-            other new trial tries one of its untried neighbours (N-1, N+1, the other layouts, one
-            step of each other parameter): a pattern search that ends the study on a local optimum.
+            third new trial tries one of its untried neighbours (N-1, N, N+1 in every layout, then
+            one step of each other parameter): a pattern search that polishes the best trial.
     """
 
     def __init__(self, study: optuna.Study, definition: CampaignDefinition, workload: sim.WorkloadProfile,
@@ -144,7 +144,7 @@ class StudyLoop:
             raise
 
     def _ask(self) -> None:
-        if self.asked % 2 == 0:  # every other trial refines the best; the sampler explores in between
+        if self.asked % 3 == 0:  # every third trial refines the best; the sampler explores in between
             self._next_refinement()
         self.asked += 1
         trial = self.study.ask()
