@@ -10,7 +10,6 @@ recommendation is always given; a what-if one only with its gain over the faithf
 from __future__ import annotations
 
 import ast
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,7 +17,6 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.trial import TrialState
-from scipy import stats
 
 import sim
 import storage
