@@ -236,7 +236,8 @@ class Model:
         hw = self.hw
         krc = self.krcs[index % hw.cpus]
         rng = stream(self.seed, "rcuscale", index)
-        per_call = hw.kfree_call_ns * 1e-9
+        # Larger size classes cost more per call: slab pages turn over faster and more memory is touched.
+        per_call = (hw.kfree_call_ns + hw.kmalloc_ns_per_kib * self.slab_bytes / 1024) * 1e-9
         total = w.kfree_loops * w.kfree_alloc_num
         jiffy_calls = max(1, int(1e-3 / per_call))
         # Before 5.9 there is no headless kvfree_rcu(): the test of that era frees with kfree_rcu() only.
