@@ -76,6 +76,7 @@ class HardwareProfile(_Profile):
     nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "GP end to callback invocation on an rcuo kthread")
     wq_latency_us: float = _float(30.0, 0.0, 1e6, "queue to start of a work item")
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
+    preempt_none: bool = Field(default=False, description="CONFIG_PREEMPT_NONE: a kernel loop yields its CPU only at cond_resched()")
     lazy_flush_ms: float = _float(10_000.0, 0.0, 1e6, "LAZY_FLUSH_JIFFIES in ms")
     # CPU costs.
     kfree_call_ns: float = _float(110.0, 1.0, 1e6, "one kmalloc + kvfree_rcu() fast path")
