@@ -90,6 +90,11 @@ class Model:
         # Kernel work (reclaim, refill, inline allocation) done on each CPU that a busy rcuscale
         # thread pinned there loses from its own time; open-loop callers are not slowed by it.
         self.cpu_busy = [0.0] * hw.cpus
+        # PREEMPT_NONE: rcuscale threads inside their loop on each CPU, whether that CPU is in
+        # cond_resched() now, and the event its next cond_resched() triggers.
+        self.cpu_held = [0] * hw.cpus
+        self.cpu_yielding = [False] * hw.cpus
+        self._resched = [self.env.event() for _ in range(hw.cpus)]
         self.blocked_callers = 0
         self.overloaded_cpus = 0
         self.max_booking_interval = 0.1
@@ -151,6 +156,41 @@ class Model:
         st = self.stats
         st.objects_freed += objs.count
         st.residency_sum += objs.count * now - objs.arrival_sum
+
+    def cpu_turn(self, cpu: int) -> simpy.Event | None:
+        """When work queued to `cpu` can run: None for now, else the event of the CPU's next cond_resched().
+
+        With PREEMPT_NONE a kworker (or any task) woken on a CPU whose rcuscale thread is inside
+        its loop waits until that thread calls cond_resched() between loops.
+        """
+        if self.cpu_held[cpu] and not self.cpu_yielding[cpu]:
+            return self._resched[cpu]
+        return None
+
+    def cond_resched(self, cpu: int):
+        """cond_resched() in a PREEMPT_NONE rcuscale loop: a quiescent state, then the work queued here runs
+        (the nice-19 thread waits for it)."""
+        self.gp.quiescent(cpu)
+        event, self._resched[cpu] = self._resched[cpu], self.env.event()
+        self.cpu_yielding[cpu] = True
+        event.succeed()
+        yield self.env.timeout(0)  # the waiting work items start and charge their CPU time
+        busy, self.cpu_busy[cpu] = self.cpu_busy[cpu], 0.0
+        if busy:
+            yield self.env.timeout(busy)
+        self.cpu_yielding[cpu] = False
+
+    def _hold_cpu(self, cpu: int, held: bool) -> None:
+        """A PREEMPT_NONE rcuscale loop starts (held) or stops (sleeps, ends) occupying `cpu`."""
+        if held:
+            self.cpu_held[cpu] += 1
+            self.gp.hold(cpu)
+            return
+        self.cpu_held[cpu] -= 1
+        self.gp.release(cpu)
+        if not self.cpu_held[cpu]:
+            event, self._resched[cpu] = self._resched[cpu], self.env.event()
+            event.succeed()  # the CPU is free: what waited for it runs
 
     def check_safe(self, newest_call: float, gp_number: int) -> None:
         """The safety invariant: the GP that frees an object began after the object's call."""
@@ -229,16 +269,24 @@ class Model:
 
         Follows kernel/rcu/rcuscale.c: single, double or (both equal) a random choice per call; the
         memory footprint is si_mem_available() at start minus a running average sampled every
-        kfree_loops/4 loops. Calls are issued in chunks of at most a jiffy's worth.
+        kfree_loops/4 loops. Calls are issued in chunks of at most a jiffy's worth. With PREEMPT_NONE
+        the thread holds its CPU for a whole loop: it reports a quiescent state and lets the work
+        queued on its CPU run only at the cond_resched() between loops (chunks of 10 ms then, since
+        nothing on this CPU can change inside a loop).
         """
         env = self.env
         w = self.workload
         hw = self.hw
         krc = self.krcs[index % hw.cpus]
         rng = stream(self.seed, "rcuscale", index)
-        per_call = hw.kfree_call_ns * 1e-9
+        # Larger size classes cost more per call: slab pages turn over faster and more memory is touched.
+        per_call = (hw.kfree_call_ns + hw.kmalloc_ns_per_kib * self.slab_bytes / 1024) * 1e-9
         total = w.kfree_loops * w.kfree_alloc_num
         jiffy_calls = max(1, int(1e-3 / per_call))
+        preempt_none = hw.preempt_none
+        if preempt_none:
+            jiffy_calls = max(1, int(KSWAPD_TICK / per_call))
+            self._hold_cpu(krc.cpu, True)
         # Before 5.9 there is no headless kvfree_rcu(): the test of that era frees with kfree_rcu() only.
         single_only = w.kfree_rcu_test_single and not w.kfree_rcu_test_double and self.kernel.headless_api
         both = w.kfree_rcu_test_single == w.kfree_rcu_test_double and self.kernel.headless_api
@@ -252,6 +300,8 @@ class Model:
         while done < total and not self.all_done.triggered:
             loop, offset = divmod(done, w.kfree_alloc_num)
             if offset == 0:
+                if preempt_none and done:
+                    yield from self.cond_resched(krc.cpu)
                 if mem_during is None:
                     mem_begin = mem_during = self.alloc.available()
                 elif quarter and loop % quarter == 0:
@@ -262,9 +312,10 @@ class Model:
                 k = max(1, min(k, int(1.0 / risk)))
             busy = self.cpu_busy[krc.cpu]
             self.cpu_busy[krc.cpu] = 0.0
-            yield env.timeout(k * per_call + busy)
-            if self.all_done.triggered:
-                break
+            if not preempt_none:
+                yield env.timeout(k * per_call + busy)
+                if self.all_done.triggered:
+                    break
             if w.kfree_by_call_rcu:
                 single = 0  # call_rcu() with kfree in the callback, no single/double choice
             elif both:
@@ -273,10 +324,23 @@ class Model:
                 single = k if single_only else 0
             counts = (k - single, 0, single, 0)
             now = env.now
-            ev = krc.book(now, counts, now - 0.5 * k * per_call, by_call_rcu=w.kfree_by_call_rcu)
+            # PREEMPT_NONE: a chunk is booked at its start, so that the monitor's timer fires inside
+            # the loop, as it does in the kernel (its work then waits for the loop's end).
+            mid = now if preempt_none else now - 0.5 * k * per_call
+            ev = krc.book(now, counts, mid, by_call_rcu=w.kfree_by_call_rcu)
             done += k
+            if preempt_none:
+                yield env.timeout(k * per_call + busy)
             if ev is not None:
+                if preempt_none:
+                    self._hold_cpu(krc.cpu, False)  # synchronize_rcu() sleeps
                 yield ev
+                if preempt_none:
+                    self._hold_cpu(krc.cpu, True)
+        if preempt_none:
+            if not self.all_done.triggered:
+                yield from self.cond_resched(krc.cpu)  # the last loop ends in cond_resched() too
+            self._hold_cpu(krc.cpu, False)
         self._thread_end(start, mem_begin, mem_during, done < total)
 
     def _sync_risk(self, krc: KfreeRcuCpu, both: bool, single: bool) -> float:

@@ -44,6 +44,10 @@ class GraceEngine:
         self._seq = 0
         self._wake: simpy.Event | None = None
         self._mu = math.log(max(1e-9, hw.gp_median_ms - hw.gp_min_ms * 0.5))
+        # PREEMPT_NONE: CPUs running a kernel loop report a quiescent state only at cond_resched().
+        self._held: dict[int, int] = {}
+        self._need_qs: set[int] = set()
+        self._qs_event: simpy.Event | None = None
         env.process(self.rcu_gp_kthread())
 
     def snap(self) -> int:
@@ -70,6 +74,23 @@ class GraceEngine:
             return
         heapq.heappush(self._watchers, (snap, self._seq, callback))
         self._seq += 1
+
+    def hold(self, cpu: int) -> None:
+        """A non-preemptible kernel loop starts on `cpu`: GPs that begin now wait for its quiescent state."""
+        self._held[cpu] = self._held.get(cpu, 0) + 1
+
+    def release(self, cpu: int) -> None:
+        """The loop on `cpu` ended or slept: the CPU is quiescent (idle or in schedule())."""
+        self._held[cpu] -= 1
+        if not self._held[cpu]:
+            del self._held[cpu]
+        self.quiescent(cpu)
+
+    def quiescent(self, cpu: int) -> None:
+        """rcu_note_context_switch() on `cpu` (cond_resched() in a PREEMPT_NONE kernel loop)."""
+        self._need_qs.discard(cpu)
+        if not self._need_qs and self._qs_event is not None and not self._qs_event.triggered:
+            self._qs_event.succeed()
 
     def remaining(self) -> float:
         """Expected wait for synchronize_rcu() issued now: the rest of the current GP plus one more."""
@@ -104,7 +125,12 @@ class GraceEngine:
                 self._wake = None
             self.in_progress = True
             self.start_of.append(env.now)
+            self._need_qs = set(self._held)
             yield env.timeout(self._duration())
+            while self._need_qs:  # a CPU still inside its kernel loop holds the GP up
+                self._qs_event = env.event()
+                yield self._qs_event
+            self._qs_event = None
             self.completed += 1
             self.in_progress = False
             while self._waiters and self._waiters[0][0] <= self.completed:

@@ -111,6 +111,7 @@ class KfreeRcuCpu:
         self.last_t = 0.0
         self.deadline: float | None = None
         self.blocked: tuple[float, float] | None = None  # (re-arm anchor, period) while both slots are busy
+        self.queued = False  # the monitor's timer fired and its work waits for the CPU (PREEMPT_NONE)
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
@@ -435,7 +436,7 @@ class KfreeRcuCpu:
         `first_call`: when calls booked together began, the first of them armed the timer then.
         """
         m = self.m
-        if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None:
+        if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None or self.queued:
             return
         hz = m.hw.hz
         if self.deadline is None:
@@ -534,6 +535,12 @@ class KfreeRcuCpu:
                 self.deadline = min(self.deadline, now)
             if self.deadline is not None and now >= self.deadline - 1e-12:
                 self.deadline = None
+                turn = m.cpu_turn(self.cpu)
+                if turn is not None:  # PREEMPT_NONE: the work runs at the CPU's next cond_resched()
+                    self.queued = True
+                    yield turn
+                    self.queued = False
+                    now = env.now
                 self.monitor_work(now)
 
     def monitor_work(self, now: float) -> None:
@@ -570,7 +577,7 @@ class KfreeRcuCpu:
 
     def _unblock(self) -> None:
         """Something the blocked monitor waits for happened: fire at the next tick of its re-arm grid."""
-        if self.blocked is None:
+        if self.blocked is None or self.queued:
             return
         anchor, period = self.blocked
         self.blocked = None
@@ -655,6 +662,10 @@ class KfreeRcuCpu:
         CPU it runs on."""
         m = self.m
         hw = m.hw
+        turn = m.cpu_turn(self.cpu)
+        if turn is not None:  # PREEMPT_NONE: the kworker runs at the CPU's next cond_resched()
+            turn.callbacks.append(lambda _e: self.kfree_rcu_work(batch))
+            return
         self.krw[batch.slot] = None
         self._unblock()
         self.reclaiming.count += batch.objs.count
@@ -704,6 +715,10 @@ class KfreeRcuCpu:
         """The refill work: allocate pages up to N (1 while backing off), stopping at the first
         failure from 6.1. The allocations take microseconds; their CPU time is charged to this CPU."""
         m = self.m
+        turn = m.cpu_turn(self.cpu)
+        if turn is not None:  # PREEMPT_NONE: the kworker runs at the CPU's next cond_resched()
+            turn.callbacks.append(self.fill_page_cache_func)
+            return
         now = self.env.now
         self.advance(now)
         target = 1 if self.backoff else m.policy.n_per_cpu

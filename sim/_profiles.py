@@ -76,9 +76,11 @@ class HardwareProfile(_Profile):
     nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "GP end to callback invocation on an rcuo kthread")
     wq_latency_us: float = _float(30.0, 0.0, 1e6, "queue to start of a work item")
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
+    preempt_none: bool = Field(default=False, description="CONFIG_PREEMPT_NONE: a kernel loop yields its CPU only at cond_resched()")
     lazy_flush_ms: float = _float(10_000.0, 0.0, 1e6, "LAZY_FLUSH_JIFFIES in ms")
     # CPU costs.
     kfree_call_ns: float = _float(110.0, 1.0, 1e6, "one kmalloc + kvfree_rcu() fast path")
+    kmalloc_ns_per_kib: float = _float(0.0, 0.0, 1e6, "extra cost of that call per KiB of the object's kmalloc size class")
     kfree_bulk_ns_per_object: float = _float(15.0, 0.1, 1e6, "kfree_bulk() cost per pointer")
     kvfree_ns_per_object: float = _float(60.0, 0.1, 1e6, "per-object kvfree() from the rcu_head list")
     global_lock_hold_ns: float = _float(120.0, 1.0, 1e6, "hold time of a shared pool lock, incl. cache-line transfer")
