@@ -67,3 +67,78 @@ def test_reserved_memory_is_exact_and_checked_against_the_observations():
     good = exact_metric("reserved_mib", formula, _policies([1, 2]), [8 * 4096 / 2**20, 16 * 4096 / 2**20])
     bad = exact_metric("reserved_mib", formula, _policies([1, 2]), [1.0, 1.0])
     assert good.accuracy.healthy and not bad.accuracy.healthy
+
+
+def _rows(ns, values_per_trial, **policy):
+    """Rows of replications: one trial per N, its values on seeds 0, 1, ..."""
+    policies, values, groups, seeds = [], [], [], []
+    for i, (n, vs) in enumerate(zip(ns, values_per_trial)):
+        for s, v in enumerate(vs):
+            policies += [dict(_policies([n])[0], **policy)]
+            values.append(v)
+            groups.append(i)
+            seeds.append(s)
+    return policies, values, groups, seeds
+
+
+def test_the_forest_interval_holds_the_error_of_an_unseen_policy_not_only_replication_noise():
+    # A saw-tooth in N with almost no replication noise: a row-level bootstrap would leave a trial's
+    # twin replication in the bag of every "out-of-bag" tree and give an interval that misses.
+    rng = np.random.default_rng(3)
+    ns = list(range(1, 60, 2))
+    values = [[2.0 + (n % 16) / 4 + rng.normal(0, 0.01) for _ in range(2)] for n in ns]
+    policies, y, groups, _ = _rows(ns, values)
+    from tuner._surrogate import cross_validate, policy_features
+
+    X = policy_features(policies)[:, :1]
+    _, _, coverage = cross_validate(ForestSurrogate(), X, np.log(np.array(y)), np.array(groups))
+    assert coverage >= 0.8
+
+
+def test_a_metric_every_policy_reproduces_seed_by_seed_is_seed_determined():
+    # The workload's own OOM kill: on seed 1 every policy sees it, on seed 0 none does.
+    policies, values, groups, seeds = _rows([1, 2, 4, 8, 16], [[0.0, 1.0]] * 5)
+    s = fit_metric("oom_events", policies, values, groups, seeds=seeds)
+    assert s.accuracy.estimator == "seed-determined" and s.accuracy.healthy and not s.accuracy.decisive
+    assert list(s.prob_at_most(_policies([3, 100]), 0.5)) == [0.5, 0.5]
+
+
+def test_a_difference_every_seed_agrees_on_is_not_taken_for_noise():
+    # Seeds differ by a factor of 100, policies by 10 % on every seed: a one-way ANOVA drowns the
+    # policy effect in the seed effect; the randomised-block ANOVA of common random numbers does not.
+    from tuner._surrogate import _flat_within_noise
+
+    ns = [1, 2, 4, 8, 16, 32]
+    values = [[1.0 * (1 + 0.1 * i), 100.0 * (1 + 0.1 * i)] for i in range(len(ns))]
+    _, y, groups, seeds = _rows(ns, values)
+    y, groups, seeds = np.log(y), np.array(groups), np.array(seeds)
+    assert _flat_within_noise(y, groups) is True
+    assert _flat_within_noise(y, groups, seeds) is False
+
+
+def test_an_emergency_reserve_that_switches_a_stall_off_is_fitted_as_a_switch():
+    # Off (0, the stock kernel) stalls, any reserve at all does not: a step, not a slope.
+    rng = np.random.default_rng(4)
+    policies, values, groups = [], [], []
+    for i in range(24):
+        fraction = 0.0 if i % 3 == 0 else float(rng.choice([0.025, 0.1, 0.3, 0.5]))
+        n = int(rng.integers(1, 128))
+        for _ in range(2):
+            policies.append(dict(_policies([n])[0], emergency_reserve_fraction=fraction))
+            values.append((40.0 if fraction == 0 else 0.02) * np.exp(rng.normal(0, 0.05)))
+            groups.append(i)
+    s = fit_metric("fallback_cost", policies, values, groups)
+    assert s.accuracy.healthy, s.accuracy
+
+
+def test_a_policy_with_no_cache_is_predicted_from_its_own_replications():
+    from dataclasses import replace
+
+    from tuner._surrogate import no_cache_key
+
+    s = fit_metric("fallback_cost", _policies([1, 2, 4, 8, 16, 32]), [1.0, 0.9, 0.8, 0.8, 0.8, 0.8])
+    s = replace(s, observed={no_cache_key(_policies([0])[0]): (float(np.log(6.0 + s.offset)), 0.01)})
+    mid, _, _ = s.interval(_policies([0]))
+    assert mid[0] == pytest.approx(6.0, rel=1e-6)
+    assert no_cache_key(_policies([1])[0]) is None
+    assert no_cache_key(dict(_policies([0])[0], layout="hybrid", shared_reserve_pages=8)) is None

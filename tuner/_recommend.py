@@ -10,8 +10,9 @@ recommendation is always given; a what-if one only with its gain over the faithf
 from __future__ import annotations
 
 import ast
+import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import storage
 
 from ._errors import UserError
 from ._objective import constraint_values, feasible, mean_ci, objective_values
-from ._surrogate import MetricSurrogate, exact_metric, fit_metric
+from ._surrogate import MetricSurrogate, describe, exact_metric, fit_metric, no_cache_key
 
 DEFAULT_CONFIDENCE = 0.95
 TIE_TOLERANCE = 0.02
@@ -99,7 +100,8 @@ class WorkloadData:
     seconds: float
     trials: list[TrialPoint]
     optuna_name: str
-    surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)
+    surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)  # stock-kernel policies: the faithful trials
+    what_if_surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)  # every trial, what-ifs included
 
 
 @dataclass
@@ -114,6 +116,8 @@ class CampaignData:
     seeds: tuple[int, ...]
     workloads: list[WorkloadData]
     search_space: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+    objective: str = "multi"
 
 
 def _profile_from_text(kind: str, text: str):
@@ -145,7 +149,7 @@ def load_campaign(url: str, name: str) -> CampaignData:
             hw = _profile_from_text("hardware", c.hardware_profile)
             studies = [(s.workload_name, s.workload_profile, s.optuna_study_name) for s in c.studies]
             data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
-                                dict(c.search_space))
+                                dict(c.search_space), dict(c.settings or {}), c.objective)
     finally:
         db.close()
     rdb = optuna.storages.RDBStorage(url, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True)
@@ -209,36 +213,147 @@ def fit_surrogates(data: CampaignData) -> None:
         _fit_surrogates(data)
 
 
+MIN_FAITHFUL_TRIALS = 4
+
+
 def _fit_surrogates(data: CampaignData) -> None:
-    hw = data.hardware
+    """Two sets per workload: one on the faithful trials, which the stock-kernel recommendation reads
+    (a what-if mechanism such as the emergency reserve or a refill watermark changes the response in
+    ways the stock kernel cannot reach, and would only blur its model), and one on every trial for
+    the what-if results. With fewer than four faithful trials both are the set fitted on every trial."""
+    for w in data.workloads:
+        faithful = [t for t in w.trials if not t.what_if]
+        w.what_if_surrogates = _fit_set(data.hardware, w.trials)
+        if len(faithful) >= MIN_FAITHFUL_TRIALS and len(faithful) < len(w.trials):
+            w.surrogates = _fit_set(data.hardware, faithful)
+        else:
+            w.surrogates = w.what_if_surrogates
+
+
+def _fit_set(hw: sim.HardwareProfile, trials: Sequence[TrialPoint]) -> dict[str, MetricSurrogate]:
     per_gib = hw.memory_mib / 1024
     slo = {name: getattr(hw, attr) for name, _, _, attr in METRICS if attr is not None}
+    rows = [(t.number, t.policy, r, s) for t in trials for r, s in zip(t.runs, _row_seeds(t))]
+    out = {"reserved_mib": exact_metric("reserved_mib", lambda p: reserved_mib(p, hw), [p for _, p, _, _ in rows],
+                                        [r["reserved_mib"] for _, _, r, _ in rows], len(trials))}
+    # Policies with no cache at all are a regime of their own, predicted by their replications.
+    cached = [row for row in rows if no_cache_key(row[1]) is None] or rows
+    uncached = [row for row in rows if no_cache_key(row[1]) is not None and cached is not rows]
+    cached_trials = [t for t in trials if no_cache_key(t.policy) is None] or list(trials)
+    policies = [p for _, p, _, _ in cached]
+    groups = [n for n, _, _, _ in cached]
+    seeds = [s for _, _, _, s in cached]
+    memory_spread = np.ptp([reserved_mib(t.policy, hw) / per_gib for t in trials])
+    for name in METRIC_NAMES[1:]:
+        values = [r[name] for _, _, r, _ in cached]
+        if name in slo:
+            decisive = max(values) > 0.5 * slo[name]
+        elif name == "fallback_cost":
+            decisive = np.ptp([t.metrics[name] for t in cached_trials]) > 0.1 * memory_spread
+        else:  # OOM events: any OOM at all decides
+            decisive = max(values) > 0
+        s = fit_metric(name, policies, values, groups, decisive=decisive, seeds=seeds)
+        if uncached and not s.per_seed:
+            s = replace(s, observed=_observed(s, name, uncached))
+        out[name] = s
+    return out
+
+
+def _row_seeds(t: TrialPoint) -> tuple[int, ...]:
+    """The seed of each replication of a trial (positions when the trial did not record them)."""
+    return t.seeds if len(t.seeds) == len(t.runs) else tuple(range(len(t.runs)))
+
+
+def _observed(s: MetricSurrogate, name: str, rows) -> dict[tuple[str, float], tuple[float, float]]:
+    """Mean and predictive standard deviation (log scale) of each no-cache regime's replications; a
+    seed run by several trials of one regime counts once (common random numbers: same arrivals)."""
+    by_key: dict[tuple[str, float], dict[int, list[float]]] = {}
+    for _, policy, run, seed in rows:
+        by_key.setdefault(no_cache_key(policy), {}).setdefault(seed, []).append(float(run[name]))
+    out = {}
+    for key, per_seed in by_key.items():
+        z = np.log(np.maximum([np.mean(v) for v in per_seed.values()], 0.0) + s.offset)
+        spread = float(np.std(z, ddof=1)) * math.sqrt(1 + 1 / len(z)) if len(z) >= 2 else 0.0
+        out[key] = (float(z.mean()), max(spread, 1e-9))
+    return out
+
+
+def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
+    """{workload: why} for workloads no policy can serve at the confidence level, whatever the model.
+
+    Only a seed-determined constraint decides this (every policy saw the same value on every common
+    seed, e.g. the OOM kill a workload's own memory storm causes): its probability of being met is
+    the share of seeds on which it held, the same for every policy.
+    """
+    out: dict[str, str] = {}
+    limits = {name: (float(getattr(data.hardware, slo)) if slo else 0.5) for name, _, _, slo in METRICS
+              if slo is not None or name == "oom_events"}
     for w in data.workloads:
-        rows = [(t.number, t.policy, r) for t in w.trials for r in t.runs]
-        policies = [p for _, p, _ in rows]
-        groups = [n for n, _, _ in rows]
-        w.surrogates = {"reserved_mib": exact_metric("reserved_mib", lambda p: reserved_mib(p, hw), policies,
-                                                     [r["reserved_mib"] for _, _, r in rows], len(w.trials))}
-        memory_spread = np.ptp([reserved_mib(t.policy, hw) / per_gib for t in w.trials])
-        for name in METRIC_NAMES[1:]:
-            values = [r[name] for _, _, r in rows]
-            if name in slo:
-                decisive = max(values) > 0.5 * slo[name]
-            elif name == "fallback_cost":
-                decisive = np.ptp([t.metrics[name] for t in w.trials]) > 0.1 * memory_spread
-            else:  # OOM events: any OOM at all decides
-                decisive = max(values) > 0
-            w.surrogates[name] = fit_metric(name, policies, values, groups, decisive=decisive)
+        for name, limit in limits.items():
+            s = w.surrogates.get(name)
+            if s is None or not s.per_seed:
+                continue
+            held = sum(v <= limit for v in s.per_seed)
+            if held / len(s.per_seed) < confidence:
+                what = "an OOM kill" if name == "oom_events" else f"{name} above its SLO ({limit:g})"
+                out[w.name] = (f"{what} on {len(s.per_seed) - held} of {len(s.per_seed)} seeds under every policy "
+                               f"studied (the workload's own, not the cache's)")
+                break
+    return out
 
 
-def unhealthy(data: CampaignData) -> dict[str, list[str]]:
-    """{workload: ["metric: why", ...]} for every surrogate that fails its accuracy check."""
+def unhealthy(data: CampaignData, confidence: float = DEFAULT_CONFIDENCE, *,
+              what_if: bool = False) -> dict[str, list[str]]:
+    """{workload: ["metric: why", ...]} for every surrogate that fails its accuracy check (the
+    stock-kernel set, or with `what_if` the set fitted on every trial).
+
+    A workload that no policy can serve (`unattainable`) is left out: no model of it can change the
+    answer, so its surrogates are marked not decisive.
+    """
+    blocked = unattainable(data, confidence)
     out: dict[str, list[str]] = {}
     for w in data.workloads:
-        problems = [f"{m}: {s.accuracy.problem()}" for m, s in w.surrogates.items() if not s.accuracy.healthy]
+        if w.name in blocked:
+            quiet = lambda ss: {m: s if not s.accuracy.decisive  # noqa: E731
+                                else replace(s, accuracy=replace(s.accuracy, decisive=False)) for m, s in ss.items()}
+            same = w.what_if_surrogates is w.surrogates
+            w.surrogates = quiet(w.surrogates)
+            w.what_if_surrogates = w.surrogates if same else quiet(w.what_if_surrogates)
+            continue
+        models = w.what_if_surrogates if what_if else w.surrogates
+        problems = [f"{m}: {s.accuracy.problem()}" for m, s in models.items() if not s.accuracy.healthy]
         if problems:
             out[w.name] = problems
     return out
+
+
+def study_command(data: CampaignData, workloads: Sequence[str], trials: int) -> str:
+    """The `rcutune study` line that adds `trials` trials to these workloads' studies of this campaign,
+    with the flags its stored definition needs to be resumed (preset, fidelity, seeds, kernel, objective)."""
+    from ._campaign import DEFAULT_SETTINGS, QUICK_SETTINGS, make_seeds
+
+    parts = ["rcutune study", f"--hardware {data.hardware.name}", f"--study {data.name}"]
+    parts += [f"--workload {w}" for w in workloads]
+    parts.append(f"--trials {trials}")
+    stored = data.settings
+    quick = bool(stored) and all(stored.get(k) == v for k, v in QUICK_SETTINGS.as_dict().items()
+                                 if k not in ("max_seconds", "replications", "race_replications"))
+    preset = (QUICK_SETTINGS if quick else DEFAULT_SETTINGS).as_dict()
+    if quick:
+        parts.append("--quick")
+    for key, flag in (("max_seconds", "--seconds"), ("replications", "--replications"),
+                      ("race_replications", "--race-replications")):
+        if key in stored and stored[key] != preset[key]:
+            parts.append(f"{flag} {stored[key]:g}")
+    seed = next((k for k in range(10_000) if list(make_seeds(k, len(data.seeds))) == list(data.seeds)), None)
+    if seed:
+        parts.append(f"--seed {seed}")
+    if data.kernel != sim.DEFAULT_KERNEL:
+        parts.append(f"--kernel {data.kernel}")
+    if data.objective != "multi":
+        parts.append(f"--objective {data.objective}")
+    parts.append(f"--storage {data.url}")
+    return " ".join(parts)
 
 
 def fresh_seeds(campaign_seeds: Sequence[int], count: int) -> tuple[int, ...]:
@@ -284,6 +399,7 @@ class Choice:
     p_meet: float
     cost: float
     predicted: dict[str, dict[str, float]]
+    gain: float | None = None  # what-if only: faithful cost minus this one's, both under the what-if surrogates
 
     @property
     def kernel_cmdline(self) -> str:
@@ -349,6 +465,7 @@ class WorkloadRecommendation:
     confirmation: dict[str, Any]
     default_comparison: dict[str, Any]
     problems: list[str]
+    unattainable: str | None = None  # why no policy can serve this workload (see `unattainable`)
 
 
 @dataclass
@@ -369,24 +486,45 @@ class Recommendation:
     unhealthy: dict[str, list[str]]
     extrapolated: bool = False
     fix_command: str | None = None
+    served: list[str] = field(default_factory=list)  # workloads the overall recommendation covers
+    surrogate_what_if: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # the sets on every trial
+    unhealthy_what_if: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _choose(data: CampaignData, w: WorkloadData, policies, confidence: float, widen: float) -> tuple[Choice | None, Choice | None, list[int]]:
-    probs = p_meet(w.surrogates, data.hardware, policies, widen)
-    costs = _cost(w, data.hardware, policies)
-    order = rank(policies, probs, costs, data.kernel, confidence)
-    faithful = [i for i in order if not is_what_if(policies[i], data.kernel)]
-    make = lambda i: Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(probs[i]), float(costs[i]),
-                            _predicted(w.surrogates, policies[i], widen))
-    best_f = make(faithful[0]) if faithful else None
-    best = make(order[0]) if order else None
-    what_if = best if best is not None and best.what_if_reasons and (best_f is None or best.cost < best_f.cost) else None
-    return best_f, what_if, faithful
+def _choose(data: CampaignData, w: WorkloadData, policies, confidence: float, widen: float,
+            what_if_ok: bool) -> tuple[Choice | None, Choice | None, list[int]]:
+    """The cheapest faithful policy (stock-kernel surrogates) and, when the what-if surrogates are
+    healthy, the cheapest policy of all if it is a what-if that beats the faithful one under them."""
+    faithful_idx = [i for i in range(len(policies)) if not is_what_if(policies[i], data.kernel)]
+    faithful_pol = [policies[i] for i in faithful_idx]
+    probs = p_meet(w.surrogates, data.hardware, faithful_pol, widen)
+    costs = _cost(w.surrogates, data.hardware, faithful_pol)
+    order = [faithful_idx[i] for i in rank(faithful_pol, probs, costs, data.kernel, confidence)]
+    local = {j: i for i, j in enumerate(faithful_idx)}
+    best_f = None
+    if order:
+        i = local[order[0]]
+        best_f = Choice(dict(faithful_pol[i]), (), float(probs[i]), float(costs[i]),
+                        _predicted(w.surrogates, faithful_pol[i], widen))
+    what_if = None
+    if what_if_ok and w.what_if_surrogates is not w.surrogates:
+        all_probs = p_meet(w.what_if_surrogates, data.hardware, policies, widen)
+        all_costs = _cost(w.what_if_surrogates, data.hardware, policies)
+        ranked = rank(policies, all_probs, all_costs, data.kernel, confidence)
+        if ranked and is_what_if(policies[ranked[0]], data.kernel):
+            i = ranked[0]
+            baseline = (float(_cost(w.what_if_surrogates, data.hardware, [best_f.policy])[0])
+                        if best_f is not None else None)
+            if baseline is None or all_costs[i] < baseline:
+                what_if = Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(all_probs[i]),
+                                 float(all_costs[i]), _predicted(w.what_if_surrogates, policies[i], widen),
+                                 None if baseline is None else baseline - float(all_costs[i]))
+    return best_f, what_if, order
 
 
-def _cost(w: WorkloadData, hw, policies) -> np.ndarray:
-    fallback = w.surrogates["fallback_cost"].interval(policies)[0]
-    reserved = w.surrogates["reserved_mib"].interval(policies)[0]
+def _cost(surrogates: Mapping[str, MetricSurrogate], hw, policies) -> np.ndarray:
+    fallback = surrogates["fallback_cost"].interval(policies)[0]
+    reserved = surrogates["reserved_mib"].interval(policies)[0]
     return fallback + reserved / (hw.memory_mib / 1024)
 
 
@@ -396,17 +534,20 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
     if not 0.5 <= confidence < 1.0:
         raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
     policies = candidate_policies(data)
-    bad = unhealthy(data)
+    bad = unhealthy(data, confidence)
+    bad_what_if = unhealthy(data, confidence, what_if=True)
+    blocked = unattainable(data, confidence)
     fresh = fresh_seeds(data.seeds, confirm_seeds)
     default = asdict(sim.Policy.kernel_default(sim.kernel_behaviour(data.kernel)))
     zero = dict(default, n_per_cpu=0)
     results: list[WorkloadRecommendation] = []
     for w in data.workloads:
         problems = bad.get(w.name, [])
-        if problems:
-            results.append(WorkloadRecommendation(w.name, None, None, None, None, {}, {}, problems))
+        if problems or w.name in blocked:
+            results.append(WorkloadRecommendation(w.name, None, None, None, None, {}, {}, problems,
+                                                  blocked.get(w.name)))
             continue
-        best_f, what_if, faithful_order = _choose(data, w, policies, confidence, widen)
+        best_f, what_if, faithful_order = _choose(data, w, policies, confidence, widen, w.name not in bad_what_if)
         confirmed, confirmation, comparison = None, {}, {}
         if best_f is not None and confirm_seeds > 0:
             base_default = simulate_runs(data.hardware, w.profile, default, fresh, w.seconds, data.kernel)
@@ -418,7 +559,8 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
                 if feasible(cons):
                     if policies[i] != best_f.policy:
                         probs = p_meet(w.surrogates, data.hardware, [policies[i]], widen)
-                        best_f = Choice(dict(policies[i]), (), float(probs[0]), float(_cost(w, data.hardware, [policies[i]])[0]),
+                        best_f = Choice(dict(policies[i]), (), float(probs[0]),
+                                        float(_cost(w.surrogates, data.hardware, [policies[i]])[0]),
                                         _predicted(w.surrogates, policies[i], widen))
                     confirmed = True
                     break
@@ -431,46 +573,72 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
                 "recommended_minus_default": compare(data.hardware, runs, base_default),
                 "recommended_minus_n_zero": compare(data.hardware, runs, base_zero),
             }
-        gain = None if what_if is None or best_f is None else best_f.cost - what_if.cost
+        gain = None if what_if is None else what_if.gain
         results.append(WorkloadRecommendation(w.name, best_f, what_if, gain, confirmed, confirmation, comparison, []))
-    overall, overall_what_if = _overall(data, policies, confidence, widen, bad)
+    served = [w for w in data.workloads
+              if w.name not in blocked and any(r.workload == w.name and r.faithful for r in results)]
+    overall, overall_what_if = _overall(data, served, policies, confidence, widen, bad, bad_what_if)
     fix = None
     if bad:
-        trials = max(len(w.trials) for w in data.workloads) * 2
-        names = " ".join(f"--workload {n}" for n in bad)
-        fix = f"rcutune study --hardware {data.hardware.name} --study {data.name} {names} --trials {trials}"
-    surrogate = {w.name: {m: {"estimator": s.accuracy.estimator, "n_trials": s.accuracy.n_trials,
-                              "cv_r2": s.accuracy.cv_r2, "rank_correlation": s.accuracy.rank_correlation,
-                              "coverage": s.accuracy.coverage, "decisive": bool(s.accuracy.decisive),
-                              "noise_limited": s.accuracy.noise_limited,
-                              "healthy": s.accuracy.healthy}
-                          for m, s in w.surrogates.items()} for w in data.workloads}
+        # Doubling the trials of the failing studies: CV error falls as the design fills the space.
+        trials = max(len(w.trials) for w in data.workloads if w.name in bad)
+        fix = study_command(data, list(bad), trials)
+    surrogate = {w.name: _accuracy_table(w.surrogates) for w in data.workloads}
+    surrogate_what_if = {w.name: _accuracy_table(w.what_if_surrogates) for w in data.workloads
+                         if w.what_if_surrogates is not w.surrogates}
     return Recommendation(data.name, data.hardware.name, data.kernel, data.simulator_version, confidence, data.seeds,
-                          fresh, overall, overall_what_if, results, surrogate, bad, extrapolated, fix)
+                          fresh, overall, overall_what_if, results, surrogate, bad, extrapolated, fix,
+                          [w.name for w in served], surrogate_what_if, bad_what_if)
 
 
-def _overall(data: CampaignData, policies, confidence: float, widen: float, bad) -> tuple[Choice | None, Choice | None]:
-    """The cheapest policy (summed cost) that meets every workload at the confidence level."""
-    if bad:
+def _accuracy_table(models: Mapping[str, MetricSurrogate]) -> dict[str, dict[str, Any]]:
+    return {m: {"estimator": s.accuracy.estimator, "n_trials": s.accuracy.n_trials, "cv_r2": s.accuracy.cv_r2,
+                "rank_correlation": s.accuracy.rank_correlation, "coverage": s.accuracy.coverage,
+                "decisive": bool(s.accuracy.decisive), "noise_limited": s.accuracy.noise_limited,
+                "healthy": s.accuracy.healthy, "model": describe(s)} for m, s in models.items()}
+
+
+def _overall(data: CampaignData, served: Sequence[WorkloadData], policies, confidence: float, widen: float,
+             bad, bad_what_if) -> tuple[Choice | None, Choice | None]:
+    """The cheapest faithful policy (summed cost) that meets every served workload at the confidence
+    level, and the cheapest what-if one under the what-if surrogates when it beats it there.
+
+    Served: workloads some faithful policy can meet at that level. The others (no policy can, or no
+    faithful one can) are named in the report; they cannot veto a policy that helps the rest.
+    """
+    if bad or not served:
         return None, None
-    probs = np.stack([p_meet(w.surrogates, data.hardware, policies, widen) for w in data.workloads])
-    costs = np.sum([_cost(w, data.hardware, policies) for w in data.workloads], axis=0)
-    worst = probs.min(axis=0)
-    order = rank(policies, worst, costs, data.kernel, confidence)
-    faithful = [i for i in order if not is_what_if(policies[i], data.kernel)]
+    faithful = [p for p in policies if not is_what_if(p, data.kernel)]
+    probs = np.stack([p_meet(w.surrogates, data.hardware, faithful, widen) for w in served]).min(axis=0)
+    costs = np.sum([_cost(w.surrogates, data.hardware, faithful) for w in served], axis=0)
+    order = rank(faithful, probs, costs, data.kernel, confidence)
+    if not order:
+        return None, None
+    i = order[0]
+    best = Choice(dict(faithful[i]), (), float(probs[i]), float(costs[i]),
+                  {w.name: _predicted(w.surrogates, faithful[i], widen) for w in served})
+    if any(w.name in bad_what_if or w.what_if_surrogates is w.surrogates for w in served):
+        return best, None
+    all_probs = np.stack([p_meet(w.what_if_surrogates, data.hardware, policies, widen) for w in served]).min(axis=0)
+    all_costs = np.sum([_cost(w.what_if_surrogates, data.hardware, policies) for w in served], axis=0)
+    ranked = rank(policies, all_probs, all_costs, data.kernel, confidence)
+    if not ranked or not is_what_if(policies[ranked[0]], data.kernel):
+        return best, None
+    j = ranked[0]
+    baseline = float(np.sum([_cost(w.what_if_surrogates, data.hardware, [best.policy])[0] for w in served]))
+    if all_costs[j] >= baseline:
+        return best, None
+    return best, Choice(dict(policies[j]), is_what_if(policies[j], data.kernel), float(all_probs[j]),
+                        float(all_costs[j]), {w.name: _predicted(w.what_if_surrogates, policies[j], widen) for w in served},
+                        baseline - float(all_costs[j]))
 
-    def make(i: int) -> Choice:
-        predicted = {w.name: _predicted(w.surrogates, policies[i], widen) for w in data.workloads}
-        return Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(worst[i]), float(costs[i]), predicted)
-    f = make(faithful[0]) if faithful else None
-    w = make(order[0]) if order and is_what_if(policies[order[0]], data.kernel) else None
-    if w is not None and f is not None and w.cost >= f.cost:
-        w = None
-    return f, w
 
+def store(url: str, rec: Recommendation, data: CampaignData | None = None) -> None:
+    """Record the surrogates (accuracy, hyper-parameters and, given `data`, the pickled fitted estimator)
+    and the recommendations in the campaign's database (after success only)."""
+    import pickle
 
-def store(url: str, rec: Recommendation) -> None:
-    """Record the surrogates' accuracy and the recommendations in the campaign's database (after success only)."""
+    fitted = {w.name: w.surrogates for w in data.workloads} if data is not None else {}
     db = storage.open_database(url, create=False)
     try:
         with db.session() as session:
@@ -483,10 +651,12 @@ def store(url: str, rec: Recommendation) -> None:
                 if study is None:
                     continue
                 for metric, a in metrics.items():
+                    estimator = getattr(fitted.get(workload, {}).get(metric), "estimator", None)
                     session.add(storage.SurrogateRecord(
-                        study=study, metric=metric, estimator=a["estimator"], estimator_params={},
+                        study=study, metric=metric, estimator=a["estimator"], estimator_params=a["model"],
                         n_trials=a["n_trials"], cv_r2=a["cv_r2"], rank_correlation=a["rank_correlation"],
-                        interval_coverage=a["coverage"], passed=bool(a["healthy"])))
+                        interval_coverage=a["coverage"], passed=bool(a["healthy"]),
+                        model=None if estimator is None else pickle.dumps(estimator)))
             surrogate_figures = {w: {m: {"cv_r2": a["cv_r2"], "coverage": a["coverage"]} for m, a in ms.items()}
                                  for w, ms in rec.surrogate.items()}
             rows = [(None, rec.overall, {})] + [(w.workload, w.faithful, {"confirmed": w.confirmed, "gain": w.gain})
@@ -502,3 +672,62 @@ def store(url: str, rec: Recommendation) -> None:
                              "fresh_seeds": list(rec.fresh_seeds), **extra}))
     finally:
         db.close()
+
+
+@dataclass(frozen=True)
+class TransferError:
+    """How well one studied profile's surrogates predict another profile's trials (DESIGN.md §5, transfer)."""
+
+    source: str  # campaign the surrogates were fitted on
+    target: str  # campaign whose trials they predict
+    workload: str
+    metric: str
+    r2: float | None  # of the target's trial means (log scale), None for a constant target
+    coverage: float  # share of the target's replications inside the source's 90% interval
+    coverage_widened: float  # the same with the interval widened as an extrapolated recommendation widens it
+
+
+def nearest_profile(target: sim.HardwareProfile, studied: Sequence[CampaignData]) -> CampaignData:
+    """The studied campaign whose hardware is nearest the target (log CPU count, then log memory)."""
+    def distance(c: CampaignData) -> tuple[float, float]:
+        return (abs(math.log(c.hardware.cpus / target.cpus)), abs(math.log(c.hardware.memory_mib / target.memory_mib)))
+    return min(studied, key=distance)
+
+
+def transfer_error(source: CampaignData, target: CampaignData, widen: float = EXTRAPOLATION_WIDEN) -> list[TransferError]:
+    """Predict every trial of `target` with the surrogates of `source` (fitted with the target's hardware
+    for the closed-form reserved memory, as an extrapolated recommendation does) and score them."""
+    from ._surrogate import Z90
+
+    fitted = CampaignData(source.name, source.url, target.hardware, source.kernel, source.simulator_version,
+                          source.seeds, [WorkloadData(w.name, w.profile, w.seconds, w.trials, w.optuna_name)
+                                         for w in source.workloads], source.search_space, source.settings,
+                          source.objective)
+    fit_surrogates(fitted)
+    out = []
+    for w in fitted.workloads:
+        held = next((x for x in target.workloads if x.name == w.name), None)
+        if held is None:
+            continue
+        for name in METRIC_NAMES:
+            s = w.surrogates[name]
+            rows = [(t.policy, r[name]) for t in held.trials for r in t.runs]
+            z = np.log(np.maximum([v for _, v in rows], 0.0) + s.offset)
+            mean, std = s.predict([p for p, _ in rows])
+            inside = lambda k: float(np.mean(np.abs(z - mean) <= Z90 * std * k + 1e-9))  # noqa: E731
+            means = np.array([np.mean(np.log(np.maximum([r[name] for r in t.runs], 0.0) + s.offset)) for t in held.trials])
+            predicted = s.predict([t.policy for t in held.trials])[0]
+            ss = float(np.sum((means - means.mean()) ** 2))
+            r2 = None if ss <= 1e-12 else 1.0 - float(np.sum((means - predicted) ** 2)) / ss
+            out.append(TransferError(source.name, target.name, w.name, name, r2, inside(1.0), inside(widen)))
+    return out
+
+
+def leave_one_profile_out(campaigns: Sequence[CampaignData]) -> list[TransferError]:
+    """Hold out each studied profile in turn and predict it from the nearest of the others."""
+    out = []
+    for i, held in enumerate(campaigns):
+        others = [c for j, c in enumerate(campaigns) if j != i]
+        if others:
+            out += transfer_error(nearest_profile(held.hardware, others), held)
+    return out

@@ -54,7 +54,7 @@ def _choice_json(c: Choice | None) -> dict[str, Any] | None:
         return None
     return {"kernel_cmdline": c.kernel_cmdline, "policy": c.policy, "n_per_cpu": c.policy["n_per_cpu"],
             "layout": c.policy["layout"], "what_if_reasons": list(c.what_if_reasons),
-            "slo_met_probability": c.p_meet, "cost": c.cost, "predicted": c.predicted}
+            "slo_met_probability": c.p_meet, "cost": c.cost, "predicted": c.predicted, "gain": c.gain}
 
 
 def recommendation_json(rec: Recommendation, data: CampaignData) -> dict[str, Any]:
@@ -75,14 +75,9 @@ def recommendation_json(rec: Recommendation, data: CampaignData) -> dict[str, An
             "what_if": None if w.what_if is None else {**_choice_json(w.what_if), "gain": w.gain},  # type: ignore[dict-item]
             "default_comparison": w.default_comparison,
             "unhealthy": w.problems,
+            "unattainable": w.unattainable,
         }
-    surrogate = {}
-    for name, _, _, _ in METRICS:
-        per = [rec.surrogate[w][name] for w in rec.surrogate]
-        r2 = [p["cv_r2"] for p in per if p["cv_r2"] is not None]
-        cov = [p["coverage"] for p in per if p["coverage"] is not None]
-        surrogate[name] = {"cv_r2": min(r2) if r2 else None, "coverage": min(cov) if cov else None,
-                           "per_workload": {w: rec.surrogate[w][name] for w in rec.surrogate}}
+    surrogate = _surrogate_summary(rec.surrogate)
     return {
         "hardware": rec.hardware, "campaign": rec.campaign, "kernel": rec.kernel,
         "kernel_cmdline": None if overall is None else overall.kernel_cmdline,
@@ -92,14 +87,32 @@ def recommendation_json(rec: Recommendation, data: CampaignData) -> dict[str, An
         "overall_what_if": _choice_json(rec.overall_what_if),
         "workloads": workloads,
         "surrogate": surrogate,
+        "surrogate_what_if": _surrogate_summary(rec.surrogate_what_if),
         "extrapolated": rec.extrapolated,
+        "served": rec.served,
         "unhealthy": rec.unhealthy,
+        "unhealthy_what_if": rec.unhealthy_what_if,
         "fix_command": rec.fix_command,
         "simulator_version": rec.simulator_version,
         "seeds": list(rec.seeds), "fresh_seeds": list(rec.fresh_seeds),
         "profiles": {"hardware": sim.profile_text(data.hardware),
                      "workloads": {w.name: sim.profile_text(w.profile) for w in data.workloads}},
     }
+
+
+def _surrogate_summary(table: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per metric: the worst CV R² and the coverage farthest from 90% over the workloads whose model of
+    it decides something (the per-workload figures beside them)."""
+    out = {}
+    for name, _, _, _ in METRICS:
+        per = {w: table[w][name] for w in table if name in table[w]}
+        deciding = [p for p in per.values() if p.get("decisive", True)]
+        r2 = [p["cv_r2"] for p in deciding if p["cv_r2"] is not None]
+        cov = [p["coverage"] for p in deciding if p["coverage"] is not None]
+        out[name] = {"cv_r2": min(r2) if r2 else None,
+                     "coverage": max(cov, key=lambda c: abs(c - 0.9)) if cov else None,
+                     "per_workload": per}
+    return out
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:
@@ -119,19 +132,31 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
     hw, campaign = doc["hardware"], doc["campaign"]
     lines.append(f"# rcutune report: {hw}, campaign {campaign}")
     lines.append("")
+    not_served = {name: _why_not(w, doc["confidence"]) for name, w in doc["workloads"].items() if name not in doc["served"]}
     if doc["kernel_cmdline"]:
         o = doc["overall"]
-        lines += ["**Kernel command line** (every studied workload, faithful stock-kernel policy):", "",
+        reserved = o["predicted"][doc["served"][0]]["reserved_mib"]["mean"] if doc["served"] else None
+        lines += [f"**Kernel command line** (stock kernel, every workload below that a stock-kernel policy can serve):", "",
                   "```", doc["kernel_cmdline"], "```", "",
-                  f"- Holds for kernel **{doc['kernel']}**; layout `{o['layout']}`, N = {o['n_per_cpu']} pages per CPU.",
-                  f"- Risk: probability that every SLO is met in the worst workload "
+                  f"- Holds for kernel **{doc['kernel']}**; layout `{o['layout']}`, N = {o['n_per_cpu']} pages per CPU"
+                  + (f" ({_fmt(reserved)} MiB reserved)." if reserved is not None else "."),
+                  f"- Risk: probability that every SLO is met, in the worst served workload: "
                   f"**{o['slo_met_probability']:.3f}** (required {doc['confidence']}).",
+                  f"- Serves: {', '.join(doc['served'])}.",
                   f"- Extrapolated: {'yes, intervals widened' if doc['extrapolated'] else 'no'}."]
+        for name, why in not_served.items():
+            lines.append(f"- Not served: **{name}**: {why}.")
     else:
-        lines += ["**No recommendation**: the surrogates of some workloads failed their accuracy check "
-                  "(CV R² ≥ 0.8 and 90% interval coverage within 80-97% are required).", ""]
-        for w, problems in doc["unhealthy"].items():
-            lines.append(f"- {w}: " + "; ".join(problems))
+        if doc["unhealthy"]:
+            lines += ["**No recommendation**: the surrogates of some workloads failed their accuracy check "
+                      "(CV R² ≥ 0.8 and 90% interval coverage within 80-97% are required).", ""]
+            for w, problems in doc["unhealthy"].items():
+                lines.append(f"- {w}: " + "; ".join(problems))
+        else:
+            lines += ["**No recommendation**: no stock-kernel policy meets every SLO of any workload at the required "
+                      "confidence.", ""]
+            for name, why in not_served.items():
+                lines.append(f"- {name}: {why}")
         if doc["fix_command"]:
             lines += ["", "To fix it, add trials and report again:", "", "```", doc["fix_command"],
                       f"rcutune report {campaign} --storage {url}", "```"]
@@ -140,15 +165,14 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
         wi = doc["overall_what_if"]
         lines += ["## What-if (needs a kernel patch)", "",
                   f"`{wi['kernel_cmdline']}` with layout `{wi['layout']}` — needs: {'; '.join(wi['what_if_reasons'])}. "
-                  f"Predicted cost {_fmt(wi['cost'])} vs {_fmt(doc['overall']['cost'])} for the faithful policy.", ""]
+                  f"Predicted cost lower by {_fmt(wi['gain'])} ms/s-equivalent (summed over the served workloads) "
+                  f"than the stock-kernel policy above.", ""]
     lines += ["## Per workload", "",
               "| workload | N | layout | P(SLOs met) | confirmed on fresh seeds | fallback cost ms/s (90% interval) | what-if gain |",
               "|---|---|---|---|---|---|---|"]
     for name, w in doc["workloads"].items():
         if w["n_per_cpu"] is None:
-            why = (f"unhealthy surrogate: {'; '.join(w['unhealthy'])}" if w["unhealthy"]
-                   else f"no faithful policy reaches P(SLOs met) ≥ {doc['confidence']}")
-            lines.append(f"| {name} | - | - | - | - | {why} | - |")
+            lines.append(f"| {name} | - | - | - | - | {_why_not(w, doc['confidence'])} | - |")
             continue
         fc = w["predicted"]["fallback_cost"]
         wi = w["what_if"]
@@ -176,14 +200,23 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
     lines += ["## Surrogate accuracy", "",
               "Cross-validated by trial (GroupKFold): R², Spearman rank correlation, empirical coverage of the "
               "nominal 90% interval. `decisive = no` means the metric cannot change the recommendation "
-              "(every observation below half its SLO, or a spread too small to matter); its accuracy is not required.", "",
-              "| workload | metric | model | trials | CV R² | rank corr. | 90% coverage | decisive | healthy |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for m, entry in doc["surrogate"].items():
-        for w, a in entry["per_workload"].items():
-            lines.append(f"| {w} | {m} | {a['estimator']} | {a['n_trials']} | {_fmt(a['cv_r2'], 2)} | "
-                         f"{_fmt(a['rank_correlation'], 2)} | {_fmt(a['coverage'], 2)} | "
-                         f"{'yes' if a.get('decisive', True) else 'no'} | {'yes' if a['healthy'] else 'NO'} |")
+              "(every observation below half its SLO, a spread too small to matter, the same value under every "
+              "policy seed by seed, or a workload no policy can serve); its accuracy is not required.", ""]
+    for title, key, note in (("Stock-kernel policies", "surrogate", "fitted on the faithful trials; the recommendation reads these"),
+                             ("Every trial, what-ifs included", "surrogate_what_if",
+                              "what-if results are given only where these are healthy")):
+        table = doc[key]
+        if not any(entry["per_workload"] for entry in table.values()):
+            continue
+        lines += [f"### {title}", "", f"({note})", "",
+                  "| workload | metric | model | trials | CV R² | rank corr. | 90% coverage | decisive | healthy |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for m, entry in table.items():
+            for w, a in entry["per_workload"].items():
+                lines.append(f"| {w} | {m} | {a['estimator']} | {a['n_trials']} | {_fmt(a['cv_r2'], 2)} | "
+                             f"{_fmt(a['rank_correlation'], 2)} | {_fmt(a['coverage'], 2)} | "
+                             f"{'yes' if a.get('decisive', True) else 'no'} | {'yes' if a['healthy'] else 'NO'} |")
+        lines.append("")
     lines += ["", "## Plots", ""]
     for caption, file in images.items():
         lines += [f"### {caption}", "", f"![{caption}]({file})", ""]
@@ -193,6 +226,20 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
               f"- `rcutune report {campaign} --storage {url}`", "",
               "<details><summary>Hardware profile</summary>", "", "```", doc["profiles"]["hardware"], "```", "</details>", ""]
     return "\n".join(lines) + "\n"
+
+
+def _why_not(w: dict[str, Any], confidence: float) -> str:
+    """Why a workload has no recommendation (or is left out of the overall one), in a few words."""
+    if w["unattainable"]:
+        return f"no policy can meet its SLOs: {w['unattainable']}"
+    if w["unhealthy"]:
+        return f"unhealthy surrogate: {'; '.join(w['unhealthy'])}"
+    if w["n_per_cpu"] is None:
+        what_if = "" if not w.get("what_if") else (
+            f" (what-if {w['what_if']['layout']}, N={w['what_if']['n_per_cpu']} does: "
+            f"{'; '.join(w['what_if']['what_if_reasons'])})")
+        return f"no stock-kernel policy reaches P(SLOs met) ≥ {confidence}{what_if}"
+    return f"its own best N={w['n_per_cpu']} is not safe for the others"
 
 
 def render_html(markdown: str, images: dict[str, bytes]) -> str:
@@ -287,7 +334,7 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
     write_atomic(directory / "recommendation.json", json.dumps(doc, indent=2, default=_json_default) + "\n")
     write_atomic(directory / "report.md", markdown)
     write_atomic(directory / "report.html", render_html(markdown, pngs))
-    store(url, rec)
+    store(url, rec, data)
     return directory
 
 

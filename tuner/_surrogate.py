@@ -12,25 +12,29 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.ensemble import RandomForestRegressor
 from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import GroupKFold
+from sklearn.tree import DecisionTreeRegressor
 
 MIN_R2 = 0.8
 COVERAGE_RANGE = (0.80, 0.97)
 INTERVAL_LEVEL = 0.90
 Z90 = float(stats.norm.ppf(0.5 + INTERVAL_LEVEL / 2))
+# Ten folds, not five: a regime that only two or three trials show (a step in N at the top of the
+# design) must keep one of them in training when another is held out.
+CV_FOLDS = 10
 
 FEATURES = ("log_n_per_cpu", "layout_global", "layout_hybrid", "shared_reserve_pages", "log_refill_delay_ms",
-            "refill_low_watermark", "prealloc_at_boot", "emergency_reserve_fraction")
+            "refill_low_watermark", "prealloc_at_boot", "emergency_reserve_fraction", "emergency_reserve_on",
+            "refill_low_watermark_on")
 
 
 def policy_features(policies: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -46,6 +50,10 @@ def policy_features(policies: Sequence[Mapping[str, Any]]) -> np.ndarray:
             float(p.get("refill_low_watermark", 0)) / max(1.0, float(p["n_per_cpu"])),
             1.0 if p.get("prealloc_at_boot") else 0.0,
             float(p.get("emergency_reserve_fraction", 0.0)),
+            # Off (0, the stock kernel) and on are different mechanisms, not two ends of a scale: a
+            # metric may step between them, which a smooth model only fits with the switch as a feature.
+            1.0 if float(p.get("emergency_reserve_fraction", 0.0)) > 0 else 0.0,
+            1.0 if int(p.get("refill_low_watermark", 0)) > 0 else 0.0,
         ])
     return np.asarray(rows, dtype=float)
 
@@ -73,7 +81,7 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
         self.n_restarts_optimizer = n_restarts_optimizer
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):  # groups: accepted for a common signature, not needed
         X = np.asarray(X, dtype=float)
         y = np.asarray(y, dtype=float)
         self.x_mean_ = X.mean(axis=0)
@@ -99,7 +107,12 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
 
 
 class ForestSurrogate(RegressorMixin, BaseEstimator):
-    """Random forest; predictive spread = max(inter-tree variance, out-of-bag residual variance).
+    """Bagged regression trees, bootstrapped by trial; spread = max(inter-tree variance, out-of-bag residual variance).
+
+    A trial's replications share its policy, so a row-level bootstrap would leave a trial's other
+    replications in the bag of every tree that predicts it "out of bag": the residual would hold the
+    replication noise only and the interval would miss the model error. Passing `groups` (the trial
+    of each row) to `fit` draws whole trials, so out of bag means an unseen policy.
 
     Args:
         n_estimators: trees.
@@ -107,33 +120,47 @@ class ForestSurrogate(RegressorMixin, BaseEstimator):
         random_state: seed of the bootstrap.
     """
 
-    def __init__(self, n_estimators: int = 100, min_samples_leaf: int = 1, random_state: int = 0) -> None:
+    def __init__(self, n_estimators: int = 50, min_samples_leaf: int = 1, random_state: int = 0) -> None:
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
         self.random_state = random_state
 
-    def fit(self, X, y):
-        X = np.asarray(X, dtype=float)
+    def fit(self, X, y, groups=None):
+        X = np.ascontiguousarray(X, dtype=np.float32)  # the trees' own dtype: inputs checked once, not per tree
         y = np.asarray(y, dtype=float)
-        self.model_ = RandomForestRegressor(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
-                                            bootstrap=True, oob_score=len(y) >= 4, random_state=self.random_state)
-        self.model_.fit(X, y)
-        oob = getattr(self.model_, "oob_prediction_", None)
-        if oob is not None and np.all(np.isfinite(oob)):
-            self.residual_var_ = float(np.mean((oob - y) ** 2))
+        g = np.arange(len(y)) if groups is None else np.asarray(groups)
+        labels, index = np.unique(g, return_inverse=True)
+        rng = np.random.default_rng(self.random_state)
+        self.estimators_ = []
+        oob_sum = np.zeros(len(y))
+        oob_count = np.zeros(len(y))
+        for _ in range(self.n_estimators):
+            draws = np.bincount(rng.integers(0, len(labels), len(labels)), minlength=len(labels))
+            weight = draws[index].astype(float)
+            tree = DecisionTreeRegressor(min_samples_leaf=self.min_samples_leaf,
+                                         random_state=int(rng.integers(2**31 - 1)))
+            tree.fit(X[weight > 0], y[weight > 0], sample_weight=weight[weight > 0], check_input=False)
+            self.estimators_.append(tree)
+            out = weight == 0
+            if out.any():
+                oob_sum[out] += tree.predict(X[out], check_input=False)
+                oob_count[out] += 1
+        seen = oob_count > 0
+        if seen.sum() >= 2:
+            self.residual_var_ = float(np.mean((oob_sum[seen] / oob_count[seen] - y[seen]) ** 2))
         else:
             self.residual_var_ = float(np.var(y))
-        self.feature_importances_ = self.model_.feature_importances_
+        self.feature_importances_ = np.mean([t.feature_importances_ for t in self.estimators_], axis=0)
         self.n_features_in_ = X.shape[1]
         return self
 
     def predict(self, X, return_std: bool = False):
-        X = np.asarray(X, dtype=float)
-        per_tree = np.stack([t.predict(X) for t in self.model_.estimators_])
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        per_tree = np.stack([t.predict(X, check_input=False) for t in self.estimators_])
         mean = per_tree.mean(axis=0)
         if return_std:
-            # The out-of-bag residual already holds the replication noise and most of the model error;
-            # adding the inter-tree variance on top of it over-covers, so take the larger of the two.
+            # The out-of-bag residual already holds the replication noise and the model error of an
+            # unseen policy; adding the inter-tree variance on top of it over-covers, so take the larger.
             return mean, np.sqrt(np.maximum(per_tree.var(axis=0), self.residual_var_) + 1e-12)
         return mean
 
@@ -169,9 +196,27 @@ class Accuracy:
         return f"90% interval coverage {self.coverage:.0%} outside {COVERAGE_RANGE[0]:.0%}-{COVERAGE_RANGE[1]:.0%}"
 
 
+def no_cache_key(policy: Mapping[str, Any]) -> tuple[str, float] | None:
+    """The regime key of a policy that caches no page at all (N = 0, no hybrid reserve), else None.
+
+    With no cache every block comes from the page allocator: a regime of its own that no smooth model
+    bridges from N >= 1 (there is no N between 0 and 1 to sample). The refill knobs do nothing there;
+    the emergency reserve still decides whether an allocation may dip below the watermarks.
+    """
+    if int(policy["n_per_cpu"]) == 0 and not (policy["layout"] == "hybrid" and policy.get("shared_reserve_pages", 0)):
+        return ("no-cache", float(policy.get("emergency_reserve_fraction", 0.0)))
+    return None
+
+
 @dataclass(frozen=True)
 class MetricSurrogate:
-    """A fitted model of one metric of one workload: log-transformed target, predictive normal."""
+    """A fitted model of one metric of one workload: log-transformed target, predictive normal.
+
+    Policies that cache nothing are not predicted by the estimator: `observed` holds the mean and
+    standard deviation (log scale) of their replicated simulations, and the estimator is fitted and
+    cross-validated on the policies with a cache. A metric that every policy reproduces seed by seed
+    (`per_seed`) is predicted by its per-seed values, the same for every policy.
+    """
 
     metric: str
     estimator: Any  # fitted GPSurrogate / ForestSurrogate, or None for a constant or exact target
@@ -180,16 +225,30 @@ class MetricSurrogate:
     columns: tuple[int, ...] = ()  # the feature columns the estimator uses (those that varied)
     exact: Callable[[Mapping[str, Any]], float] | None = None  # a metric known in closed form
     offset: float = 1.0  # the model sees log(value + offset)
+    per_seed: tuple[float, ...] = ()  # seed-determined metric: its value on each common seed
+    observed: Mapping[tuple[str, float], tuple[float, float]] = field(default_factory=dict)  # no-cache regimes
 
     def predict(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation on the log(value + offset) scale."""
         if self.exact is not None:
             return np.log(np.array([self.exact(p) for p in policies], dtype=float) + self.offset), np.full(len(policies), 1e-9)
-        if self.estimator is None:
-            value = math.log(max(self.constant or 0.0, 0.0) + self.offset)
-            return np.full(len(policies), value), np.full(len(policies), 1e-9)
-        X = policy_features(policies)[:, list(self.columns)]
-        mean, std = self.estimator.predict(X, return_std=True)
+        if self.per_seed:
+            z = np.log(np.array(self.per_seed) + self.offset)
+            return np.full(len(policies), float(z.mean())), np.full(len(policies), max(float(z.std()), 1e-9) * widen)
+        mean = np.empty(len(policies))
+        std = np.empty(len(policies))
+        keys = [no_cache_key(p) for p in policies]
+        modelled = [i for i, k in enumerate(keys) if k not in self.observed]
+        for i, k in enumerate(keys):
+            if k in self.observed:
+                mean[i], std[i] = self.observed[k]
+        if modelled:
+            if self.estimator is None:
+                mean[modelled] = math.log(max(self.constant or 0.0, 0.0) + self.offset)
+                std[modelled] = 1e-9
+            else:
+                X = policy_features([policies[i] for i in modelled])[:, list(self.columns)]
+                mean[modelled], std[modelled] = self.estimator.predict(X, return_std=True)
         return mean, std * widen
 
     def interval(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -200,29 +259,52 @@ class MetricSurrogate:
 
     def prob_at_most(self, policies: Sequence[Mapping[str, Any]], limit: float, widen: float = 1.0) -> np.ndarray:
         """P(metric <= limit) under the predictive distribution."""
-        if self.exact is None and self.estimator is None:
-            return np.full(len(policies), 1.0 if (self.constant or 0.0) <= limit else 0.0)
+        if self.per_seed:  # the same for every policy: the share of seeds on which it held
+            return np.full(len(policies), float(np.mean(np.array(self.per_seed) <= limit)))
         if limit < 0:
             return np.zeros(len(policies))
         mean, std = self.predict(policies, widen)
         return stats.norm.cdf((math.log(limit + self.offset) - mean) / std)
 
 
-def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5) -> tuple[float, float, float]:
+def describe(s: MetricSurrogate) -> dict[str, Any]:
+    """What it takes to rebuild a fitted surrogate: estimator, hyper-parameters (for a GP, the fitted
+    kernel), features, target transform, and the no-cache and per-seed values it predicts from."""
+    out: dict[str, Any] = {"estimator": s.accuracy.estimator, "target": "log(value + offset)", "offset": s.offset,
+                           "features": [FEATURES[c] for c in s.columns] if s.estimator is not None else []}
+    if s.estimator is not None:
+        out["params"] = s.estimator.get_params()
+        if isinstance(s.estimator, GPSurrogate):
+            out["fitted_kernel"] = str(s.estimator.model_.kernel_)
+        else:
+            out["residual_var"] = s.estimator.residual_var_
+    if s.constant is not None:
+        out["constant"] = s.constant
+    if s.per_seed:
+        out["per_seed"] = list(s.per_seed)
+    if s.observed:
+        out["observed"] = {f"{k[0]} (emergency_reserve_fraction={k[1]:g})": {"mean": m, "std": sd}
+                           for k, (m, sd) in s.observed.items()}
+    return out
+
+
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = CV_FOLDS,
+                   common: np.ndarray | None = None) -> tuple[float, float, float]:
     """(R², Spearman rank correlation, 90% interval coverage) of out-of-fold predictions; a trial's
     replications stay in one fold, so the score is that of predicting an unseen policy. R² and rank
-    correlation compare trial means; coverage counts single replications inside the 90% interval."""
+    correlation compare trial means over the rows in `common` (the seeds every trial ran: under
+    common random numbers a raced trial's extra seeds would shift its mean by their own luck);
+    coverage counts single replications inside the 90% interval."""
     k = max(2, min(folds, len(set(groups.tolist()))))
     mean = np.empty_like(y)
     std = np.empty_like(y)
     for train, test in GroupKFold(k).split(X, y, groups):
-        model = clone(estimator).fit(X[train], y[train])
+        model = clone(estimator).fit(X[train], y[train], groups=groups[train])
         mean[test], std[test] = model.predict(X[test], return_std=True)
-    # R² and rank correlation of the mean response: out-of-fold predictions against each trial's mean
-    # over its replications (replication noise is the interval's business, not the mean's).
-    trials = sorted(set(groups.tolist()))
-    y_mean = np.array([y[groups == g].mean() for g in trials])
-    p_mean = np.array([mean[groups == g].mean() for g in trials])
+    use = np.ones(len(y), dtype=bool) if common is None or not np.any(common) else np.asarray(common, dtype=bool)
+    trials = sorted(set(groups[use].tolist()))
+    y_mean = np.array([y[use & (groups == g)].mean() for g in trials])
+    p_mean = np.array([mean[use & (groups == g)].mean() for g in trials])
     ss = float(np.sum((y_mean - y_mean.mean()) ** 2))
     r2 = 1.0 - float(np.sum((y_mean - p_mean) ** 2)) / ss if ss > 0 else 0.0
     rho = stats.spearmanr(y_mean, p_mean).statistic if np.ptp(p_mean) > 0 else 0.0
@@ -230,9 +312,27 @@ def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, 
     return r2, float(0.0 if not np.isfinite(rho) else rho), coverage
 
 
+def common_seed_rows(groups: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
+    """Rows whose seed every trial ran (the base seeds of common random numbers)."""
+    g, s = np.asarray(groups), np.asarray(seeds)
+    shared = set.intersection(*[set(s[g == x].tolist()) for x in np.unique(g)])
+    return np.isin(s, sorted(shared))
+
+
+def seed_determined(values: np.ndarray, groups: np.ndarray, seeds: np.ndarray) -> bool:
+    """True when, on every seed all trials ran (at least two), every trial saw the same value: under
+    common random numbers the policy then has no effect on the metric (e.g. an OOM kill the
+    workload's own memory storm causes whatever the cache does)."""
+    common = common_seed_rows(groups, seeds)
+    shared = np.unique(seeds[common])
+    if len(shared) < 2 or len(np.unique(groups)) < 3:
+        return False
+    return all(np.ptp(values[common & (seeds == s)]) == 0 for s in shared)
+
+
 def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Sequence[float],
                groups: Sequence[int] | None = None, *, decisive: bool = True,
-               candidates: Sequence[Any] | None = None) -> MetricSurrogate:
+               candidates: Sequence[Any] | None = None, seeds: Sequence[int] | None = None) -> MetricSurrogate:
     """Fit each candidate estimator to log(values + offset), keep the one with the best CV R² (coverage breaks ties).
 
     Args:
@@ -240,6 +340,9 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
         groups: the trial of each row (rows of one trial are never split across folds).
         decisive: False when the metric cannot change the recommendation (e.g. every value far below
             its SLO); its accuracy is still measured and stored but does not make the surrogate unhealthy.
+        seeds: the seed of each row; with it, R² compares trial means over the seeds every trial ran,
+            and a metric that every policy reproduces exactly seed by seed is modelled by its
+            per-seed values (`Accuracy.estimator == "seed-determined"`).
     """
     y_raw = np.maximum(np.asarray(values, dtype=float), 0.0)
     # A log scale relative to the metric's own size: small values (fallback costs of 0.03 ms/s) keep
@@ -251,24 +354,58 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
     n_trials = len(set(g.tolist()))
     if np.ptp(y) <= 1e-9 * max(1.0, abs(float(y.mean()))):
         return MetricSurrogate(metric, None, float(y_raw.mean()), Accuracy("constant", n_trials, None, None, None))
+    s = None if seeds is None else np.asarray(seeds)
+    if s is not None and seed_determined(y_raw, g, s):
+        common = common_seed_rows(g, s)
+        per_seed = tuple(float(y_raw[common & (s == x)][0]) for x in np.unique(s[common]))
+        return MetricSurrogate(metric, None, None, Accuracy("seed-determined", n_trials, None, None, None, False),
+                               offset=offset, per_seed=per_seed)
     X_all = policy_features(policies)
     columns = tuple(int(c) for c in np.flatnonzero(np.ptp(X_all, axis=0) > 0)) or (0,)
     X = X_all[:, list(columns)]
-    noise_limited = _flat_within_noise(y, g)
+    common = None if s is None else common_seed_rows(g, s)
+    noise_limited = (_flat_within_noise(y, g) if common is None
+                     else _flat_within_noise(y[common], g[common], s[common]))
     best = None
     for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
-        r2, rho, coverage = cross_validate(estimator, X, y, g)
+        r2, rho, coverage = cross_validate(estimator, X, y, g, common=common)
         key = (round(r2, 3), -abs(coverage - INTERVAL_LEVEL))
         if best is None or key > best[0]:
             best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
                                                       noise_limited))
     _, estimator, accuracy = best  # type: ignore[misc]
-    return MetricSurrogate(metric, clone(estimator).fit(X, y), None, accuracy, columns, offset=offset)
+    return MetricSurrogate(metric, clone(estimator).fit(X, y, groups=g), None, accuracy, columns, offset=offset)
 
 
-def _flat_within_noise(y: np.ndarray, groups: np.ndarray) -> bool:
-    """True when a one-way ANOVA over trials cannot tell the trial means apart (p > 0.05)."""
-    samples = [y[groups == g] for g in sorted(set(groups.tolist()))]
+def _flat_within_noise(y: np.ndarray, groups: np.ndarray, seeds: np.ndarray | None = None) -> bool:
+    """True when an ANOVA over trials cannot tell the trial means apart (p > 0.05).
+
+    With the seed of each row (common random numbers: every trial ran the same seeds) the test is
+    the two-way ANOVA of a randomised complete block design, the seed being the block: a seed that is
+    harsh for every policy is not mistaken for noise between policies. Without seeds, one-way.
+    """
+    trials = sorted(set(groups.tolist()))
+    if seeds is not None:
+        blocks = sorted(set(seeds.tolist()))
+        table = np.full((len(trials), len(blocks)), np.nan)
+        for i, t in enumerate(trials):
+            for j, b in enumerate(blocks):
+                cell = y[(groups == t) & (seeds == b)]
+                if cell.size:
+                    table[i, j] = cell.mean()
+        table = table[:, ~np.isnan(table).any(axis=0)]
+        a, b = table.shape
+        if a < 3 or b < 2:
+            return False
+        grand = table.mean()
+        ss_trials = b * float(np.sum((table.mean(axis=1) - grand) ** 2))
+        residual = table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True) + grand
+        ss_error = float(np.sum(residual ** 2))
+        if ss_error <= 1e-12 * max(ss_trials, 1e-300):
+            return ss_trials <= 1e-12  # no noise left: any difference between trials is real
+        p = stats.f.sf((ss_trials / (a - 1)) / (ss_error / ((a - 1) * (b - 1))), a - 1, (a - 1) * (b - 1))
+        return bool(np.isfinite(p) and p > 0.05)
+    samples = [y[groups == g] for g in trials]
     samples = [x for x in samples if len(x) >= 2]
     if len(samples) < 3 or all(np.ptp(x) == 0 for x in samples):
         return False

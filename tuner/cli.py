@@ -193,12 +193,12 @@ StorageOpt = Annotated[
 def study(
     hardware: HardwareOpt,
     workload: Annotated[Optional[list[str]], typer.Option("--workload", "-W", help="Workload profile (repeatable; default: all shipped).")] = None,
-    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default: 20; --quick: 12).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default and --quick: 30).")] = None,
     study_name: Annotated[Optional[str], typer.Option("--study", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
     storage_url: StorageOpt = None,
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes running simulations (this process owns all writes).")] = max(1, min(os.cpu_count() or 1, 8)),
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the replication seed list and the sampler.")] = 0,
-    quick: Annotated[bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 12 trials per workload.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 30 trials per workload.")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start a fresh campaign (name-2, name-3, ...) instead of resuming.")] = False,
     kernel: Annotated[KernelVersion, typer.Option(help="Kernel release to model.")] = KernelVersion(sim.DEFAULT_KERNEL),  # type: ignore[call-arg]
     fix: Annotated[Optional[list[str]], typer.Option("--fix", help="Pin a parameter: key=value, e.g. layout=per-cpu. Repeatable.")] = None,
@@ -286,7 +286,12 @@ def report(
     confidence: Annotated[float, typer.Option(help="Required probability of meeting every SLO, in [0.5, 1).")] = 0.95,
     confirm_seeds: Annotated[int, typer.Option(min=0, max=32, help="Fresh seeds confirming the recommendation.")] = 4,
 ) -> None:
-    """Write the report of a campaign (report.md, report.html, recommendation.json, plots); print its path."""
+    """Write the report of a campaign (report.md, report.html, recommendation.json, plots); print its path.
+
+    When no overall recommendation can be made (unhealthy surrogates, or no stock-kernel policy meets
+    any workload) the report is still written and its path printed, but the command exits 1 and says
+    on stderr why and which `rcutune study ... --trials K` to run."""
+    import json as json_module
     from pathlib import Path
 
     import storage as storage_pkg
@@ -300,6 +305,12 @@ def report(
         directory = write_report(url, name, Path(out) if out else None, confidence=confidence,
                                  confirm_seeds=confirm_seeds)
     typer.echo(str(directory))
+    doc = json_module.loads((directory / "recommendation.json").read_text())
+    if doc["kernel_cmdline"] is None:
+        why = ("unhealthy surrogates: " + "; ".join(f"{w} ({', '.join(p)})" for w, p in doc["unhealthy"].items())
+               if doc["unhealthy"] else "no stock-kernel policy meets the SLOs of any workload at the required confidence")
+        typer.echo(f"no recommendation: {why}" + (f"; run: {doc['fix_command']}" if doc["fix_command"] else ""), err=True)
+        raise typer.Exit(EXIT_FAILURE)
 
 
 @app.command()
@@ -345,13 +356,19 @@ def recommend(
                                   widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0, extrapolated=extrapolated)
         doc = recommendation_json(rec, data)
         if not extrapolated:
-            store(url, rec)
+            store(url, rec, data)
     if json_out:
         typer.echo(json.dumps(doc, default=_json_safe))
         return
     choice = doc["overall"] if workload is None else doc["workloads"][workload]
     if choice is None or choice.get("kernel_cmdline") is None:
-        typer.echo(f"no recommendation for {hardware} (campaign {name}): unhealthy surrogates")
+        if workload is not None and choice is not None and choice.get("unattainable"):
+            reason = choice["unattainable"]
+        elif doc["unhealthy"]:
+            reason = "unhealthy surrogates"
+        else:
+            reason = "no stock-kernel policy meets the SLOs at the required confidence"
+        typer.echo(f"no recommendation for {hardware} (campaign {name}): {reason}")
         for w, problems in doc["unhealthy"].items():
             typer.echo(f"  {w}: {'; '.join(problems)}")
         if doc["fix_command"]:
@@ -362,6 +379,13 @@ def recommend(
                f"P(every SLO met)={choice['slo_met_probability']:.3f} (confidence {confidence}), campaign {name}"
                + (", EXTRAPOLATED" if doc["extrapolated"] else ""))
     typer.echo(f"  revert to the default: {doc['revert_cmdline']}")
+    if workload is None:
+        typer.echo(f"  serves: {', '.join(doc['served'])}")
+        for w, entry in doc["workloads"].items():
+            if w not in doc["served"]:
+                why = entry["unattainable"] or ("; ".join(entry["unhealthy"]) if entry["unhealthy"]
+                                                else "no stock-kernel policy meets its SLOs at that confidence")
+                typer.echo(f"  not served: {w}: {why}")
     for w, entry in doc["workloads"].items():
         if entry["what_if"]:
             wi = entry["what_if"]
