@@ -151,3 +151,82 @@ def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied)
                 assert any(r.workload_name is None for r in campaign.recommendations)
     finally:
         db.close()
+
+
+def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_study_to_run(studied, tmp_path,
+                                                                                             monkeypatch):
+    import tuner._recommend as recommend_module
+
+    starved = {"steady": ["fallback_cost: CV R² 0.10 < 0.8"]}
+    monkeypatch.setattr(recommend_module, "unhealthy", lambda data, confidence=0.95: starved)
+    result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
+                                      "--confirm-seeds", "1"])
+    assert result.exit_code == 1
+    directory = tmp_path / "vm-2" / "tiny"
+    assert result.stdout.strip() == str(directory)
+    assert "no recommendation" in result.stderr and "rcutune study --hardware vm-2 --study tiny" in result.stderr
+    doc = json.loads((directory / "recommendation.json").read_text())
+    assert doc["kernel_cmdline"] is None and doc["unhealthy"] == starved
+    assert doc["fix_command"] in (directory / "report.md").read_text()
+    assert "--workload steady --trials" in doc["fix_command"] and f"--storage {url(studied)}" in doc["fix_command"]
+
+
+def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined():
+    from tuner._campaign import QUICK_SETTINGS, make_seeds
+    from tuner._recommend import CampaignData, study_command
+
+    import sim
+
+    data = CampaignData("phone-8-quick", "sqlite:///p.db", sim.load_hardware("phone-8"), sim.DEFAULT_KERNEL, "v",
+                        make_seeds(7, 4), [], {}, QUICK_SETTINGS.as_dict(), "multi")
+    assert study_command(data, ["steady"], 30) == ("rcutune study --hardware phone-8 --study phone-8-quick "
+                                                   "--workload steady --trials 30 --quick --seed 7 --storage sqlite:///p.db")
+
+
+def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monkeypatch):
+    from tuner._recommend import CampaignData, WorkloadData, unattainable, unhealthy
+    from tuner._surrogate import Accuracy, MetricSurrogate
+
+    import sim
+
+    oom = MetricSurrogate("oom_events", None, None, Accuracy("seed-determined", 10, None, None, None, False),
+                          per_seed=(0.0, 1.0))
+    shaky = MetricSurrogate("fallback_cost", None, 1.0, Accuracy("ForestSurrogate", 10, 0.2, 0.1, 0.5))
+    w = WorkloadData("oom-storm", sim.load_workload("oom-storm"), 1.0, [], "c/oom-storm",
+                     {"oom_events": oom, "fallback_cost": shaky})
+    data = CampaignData("c", "sqlite:///x.db", sim.load_hardware("vm-2"), sim.DEFAULT_KERNEL, "v", (1, 2), [w], {})
+    assert "OOM kill on 1 of 2 seeds under every policy" in unattainable(data, 0.95)["oom-storm"]
+    assert unhealthy(data, 0.95) == {}, "its surrogates cannot change anything"
+    assert not w.surrogates["fallback_cost"].accuracy.decisive
+
+
+def test_study_report_recommend_agree_through_the_cli(studied, tmp_path):
+    result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
+                                      "--confirm-seeds", "2"])
+    doc = json.loads((tmp_path / "vm-2" / "tiny" / "recommendation.json").read_text())
+    rec = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--confirm-seeds", "2"])
+    if doc["kernel_cmdline"] is None:
+        assert result.exit_code == 1 and rec.exit_code == 1
+    else:
+        assert result.exit_code == 0 and rec.exit_code == 0
+        assert rec.stdout.splitlines()[0] == doc["kernel_cmdline"]
+
+
+def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(studied, tmp_path):
+    import pickle
+
+    import storage
+
+    CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "1"])
+    db = storage.open_database(url(studied), create=False)
+    try:
+        with db.session() as session:
+            records = [s for study in storage.find_campaign(session, "tiny").studies for s in study.surrogates]
+            fitted = [r for r in records if r.model is not None]
+            assert fitted, "at least one estimator was fitted and stored"
+            for r in fitted:
+                assert r.estimator_params["params"] and r.estimator_params["features"]
+                model = pickle.loads(r.model)
+                assert np.isfinite(model.predict(np.zeros((1, len(r.estimator_params["features"]))))).all()
+    finally:
+        db.close()

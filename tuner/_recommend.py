@@ -100,8 +100,7 @@ class WorkloadData:
     seconds: float
     trials: list[TrialPoint]
     optuna_name: str
-    surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)  # stock-kernel policies: the faithful trials
-    what_if_surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)  # every trial, what-ifs included
+    surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)
 
 
 @dataclass
@@ -181,23 +180,57 @@ def load_campaign(url: str, name: str) -> CampaignData:
     return data
 
 
-def newest_campaign(url: str, hardware: str) -> str:
-    """The most recently updated campaign of a hardware profile.
+# Metrics summed over the CPUs (stall and lock time, pending bytes, fallbacks per second): transferred to
+# another CPU count in proportion to it; the others (p99 latency, OOM events) as they are.
+EXTENSIVE = ("fallback_cost", "sync_fallbacks_per_s", "pending_peak_mib")
+
+
+def transfer(data: CampaignData, target: sim.HardwareProfile) -> None:
+    """Make a fitted campaign predict for another profile of its family: the closed-form reserved
+    memory is refitted for the target, CPU-summed metrics scale with the CPU count."""
+    source = data.hardware
+    data.hardware = target
+    ratio = target.cpus / source.cpus
+    for w in data.workloads:
+        trials = w.trials
+        w.surrogates = dict(w.surrogates)
+        w.surrogates["reserved_mib"] = exact_metric("reserved_mib", lambda p: reserved_mib(p, target),
+                                                    [t.policy for t in trials], [reserved_mib(t.policy, target) for t in trials],
+                                                    len(trials))
+        for name in EXTENSIVE:
+            w.surrogates[name] = replace(w.surrogates[name], scale=ratio)
+
+
+def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
+    """The campaign to recommend from for a hardware profile, and whether that is an extrapolation.
+
+    The newest campaign studied on exactly this profile; failing that, the one of the same family
+    (same profile name) whose CPU count and memory are nearest (see `nearest_profile`).
 
     Raises:
-        UserError: no database, or no campaign for that hardware.
+        UserError: no database, or no campaign of this family.
     """
     if not storage.database_exists(url):
-        raise UserError(f"{url} does not exist (run rcutune study --hardware {hardware} first)")
+        raise UserError(f"{url} does not exist (run rcutune study --hardware {target.name} first)")
     db = storage.open_database(url, create=False)
     try:
         with db.session() as session:
-            rows = [(c.updated_at, c.name) for c in storage.list_campaigns(session) if c.hardware_name == hardware]
+            rows = [(c.updated_at, c.name, c.hardware_profile) for c in storage.list_campaigns(session)
+                    if c.hardware_name == target.name]
     finally:
         db.close()
     if not rows:
-        raise UserError(f"no campaign for hardware '{hardware}' in {url}; run rcutune study --hardware {hardware}")
-    return max(rows)[1]
+        raise UserError(f"no campaign for hardware '{target.name}' in {url}; run rcutune study --hardware {target.name}")
+    exact = [r for r in rows if r[2] == sim.profile_text(target)]
+    if exact:
+        return max(exact)[1], False
+    newest = {}
+    for updated, name, text in sorted(rows):
+        newest[text] = (updated, name)
+    family = [(name, _profile_from_text("hardware", text)) for text, (_, name) in newest.items()]
+    best = min(family, key=lambda f: (abs(math.log(f[1].cpus / target.cpus)),
+                                      abs(math.log(f[1].memory_mib / target.memory_mib))))
+    return best[0], True
 
 
 def fit_surrogates(data: CampaignData) -> None:
@@ -213,39 +246,27 @@ def fit_surrogates(data: CampaignData) -> None:
         _fit_surrogates(data)
 
 
-MIN_FAITHFUL_TRIALS = 4
-
-
 def _fit_surrogates(data: CampaignData) -> None:
-    """Two sets per workload: one on the faithful trials, which the stock-kernel recommendation reads
-    (a what-if mechanism such as the emergency reserve or a refill watermark changes the response in
-    ways the stock kernel cannot reach, and would only blur its model), and one on every trial for
-    the what-if results. With fewer than four faithful trials both are the set fitted on every trial."""
     for w in data.workloads:
-        faithful = [t for t in w.trials if not t.what_if]
-        w.what_if_surrogates = _fit_set(data.hardware, w.trials)
-        if len(faithful) >= MIN_FAITHFUL_TRIALS and len(faithful) < len(w.trials):
-            w.surrogates = _fit_set(data.hardware, faithful)
-        else:
-            w.surrogates = w.what_if_surrogates
+        w.surrogates = _fit_set(data.hardware, w.trials)
 
 
 def _fit_set(hw: sim.HardwareProfile, trials: Sequence[TrialPoint]) -> dict[str, MetricSurrogate]:
     per_gib = hw.memory_mib / 1024
     slo = {name: getattr(hw, attr) for name, _, _, attr in METRICS if attr is not None}
     rows = [(t.number, t.policy, r, s) for t in trials for r, s in zip(t.runs, _row_seeds(t))]
-    out = {"reserved_mib": exact_metric("reserved_mib", lambda p: reserved_mib(p, hw), [p for _, p, _, _ in rows],
-                                        [r["reserved_mib"] for _, _, r, _ in rows], len(trials))}
+    out = {"reserved_mib": exact_metric("reserved_mib", lambda p: reserved_mib(p, hw), [row[1] for row in rows],
+                                        [row[2]["reserved_mib"] for row in rows], len(trials))}
     # Policies with no cache at all are a regime of their own, predicted by their replications.
     cached = [row for row in rows if no_cache_key(row[1]) is None] or rows
     uncached = [row for row in rows if no_cache_key(row[1]) is not None and cached is not rows]
     cached_trials = [t for t in trials if no_cache_key(t.policy) is None] or list(trials)
-    policies = [p for _, p, _, _ in cached]
-    groups = [n for n, _, _, _ in cached]
-    seeds = [s for _, _, _, s in cached]
+    policies = [row[1] for row in cached]
+    groups = [row[0] for row in cached]
+    seeds = [row[3] for row in cached]
     memory_spread = np.ptp([reserved_mib(t.policy, hw) / per_gib for t in trials])
     for name in METRIC_NAMES[1:]:
-        values = [r[name] for _, _, r, _ in cached]
+        values = [row[2][name] for row in cached]
         if name in slo:
             decisive = max(values) > 0.5 * slo[name]
         elif name == "fallback_cost":
@@ -302,10 +323,8 @@ def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
     return out
 
 
-def unhealthy(data: CampaignData, confidence: float = DEFAULT_CONFIDENCE, *,
-              what_if: bool = False) -> dict[str, list[str]]:
-    """{workload: ["metric: why", ...]} for every surrogate that fails its accuracy check (the
-    stock-kernel set, or with `what_if` the set fitted on every trial).
+def unhealthy(data: CampaignData, confidence: float = DEFAULT_CONFIDENCE) -> dict[str, list[str]]:
+    """{workload: ["metric: why", ...]} for every surrogate that fails its accuracy check.
 
     A workload that no policy can serve (`unattainable`) is left out: no model of it can change the
     answer, so its surrogates are marked not decisive.
@@ -314,14 +333,10 @@ def unhealthy(data: CampaignData, confidence: float = DEFAULT_CONFIDENCE, *,
     out: dict[str, list[str]] = {}
     for w in data.workloads:
         if w.name in blocked:
-            quiet = lambda ss: {m: s if not s.accuracy.decisive  # noqa: E731
-                                else replace(s, accuracy=replace(s.accuracy, decisive=False)) for m, s in ss.items()}
-            same = w.what_if_surrogates is w.surrogates
-            w.surrogates = quiet(w.surrogates)
-            w.what_if_surrogates = w.surrogates if same else quiet(w.what_if_surrogates)
+            w.surrogates = {m: s if not s.accuracy.decisive else replace(s, accuracy=replace(s.accuracy, decisive=False))
+                            for m, s in w.surrogates.items()}
             continue
-        models = w.what_if_surrogates if what_if else w.surrogates
-        problems = [f"{m}: {s.accuracy.problem()}" for m, s in models.items() if not s.accuracy.healthy]
+        problems = [f"{m}: {s.accuracy.problem()}" for m, s in w.surrogates.items() if not s.accuracy.healthy]
         if problems:
             out[w.name] = problems
     return out
@@ -487,39 +502,23 @@ class Recommendation:
     extrapolated: bool = False
     fix_command: str | None = None
     served: list[str] = field(default_factory=list)  # workloads the overall recommendation covers
-    surrogate_what_if: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # the sets on every trial
-    unhealthy_what_if: dict[str, list[str]] = field(default_factory=dict)
 
 
-def _choose(data: CampaignData, w: WorkloadData, policies, confidence: float, widen: float,
-            what_if_ok: bool) -> tuple[Choice | None, Choice | None, list[int]]:
-    """The cheapest faithful policy (stock-kernel surrogates) and, when the what-if surrogates are
-    healthy, the cheapest policy of all if it is a what-if that beats the faithful one under them."""
-    faithful_idx = [i for i in range(len(policies)) if not is_what_if(policies[i], data.kernel)]
-    faithful_pol = [policies[i] for i in faithful_idx]
-    probs = p_meet(w.surrogates, data.hardware, faithful_pol, widen)
-    costs = _cost(w.surrogates, data.hardware, faithful_pol)
-    order = [faithful_idx[i] for i in rank(faithful_pol, probs, costs, data.kernel, confidence)]
-    local = {j: i for i, j in enumerate(faithful_idx)}
-    best_f = None
-    if order:
-        i = local[order[0]]
-        best_f = Choice(dict(faithful_pol[i]), (), float(probs[i]), float(costs[i]),
-                        _predicted(w.surrogates, faithful_pol[i], widen))
+def _choose(data: CampaignData, w: WorkloadData, policies, confidence: float,
+            widen: float) -> tuple[Choice | None, Choice | None, list[int]]:
+    """The cheapest faithful policy meeting the confidence, and the cheapest of all if it is a what-if
+    that beats the faithful one (its `gain`: the faithful cost minus its own)."""
+    probs = p_meet(w.surrogates, data.hardware, policies, widen)
+    costs = _cost(w.surrogates, data.hardware, policies)
+    order = rank(policies, probs, costs, data.kernel, confidence)
+    faithful = [i for i in order if not is_what_if(policies[i], data.kernel)]
+    make = lambda i, gain=None: Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(probs[i]),  # noqa: E731
+                                       float(costs[i]), _predicted(w.surrogates, policies[i], widen), gain)
+    best_f = make(faithful[0]) if faithful else None
     what_if = None
-    if what_if_ok and w.what_if_surrogates is not w.surrogates:
-        all_probs = p_meet(w.what_if_surrogates, data.hardware, policies, widen)
-        all_costs = _cost(w.what_if_surrogates, data.hardware, policies)
-        ranked = rank(policies, all_probs, all_costs, data.kernel, confidence)
-        if ranked and is_what_if(policies[ranked[0]], data.kernel):
-            i = ranked[0]
-            baseline = (float(_cost(w.what_if_surrogates, data.hardware, [best_f.policy])[0])
-                        if best_f is not None else None)
-            if baseline is None or all_costs[i] < baseline:
-                what_if = Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(all_probs[i]),
-                                 float(all_costs[i]), _predicted(w.what_if_surrogates, policies[i], widen),
-                                 None if baseline is None else baseline - float(all_costs[i]))
-    return best_f, what_if, order
+    if order and is_what_if(policies[order[0]], data.kernel) and (best_f is None or costs[order[0]] < best_f.cost):
+        what_if = make(order[0], None if best_f is None else best_f.cost - float(costs[order[0]]))
+    return best_f, what_if, faithful
 
 
 def _cost(surrogates: Mapping[str, MetricSurrogate], hw, policies) -> np.ndarray:
@@ -535,7 +534,6 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
         raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
     policies = candidate_policies(data)
     bad = unhealthy(data, confidence)
-    bad_what_if = unhealthy(data, confidence, what_if=True)
     blocked = unattainable(data, confidence)
     fresh = fresh_seeds(data.seeds, confirm_seeds)
     default = asdict(sim.Policy.kernel_default(sim.kernel_behaviour(data.kernel)))
@@ -547,7 +545,7 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
             results.append(WorkloadRecommendation(w.name, None, None, None, None, {}, {}, problems,
                                                   blocked.get(w.name)))
             continue
-        best_f, what_if, faithful_order = _choose(data, w, policies, confidence, widen, w.name not in bad_what_if)
+        best_f, what_if, faithful_order = _choose(data, w, policies, confidence, widen)
         confirmed, confirmation, comparison = None, {}, {}
         if best_f is not None and confirm_seeds > 0:
             base_default = simulate_runs(data.hardware, w.profile, default, fresh, w.seconds, data.kernel)
@@ -577,18 +575,16 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
         results.append(WorkloadRecommendation(w.name, best_f, what_if, gain, confirmed, confirmation, comparison, []))
     served = [w for w in data.workloads
               if w.name not in blocked and any(r.workload == w.name and r.faithful for r in results)]
-    overall, overall_what_if = _overall(data, served, policies, confidence, widen, bad, bad_what_if)
+    overall, overall_what_if = _overall(data, served, policies, confidence, widen, bad)
     fix = None
     if bad:
         # Doubling the trials of the failing studies: CV error falls as the design fills the space.
         trials = max(len(w.trials) for w in data.workloads if w.name in bad)
         fix = study_command(data, list(bad), trials)
     surrogate = {w.name: _accuracy_table(w.surrogates) for w in data.workloads}
-    surrogate_what_if = {w.name: _accuracy_table(w.what_if_surrogates) for w in data.workloads
-                         if w.what_if_surrogates is not w.surrogates}
     return Recommendation(data.name, data.hardware.name, data.kernel, data.simulator_version, confidence, data.seeds,
                           fresh, overall, overall_what_if, results, surrogate, bad, extrapolated, fix,
-                          [w.name for w in served], surrogate_what_if, bad_what_if)
+                          [w.name for w in served])
 
 
 def _accuracy_table(models: Mapping[str, MetricSurrogate]) -> dict[str, dict[str, Any]]:
@@ -599,38 +595,30 @@ def _accuracy_table(models: Mapping[str, MetricSurrogate]) -> dict[str, dict[str
 
 
 def _overall(data: CampaignData, served: Sequence[WorkloadData], policies, confidence: float, widen: float,
-             bad, bad_what_if) -> tuple[Choice | None, Choice | None]:
+             bad) -> tuple[Choice | None, Choice | None]:
     """The cheapest faithful policy (summed cost) that meets every served workload at the confidence
-    level, and the cheapest what-if one under the what-if surrogates when it beats it there.
+    level, and the cheapest policy of all if it is a what-if that beats it.
 
     Served: workloads some faithful policy can meet at that level. The others (no policy can, or no
     faithful one can) are named in the report; they cannot veto a policy that helps the rest.
     """
     if bad or not served:
         return None, None
-    faithful = [p for p in policies if not is_what_if(p, data.kernel)]
-    probs = np.stack([p_meet(w.surrogates, data.hardware, faithful, widen) for w in served]).min(axis=0)
-    costs = np.sum([_cost(w.surrogates, data.hardware, faithful) for w in served], axis=0)
-    order = rank(faithful, probs, costs, data.kernel, confidence)
-    if not order:
+    probs = np.stack([p_meet(w.surrogates, data.hardware, policies, widen) for w in served]).min(axis=0)
+    costs = np.sum([_cost(w.surrogates, data.hardware, policies) for w in served], axis=0)
+    order = rank(policies, probs, costs, data.kernel, confidence)
+    faithful = [i for i in order if not is_what_if(policies[i], data.kernel)]
+    if not faithful:
         return None, None
-    i = order[0]
-    best = Choice(dict(faithful[i]), (), float(probs[i]), float(costs[i]),
-                  {w.name: _predicted(w.surrogates, faithful[i], widen) for w in served})
-    if any(w.name in bad_what_if or w.what_if_surrogates is w.surrogates for w in served):
-        return best, None
-    all_probs = np.stack([p_meet(w.what_if_surrogates, data.hardware, policies, widen) for w in served]).min(axis=0)
-    all_costs = np.sum([_cost(w.what_if_surrogates, data.hardware, policies) for w in served], axis=0)
-    ranked = rank(policies, all_probs, all_costs, data.kernel, confidence)
-    if not ranked or not is_what_if(policies[ranked[0]], data.kernel):
-        return best, None
-    j = ranked[0]
-    baseline = float(np.sum([_cost(w.what_if_surrogates, data.hardware, [best.policy])[0] for w in served]))
-    if all_costs[j] >= baseline:
-        return best, None
-    return best, Choice(dict(policies[j]), is_what_if(policies[j], data.kernel), float(all_probs[j]),
-                        float(all_costs[j]), {w.name: _predicted(w.what_if_surrogates, policies[j], widen) for w in served},
-                        baseline - float(all_costs[j]))
+
+    def make(i: int, gain: float | None = None) -> Choice:
+        return Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(probs[i]), float(costs[i]),
+                      {w.name: _predicted(w.surrogates, policies[i], widen) for w in served}, gain)
+    best = make(faithful[0])
+    j = order[0]
+    if is_what_if(policies[j], data.kernel) and costs[j] < best.cost:
+        return best, make(j, best.cost - float(costs[j]))
+    return best, None
 
 
 def store(url: str, rec: Recommendation, data: CampaignData | None = None) -> None:
@@ -695,15 +683,16 @@ def nearest_profile(target: sim.HardwareProfile, studied: Sequence[CampaignData]
 
 
 def transfer_error(source: CampaignData, target: CampaignData, widen: float = EXTRAPOLATION_WIDEN) -> list[TransferError]:
-    """Predict every trial of `target` with the surrogates of `source` (fitted with the target's hardware
-    for the closed-form reserved memory, as an extrapolated recommendation does) and score them."""
+    """Predict every trial of `target` with the surrogates of `source`, transferred to the target's
+    hardware as an extrapolated recommendation is (`transfer`), and score them."""
     from ._surrogate import Z90
 
-    fitted = CampaignData(source.name, source.url, target.hardware, source.kernel, source.simulator_version,
+    fitted = CampaignData(source.name, source.url, source.hardware, source.kernel, source.simulator_version,
                           source.seeds, [WorkloadData(w.name, w.profile, w.seconds, w.trials, w.optuna_name)
                                          for w in source.workloads], source.search_space, source.settings,
                           source.objective)
     fit_surrogates(fitted)
+    transfer(fitted, target.hardware)
     out = []
     for w in fitted.workloads:
         held = next((x for x in target.workloads if x.name == w.name), None)

@@ -227,6 +227,8 @@ class MetricSurrogate:
     offset: float = 1.0  # the model sees log(value + offset)
     per_seed: tuple[float, ...] = ()  # seed-determined metric: its value on each common seed
     observed: Mapping[tuple[str, float], tuple[float, float]] = field(default_factory=dict)  # no-cache regimes
+    scale: float = 1.0  # transfer to another CPU count: the metric's values are multiplied by this
+
 
     def predict(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation on the log(value + offset) scale."""
@@ -249,6 +251,8 @@ class MetricSurrogate:
             else:
                 X = policy_features([policies[i] for i in modelled])[:, list(self.columns)]
                 mean[modelled], std[modelled] = self.estimator.predict(X, return_std=True)
+        if self.scale != 1.0:  # log(k (e^z - offset) + offset): the same quantity, k times larger
+            mean = np.log(self.scale * np.maximum(np.exp(mean) - self.offset, 0.0) + self.offset)
         return mean, std * widen
 
     def interval(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -288,28 +292,41 @@ def describe(s: MetricSurrogate) -> dict[str, Any]:
     return out
 
 
-def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = CV_FOLDS,
-                   common: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(R², Spearman rank correlation, 90% interval coverage) of out-of-fold predictions; a trial's
-    replications stay in one fold, so the score is that of predicting an unseen policy. R² and rank
-    correlation compare trial means over the rows in `common` (the seeds every trial ran: under
-    common random numbers a raced trial's extra seeds would shift its mean by their own luck);
-    coverage counts single replications inside the 90% interval."""
+def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
+                folds: int = CV_FOLDS) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold predictive mean and standard deviation of every row; a trial's replications stay
+    in one fold, so each is the prediction of an unseen policy."""
     k = max(2, min(folds, len(set(groups.tolist()))))
     mean = np.empty_like(y)
     std = np.empty_like(y)
     for train, test in GroupKFold(k).split(X, y, groups):
         model = clone(estimator).fit(X[train], y[train], groups=groups[train])
         mean[test], std[test] = model.predict(X[test], return_std=True)
+    return mean, std
+
+
+def score(y: np.ndarray, mean: np.ndarray, std: np.ndarray, groups: np.ndarray,
+          common: np.ndarray | None = None) -> tuple[float, float, float]:
+    """(R², Spearman rank correlation, 90% interval coverage) of predictions. R² and rank correlation
+    compare trial means over the rows in `common` (the seeds every trial ran: under common random
+    numbers a raced trial's extra seeds would shift its mean by their own luck); coverage counts
+    single replications inside the 90% interval."""
     use = np.ones(len(y), dtype=bool) if common is None or not np.any(common) else np.asarray(common, dtype=bool)
     trials = sorted(set(groups[use].tolist()))
     y_mean = np.array([y[use & (groups == g)].mean() for g in trials])
     p_mean = np.array([mean[use & (groups == g)].mean() for g in trials])
     ss = float(np.sum((y_mean - y_mean.mean()) ** 2))
     r2 = 1.0 - float(np.sum((y_mean - p_mean) ** 2)) / ss if ss > 0 else 0.0
-    rho = stats.spearmanr(y_mean, p_mean).statistic if np.ptp(p_mean) > 0 else 0.0
+    rho = stats.spearmanr(y_mean, p_mean).statistic if np.ptp(p_mean) > 0 and np.ptp(y_mean) > 0 else 0.0
     coverage = float(np.mean(np.abs(y - mean) <= Z90 * std))
     return r2, float(0.0 if not np.isfinite(rho) else rho), coverage
+
+
+def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = CV_FOLDS,
+                   common: np.ndarray | None = None) -> tuple[float, float, float]:
+    """`score` of the `out_of_fold` predictions: the accuracy of predicting an unseen policy."""
+    mean, std = out_of_fold(estimator, X, y, groups, folds)
+    return score(y, mean, std, groups, common)
 
 
 def common_seed_rows(groups: Sequence[int], seeds: Sequence[int]) -> np.ndarray:
@@ -368,11 +385,12 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
                      else _flat_within_noise(y[common], g[common], s[common]))
     best = None
     for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
-        r2, rho, coverage = cross_validate(estimator, X, y, g, common=common)
+        mean, std = out_of_fold(estimator, X, y, g)
+        r2, rho, coverage = score(y, mean, std, g, common)
         key = (round(r2, 3), -abs(coverage - INTERVAL_LEVEL))
         if best is None or key > best[0]:
             best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
-                                                      noise_limited))
+                                             noise_limited))
     _, estimator, accuracy = best  # type: ignore[misc]
     return MetricSurrogate(metric, clone(estimator).fit(X, y, groups=g), None, accuracy, columns, offset=offset)
 

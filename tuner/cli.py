@@ -326,12 +326,13 @@ def recommend(
 ) -> None:
     """Print the recommendation for a hardware profile: the kernel command line first.
 
-    With --set hardware.<key>=<value> (e.g. hardware.cpus=96) the profile has no study of its own: the
-    recommendation is extrapolated from the studied profile's surrogates, with intervals twice as wide,
-    confirmed by simulating the new profile, and flagged as extrapolated."""
+    With --set hardware.<key>=<value> (e.g. hardware.cpus=96) the profile may have no study of its own:
+    the recommendation is then extrapolated from the surrogates of the nearest studied profile of the
+    family (CPU count, then memory), with intervals twice as wide, confirmed by simulating the new
+    profile, and flagged as extrapolated."""
     import storage as storage_pkg
 
-    from ._recommend import EXTRAPOLATION_WIDEN, fit_surrogates, load_campaign, newest_campaign
+    from ._recommend import EXTRAPOLATION_WIDEN, campaign_for, fit_surrogates, load_campaign, transfer
     from ._recommend import recommend as make_recommendation
     from ._recommend import store
     from ._report import recommendation_json
@@ -341,17 +342,17 @@ def recommend(
             raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
         url = storage_pkg.resolve_url(storage_url)
         target, _ = load_profiles(hardware, None, settings)
-        name = campaign or newest_campaign(url, target.name)
+        name = campaign or campaign_for(url, target)[0]
         data = load_campaign(url, name)
         extrapolated = sim.profile_text(target) != sim.profile_text(data.hardware)
-        if extrapolated:
-            data.hardware = target
         if workload is not None:
             known = [w.name for w in data.workloads]
             if workload not in known:
                 raise UserError(f"workload '{workload}' has no study in campaign '{name}' (studied: {', '.join(known)})")
             data.workloads = [w for w in data.workloads if w.name == workload]
         fit_surrogates(data)
+        if extrapolated:
+            transfer(data, target)
         rec = make_recommendation(data, confidence=confidence, confirm_seeds=confirm_seeds,
                                   widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0, extrapolated=extrapolated)
         doc = recommendation_json(rec, data)
