@@ -56,7 +56,7 @@ DEFAULT_SETTINGS = Settings()
 QUICK_SETTINGS = Settings(max_seconds=1.0, low_fidelity_fraction=0.25, replications=2, race_replications=2,
                           race_top_k=2)
 DEFAULT_TRIALS = 30
-QUICK_TRIALS = 30  # ten design points and twenty searched: the fewest that keep the surrogates healthy
+QUICK_TRIALS = 40  # ten design points and thirty searched: what a quick phone-8 study needs to stay healthy
 
 
 def make_seeds(base_seed: int, count: int) -> tuple[int, ...]:

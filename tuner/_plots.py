@@ -8,6 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -50,8 +51,13 @@ def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> byt
         ax.fill_between(xs, np.maximum(lo, 0), hi, alpha=0.25, color="tab:blue", label="90% interval")
         ax.plot(xs, mid, color="tab:blue", label="surrogate")
         pts = [t for t in w.trials if t.policy["layout"] == "per-cpu"]
-        ax.scatter([t.policy["n_per_cpu"] for t in pts], [t.metrics[name] for t in pts], s=18, color="black",
-                   zorder=3, label="trials (mean)")
+        stock = [t for t in pts if not t.what_if]
+        other = [t for t in pts if t.what_if]
+        ax.scatter([t.policy["n_per_cpu"] for t in stock], [t.metrics[name] for t in stock], s=18, color="black",
+                   zorder=3, label="stock-kernel trials (mean)")
+        if other:  # per-CPU what-ifs (watermark, emergency reserve): not on the curve's slice of the space
+            ax.scatter([t.policy["n_per_cpu"] for t in other], [t.metrics[name] for t in other], s=22,
+                       facecolors="none", edgecolors="tab:orange", zorder=3, label="per-CPU what-if trials (mean)")
         if slo is not None:
             ax.axhline(getattr(data.hardware, slo), color="tab:red", ls="--", label="SLO")
         ax.axvline(default["n_per_cpu"], color="grey", ls=":", label=f"default N={default['n_per_cpu']}")
@@ -64,10 +70,15 @@ def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> byt
         ax.set_xlabel("N (rcu_min_cached_objs)")
         ax.set_title(f"{label}" + (f" ({unit})" if unit else ""), fontsize=10)
         ax.grid(alpha=0.3)
-    axes.flat[0].legend(fontsize=7, loc="best")
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
     fig.suptitle(f"{data.hardware.name} / {w.name}: metrics against N (per-CPU layout, other knobs at kernel defaults)",
                  fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
+               frameon=False)
     return _png(fig)
 
 
@@ -104,7 +115,13 @@ def pareto(data: CampaignData, rec: Recommendation) -> bytes:
             ax.scatter([p["reserved_mib"]["mean"]], [p["fallback_cost"]["mean"]], marker="*", s=180,
                        color="tab:green", edgecolor="black", zorder=4, label="recommended")
         positive = [t.metrics["reserved_mib"] for t in w.trials if t.metrics["reserved_mib"] > 0]
-        ax.set_xscale("symlog", linthresh=min(positive) if positive else 0.1)
+        linthresh = min(positive) if positive else 0.1
+        ax.set_xscale("symlog", linthresh=linthresh)
+        top = max(positive) if positive else 1.0
+        # 0, then whole decades above the linear zone (a decade inside it would crowd the 0 label)
+        ax.set_xticks([0.0] + [10.0 ** k for k in range(math.ceil(math.log10(linthresh) + 0.3),
+                                                         math.ceil(math.log10(top)) + 1)])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.set_yscale("log")  # fallback costs are positive (the pending-memory charge never vanishes)
         ax.set_title(w.name, fontsize=10)
         ax.set_xlabel("reserved MiB")

@@ -204,14 +204,28 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
               "serve); its accuracy is not required. `(flat)`: the trial means are indistinguishable within "
               "replication noise (randomised-block ANOVA over the common seeds, p > 0.05), so only the "
               "interval's coverage is required.", "",
+              "Surrogates that decide the recommendation:", "",
+              "| workload | metric | model | CV R² | 90% coverage | healthy |", "|---|---|---|---|---|---|"]
+    for m, entry in doc["surrogate"].items():
+        for w, a in sorted(entry["per_workload"].items()):
+            if a.get("decisive", True) and a["cv_r2"] is not None and a["estimator"] != "exact":
+                lines.append(f"| {w} | {m} | {a['estimator']} | {_fmt(a['cv_r2'], 2)}"
+                             f"{' (flat)' if a.get('noise_limited') else ''} | {_fmt(a['coverage'], 2)} | "
+                             f"{'yes' if a['healthy'] else 'NO'} |")
+    lines += ["", "<details><summary>Every workload and metric</summary>", "",
               "| workload | metric | model | trials | CV R² | rank corr. | 90% coverage | decisive | healthy |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for m, entry in doc["surrogate"].items():
-        for w, a in entry["per_workload"].items():
+    workloads = sorted({w for entry in doc["surrogate"].values() for w in entry["per_workload"]})
+    for w in workloads:
+        for m, entry in doc["surrogate"].items():
+            a = entry["per_workload"].get(w)
+            if a is None:
+                continue
             flat = " (flat)" if a.get("noise_limited") else ""
             lines.append(f"| {w} | {m} | {a['estimator']} | {a['n_trials']} | {_fmt(a['cv_r2'], 2)}{flat} | "
                          f"{_fmt(a['rank_correlation'], 2)} | {_fmt(a['coverage'], 2)} | "
                          f"{'yes' if a.get('decisive', True) else 'no'} | {'yes' if a['healthy'] else 'NO'} |")
+    lines += ["", "</details>"]
     lines += ["", "## Plots", ""]
     for caption, file in images.items():
         lines += [f"### {caption}", "", f"![{caption}]({file})", ""]
@@ -279,7 +293,7 @@ def render_html(markdown: str, images: dict[str, bytes]) -> str:
     if in_table:
         body.append("</table>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "pre{background:#f4f4f4;padding:.8em;font-size:15px;overflow-x:auto}"
+             "pre{background:#f4f4f4;padding:.8em;font-size:15px;white-space:pre-wrap;overflow-wrap:anywhere}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 7px}"
              "th{background:#eee}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}code{background:#f4f4f4}")
     title = html.escape(markdown.splitlines()[0].lstrip("# "))

@@ -3,7 +3,7 @@
 Two regressors follow the scikit-learn estimator contract (settings in `__init__`, `fit` returns
 self, learned state in `*_` attributes, `predict(X, return_std=True)` gives a predictive standard
 deviation): `GPSurrogate` (Matern + WhiteKernel, normalised targets) and `ForestSurrogate` (a random
-forest whose spread is the larger of the inter-tree variance and the out-of-bag residual variance).
+forest bootstrapped by trial whose spread is its out-of-bag residual).
 `fit_metric` cross-validates both on one metric and keeps the better, with its accuracy.
 """
 
@@ -107,7 +107,7 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
 
 
 class ForestSurrogate(RegressorMixin, BaseEstimator):
-    """Bagged regression trees, bootstrapped by trial; spread = max(inter-tree variance, out-of-bag residual variance).
+    """Bagged regression trees, bootstrapped by trial; spread = the out-of-bag residual of whole trials.
 
     A trial's replications share its policy, so a row-level bootstrap would leave a trial's other
     replications in the bag of every tree that predicts it "out of bag": the residual would hold the
@@ -156,12 +156,12 @@ class ForestSurrogate(RegressorMixin, BaseEstimator):
 
     def predict(self, X, return_std: bool = False):
         X = np.ascontiguousarray(X, dtype=np.float32)
-        per_tree = np.stack([t.predict(X, check_input=False) for t in self.estimators_])
-        mean = per_tree.mean(axis=0)
+        mean = np.mean([t.predict(X, check_input=False) for t in self.estimators_], axis=0)
         if return_std:
-            # The out-of-bag residual already holds the replication noise and the model error of an
-            # unseen policy; adding the inter-tree variance on top of it over-covers, so take the larger.
-            return mean, np.sqrt(np.maximum(per_tree.var(axis=0), self.residual_var_) + 1e-12)
+            # With whole trials out of bag, the out-of-bag residual is the error of predicting an
+            # unseen policy, replication noise included: the interval's width as calibrated on the
+            # training trials. Adding or taking the larger of the inter-tree variance over-covers.
+            return mean, np.full(len(mean), np.sqrt(self.residual_var_ + 1e-12))
         return mean
 
 
@@ -387,7 +387,8 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
     for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
         mean, std = out_of_fold(estimator, X, y, g)
         r2, rho, coverage = score(y, mean, std, g, common)
-        key = (round(r2, 3), -abs(coverage - INTERVAL_LEVEL))
+        candidate = Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive, noise_limited)
+        key = (candidate.healthy, round(r2, 3), -abs(coverage - INTERVAL_LEVEL))  # a healthy model first
         if best is None or key > best[0]:
             best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
                                              noise_limited))

@@ -193,12 +193,12 @@ StorageOpt = Annotated[
 def study(
     hardware: HardwareOpt,
     workload: Annotated[Optional[list[str]], typer.Option("--workload", "-W", help="Workload profile (repeatable; default: all shipped).")] = None,
-    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default and --quick: 30).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default: 30; --quick: 40).")] = None,
     study_name: Annotated[Optional[str], typer.Option("--study", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
     storage_url: StorageOpt = None,
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes running simulations (this process owns all writes).")] = max(1, min(os.cpu_count() or 1, 8)),
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the replication seed list and the sampler.")] = 0,
-    quick: Annotated[bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 30 trials per workload.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 40 trials per workload.")] = False,
     new: Annotated[bool, typer.Option("--new", help="Start a fresh campaign (name-2, name-3, ...) instead of resuming.")] = False,
     kernel: Annotated[KernelVersion, typer.Option(help="Kernel release to model.")] = KernelVersion(sim.DEFAULT_KERNEL),  # type: ignore[call-arg]
     fix: Annotated[Optional[list[str]], typer.Option("--fix", help="Pin a parameter: key=value, e.g. layout=per-cpu. Repeatable.")] = None,
