@@ -502,6 +502,7 @@ class Recommendation:
     extrapolated: bool = False
     fix_command: str | None = None
     served: list[str] = field(default_factory=list)  # workloads the overall recommendation covers
+    overall_confirmation: dict[str, Any] = field(default_factory=dict)  # workload -> fresh-seed check vs default
 
 
 def _choose(data: CampaignData, w: WorkloadData, policies, confidence: float,
@@ -539,6 +540,8 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
     default = asdict(sim.Policy.kernel_default(sim.kernel_behaviour(data.kernel)))
     zero = dict(default, n_per_cpu=0)
     results: list[WorkloadRecommendation] = []
+    default_runs: dict[str, list[sim.Metrics]] = {}
+    chosen_runs: dict[str, tuple[dict[str, Any], list[sim.Metrics]]] = {}
     for w in data.workloads:
         problems = bad.get(w.name, [])
         if problems or w.name in blocked:
@@ -549,6 +552,7 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
         confirmed, confirmation, comparison = None, {}, {}
         if best_f is not None and confirm_seeds > 0:
             base_default = simulate_runs(data.hardware, w.profile, default, fresh, w.seconds, data.kernel)
+            default_runs[w.name] = base_default
             base_zero = simulate_runs(data.hardware, w.profile, zero, fresh, w.seconds, data.kernel)
             # The first faithful candidate whose fresh replications meet every constraint.
             for i in faithful_order[:3]:
@@ -563,6 +567,7 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
                     confirmed = True
                     break
                 confirmed = False
+            chosen_runs[w.name] = (best_f.policy, runs)
             confirmation = {"seeds": list(fresh), "seconds": w.seconds,
                             "constraints": cons, "recommended": summarise(data.hardware, runs)}
             comparison = {
@@ -576,6 +581,18 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
     served = [w for w in data.workloads
               if w.name not in blocked and any(r.workload == w.name and r.faithful for r in results)]
     overall, overall_what_if = _overall(data, served, policies, confidence, widen, bad)
+    overall_confirmation: dict[str, Any] = {}
+    if overall is not None and confirm_seeds > 0:
+        # The overall policy on each served workload's fresh seeds, against the kernel default there.
+        for w in served:
+            policy, runs = chosen_runs.get(w.name, (None, []))
+            if policy != overall.policy:
+                runs = simulate_runs(data.hardware, w.profile, overall.policy, fresh, w.seconds, data.kernel)
+            cons = constraint_values(runs, data.hardware)
+            overall_confirmation[w.name] = {"feasible": feasible(cons), "constraints": cons,
+                                            "summary": summarise(data.hardware, runs),
+                                            "kernel_default": summarise(data.hardware, default_runs[w.name]),
+                                            "minus_default": compare(data.hardware, runs, default_runs[w.name])}
     fix = None
     if bad:
         # Doubling the trials of the failing studies: CV error falls as the design fills the space.
@@ -584,7 +601,7 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
     surrogate = {w.name: _accuracy_table(w.surrogates) for w in data.workloads}
     return Recommendation(data.name, data.hardware.name, data.kernel, data.simulator_version, confidence, data.seeds,
                           fresh, overall, overall_what_if, results, surrogate, bad, extrapolated, fix,
-                          [w.name for w in served])
+                          [w.name for w in served], overall_confirmation)
 
 
 def _accuracy_table(models: Mapping[str, MetricSurrogate]) -> dict[str, dict[str, Any]]:

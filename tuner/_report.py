@@ -83,7 +83,10 @@ def recommendation_json(rec: Recommendation, data: CampaignData) -> dict[str, An
         "kernel_cmdline": None if overall is None else overall.kernel_cmdline,
         "revert_cmdline": sim.Policy.kernel_default(sim.kernel_behaviour(rec.kernel)).kernel_cmdline(),
         "confidence": rec.confidence,
-        "overall": _choice_json(overall),
+        "overall": None if overall is None else {**_choice_json(overall),  # type: ignore[dict-item]
+                                                 "confirmed": all(c["feasible"] for c in rec.overall_confirmation.values())
+                                                 if rec.overall_confirmation else None,
+                                                 "confirmation": rec.overall_confirmation},
         "overall_what_if": _choice_json(rec.overall_what_if),
         "workloads": workloads,
         "surrogate": surrogate,
@@ -119,6 +122,13 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
+def _signed(entry: dict[str, Any]) -> str:
+    """A paired difference as '+0.12 ± 0.03'."""
+    diff, half = entry["diff"], entry.get("ci95")
+    sign = "+" if diff is not None and diff > 0 else ""
+    return f"{sign}{_fmt(diff)}" + (f" ± {_fmt(half, 2)}" if half is not None else "")
+
+
 def _ci(entry: dict[str, Any], key: str = "mean") -> str:
     half = entry.get("ci95")
     return f"{_fmt(entry[key])} ± {_fmt(half, 2)}" if half is not None else _fmt(entry[key])
@@ -134,7 +144,7 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
     if doc["kernel_cmdline"]:
         o = doc["overall"]
         reserved = o["predicted"][doc["served"][0]]["reserved_mib"]["mean"] if doc["served"] else None
-        lines += [f"**Kernel command line** (stock kernel, every workload below that a stock-kernel policy can serve):", "",
+        lines += ["**Kernel command line** (stock kernel, every workload below that a stock-kernel policy can serve):", "",
                   "```", doc["kernel_cmdline"], "```", "",
                   f"- Holds for kernel **{doc['kernel']}**; layout `{o['layout']}`, N = {o['n_per_cpu']} pages per CPU"
                   + (f" ({_fmt(reserved)} MiB reserved)." if reserved is not None else "."),
@@ -144,6 +154,19 @@ def render_markdown(doc: dict[str, Any], images: dict[str, str], url: str) -> st
                   f"- Extrapolated: {'yes, intervals widened' if doc['extrapolated'] else 'no'}."]
         for name, why in not_served.items():
             lines.append(f"- Not served: **{name}**: {why}.")
+        confirmation = o.get("confirmation") or {}
+        if confirmation:
+            default_n = sim.Policy.kernel_default(sim.kernel_behaviour(doc["kernel"])).n_per_cpu
+            lines += ["", f"Against the kernel default (N={default_n}), on {len(doc['fresh_seeds'])} fresh seeds per "
+                      "workload (the same seeds for both: paired differences, mean ± 95% CI half-width):", "",
+                      "| workload | SLOs met on every fresh seed | reserved MiB | fallback cost ms/s | "
+                      "synchronize_rcu() stall ms/s | pending-memory peak MiB |", "|---|---|---|---|---|---|"]
+            for name, c in confirmation.items():
+                cells = []
+                for m in ("reserved_mib", "fallback_cost", "sync_stall_ms_per_s", "pending_peak_mib"):
+                    cells.append(f"{_fmt(c['summary'][m]['mean'])} vs {_fmt(c['kernel_default'][m]['mean'])} "
+                                 f"({_signed(c['minus_default'][m])})")
+                lines.append(f"| {name} | {'yes' if c['feasible'] else 'NO'} | " + " | ".join(cells) + " |")
     else:
         if doc["unhealthy"]:
             lines += ["**No recommendation**: the surrogates of some workloads failed their accuracy check "
