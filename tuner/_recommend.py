@@ -269,8 +269,8 @@ def _fit_set(hw: sim.HardwareProfile, trials: Sequence[TrialPoint]) -> dict[str,
         values = [row[2][name] for row in cached]
         if name in slo:
             decisive = max(values) > 0.5 * slo[name]
-        elif name == "fallback_cost":
-            decisive = np.ptp([t.metrics[name] for t in cached_trials]) > 0.1 * memory_spread
+        elif name == "fallback_cost":  # trial means on the common seeds, as the accuracy compares them
+            decisive = np.ptp(_common_means(cached_trials, name)) > 0.1 * memory_spread
         else:  # OOM events: any OOM at all decides
             decisive = max(values) > 0
         s = fit_metric(name, policies, values, groups, decisive=decisive, seeds=seeds)
@@ -278,6 +278,13 @@ def _fit_set(hw: sim.HardwareProfile, trials: Sequence[TrialPoint]) -> dict[str,
             s = replace(s, observed=_observed(s, name, uncached))
         out[name] = s
     return out
+
+
+def _common_means(trials: Sequence[TrialPoint], name: str) -> list[float]:
+    """Each trial's mean of a metric over the seeds every trial ran (all its seeds if there are none)."""
+    shared = set.intersection(*[set(_row_seeds(t)) for t in trials]) if trials else set()
+    return [float(np.mean([r[name] for r, s in zip(t.runs, _row_seeds(t)) if s in shared] or [r[name] for r in t.runs]))
+            for t in trials]
 
 
 def _row_seeds(t: TrialPoint) -> tuple[int, ...]:
