@@ -193,7 +193,7 @@ class Accuracy:
             return None
         if self.cv_r2 < MIN_R2 and not self.noise_limited:
             return f"CV R² {self.cv_r2:.2f} < {MIN_R2}"
-        return f"90% interval coverage {self.coverage:.0%} outside {COVERAGE_RANGE[0]:.0%}-{COVERAGE_RANGE[1]:.0%}"
+        return f"90% interval coverage {self.coverage:.1%} outside {COVERAGE_RANGE[0]:.0%}-{COVERAGE_RANGE[1]:.0%}"
 
 
 def no_cache_key(policy: Mapping[str, Any]) -> tuple[str, float] | None:
