@@ -64,7 +64,7 @@ def test_a_database_from_a_newer_rcutune_is_refused(tmp_path):
     with engine.begin() as conn:
         conn.execute(sa.update(storage.SchemaVersion).values(version=storage.SCHEMA_VERSION + 1))
     engine.dispose()
-    with pytest.raises(StorageError, match="newer than this rcutune"):
+    with pytest.raises(StorageError, match="written by a newer rcutune"):
         storage.open_database(url)
 
 
