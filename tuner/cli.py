@@ -193,7 +193,7 @@ StorageOpt = Annotated[
 def study(
     hardware: HardwareOpt,
     workload: Annotated[Optional[list[str]], typer.Option("--workload", "-W", help="Workload profile (repeatable; default: all shipped).")] = None,
-    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default: 20; --quick: 12).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="New trials this run adds to each study (default: 20; --quick: 12).")] = None,
     study_name: Annotated[Optional[str], typer.Option("--study", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
     storage_url: StorageOpt = None,
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes running simulations (this process owns all writes).")] = max(1, min(os.cpu_count() or 1, 8)),
@@ -296,6 +296,8 @@ def report(
     with user_errors():
         if not 0.5 <= confidence < 1.0:
             raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
+        if out and Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"--out {out}: not a directory; name a directory (it is created if missing)")
         url = storage_pkg.resolve_url(storage_url)
         directory = write_report(url, name, Path(out) if out else None, confidence=confidence,
                                  confirm_seeds=confirm_seeds)
