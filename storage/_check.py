@@ -8,6 +8,7 @@ connection with a short timeout; then the versions of rcutune's and Optuna's tab
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 from collections.abc import Callable
@@ -152,6 +153,16 @@ def _check_versions(where: str, url: str, tables: set[str], scalar: Callable[[st
             _check_optuna_revision(where, url, str(revision))
 
 
+@functools.cache
+def _optuna_revisions() -> tuple[str, frozenset[str]]:
+    """The schema revision the installed Optuna needs, and every revision it can upgrade from."""
+    import optuna.storages._rdb as optuna_rdb
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(os.path.join(os.path.dirname(optuna_rdb.__file__), "alembic"))
+    return str(script.get_current_head()), frozenset(r.revision for r in script.walk_revisions())
+
+
 def newer_schema_message(where: str, found: int) -> str:
     return (f"{where} was written by a newer rcutune (tables at schema version {found}, this rcutune knows "
             f"{SCHEMA_VERSION}); upgrade rcutune to open it")
@@ -159,14 +170,10 @@ def newer_schema_message(where: str, found: int) -> str:
 
 def _check_optuna_revision(where: str, url: str, revision: str) -> None:
     import optuna
-    import optuna.storages._rdb as optuna_rdb
-    from alembic.script import ScriptDirectory
 
-    script = ScriptDirectory(os.path.join(os.path.dirname(optuna_rdb.__file__), "alembic"))
-    head = script.get_current_head()
+    head, known = _optuna_revisions()
     if revision == head:
         return
-    known = {r.revision for r in script.walk_revisions()}
     if revision in known:
         raise StorageError(f"{where}: its Optuna tables are at schema {revision}, older than Optuna "
                            f"{optuna.__version__} needs ({head}); upgrade them first (nothing is migrated "

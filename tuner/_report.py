@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +308,16 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", out)
 
 
+@dataclass(frozen=True)
+class PreparedReport:
+    """A report computed but not yet written: its directory, its files' contents, its recommendation."""
+
+    url: str
+    directory: Path
+    files: dict[str, bytes | str]
+    recommendation: Recommendation
+
+
 def write_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
                  confirm_seeds: int = 4) -> Path:
     """Fit, recommend and write `reports/<hardware>/<campaign>/`; returns that directory.
@@ -314,6 +325,12 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
     Raises:
         UserError: unknown campaign, no complete trials, bad confidence.
     """
+    return publish_report(prepare_report(url, name, out, confidence=confidence, confirm_seeds=confirm_seeds))
+
+
+def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
+                   confirm_seeds: int = 4) -> PreparedReport:
+    """Everything `write_report` computes (surrogates, recommendation, plots, text); writes nothing."""
     data = load_campaign(url, name)
     if not 0.5 <= confidence < 1.0:
         from ._errors import UserError
@@ -337,19 +354,24 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
             captions[f"{w.name}: pending memory and fallbacks, recommended vs default"] = f"timeseries-{w.name}.png"
     doc = recommendation_json(rec, data)
     markdown = render_markdown(doc, captions, url)
-    staged = _staging_directory(directory)
+    files = {**pngs, "recommendation.json": json.dumps(doc, indent=2, default=_json_default) + "\n",
+             "report.md": markdown, "report.html": render_html(markdown, pngs)}
+    return PreparedReport(url, directory, files, rec)
+
+
+def publish_report(report: PreparedReport) -> Path:
+    """Write a prepared report: replace its directory whole, then store its recommendation; returns the directory."""
+    staged = _staging_directory(report.directory)
     try:
-        files = {**pngs, "recommendation.json": json.dumps(doc, indent=2, default=_json_default) + "\n",
-                 "report.md": markdown, "report.html": render_html(markdown, pngs)}
-        for file, content in files.items():
+        for file, content in report.files.items():
             write_atomic(staged / file, content)
         os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes it private; a report is not
-        replace_directory(staged, directory)
+        replace_directory(staged, report.directory)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    store(url, rec)
-    return directory
+    store(report.url, report.recommendation)
+    return report.directory
 
 
 def _umask() -> int:
