@@ -35,9 +35,10 @@ from ._schema import (
 from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, display_url, resolve_url, sqlite_path
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "CONNECT_TIMEOUT_S", "DEFAULT_URL", "DiskFull", "ENV_VAR", "OWNER_STALE_AFTER_S", "SCHEMA_VERSION", "Base", "Campaign",
-    "CampaignBusy", "Database", "RecommendationRecord", "SchemaVersion", "StorageError", "StudyRecord",
-    "SurrogateRecord", "beat", "check_database", "claim_campaign", "create_engine", "database_exists", "display_url", "engine_kwargs",
-    "ensure_schema", "find_campaign", "is_disk_full", "free_campaign_name", "list_campaigns", "open_database", "owner_alive",
-    "release_campaign", "resolve_url", "sqlite_path", "this_owner",
+    "BUSY_TIMEOUT_S", "Base", "CONNECT_TIMEOUT_S", "Campaign", "CampaignBusy", "DEFAULT_URL", "Database",
+    "DiskFull", "ENV_VAR", "OWNER_STALE_AFTER_S", "RecommendationRecord", "SCHEMA_VERSION", "SchemaVersion",
+    "StorageError", "StudyRecord", "SurrogateRecord", "beat", "check_database", "claim_campaign",
+    "create_engine", "database_exists", "display_url", "engine_kwargs", "ensure_schema", "find_campaign",
+    "free_campaign_name", "is_disk_full", "list_campaigns", "open_database", "owner_alive", "release_campaign",
+    "resolve_url", "sqlite_path", "this_owner",
 ]

@@ -69,7 +69,7 @@ def test_a_study_killed_at_20_moments_resumes_after_each_losing_and_duplicating_
     killed = 0
     for moment in moments:
         earlier = completed(by_number(db))
-        pid = runner.start(study_argv(db, 8), log)
+        pid = runner.start(study_argv(db, 200), log)  # still running at every moment
         _, was_killed = runner.kill_at(pid, moment)
         killed += was_killed
         assert integrity(db) == "ok"
@@ -89,7 +89,7 @@ def test_a_study_killed_at_20_moments_resumes_after_each_losing_and_duplicating_
             if "policy" in resumed[n].user_attrs:  # its parameters were complete: it runs again
                 assert n in retried
         assert integrity(db) == "ok"
-    assert killed >= KILLS // 2, "most moments should fall inside a run"
+    assert killed == KILLS
 
 
 def report_files(directory: Path) -> dict[str, str]:
@@ -277,4 +277,5 @@ def test_tables_of_another_version_are_refused_with_the_command_to_run_never_mig
     assert not db.with_name(db.name + "-wal").exists()
     refuse(db, commands(db, tmp_path / "reports")[command], says)
     if version == "optuna-needs-upgrade":
-        assert f"optuna storage upgrade --storage {url(db)}" in CliRunner().invoke(app, ["studies", "--storage", url(db)]).stderr
+        err = CliRunner().invoke(app, ["studies", "--storage", url(db)]).stderr
+        assert f"optuna storage upgrade --storage {url(db)}" in err

@@ -257,8 +257,8 @@ def parse_fix(items: list[str] | None) -> dict[str, Any]:
                     raise UserError(f"--fix layout={raw}: choose one of: {', '.join(sim.LAYOUTS)}")
                 value = raw
         except ValueError:
-            kind = {"prealloc_at_boot": "true or false", "n_per_cpu": "a whole number",
-                    "shared_reserve_pages": "a whole number", "refill_delay_ms": "a whole number"}.get(key, "a finite number")
+            whole = ("n_per_cpu", "shared_reserve_pages", "refill_delay_ms")
+            kind = "true or false" if key == "prealloc_at_boot" else "a whole number" if key in whole else "a finite number"
             raise UserError(f"--fix {key}={raw}: expected {kind}") from None
         out[key] = value
     return out
