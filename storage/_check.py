@@ -33,7 +33,8 @@ def check_database(url: str) -> None:
     """Refuse (StorageError, one line naming the database and the mend) what no command may open.
 
     Reads only; a database that is missing passes (it will be created). Refused: an unknown URL
-    scheme or a missing driver; a SQLite file that is empty, not SQLite, truncated or corrupt; a
+    scheme or a missing driver; a SQLite file that is empty, not SQLite, truncated, corrupt or
+    another application's (tables, but none of rcutune's or Optuna's); a
     server that does not answer; tables from a newer rcutune; Optuna tables from another Optuna
     version (older ones name the `optuna storage upgrade` command to run).
     """
@@ -108,6 +109,11 @@ def _check_sqlite(path: Path, url: str) -> None:
             return conn.execute(sql).fetchone()[0]
 
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        ours = {t for t in tables if t.startswith("rcutune_") or t in (_OPTUNA_VERSION_TABLE, "studies")}
+        if tables and not ours:
+            shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+            raise StorageError(f"{path} is another application's database (tables {shown}); point --storage "
+                               "at an rcutune or Optuna database, or at a new file")
         _check_versions(str(path), url, tables, scalar)
     except sqlite3.DatabaseError as err:
         raise StorageError(f"{path} is corrupt ({' '.join(str(err).split())}); restore it from a backup") from None

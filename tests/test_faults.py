@@ -256,7 +256,15 @@ def _newer_optuna(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE alembic_version SET version_num = 'v99.0.0.a'")
 
 
+def _another_application(conn: sqlite3.Connection) -> None:
+    for table in [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]:
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('buy milk')")
+
+
 VERSIONS = {
+    "another-application": (_another_application, ("another application's database", "tables notes")),
     "newer-rcutune": (_newer_rcutune, ("written by a newer rcutune", "upgrade rcutune")),
     "optuna-needs-upgrade": (_older_optuna, ("v3.0.0.d", "optuna storage upgrade --storage sqlite:///")),
     "newer-optuna": (_newer_optuna, ("v99.0.0.a", "upgrade optuna")),
@@ -265,8 +273,8 @@ VERSIONS = {
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("version", list(VERSIONS))
-def test_tables_of_another_version_are_refused_with_the_command_to_run_never_migrated(good_db, tmp_path, version,
-                                                                                      command):
+def test_tables_of_another_version_or_application_are_refused_with_the_mend_never_migrated(
+        good_db, tmp_path, version, command):
     change, says = VERSIONS[version]
     db = tmp_path / "db" / "other.db"
     db.parent.mkdir()
