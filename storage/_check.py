@@ -34,9 +34,9 @@ def check_database(url: str) -> None:
 
     Reads only; a database that is missing passes (it will be created). Refused: an unknown URL
     scheme or a missing driver; a SQLite file that is empty, not SQLite, truncated, corrupt or
-    another application's (tables, but none of rcutune's or Optuna's); a
-    server that does not answer; tables from a newer rcutune; Optuna tables from another Optuna
-    version (older ones name the `optuna storage upgrade` command to run).
+    another application's (tables, but none of rcutune's or Optuna's); a server that does not
+    answer; tables from a newer rcutune; Optuna tables from another Optuna version (older ones name
+    the `optuna storage upgrade` command to run).
     """
     check_scheme(url)
     path = sqlite_path(url)

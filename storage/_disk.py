@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import errno
-import resource
 import sqlite3
+
+try:
+    import resource
+except ImportError:  # not POSIX: no file-size limit to run into
+    resource = None  # type: ignore[assignment]
 
 from ._url import StorageError
 
@@ -41,5 +45,7 @@ def is_disk_full(err: BaseException) -> bool:
 
 
 def _file_size_limited() -> bool:
+    if resource is None:
+        return False
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     return soft != resource.RLIM_INFINITY

@@ -89,9 +89,10 @@ def _exchange(a: Path, b: Path) -> bool:
 def _staging_directory(target: Path) -> Path:
     """A fresh hidden sibling of `target`; leftovers of killed runs of this report are removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[A-Za-z0-9_]+")  # what mkdtemp below makes
     for leftover in target.parent.glob(f".{target.name}.*"):
-        pid = leftover.name[len(target.name) + 2:].partition(".")[0]
-        if pid.isdigit() and not _alive(int(pid)):
+        match = ours.fullmatch(leftover.name)
+        if match and not _alive(int(match.group(1))):
             shutil.rmtree(leftover, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
 
