@@ -1,11 +1,10 @@
 """`rcutune validate kernel`: measure a real Linux 6.1 kernel under qemu, calibrate the guest profiles,
-and compare the model with the measurements (issue 7; validation/README.md, README "Validation
+and compare the model with the measurements (validation/README.md, README "Validation
 against a real kernel")."""
 
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -31,7 +30,7 @@ def kernel(
     out: Annotated[Optional[Path], typer.Option("--out", metavar="CSV", help="--sweep: the CSV to append to (default validation/data/rcuscale-6.1-<sweep>.csv).")] = None,
     calibrate: Annotated[PathList, typer.Option("--calibrate", metavar="CSV|DIR", help="Fit the qemu-<accel>-<cpus> profiles on the training half of these CSVs and write them. Repeatable.")] = None,
     compare: Annotated[PathList, typer.Option("--compare", metavar="CSV|DIR", help="Simulate the held-out half of these CSVs and print the agreement. Repeatable.")] = None,
-    pressure: Annotated[PathList, typer.Option("--pressure", metavar="CSV", help="CSVs whose points form the OOM block (sweeps named 'pressure' always do). Repeatable.")] = None,
+    pressure: Annotated[PathList, typer.Option("--pressure", metavar="CSV", help="CSVs whose points form the OOM block (sweeps named 'pressure' always do, and are found next to the CSV given). Repeatable.")] = None,
     seeds: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Simulated runs per point (default 4 to compare, 2 to calibrate).")] = None,
     oom_seeds: Annotated[Optional[int], typer.Option(min=1, max=1000, help="Simulated runs per pressure point (default 16 to compare, 8 to calibrate).")] = None,
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes for the simulations.")] = 2,
@@ -55,7 +54,7 @@ def kernel(
         if build or sweep is not None:
             _measure(build, sweep, out)
         elif calibrate:
-            _calibrate(calibrate, pressure, seeds or 2, oom_seeds or 8, jobs, calibration)
+            _calibrate(calibrate, pressure, seeds, oom_seeds, jobs, calibration)
         else:
             _compare(compare or [], pressure, seeds, oom_seeds, jobs, all_points, calibration)
 
@@ -81,16 +80,20 @@ def _measure(build: bool, sweep: Path | None, out: Path | None) -> None:
         raise typer.Exit(EXIT_FAILURE) from None
 
 
-def _calibrate(paths: list[Path], pressure: list[Path] | None, seeds: int, oom_seeds: int, jobs: int,
-               calibration: Path | None) -> None:
+def _calibrate(paths: list[Path], pressure: list[Path] | None, seeds: int | None, oom_seeds: int | None,
+               jobs: int, calibration: Path | None) -> None:
     from validation import compare as agreement
 
-    command = "rcutune validate kernel " + " ".join(shlex.quote(a) for a in sys.argv[1:][sys.argv[1:].index("kernel") + 1:]) \
-        if "kernel" in sys.argv[1:] else "rcutune validate kernel --calibrate ..."
+    # The command as the files will record it: what to run to get them again (jobs change nothing).
+    words = ["rcutune", "validate", "kernel", *(w for p in paths for w in ("--calibrate", str(p))),
+             *(w for p in pressure or [] for w in ("--pressure", str(p))),
+             *(["--seeds", str(seeds)] if seeds else []), *(["--oom-seeds", str(oom_seeds)] if oom_seeds else []),
+             *(["--calibration", str(calibration)] if calibration else [])]
     kwargs = {} if calibration is None else {"calibration_file": calibration}
     try:
-        result = agreement.calibrate(paths, pressure, seeds=seeds, oom_seeds=oom_seeds, jobs=jobs,
-                                     command=command, progress=typer.echo, **kwargs)
+        result = agreement.calibrate(paths, pressure, seeds=seeds or agreement.CALIBRATION_SEEDS,
+                                     oom_seeds=oom_seeds or agreement.CALIBRATION_OOM_SEEDS, jobs=jobs,
+                                     command=shlex.join(words), progress=typer.echo, **kwargs)
     except agreement.DataError as err:
         raise UserError(str(err)) from None
     for fit in result.fits:
@@ -112,6 +115,8 @@ def _compare(paths: list[Path], pressure: list[Path] | None, seeds: int | None, 
                                    oom_seeds=oom_seeds or agreement.DEFAULT_OOM_SEEDS, jobs=jobs, **kwargs)
     except agreement.DataError as err:
         raise UserError(str(err)) from None
+    for found in result.measured.found_pressure:
+        typer.echo(f"pressure block: {found} (measured with the CSV given)")
     half = "all points" if all_points else "held-out half"
     typer.echo(f"{half}: {len(result.points)} points, {result.agreement.rows} boots; kernel 6.1; "
                f"{seeds or agreement.DEFAULT_SEEDS} runs per point, "

@@ -1,18 +1,19 @@
-"""Agreement between rcutune's model and a real Linux 6.1 kernel (issue 7, the agreement half).
+"""Agreement between rcutune's model and a real Linux 6.1 kernel: calibration of the qemu guests, comparison.
 
 Public surface, used by `rcutune validate kernel` and the tests:
 
-    load_points(paths, pressure=None) -> list[Point]        the measured CSVs, one Point per parameter point
+    load_measured(paths, pressure=None) -> Measured         the measured CSVs, one Point per parameter point
     split_points(points) -> (training, held_out)            deterministic, stratified, by point
     calibrate(paths, pressure=None, ...) -> Calibration     fit the qemu guests on the training half; write them
     compare(paths, pressure=None, ...) -> Comparison        simulate the held-out half; agreement figures
-    load_guests(calibration_file) -> {profile: GuestModel}  the calibrated guests
+    load_calibration(calibration_file) -> Calibrated        the calibrated guests and the points they saw
 
 Everything else in this package is private.
 """
 
 from __future__ import annotations
 
+import os
 import time
 import tomllib
 from collections.abc import Callable
@@ -22,8 +23,9 @@ from pathlib import Path
 import sim
 
 from ._agreement import Agreement, FigureAgreement, agreement, oom_side, point_table, spearman, summary_lines
-from ._data import Boot, DataError, Point, PointParams, csv_files, load_points, points_from_boots, read_boots
-from ._fit import GuestFit, Loss, calibration_text, fit_guest, profile_text, write_atomic
+from ._data import (Boot, DataError, Measured, Point, PointParams, csv_files, load_measured, load_points,
+                    points_from_boots, pressure_siblings, read_boots)
+from ._fit import STAGES, GuestFit, Loss, Stage, calibration_text, fit_guest, profile_text, write_atomic
 from ._run import GuestModel, Runner, SimPoint, anon_fraction, point_inputs, profile_name
 from ._split import SPLIT_SALT, split_points
 
@@ -31,15 +33,18 @@ VALIDATION_DIR = Path(__file__).resolve().parent.parent
 CALIBRATION_FILE = VALIDATION_DIR / "calibration-6.1.toml"
 DATA_DIR = VALIDATION_DIR / "data"
 PROFILES_DIR = Path(sim.__file__).resolve().parent / "profiles" / "hardware"
-DEFAULT_SEEDS = 4
-DEFAULT_OOM_SEEDS = 16
+DEFAULT_SEEDS = 4  # simulated runs per point when comparing
+DEFAULT_OOM_SEEDS = 16  # per pressure point when comparing: its OOM probability is estimated from them
+CALIBRATION_SEEDS = 2  # per point in every evaluation of the fit (hundreds of them)
+CALIBRATION_OOM_SEEDS = 8
 
 __all__ = [
-    "Agreement", "Boot", "CALIBRATION_FILE", "Calibration", "Comparison", "DATA_DIR", "DEFAULT_OOM_SEEDS",
-    "DEFAULT_SEEDS", "DataError", "FigureAgreement", "GuestFit", "GuestModel", "Loss", "Point", "PointParams",
-    "SimPoint", "agreement", "anon_fraction", "calibrate", "compare", "csv_files", "load_guests", "load_points",
-    "oom_side", "point_inputs", "point_table", "points_from_boots", "profile_name", "read_boots", "spearman",
-    "split_points", "summary_lines",
+    "Agreement", "Boot", "CALIBRATION_FILE", "CALIBRATION_OOM_SEEDS", "CALIBRATION_SEEDS", "Calibrated",
+    "Calibration", "Comparison", "DATA_DIR", "DEFAULT_OOM_SEEDS", "DEFAULT_SEEDS", "DataError", "FigureAgreement",
+    "GuestFit", "GuestModel", "Loss", "Measured", "Point", "PointParams", "STAGES", "SimPoint", "Stage", "agreement",
+    "anon_fraction", "calibrate", "compare", "csv_files", "load_calibration", "load_measured", "load_points",
+    "oom_side", "point_inputs", "point_table", "points_from_boots", "pressure_siblings", "profile_name",
+    "read_boots", "spearman", "split_points", "summary_lines",
 ]
 
 
@@ -47,7 +52,8 @@ __all__ = [
 class Comparison:
     """The result of `compare`: the points compared, their simulated counterparts, the figures."""
 
-    points: list[Point]
+    measured: Measured
+    points: list[Point]  # the compared ones
     simulated: dict[str, SimPoint]
     agreement: Agreement
     seconds: float
@@ -62,8 +68,19 @@ class Calibration:
     seconds: float
 
 
-def load_guests(calibration_file: Path | str = CALIBRATION_FILE) -> dict[str, GuestModel]:
-    """The calibrated guest models: hardware profiles by name plus the memory in use at the test's start.
+@dataclass(frozen=True)
+class Calibrated:
+    """A calibration file, read: the guest models and the points their fit was trained on."""
+
+    path: Path
+    guests: dict[str, GuestModel]
+    training_points: frozenset[str]
+
+
+def load_calibration(calibration_file: Path | str = CALIBRATION_FILE) -> Calibrated:
+    """The calibrated guests: hardware profiles plus the memory in use at the test's start.
+
+    A guest's `hardware` is a shipped profile's name, or a profile file relative to the calibration.
 
     Raises:
         DataError: a missing or malformed calibration file, or a profile it names that cannot be loaded.
@@ -77,22 +94,32 @@ def load_guests(calibration_file: Path | str = CALIBRATION_FILE) -> dict[str, Gu
     except tomllib.TOMLDecodeError as err:
         raise DataError(f"{path}: malformed TOML: {err}") from None
     guests = {}
+    training: set[str] = set()
     for name, entry in (data.get("guest") or {}).items():
         try:
-            hardware = sim.load_hardware(entry.get("hardware", name))
-            guests[name] = GuestModel(hardware, float(entry["boot_extra_mib"]))
+            hardware = str(entry.get("hardware", name))
+            if hardware.endswith(".toml"):
+                hardware = str(path.parent / hardware)
+            guests[name] = GuestModel(sim.load_hardware(hardware), float(entry["boot_extra_mib"]))
+            training.update(str(pid) for pid in entry["training_points"])
         except (sim.ProfileError, KeyError, TypeError, ValueError) as err:
             raise DataError(f"{path}: guest {name}: {err}") from None
     if not guests:
         raise DataError(f"{path}: no [guest.<profile>] tables")
-    return guests
+    return Calibrated(path, guests, frozenset(training))
 
 
-def _check_guests(points: list[Point], guests: dict[str, GuestModel], calibration_file: Path | str) -> None:
-    missing = sorted({profile_name(p.params.accelerator, p.params.guest_cpus) for p in points} - set(guests))
+def _check(points: list[Point], calibrated: Calibrated, held_out_only: bool) -> None:
+    """Every point has a calibrated guest; a held-out point was never seen by the fit."""
+    missing = sorted({profile_name(p.params.accelerator, p.params.guest_cpus) for p in points}
+                     - set(calibrated.guests))
     if missing:
-        raise DataError(f"{calibration_file}: no calibrated guest for {', '.join(missing)}; "
+        raise DataError(f"{calibrated.path}: no calibrated guest for {', '.join(missing)}; "
                         "calibrate on data that has such guests")
+    seen = sorted(p.point_id for p in points if p.point_id in calibrated.training_points)
+    if held_out_only and seen:
+        raise DataError(f"{calibrated.path}: {len(seen)} held-out point(s) were in the calibration's training "
+                        f"half (first: {seen[0]}); the data changed since the fit: rerun --calibrate")
 
 
 def compare(paths: list[Path | str], pressure: list[Path | str] | None = None, *, held_out_only: bool = True,
@@ -106,23 +133,28 @@ def compare(paths: list[Path | str], pressure: list[Path | str] | None = None, *
         held_out_only: compare only the held-out half (the training half was used by the fit).
         seeds, oom_seeds: simulated runs per point, per pressure point (seeds 0, 1, ...).
         jobs: worker processes.
-        calibration_file: the calibration to use (see `load_guests`).
+        calibration_file: the calibration to use (see `load_calibration`).
+
+    Raises:
+        DataError: unreadable data or calibration, a guest without a calibration, or (held-out
+            only) a point the calibration was trained on.
     """
     t0 = time.monotonic()
-    points = load_points(list(paths), pressure)
-    if held_out_only:
-        points = split_points(points)[1]
-    guests = load_guests(calibration_file)
-    _check_guests(points, guests, calibration_file)
+    measured = load_measured(list(paths), pressure)
+    points = split_points(measured.points)[1] if held_out_only else measured.points
+    calibrated = load_calibration(calibration_file)
+    _check(points, calibrated, held_out_only)
     with Runner(jobs) as runner:
-        simulated = runner.simulate(points, guests, seeds=seeds, oom_seeds=oom_seeds)
-    return Comparison(points, simulated, agreement(points, simulated), time.monotonic() - t0)
+        simulated = runner.simulate(points, calibrated.guests, seeds=seeds, oom_seeds=oom_seeds)
+    return Comparison(measured, points, simulated, agreement(points, simulated), time.monotonic() - t0)
 
 
-def calibrate(paths: list[Path | str], pressure: list[Path | str] | None = None, *, seeds: int = 2,
-              oom_seeds: int = 8, jobs: int = 1, start_profile: str = "vm-2",
-              profiles_dir: Path | str = PROFILES_DIR, calibration_file: Path | str = CALIBRATION_FILE,
+def calibrate(paths: list[Path | str], pressure: list[Path | str] | None = None, *,
+              seeds: int = CALIBRATION_SEEDS, oom_seeds: int = CALIBRATION_OOM_SEEDS, jobs: int = 1,
+              start_profile: str = "vm-2", profiles_dir: Path | str = PROFILES_DIR,
+              calibration_file: Path | str = CALIBRATION_FILE,
               command: str = "rcutune validate kernel --calibrate ...", write: bool = True,
+              stages: tuple[Stage, ...] = STAGES,
               progress: Callable[[str], None] = lambda s: None) -> Calibration:
     """Fit every guest found in the data on the training half only, and write its profile.
 
@@ -135,28 +167,31 @@ def calibrate(paths: list[Path | str], pressure: list[Path | str] | None = None,
         calibration_file: where the guests' memory at start and the fit's record go.
         command: the command line, recorded in the files written.
         write: False to fit without writing anything.
+        stages: the search (see `validation.compare._fit.STAGES`); shorter ones for tests.
         progress: called with one line per improvement of the objective.
     """
     t0 = time.monotonic()
-    files = csv_files(list(paths)) + (csv_files(list(pressure)) if pressure else [])
-    points = load_points(list(paths), pressure)
-    training, _ = split_points(points)
+    measured = load_measured(list(paths), pressure)
+    training, _ = split_points(measured.points)
     start = sim.load_hardware(start_profile)
     guests = sorted({(p.params.accelerator, p.params.guest_cpus) for p in training})
     fits = []
     with Runner(jobs) as runner:
         for accelerator, cpus in guests:
             fits.append(fit_guest(training, accelerator, cpus, runner, seeds=seeds, oom_seeds=oom_seeds,
-                                  start=start, progress=progress))
+                                  start=start, stages=stages, progress=progress))
     written: list[Path] = []
     if write:
-        sources = [_relative(f) for f in dict.fromkeys(files)]
+        sources = [_relative(f) for f in measured.sources]
+        cal = Path(calibration_file)
+        hardware = {}
         for fit in fits:
             path = Path(profiles_dir) / f"{fit.name}.toml"
             write_atomic(path, profile_text(fit, command, sources))
             written.append(path)
-        cal = Path(calibration_file)
-        write_atomic(cal, calibration_text(fits, command, sources, SPLIT_SALT, seeds, oom_seeds))
+            shipped = path.resolve().parent == PROFILES_DIR
+            hardware[fit.name] = fit.name if shipped else os.path.relpath(path.resolve(), cal.resolve().parent)
+        write_atomic(cal, calibration_text(fits, hardware, command, sources, SPLIT_SALT, seeds, oom_seeds))
         written.append(cal)
     return Calibration(fits, written, time.monotonic() - t0)
 

@@ -45,7 +45,7 @@ class Agreement:
     oom_accuracy: float
 
     def last_line(self) -> str:
-        """The line the issue asks for, exactly."""
+        """The summary line, in the fixed form scripts and the README rely on."""
         return (f"rows={self.rows} time_spearman={self.time.spearman:.3f} "
                 f"batches_spearman={self.batches.spearman:.3f} footprint_spearman={self.footprint.spearman:.3f} "
                 f"oom_accuracy={self.oom_accuracy:.3f} time_median_rel_err={self.time.median_rel_err:.3f}")
@@ -97,7 +97,8 @@ def agreement(points: list[Point], simulated: dict[str, SimPoint]) -> Agreement:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    """The value in `spec`'s width, or "-" right-aligned in it (no median: every boot or run failed)."""
+    return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
 
 
 def point_table(points: list[Point], simulated: dict[str, SimPoint]) -> list[str]:

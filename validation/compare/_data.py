@@ -169,18 +169,63 @@ def csv_files(paths: list[Path | str]) -> list[Path]:
     return list(dict.fromkeys(files))
 
 
-def load_points(paths: list[Path | str], pressure: list[Path | str] | None = None) -> list[Point]:
+@dataclass(frozen=True)
+class Measured:
+    """The points of some measured CSVs, and which files they came from."""
+
+    points: list[Point]
+    files: list[Path]  # read whole, as given (directories expanded)
+    pressure_files: list[Path]  # read whole, every row in the OOM block (--pressure)
+    found_pressure: list[Path]  # found next to `files`: only their pressure-sweep rows were read
+
+    @property
+    def sources(self) -> list[Path]:
+        return list(dict.fromkeys(self.files + self.pressure_files + self.found_pressure))
+
+
+def pressure_siblings(files: list[Path]) -> list[Path]:
+    """CSVs of the same measurement as `files`: same directory, same name up to the sweep.
+
+    The harness writes one `rcuscale-<kernel>-<sweep>.csv` per sweep into one directory, so the
+    main CSV's siblings are `rcuscale-<kernel>-*.csv` there.
+    """
+    siblings: list[Path] = []
+    for f in files:
+        prefix, dash, _ = f.stem.rpartition("-")
+        if dash:
+            siblings.extend(s for s in sorted(f.parent.glob(f"{prefix}-*.csv")) if s not in files)
+    return list(dict.fromkeys(siblings))
+
+
+def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = None) -> Measured:
     """The parameter points of every boot in the CSVs, sorted by point id.
+
+    When none of the CSVs holds a pressure block, the pressure-sweep rows of their siblings (see
+    `pressure_siblings`) are added, so that the main CSV alone gives the whole comparison.
 
     Args:
         paths: CSV files or directories of them.
         pressure: CSV files whose points form the OOM block (besides sweeps named "pressure").
     """
-    pressure_files = set(csv_files(list(pressure))) if pressure else set()
+    files = csv_files(list(paths))
+    marked = csv_files(list(pressure)) if pressure else []
+    pressure_files = [f for f in marked if f not in files]
     boots: list[Boot] = []
-    for f in csv_files(list(paths)) + sorted(pressure_files):
-        boots.extend(read_boots(f, pressure=f in pressure_files))
-    return points_from_boots(boots)
+    for f in files + pressure_files:
+        boots.extend(read_boots(f, pressure=f in marked))
+    found: list[Path] = []
+    if not any(b.sweep == PRESSURE_SWEEP for b in boots):
+        for f in pressure_siblings(files + pressure_files):
+            rows = [b for b in read_boots(f) if b.sweep == PRESSURE_SWEEP]
+            if rows:
+                boots.extend(rows)
+                found.append(f)
+    return Measured(points_from_boots(boots), files, pressure_files, found)
+
+
+def load_points(paths: list[Path | str], pressure: list[Path | str] | None = None) -> list[Point]:
+    """The points of `load_measured`."""
+    return load_measured(paths, pressure).points
 
 
 def points_from_boots(boots: list[Boot]) -> list[Point]:

@@ -300,7 +300,7 @@ def _toml_value(v: object) -> str:
 def profile_text(fit: GuestFit, command: str, sources: list[str]) -> str:
     """The hardware profile file of a fitted guest, with a header saying where it comes from."""
     hw = fit.guest().hardware
-    lines = [
+    lines: list[str] = [
         f"# {fit.name}: a Linux 6.1 guest under qemu TCG (single-threaded) with {fit.cpus} vCPUs.",
         "# Generated; do not edit by hand. Calibrated on the training half of",
         *(f"#   {s}" for s in sources),
@@ -308,8 +308,8 @@ def profile_text(fit: GuestFit, command: str, sources: list[str]) -> str:
         f"# ({len(fit.training_points)} training points, {fit.evaluations} evaluations, "
         f"J {fit.start_loss.total:.4f} -> {fit.loss.total:.4f}; see validation/compare/_fit.py).",
         "# Timings are the emulator's: per vCPU, with all vCPUs sharing one host thread.",
-        "# memory_mib is the committed data's largest guest; the comparison sets each point's own.",
-        f"# The guest's memory in use besides the test is in validation/calibration-6.1.toml.",
+        "# memory_mib is a placeholder (512 MiB, the main block's guests); the comparison sets each point's own.",
+        "# The guest's memory in use besides the test (boot_extra_mib) is in the calibration file.",
     ]
     keys = ["cpus", "memory_mib", *FIXED_KEYS, *[k for k in PARAMETERS if k != BOOT_EXTRA]]
     for key in dict.fromkeys(keys):
@@ -317,9 +317,13 @@ def profile_text(fit: GuestFit, command: str, sources: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibration_text(fits: list[GuestFit], command: str, sources: list[str], split: str, seeds: int,
-                     oom_seeds: int) -> str:
-    """validation/calibration-6.1.toml: what the profiles cannot hold, and how the fit went."""
+def calibration_text(fits: list[GuestFit], hardware: dict[str, str], command: str, sources: list[str], split: str,
+                     seeds: int, oom_seeds: int) -> str:
+    """validation/calibration-6.1.toml: what the profiles cannot hold, and how the fit went.
+
+    `hardware` maps each guest to its profile: a shipped name, or a file relative to the calibration.
+    The training points are listed so that a comparison can prove it never tests the fit on them.
+    """
     lines = [
         "# Written by the calibration; do not edit by hand. Rerun:",
         f"#   {command}",
@@ -333,10 +337,9 @@ def calibration_text(fits: list[GuestFit], command: str, sources: list[str], spl
         lines += [
             "",
             f'[guest."{fit.name}"]',
-            f'hardware = "{fit.name}"',
+            f"hardware = {_toml_value(hardware[fit.name])}",
             "# Memory the boot allocated after its 'Memory:' line, in use when the test starts.",
             f"{BOOT_EXTRA} = {_toml_value(fit.values[BOOT_EXTRA])}",
-            f"training_points = {len(fit.training_points)}",
             f"evaluations = {fit.evaluations}",
             f"fit_seconds = {round(fit.seconds)}",
             f"loss_start = {_toml_value(fit.start_loss.total)}",
@@ -345,6 +348,9 @@ def calibration_text(fits: list[GuestFit], command: str, sources: list[str], spl
             f"loss_batches = {_toml_value(fit.loss.batches)}",
             f"loss_footprint = {_toml_value(fit.loss.footprint)}",
             f"loss_oom = {_toml_value(fit.loss.oom)}",
+            "training_points = [",
+            *(f"    {_toml_value(pid)}," for pid in fit.training_points),
+            "]",
         ]
     return "\n".join(lines) + "\n"
 
