@@ -18,6 +18,7 @@ import sim
 from sim import KERNELS, Policy
 
 from ._errors import EXIT_FAILURE, UserError, is_terminal, user_errors
+from ._validate_cli import validate_app
 
 app = typer.Typer(
     name="rcutune",
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.add_typer(validate_app, name="validate")
 KernelVersion = Enum("KernelVersion", {v.replace(".", "_"): v for v in KERNELS}, type=str)  # type: ignore[misc]
 
 
