@@ -2,13 +2,16 @@
 
 Calls are never Python events. Each CPU's stream holds, per slot, how many calls of each kind
 (two-argument or headless, slab or vmalloc) arrived; the model asks "how many arrived in (a, b]"
-and "when will k more have arrived", both answered from cumulative sums. Counts are drawn one
-simulated second at a time from the CPU's own stream, so they do not depend on the policy.
+and "when will k more have arrived", both answered from cumulative sums. Counts are drawn for up to
+ten simulated seconds at a time from the CPU's own stream, by inversion of one uniform per slot and
+kind, so they depend neither on the policy nor on how much is drawn at once.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,6 +20,8 @@ from ._streams import stream
 
 SLOT = 1e-3  # seconds per slot
 CHUNK = 1000  # slots per lazily drawn chunk
+DRAW_CHUNKS = 10  # chunks drawn at once, at most (never past the run's end unless asked)
+POISSON_TABLE_MAX = 500.0  # mean calls per slot up to which counts are drawn by table inversion
 KINDS = ("two_arg_slab", "two_arg_vmalloc", "headless_slab", "headless_vmalloc")
 
 
@@ -44,6 +49,8 @@ class RateSchedule:
         if active:
             rank_weight = (np.arange(1, active + 1, dtype=float)) ** (-workload.skew)
             base[:active] = rank_weight * (cpus / rank_weight.sum())  # mean over all CPUs stays the profile's rate
+        self._cdfs: dict[float, np.ndarray] = {}
+        self.chunks = math.ceil(seconds / SLOT / CHUNK)  # chunks that cover the run
         self.weights = np.empty((epochs, cpus))
         rng = stream(seed, "hot_set")
         self.weights[0] = base
@@ -62,6 +69,45 @@ class RateSchedule:
         burst = self.burst[np.minimum(slots, len(self.burst) - 1)]
         return w.calls_per_s_per_cpu * weight * burst
 
+    def poisson(self, lam: np.ndarray, uniforms: np.ndarray,
+                large_rng: Callable[[], np.random.Generator]) -> np.ndarray:
+        """Poisson counts with the given means, one per slot, by inversion of `uniforms` (one each).
+
+        The rate is piecewise constant (hot-set epochs, bursts), so each run of equal means is one
+        table lookup. Inversion costs one uniform per slot where numpy's sampler for small means
+        multiplies mean + 1 of them; means above `POISSON_TABLE_MAX` use numpy's sampler.
+        """
+        n = len(lam)
+        if lam[0] == lam[-1] and (lam == lam[0]).all():
+            starts = [0]
+        else:
+            starts = [0, *(np.flatnonzero(lam[1:] != lam[:-1]) + 1).tolist()]
+        ends = [*starts[1:], n]
+        if len(starts) == 1:
+            mean = float(lam[0])
+            if mean <= POISSON_TABLE_MAX:
+                return self._poisson_cdf(mean).searchsorted(uniforms, side="right")
+        out = np.empty(n, dtype=np.int64)
+        for a, b in zip(starts, ends):
+            mean = float(lam[a])
+            if mean <= POISSON_TABLE_MAX:
+                out[a:b] = self._poisson_cdf(mean).searchsorted(uniforms[a:b], side="right")
+            else:
+                out[a:b] = large_rng().poisson(mean, b - a)
+        return out
+
+    def _poisson_cdf(self, mean: float) -> np.ndarray:
+        """The Poisson(mean) CDF at 0, 1, ..., far enough into the tail that the rest is below 1e-16."""
+        cdf = self._cdfs.get(mean)
+        if cdf is None:
+            top = int(mean + 12.0 * math.sqrt(mean) + 20)
+            pmf = np.empty(top + 1)
+            pmf[0] = math.exp(-mean)
+            pmf[1:] = mean / np.arange(1, top + 1)
+            cdf = np.cumsum(np.cumprod(pmf))
+            self._cdfs[mean] = cdf
+        return cdf
+
     def total_rate(self, slot: int) -> float:
         w = self.workload
         epoch = 0
@@ -77,30 +123,49 @@ class ArrivalStream:
         w = schedule.workload
         self.schedule = schedule
         self.cpu = cpu
+        self.seed = seed
         self.rng = stream(seed, "arrivals", cpu)
+        self._large: dict[int, np.random.Generator] = {}
         h, v = w.headless_fraction, w.vmalloc_fraction
         self.mix = np.array([(1 - h) * (1 - v), (1 - h) * v, h * (1 - v), h * v])
         self._kinds = [k for k in range(4) if self.mix[k] > 0]
-        self._counts: list[np.ndarray] = []  # per chunk: (4, CHUNK) calls per slot
-        self._cum: list[np.ndarray] = []  # per chunk: (4, CHUNK) inclusive cumulative, from time 0
-        self._cum_total: list[np.ndarray] = []
+        self._rows: list[np.ndarray] = []  # per chunk, per slot: calls of each kind before it, then in it
+        self._cum_total: list[list[int]] = []  # per chunk, per slot: calls of all kinds up to its end
         self._chunk_total: list[int] = []  # calls up to each chunk's end
+        self._last = np.zeros(4, dtype=np.int64)  # calls of each kind up to the last drawn chunk's end
 
     def _chunk(self, k: int) -> None:
-        while len(self._counts) <= k:
-            c = len(self._counts)
-            lam = self.schedule.rate(self.cpu, c * CHUNK, CHUNK) * SLOT
-            counts = np.zeros((4, CHUNK), dtype=np.int64)
-            for kind in self._kinds:  # only the kinds this workload has
-                counts[kind] = self.rng.poisson(self.mix[kind] * lam)
-            base = self._last if self._cum else np.zeros(4, dtype=np.int64)
-            cum = np.cumsum(counts, axis=1) + base[:, None]
-            self._last = cum[:, -1].copy()
-            # Slot-major, so one slot's four kinds are one contiguous row.
-            self._counts.append(np.ascontiguousarray(counts.T))
-            self._cum.append(np.ascontiguousarray(cum.T))
-            self._cum_total.append(cum.sum(axis=0))
-            self._chunk_total.append(int(self._cum_total[-1][-1]))
+        """Draw chunks up to k, several at once up to the run's end (the values do not depend on how many)."""
+        first = len(self._rows)
+        if first > k:
+            return
+        last = max(k + 1, min(first + DRAW_CHUNKS, self.schedule.chunks))
+        n = (last - first) * CHUNK
+        lam = self.schedule.rate(self.cpu, first * CHUNK, n) * SLOT
+        # One uniform per slot and kind, chunk after chunk: the same numbers however many are drawn at once.
+        uniforms = self.rng.random((last - first, len(self._kinds), CHUNK))
+        counts = np.zeros((4, n), dtype=np.int64)
+        for i, kind in enumerate(self._kinds):  # only the kinds this workload has
+            counts[kind] = self.schedule.poisson(self.mix[kind] * lam, uniforms[:, i, :].reshape(-1),
+                                                 lambda: self._large_rng(kind))
+        cum = np.cumsum(counts, axis=1)
+        cum += self._last[:, None]
+        self._last = cum[:, -1].copy()
+        # Per kind: calls before each slot (rows 0-3), then in it (rows 4-7).
+        rows = np.concatenate((cum - counts, counts))
+        total = cum.sum(axis=0)
+        totals = total.tolist()  # searched with bisect: cheaper than numpy for one value at a time
+        for c in range(last - first):
+            self._rows.append(rows[:, c * CHUNK:(c + 1) * CHUNK])
+            self._cum_total.append(totals[c * CHUNK:(c + 1) * CHUNK])
+            self._chunk_total.append(totals[(c + 1) * CHUNK - 1])
+
+    def _large_rng(self, kind: int) -> np.random.Generator:
+        """Per kind, the stream for slots whose mean is too large for table inversion."""
+        rng = self._large.get(kind)
+        if rng is None:
+            rng = self._large[kind] = stream(self.seed, "arrivals_large", self.cpu * 4 + kind)
+        return rng
 
     def cumulative(self, t: float) -> tuple[int, ...]:
         """Calls of each kind in (0, t]; kind k's i-th call in a slot comes at fraction i / count_k."""
@@ -109,18 +174,14 @@ class ArrivalStream:
         pos = t / SLOT
         slot = int(pos)
         k, j = divmod(slot, CHUNK)
-        if k >= len(self._counts):
-            self._chunk(k)
-        if j:
-            before = self._cum[k][j - 1].tolist()
-        elif k:
-            before = self._cum[k - 1][-1].tolist()
-        else:
-            before = (0, 0, 0, 0)
         frac = pos - slot
-        a, b, c, d = self._counts[k][j].tolist()
-        return (before[0] + int(a * frac), before[1] + int(b * frac), before[2] + int(c * frac),
-                before[3] + int(d * frac))
+        if k >= len(self._rows):
+            if j == 0 and frac == 0.0 and k:  # the end of the last chunk drawn: nothing new to draw
+                a, b, c, d = self._last.tolist()
+                return (a, b, c, d)
+            self._chunk(k)
+        b0, b1, b2, b3, a, b, c, d = self._rows[k][:, j].tolist()
+        return (b0 + int(a * frac), b1 + int(b * frac), b2 + int(c * frac), b3 + int(d * frac))
 
     def time_to_reach(self, t: float, k: int, horizon: float, seen: int | None = None) -> float:
         """A time after t by which at least k more calls (all kinds) have arrived; `horizon` if none.
@@ -130,16 +191,16 @@ class ArrivalStream:
         if k <= 0:
             return t
         target = (sum(self.cumulative(t)) if seen is None else seen) + k
-        last = int(horizon / SLOT) + 1
         c = int(t / SLOT) // CHUNK
-        while c * CHUNK <= last:
-            if c >= len(self._counts):
+        chunk_total = self._chunk_total
+        while c * CHUNK * SLOT < horizon:  # a call found in a later chunk would come after the horizon
+            if c >= len(chunk_total):
                 self._chunk(c)
-            tot = self._cum_total[c]
-            if self._chunk_total[c] >= target:
-                j = int(tot.searchsorted(target))
-                before = int(tot[j - 1]) if j else (int(self._cum_total[c - 1][-1]) if c else 0)
-                frac = _fraction_reaching(self._counts[c][j].tolist(), target - before)
+            if chunk_total[c] >= target:
+                j = bisect_left(self._cum_total[c], target)
+                row = self._rows[c][:, j].tolist()
+                need = target - (row[0] + row[1] + row[2] + row[3])
+                frac = _fraction_reaching(row[4], row[5], row[6], row[7], need)
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.
                 when = (c * CHUNK + j + min(1.0, frac * (1 + 1e-9) + 1e-9)) * SLOT
                 return min(max(when, t + 1e-9), horizon)
@@ -147,14 +208,15 @@ class ArrivalStream:
         return horizon
 
 
-def _fraction_reaching(per_kind: list[int], need: int) -> float:
-    """An x in (0, 1] with sum(floor(n * x) for n in per_kind) >= need, at most a few calls late.
+def _fraction_reaching(a: int, b: int, c: int, d: int, need: int) -> float:
+    """An x in (0, 1] with floor(a x) + floor(b x) + floor(c x) + floor(d x) >= need (a..d: one slot's
+    calls of each kind), at most a few calls late.
 
     need / total is exact when the kinds' floors line up; otherwise (need + kinds) / total is
     enough, because floor(y) > y - 1 for each kind.
     """
-    total = sum(per_kind)
+    total = a + b + c + d
     x = need / total
-    if sum(int(n * x) for n in per_kind) >= need:
+    if int(a * x) + int(b * x) + int(c * x) + int(d * x) >= need:
         return x
-    return min(1.0, (need + sum(1 for n in per_kind if n)) / total)
+    return min(1.0, (need + (a > 0) + (b > 0) + (c > 0) + (d > 0)) / total)

@@ -95,6 +95,7 @@ class Model:
         self.cpu_held = [0] * hw.cpus
         self.cpu_yielding = [False] * hw.cpus
         self._resched = [self.env.event() for _ in range(hw.cpus)]
+        self._due: dict[float, list[Callable[[], None]]] = {}  # run_after(): callbacks by instant
         self.blocked_callers = 0
         self.overloaded_cpus = 0
         self.max_booking_interval = 0.1
@@ -129,6 +130,20 @@ class Model:
             self._start_rcuscale()
 
     # Accounting used by the mechanisms --------------------------------------------------------
+
+    def run_after(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` after `delay`. Callbacks due at the same instant share one event and run in
+        the order they were queued (the batches one grace period ends all queue their work at once)."""
+        when = self.env.now + delay
+        due = self._due.get(when)
+        if due is None:
+            due = self._due[when] = []
+            self.env.timeout(delay).callbacks.append(lambda _e: self._run_due(when))
+        due.append(callback)
+
+    def _run_due(self, when: float) -> None:
+        for callback in self._due.pop(when):
+            callback()
 
     def _integrate(self, now: float) -> None:
         if now > self._last_change:

@@ -489,7 +489,8 @@ class KfreeRcuCpu:
 
         Sleeps until the earliest of: the monitor's deadline, the next arrival when nothing is
         pending, the moment a block's worth of calls will be pending (6.1+: the timer shortens),
-        the moment the cache will run dry (the refill kick), and a bound on booking staleness.
+        the moment the cache will run dry (the refill kick), and a bound on booking staleness (at most
+        1.5 times `max_booking_interval`).
         """
         env = self.env
         m = self.m
@@ -517,8 +518,11 @@ class KfreeRcuCpu:
                     wake = self.deadline
                 else:
                     wake, shortened = self._forecast(now, self.deadline)
-            if self.stream is not None:
-                wake = min(wake, now + m.max_booking_interval)
+            if self.stream is not None and wake - now > 1.5 * m.max_booking_interval:
+                # Bound the staleness of booked calls, but do not wake only to book when a planned
+                # wake comes within half an interval after the bound (a drain cycle a bit longer
+                # than the bound would otherwise cost two wakes).
+                wake = now + m.max_booking_interval
             if wake >= m.end:
                 wake = m.end + 1.0
             wake = max(wake, now + 1e-9)
@@ -654,7 +658,7 @@ class KfreeRcuCpu:
         and queues kfree_rcu_work()."""
         hw = self.m.hw
         invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
-        self.env.timeout(invoke + hw.wq_latency_us * 1e-6).callbacks.append(lambda _e: self.kfree_rcu_work(batch))
+        self.m.run_after(invoke + hw.wq_latency_us * 1e-6, lambda: self.kfree_rcu_work(batch))
 
     def kfree_rcu_work(self, batch: Batch) -> None:
         """The work takes the batch's lists (its krw slot is free again), frees the objects with
@@ -725,7 +729,7 @@ class KfreeRcuCpu:
         if m.pool.layout == "global":
             want = min(target, m.pool.room(self.cpu))
         else:
-            want = max(0, min(target, m.pool.local_cap) - int(m.pool.local[self.cpu]))
+            want = max(0, min(target, m.pool.local_cap) - m.pool.local_pages(self.cpu))
         gfp = m.kernel.refill_gfp
         got = attempts = 0
         if want:
@@ -764,7 +768,7 @@ class KfreeRcuCpu:
         """kfree_rcu_shrink_count() for this CPU: pending objects plus cached pages; sets the backoff."""
         if self.m.kernel.shrinker_drains_cache:
             self.backoff = True
-        return self.pending_count + int(self.m.pool.local[self.cpu])
+        return self.pending_count + self.m.pool.local_pages(self.cpu)
 
     def shrink_scan(self, now: float) -> int:
         """kfree_rcu_shrink_scan() for this CPU: drain the cache, run the monitor now."""
