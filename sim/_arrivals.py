@@ -117,7 +117,12 @@ class RateSchedule:
 
 
 class ArrivalStream:
-    """The calls one CPU receives; cumulative per kind, drawn a chunk at a time."""
+    """The calls one CPU receives; cumulative per kind, drawn a chunk at a time.
+
+    Per drawn batch of chunks it keeps, for each call kind the workload has, the calls up to the end
+    of each slot, and their total over kinds (column 0: the calls before the batch), read through
+    memoryviews: one value at a time, that is cheaper than numpy indexing.
+    """
 
     def __init__(self, schedule: RateSchedule, cpu: int, seed: int) -> None:
         w = schedule.workload
@@ -129,36 +134,38 @@ class ArrivalStream:
         h, v = w.headless_fraction, w.vmalloc_fraction
         self.mix = np.array([(1 - h) * (1 - v), (1 - h) * v, h * (1 - v), h * v])
         self._kinds = [k for k in range(4) if self.mix[k] > 0]
-        self._rows: list[np.ndarray] = []  # per chunk, per slot: calls of each kind before it, then in it
-        self._cum_total: list[list[int]] = []  # per chunk, per slot: calls of all kinds up to its end
+        self._cum: list[memoryview] = []  # per chunk: its batch's (kinds, 1 + slots) calls up to each slot's end
+        self._total: list[memoryview] = []  # per chunk: its batch's (1 + slots) calls of all kinds
+        self._offset: list[int] = []  # per chunk: its first slot's column in its batch, less one
         self._chunk_total: list[int] = []  # calls up to each chunk's end
-        self._last = np.zeros(4, dtype=np.int64)  # calls of each kind up to the last drawn chunk's end
+        self._last = [0] * len(self._kinds)  # calls of each kind up to the last drawn chunk's end
 
     def _chunk(self, k: int) -> None:
         """Draw chunks up to k, several at once up to the run's end (the values do not depend on how many)."""
-        first = len(self._rows)
+        first = len(self._offset)
         if first > k:
             return
         last = max(k + 1, min(first + DRAW_CHUNKS, self.schedule.chunks))
         n = (last - first) * CHUNK
         lam = self.schedule.rate(self.cpu, first * CHUNK, n) * SLOT
+        kinds = self._kinds
         # One uniform per slot and kind, chunk after chunk: the same numbers however many are drawn at once.
-        uniforms = self.rng.random((last - first, len(self._kinds), CHUNK))
-        counts = np.zeros((4, n), dtype=np.int64)
-        for i, kind in enumerate(self._kinds):  # only the kinds this workload has
-            counts[kind] = self.schedule.poisson(self.mix[kind] * lam, uniforms[:, i, :].reshape(-1),
-                                                 lambda: self._large_rng(kind))
-        cum = np.cumsum(counts, axis=1)
-        cum += self._last[:, None]
-        self._last = cum[:, -1].copy()
-        # Per kind: calls before each slot (rows 0-3), then in it (rows 4-7).
-        rows = np.concatenate((cum - counts, counts))
-        total = cum.sum(axis=0)
-        totals = total.tolist()  # searched with bisect: cheaper than numpy for one value at a time
+        uniforms = self.rng.random((last - first, len(kinds), CHUNK))
+        cum = np.empty((len(kinds), n + 1), dtype=np.int64)
+        for r, kind in enumerate(kinds):  # only the kinds this workload has
+            counts = self.schedule.poisson(self.mix[kind] * lam, uniforms[:, r, :].reshape(-1),
+                                           lambda: self._large_rng(kind))
+            cum[r, 0] = 0
+            np.cumsum(counts, out=cum[r, 1:])
+            cum[r] += self._last[r]
+        total = cum.sum(axis=0) if len(kinds) > 1 else cum[0]
+        self._last = cum[:, -1].tolist()
+        cum_view, total_view = memoryview(cum), memoryview(total)
         for c in range(last - first):
-            self._rows.append(rows[:, c * CHUNK:(c + 1) * CHUNK])
-            self._cum_total.append(totals[c * CHUNK:(c + 1) * CHUNK])
-            self._chunk_total.append(totals[(c + 1) * CHUNK - 1])
+            self._cum.append(cum_view)
+            self._total.append(total_view)
+            self._offset.append(c * CHUNK)
+            self._chunk_total.append(total_view[(c + 1) * CHUNK])
 
     def _large_rng(self, kind: int) -> np.random.Generator:
         """Per kind, the stream for slots whose mean is too large for table inversion."""
@@ -175,13 +182,27 @@ class ArrivalStream:
         slot = int(pos)
         k, j = divmod(slot, CHUNK)
         frac = pos - slot
-        if k >= len(self._rows):
-            if j == 0 and frac == 0.0 and k:  # the end of the last chunk drawn: nothing new to draw
-                a, b, c, d = self._last.tolist()
-                return (a, b, c, d)
+        out = [0, 0, 0, 0]
+        if k >= len(self._offset):
+            if j == 0 and frac == 0.0 and k == len(self._offset):
+                # The end of the last chunk drawn: nothing new to draw.
+                for r, kind in enumerate(self._kinds):
+                    out[kind] = self._last[r]
+                return tuple(out)
             self._chunk(k)
-        b0, b1, b2, b3, a, b, c, d = self._rows[k][:, j].tolist()
-        return (b0 + int(a * frac), b1 + int(b * frac), b2 + int(c * frac), b3 + int(d * frac))
+        cum = self._cum[k]
+        i = self._offset[k] + j + 1
+        for r, kind in enumerate(self._kinds):
+            before = cum[r, i - 1]
+            out[kind] = before + int((cum[r, i] - before) * frac)
+        return tuple(out)
+
+    def calls_by_slot_end(self, t: float) -> int:
+        """Calls of all kinds up to the end of the slot that holds t: at least `sum(cumulative(t))`."""
+        k, j = divmod(int(t / SLOT), CHUNK)
+        if k >= len(self._offset):
+            self._chunk(k)
+        return self._total[k][self._offset[k] + j + 1]
 
     def time_to_reach(self, t: float, k: int, horizon: float, seen: int | None = None) -> float:
         """A time after t by which at least k more calls (all kinds) have arrived; `horizon` if none.
@@ -197,26 +218,28 @@ class ArrivalStream:
             if c >= len(chunk_total):
                 self._chunk(c)
             if chunk_total[c] >= target:
-                j = bisect_left(self._cum_total[c], target)
-                row = self._rows[c][:, j].tolist()
-                need = target - (row[0] + row[1] + row[2] + row[3])
-                frac = _fraction_reaching(row[4], row[5], row[6], row[7], need)
+                total = self._total[c]
+                offset = self._offset[c]
+                i = bisect_left(total, target, offset + 1, offset + CHUNK + 1)
+                cum = self._cum[c]
+                counts = [cum[r, i] - cum[r, i - 1] for r in range(len(self._kinds))]
+                frac = _fraction_reaching(counts, target - total[i - 1])
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.
-                when = (c * CHUNK + j + min(1.0, frac * (1 + 1e-9) + 1e-9)) * SLOT
+                when = (c * CHUNK + (i - offset - 1) + min(1.0, frac * (1 + 1e-9) + 1e-9)) * SLOT
                 return min(max(when, t + 1e-9), horizon)
             c += 1
         return horizon
 
 
-def _fraction_reaching(a: int, b: int, c: int, d: int, need: int) -> float:
-    """An x in (0, 1] with floor(a x) + floor(b x) + floor(c x) + floor(d x) >= need (a..d: one slot's
-    calls of each kind), at most a few calls late.
+def _fraction_reaching(counts: list[int], need: int) -> float:
+    """An x in (0, 1] with sum(floor(n * x) for n in counts) >= need (counts: one slot's calls of each
+    kind), at most a few calls late.
 
     need / total is exact when the kinds' floors line up; otherwise (need + kinds) / total is
     enough, because floor(y) > y - 1 for each kind.
     """
-    total = a + b + c + d
+    total = sum(counts)
     x = need / total
-    if int(a * x) + int(b * x) + int(c * x) + int(d * x) >= need:
+    if sum(int(n * x) for n in counts) >= need:
         return x
-    return min(1.0, (need + (a > 0) + (b > 0) + (c > 0) + (d > 0)) / total)
+    return min(1.0, (need + sum(1 for n in counts if n)) / total)

@@ -229,8 +229,8 @@ class Model:
             chain = w.chain_bytes_per_pending_byte * self.bytes_pending / page
             chain += w.chain_mib_per_blocked_caller * self.blocked_callers * (1 << 20) / page
             reclaiming = alloc.kswapd(now, dt, chain)
-            active = int(np.count_nonzero(self.cpu_last_call > now - 0.01))
-            self.pool.end_window(dt, active)
+            if self.pool.has_shared():  # the lock's contenders: CPUs that called in the last 10 ms
+                self.pool.end_window(dt, int(np.count_nonzero(self.cpu_last_call > now - 0.01)))
             if self.pool.local_cap:
                 idle = self.cpu_last_call < now - STRANDED_IDLE_S
                 self._stranded_integral += float(self.pool.local[idle].sum()) * dt

@@ -115,6 +115,8 @@ class KfreeRcuCpu:
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
+        # (last booking, the first call after it until the run's end) when the monitor looked it up.
+        self._first_call: tuple[float, float] | None = None
         self.proc = self.env.process(self.kfree_rcu_monitor())
 
     # Booking calls ----------------------------------------------------------------------------
@@ -130,7 +132,11 @@ class KfreeRcuCpu:
             first_call = None
             if self.deadline is None and self.blocked is None and self.m.kernel.batching:
                 # The first of these calls armed the monitor (schedule_delayed_monitor_work()).
-                first_call = self.stream.time_to_reach(self.last_t, 1, now, sum(seen))
+                planned = self._first_call
+                if planned is not None and planned[0] == self.last_t:
+                    first_call = min(planned[1], now)  # the monitor found it when it planned its wake
+                else:
+                    first_call = self.stream.time_to_reach(self.last_t, 1, now, sum(seen))
             mid = 0.5 * (self.last_t + now)
             self.cum_seen = cum
             self.last_t = now
@@ -480,7 +486,8 @@ class KfreeRcuCpu:
             cross = stream.time_to_reach(now, int(k_cross), until, seen)
             if cross + jiffy >= until:
                 return until, False
-            if k_miss == math.inf or sum(stream.cumulative(cross + jiffy)) - seen < k_miss:
+            if (k_miss == math.inf or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
+                    or sum(stream.cumulative(cross + jiffy)) - seen < k_miss):
                 return cross + jiffy, True  # the cache lasts past the shortened timer's expiry
         return stream.time_to_reach(now, int(k_miss), until, seen), False
 
@@ -508,6 +515,8 @@ class KfreeRcuCpu:
                 else:
                     # The next call will arm the timer; plan for the deadline it will set.
                     first = self.stream.time_to_reach(now, 1, m.end, sum(self.cum_seen) if now == self.last_t else None)
+                    if now == self.last_t:
+                        self._first_call = (now, first)
                     if first >= m.end:
                         wake = m.end
                     else:
