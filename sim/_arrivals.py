@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -134,7 +134,7 @@ class ArrivalStream:
         h, v = w.headless_fraction, w.vmalloc_fraction
         self.mix = np.array([(1 - h) * (1 - v), (1 - h) * v, h * (1 - v), h * v])
         self._kinds = [k for k in range(4) if self.mix[k] > 0]
-        self._cum: list[memoryview] = []  # per chunk: its batch's (kinds, 1 + slots) calls up to each slot's end
+        self._cum: list[list[memoryview]] = []  # per chunk, per kind: its batch's (1 + slots) calls up to each slot's end
         self._total: list[memoryview] = []  # per chunk: its batch's (1 + slots) calls of all kinds
         self._offset: list[int] = []  # per chunk: its first slot's column in its batch, less one
         self._chunk_total: list[int] = []  # calls up to each chunk's end
@@ -160,9 +160,9 @@ class ArrivalStream:
             cum[r] += self._last[r]
         total = cum.sum(axis=0) if len(kinds) > 1 else cum[0]
         self._last = cum[:, -1].tolist()
-        cum_view, total_view = memoryview(cum), memoryview(total)
+        cum_views, total_view = [memoryview(row) for row in cum], memoryview(total)
         for c in range(last - first):
-            self._cum.append(cum_view)
+            self._cum.append(cum_views)
             self._total.append(total_view)
             self._offset.append(c * CHUNK)
             self._chunk_total.append(total_view[(c + 1) * CHUNK])
@@ -190,11 +190,10 @@ class ArrivalStream:
                     out[kind] = self._last[r]
                 return tuple(out)
             self._chunk(k)
-        cum = self._cum[k]
         i = self._offset[k] + j + 1
-        for r, kind in enumerate(self._kinds):
-            before = cum[r, i - 1]
-            out[kind] = before + int((cum[r, i] - before) * frac)
+        for kind, cum in zip(self._kinds, self._cum[k]):
+            before = cum[i - 1]
+            out[kind] = before + int((cum[i] - before) * frac)
         return tuple(out)
 
     def calls_by_slot_end(self, t: float) -> int:
@@ -221,9 +220,16 @@ class ArrivalStream:
                 total = self._total[c]
                 offset = self._offset[c]
                 i = bisect_left(total, target, offset + 1, offset + CHUNK + 1)
+                before = total[i - 1]
+                need = target - before
+                in_slot = total[i] - before
                 cum = self._cum[c]
-                counts = [cum[r, i] - cum[r, i - 1] for r in range(len(self._kinds))]
-                frac = _fraction_reaching(counts, target - total[i - 1])
+                if len(cum) == 1:
+                    frac = _fraction_reaching((in_slot,), need)
+                else:  # the last kind's calls are the rest of the slot's
+                    counts = [row[i] - row[i - 1] for row in cum[:-1]]
+                    counts.append(in_slot - sum(counts))
+                    frac = _fraction_reaching(counts, need)
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.
                 when = (c * CHUNK + (i - offset - 1) + min(1.0, frac * (1 + 1e-9) + 1e-9)) * SLOT
                 return min(max(when, t + 1e-9), horizon)
@@ -231,7 +237,7 @@ class ArrivalStream:
         return horizon
 
 
-def _fraction_reaching(counts: list[int], need: int) -> float:
+def _fraction_reaching(counts: Sequence[int], need: int) -> float:
     """An x in (0, 1] with sum(floor(n * x) for n in counts) >= need (counts: one slot's calls of each
     kind), at most a few calls late.
 
@@ -240,6 +246,9 @@ def _fraction_reaching(counts: list[int], need: int) -> float:
     """
     total = sum(counts)
     x = need / total
-    if sum(int(n * x) for n in counts) >= need:
+    reached = 0
+    for n in counts:
+        reached += int(n * x)
+    if reached >= need:
         return x
     return min(1.0, (need + sum(1 for n in counts if n)) / total)

@@ -117,6 +117,9 @@ class KfreeRcuCpu:
         self._wake_at: float | None = None
         # (last booking, the first call after it until the run's end) when the monitor looked it up.
         self._first_call: tuple[float, float] | None = None
+        self._jiffy = 1.0 / model.hw.hz
+        self._refills = model.kernel.refill_worker and model.policy.n_per_cpu > 0  # a miss kicks the refill
+        self._adaptive = model.kernel.adaptive_drain
         self.proc = self.env.process(self.kfree_rcu_monitor())
 
     # Booking calls ----------------------------------------------------------------------------
@@ -469,18 +472,19 @@ class KfreeRcuCpu:
         Returns (wake time, whether that wake is the shortened timer's expiry).
         """
         m = self.m
-        assert self.stream is not None
-        jiffy = 1.0 / m.hw.hz
+        stream = self.stream
+        assert stream is not None
+        jiffy = self._jiffy
+        records = m.records
         k_miss = k_cross = math.inf
-        if m.kernel.refill_worker and not self.work_in_progress and m.policy.n_per_cpu > 0:
+        if self._refills and not self.work_in_progress:
             cur = self.cur[0]
-            room = (m.records - cur.count) if cur is not None else 0
-            k_miss = room + m.pool.available(self.cpu) * m.records + 1
-        if m.kernel.adaptive_drain and self.pending_count < m.records and until - now > 2 * jiffy:
-            k_cross = m.records - self.pending_count
+            room = (records - cur.count) if cur is not None else 0
+            k_miss = room + m.pool.available(self.cpu) * records + 1
+        if self._adaptive and self.pending_count < records and until - now > 2 * jiffy:
+            k_cross = records - self.pending_count
         if k_miss == k_cross == math.inf:
             return until, False
-        stream = self.stream
         seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
         if k_cross < k_miss:
             cross = stream.time_to_reach(now, int(k_cross), until, seen)
@@ -501,39 +505,44 @@ class KfreeRcuCpu:
         """
         env = self.env
         m = self.m
+        stream = self.stream
+        end = m.end
+        records = m.records
+        batching = m.kernel.batching
+        first_delay = m.kernel.drain_delay_jiffies(m.hw.hz, 1, records) / m.hw.hz  # armed by one call
         while True:
             now = env.now
             shortened = False
-            if not m.kernel.batching:
+            if not batching:
                 # No monitor before 5.6: book this CPU's calls (each its own call_rcu()) every jiffy.
-                wake = m.end if self.stream is None else now + 1.0 / m.hw.hz
+                wake = end if stream is None else now + self._jiffy
             elif self.blocked is not None:
-                wake = m.end  # until _unblock() sets the deadline (bookings still happen below)
+                wake = end  # until _unblock() sets the deadline (bookings still happen below)
             elif self.deadline is None:
-                if self.stream is None:
-                    wake = m.end
+                if stream is None:
+                    wake = end
                 else:
                     # The next call will arm the timer; plan for the deadline it will set.
-                    first = self.stream.time_to_reach(now, 1, m.end, sum(self.cum_seen) if now == self.last_t else None)
                     if now == self.last_t:
+                        first = stream.time_to_reach(now, 1, end, sum(self.cum_seen))
                         self._first_call = (now, first)
-                    if first >= m.end:
-                        wake = m.end
                     else:
-                        virtual = first + m.kernel.drain_delay_jiffies(m.hw.hz, 1, m.records) / m.hw.hz
-                        wake, shortened = self._forecast(now, virtual)
+                        first = stream.time_to_reach(now, 1, end)
+                    if first >= end:
+                        wake = end
+                    else:
+                        wake, shortened = self._forecast(now, first + first_delay)
+            elif stream is None:
+                wake = self.deadline
             else:
-                if self.stream is None:
-                    wake = self.deadline
-                else:
-                    wake, shortened = self._forecast(now, self.deadline)
-            if self.stream is not None and wake - now > 1.5 * m.max_booking_interval:
+                wake, shortened = self._forecast(now, self.deadline)
+            if stream is not None and wake - now > 1.5 * m.max_booking_interval:
                 # Bound the staleness of booked calls, but do not wake only to book when a planned
                 # wake comes within half an interval after the bound (a drain cycle a bit longer
                 # than the bound would otherwise cost two wakes).
                 wake = now + m.max_booking_interval
-            if wake >= m.end:
-                wake = m.end + 1.0
+            if wake >= end:
+                wake = end + 1.0
             wake = max(wake, now + 1e-9)
             self._wake_at = wake
             try:
@@ -543,7 +552,7 @@ class KfreeRcuCpu:
             self._wake_at = None
             now = env.now
             self.advance(now)
-            if shortened and self.deadline is not None and self.pending_count >= m.records:
+            if shortened and self.deadline is not None and self.pending_count >= records:
                 # A block's worth arrived one jiffy ago: the kernel shortened the timer to expire now.
                 self.deadline = min(self.deadline, now)
             if self.deadline is not None and now >= self.deadline - 1e-12:
@@ -629,35 +638,42 @@ class KfreeRcuCpu:
         """Move everything pending into a fully empty krw slot and queue_rcu_work() it."""
         if self.pending_count == 0:
             return False
-        slot = next((i for i, b in enumerate(self.krw) if b is None), None)
-        if slot is None:
+        krw = self.krw
+        if krw[0] is None:
+            slot = 0
+        elif krw[1] is None:
+            slot = 1
+        else:
             return False
         m = self.m
         batch = Batch(slot)
+        objs = batch.objs
+        cur_blocks = self.cur
         for ch, groups in enumerate(self.pending):
             while groups:
                 g = groups.popleft()
                 batch.blocks += g.blocks
                 batch.records += g.count
-                batch.objs.absorb(g)
-            cur = self.cur[ch]
+                objs.absorb(g)
+            cur = cur_blocks[ch]
             if cur is not None:
-                self.cur[ch] = None
+                cur_blocks[ch] = None
                 batch.blocks += cur.blocks
                 batch.records += cur.count
-                batch.objs.absorb(cur)
+                objs.absorb(cur)
         if self.head.count:
             batch.head = self.head.count
-            batch.objs.absorb(self.head)
+            objs.absorb(self.head)
             self.head = Objs()
         self.pending_count = 0
-        self.krw[slot] = batch
+        krw[slot] = batch
         st = m.stats
         st.batches += 1
         st.blocks_detached += batch.blocks
         st.records_detached += batch.records
-        in_flight = sum(b is not None for b in self.krw)
-        st.batches_in_flight_peak = max(st.batches_in_flight_peak, in_flight)
+        in_flight = (krw[0] is not None) + (krw[1] is not None)
+        if in_flight > st.batches_in_flight_peak:
+            st.batches_in_flight_peak = in_flight
         # queue_rcu_work() uses call_rcu_hurry(): never lazy.
         batch.target = m.gp.request(lambda: self._rcu_work_rcufn(batch))
         return True
