@@ -86,7 +86,7 @@ class Model:
         self.gp = GraceEngine(self.env, hw, stream(seed, "grace_periods"), stream(seed, "expedited"))
         self.alloc = PageAllocator(hw, workload, policy.emergency_reserve_fraction, seconds, stream(seed, "memory"))
         self.pool = PageCache(policy, hw.cpus, hw.global_lock_hold_ns * 1e-9)
-        self.cpu_last_call = np.full(hw.cpus, -math.inf)
+        self.last_call_at = [-math.inf] * hw.cpus  # per CPU: its latest booked call
         # Kernel work (reclaim, refill, inline allocation) done on each CPU that a busy rcuscale
         # thread pinned there loses from its own time; open-loop callers are not slowed by it.
         self.cpu_busy = [0.0] * hw.cpus
@@ -128,6 +128,11 @@ class Model:
         self.all_done: simpy.Event = self.env.event()
         if self.rcuscale:
             self._start_rcuscale()
+
+    @property
+    def cpu_last_call(self) -> np.ndarray:
+        """Per CPU, the time of its latest booked call (-inf before the first); a copy."""
+        return np.array(self.last_call_at)
 
     # Accounting used by the mechanisms --------------------------------------------------------
 
@@ -230,10 +235,15 @@ class Model:
             chain += w.chain_mib_per_blocked_caller * self.blocked_callers * (1 << 20) / page
             reclaiming = alloc.kswapd(now, dt, chain)
             if self.pool.has_shared():  # the lock's contenders: CPUs that called in the last 10 ms
-                self.pool.end_window(dt, int(np.count_nonzero(self.cpu_last_call > now - 0.01)))
+                self.pool.end_window(dt, sum(1 for t in self.last_call_at if t > now - 0.01))
             if self.pool.local_cap:
-                idle = self.cpu_last_call < now - STRANDED_IDLE_S
-                self._stranded_integral += float(self.pool.local[idle].sum()) * dt
+                idle_before = now - STRANDED_IDLE_S
+                if min(self.last_call_at) < idle_before:
+                    stranded = 0
+                    for pages, t in zip(self.pool.local_list(), self.last_call_at):
+                        if t < idle_before:
+                            stranded += pages
+                    self._stranded_integral += float(stranded) * dt
             self.max_booking_interval = 0.02 if alloc.free < alloc.wmark_low else 0.1
             if reclaiming and self.kernel.shrinker and self.kernel.batching:
                 self.shrink(now)  # shrink_node() calls shrink_slab() on every reclaim pass

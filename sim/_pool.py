@@ -38,6 +38,10 @@ class PageCache:
         """Cached pages per CPU (a copy)."""
         return np.array(self._local, dtype=np.int64)
 
+    def local_list(self) -> list[int]:
+        """Cached pages per CPU (the live list: do not modify)."""
+        return self._local
+
     def local_pages(self, cpu: int) -> int:
         return self._local[cpu]
 
