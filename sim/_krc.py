@@ -120,6 +120,10 @@ class KfreeRcuCpu:
         self._wake_at: float | None = None
         # (last booking, the first call after it until the run's end) when the monitor looked it up.
         self._first_call: tuple[float, float] | None = None
+        self.reserved_pages = 0  # cache pages taken for calls not yet booked (see _reserve_for_unbooked)
+        # Per-CPU caches only: a shared pool's lock is taken when a call takes its page.
+        self._reserve_at_reclaim = (model.pool.layout == "per-cpu" and model.kernel.batching
+                                    and model.kernel.headless_api)
         self._jiffy = 1.0 / model.hw.hz
         self._refills = model.kernel.refill_worker and model.policy.n_per_cpu > 0  # a miss kicks the refill
         self._adaptive = model.kernel.adaptive_drain
@@ -233,11 +237,14 @@ class KfreeRcuCpu:
         new_blocks = 0
         if n:
             need = -(-n // records)
-            got, acquisitions = pool.take(self.cpu, need)
+            reserved = min(need, self.reserved_pages)  # taken for these calls at a reclaim
+            self.reserved_pages -= reserved
+            got, acquisitions = pool.take(self.cpu, need - reserved)
             if acquisitions:
                 lock_wait = pool.contend(acquisitions)
                 lock_calls += acquisitions
             st.blocks_from_cache += got
+            got += reserved
             absorbed = min(n, got * records)
             new_records += absorbed
             new_blocks += got
@@ -483,7 +490,7 @@ class KfreeRcuCpu:
         if self._refills and not self.work_in_progress:
             cur = self.cur[0]
             room = (records - cur.count) if cur is not None else 0
-            k_miss = room + m.pool.available(self.cpu) * records + 1
+            k_miss = room + (m.pool.available(self.cpu) + self.reserved_pages) * records + 1
         if self._adaptive and self.pending_count < records and until - now > 2 * jiffy:
             k_cross = records - self.pending_count
         if k_miss == k_cross == math.inf:
@@ -713,11 +720,49 @@ class KfreeRcuCpu:
     def _kfree_rcu_work_done(self, batch: Batch) -> None:
         m = self.m
         now = self.env.now
-        self.advance(now)  # earlier calls must not use the pages coming back
+        if not self._reserve_for_unbooked(now):
+            self.advance(now)  # earlier calls must not use the pages coming back
         self.reclaiming.count -= batch.objs.count
         self.reclaiming_blocks -= batch.blocks
         m.free_objects(batch.objs, now)
         self._put_pages(batch.blocks)
+
+    def _reserve_for_unbooked(self, now: float) -> bool:
+        """Before pages come back: take from the cache the pages the calls not yet booked need.
+
+        Returns False, and does nothing, where only booking them now is right (a shared pool, or
+        a cache too short for them: the misses must be resolved now). Otherwise the cache ends as if
+        they had been booked now and they are booked with the next calls, one booking per drain cycle
+        instead of two; their bytes count toward the pending peak now, as a booking would.
+        """
+        stream = self.stream
+        if stream is None or not self._reserve_at_reclaim:
+            return False
+        m = self.m
+        seen = self.cum_seen
+        cum = stream.cumulative(now) if now > self.last_t else seen
+        n2s, n2v, nhs, nhv = cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3]
+        per_channel = (n2s + n2v + nhs + nhv,) if len(self.cur) == 1 else (n2s + nhs, n2v + nhv)
+        records = m.records
+        need = 0
+        for ch, n in enumerate(per_channel):
+            cur = self.cur[ch]
+            room = records - cur.count if cur is not None else 0
+            if n > room:
+                need += -(-(n - room) // records)
+        extra = need - self.reserved_pages
+        if extra > 0:
+            pool = m.pool
+            left = pool.available(self.cpu) - extra
+            if left < 0 or (m.policy.refill_low_watermark and left <= m.policy.refill_low_watermark):
+                return False
+            got, _ = pool.take(self.cpu, extra)
+            m.stats.blocks_from_cache += got
+            self.reserved_pages += got
+        nbytes = (n2s + nhs) * m.slab_bytes + (n2v + nhv) * float(m.workload.vmalloc_object_bytes)
+        if m.bytes_pending + nbytes > m.bytes_peak:
+            m.bytes_peak = m.bytes_pending + nbytes
+        return True
 
     def _put_pages(self, pages: int) -> None:
         """put_cached_bnode() each page back to this CPU; free_page() what the cache refuses."""
@@ -821,7 +866,7 @@ class KfreeRcuCpu:
             if self.cur[ch] is not None:
                 pages += self.cur[ch].blocks
         pages += sum(b.blocks for b in self.krw if b is not None)
-        return pages + self.reclaiming_blocks
+        return pages + self.reclaiming_blocks + self.reserved_pages
 
     def pending_objects(self) -> int:
         """Objects this CPU holds: blocks, rcu_head list, batches, running reclaim, call_rcu callbacks."""
