@@ -191,6 +191,13 @@ class ArrivalStream:
                 return tuple(out)
             self._chunk(k)
         i = self._offset[k] + j + 1
+        if len(self._kinds) == 2:  # the common mix, unrolled
+            first, second = self._cum[k]
+            before = first[i - 1]
+            out[self._kinds[0]] = before + int((first[i] - before) * frac)
+            before = second[i - 1]
+            out[self._kinds[1]] = before + int((second[i] - before) * frac)
+            return tuple(out)
         for kind, cum in zip(self._kinds, self._cum[k]):
             before = cum[i - 1]
             out[kind] = before + int((cum[i] - before) * frac)
@@ -219,13 +226,23 @@ class ArrivalStream:
             if chunk_total[c] >= target:
                 total = self._total[c]
                 offset = self._offset[c]
-                i = bisect_left(total, target, offset + 1, offset + CHUNK + 1)
+                i = offset + int(t / SLOT) - c * CHUNK + 1  # t's slot: no earlier one holds the target
+                if i <= offset or total[i] < target:
+                    i = bisect_left(total, target, max(i, offset + 1), offset + CHUNK + 1)
                 before = total[i - 1]
                 need = target - before
                 in_slot = total[i] - before
                 cum = self._cum[c]
                 if len(cum) == 1:
                     frac = _fraction_reaching((in_slot,), need)
+                elif len(cum) == 2:  # _fraction_reaching() unrolled for the common mix
+                    first = cum[0][i] - cum[0][i - 1]
+                    second = in_slot - first
+                    x = need / in_slot
+                    if int(first * x) + int(second * x) >= need:
+                        frac = x
+                    else:
+                        frac = min(1.0, (need + (first > 0) + (second > 0)) / in_slot)
                 else:  # the last kind's calls are the rest of the slot's
                     counts = [row[i] - row[i - 1] for row in cum[:-1]]
                     counts.append(in_slot - sum(counts))

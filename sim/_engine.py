@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import simpy
@@ -112,7 +113,7 @@ class Model:
             schedule = RateSchedule(workload, hw.cpus, seconds, seed)
         self.krcs = [
             KfreeRcuCpu(self, cpu, ArrivalStream(schedule, cpu, seed) if schedule else None,
-                        stream(seed, "booking", cpu), stream(seed, "refill", cpu))
+                        partial(stream, seed, "booking", cpu), partial(stream, seed, "refill", cpu))
             for cpu in range(hw.cpus)
         ]
         if policy.prealloc_at_boot and policy.n_per_cpu and kernel.batching:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -91,14 +92,17 @@ class Batch:
 class KfreeRcuCpu:
     """One CPU's `krc`: current blocks, pending blocks, the rcu_head list, two batch slots, the monitor."""
 
-    def __init__(self, model: "Model", cpu: int, stream: ArrivalStream | None, rng: np.random.Generator,
-                 refill_rng: np.random.Generator) -> None:
+    def __init__(self, model: "Model", cpu: int, stream: ArrivalStream | None,
+                 rng: Callable[[], np.random.Generator], refill_rng: Callable[[], np.random.Generator]) -> None:
+        """`rng` and `refill_rng` make this CPU's booking and refill streams, on first use."""
         self.m = model
         self.env: simpy.Environment = model.env
         self.cpu = cpu
         self.stream = stream
-        self.rng = rng
-        self.refill_rng = refill_rng
+        self._make_rng = rng
+        self._make_refill_rng = refill_rng
+        self._rng: np.random.Generator | None = None
+        self._refill_rng: np.random.Generator | None = None
         self.nocb = cpu < model.hw.nocb_cpus
         channels = max(1, model.kernel.block_channels)
         self.cur: list[BlockGroup | None] = [None] * channels
@@ -128,6 +132,20 @@ class KfreeRcuCpu:
         self._refills = model.kernel.refill_worker and model.policy.n_per_cpu > 0  # a miss kicks the refill
         self._adaptive = model.kernel.adaptive_drain
         self.proc = self.env.process(self.kfree_rcu_monitor())
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """How this CPU's calls that miss the cache resolve (made on first use: most CPUs never miss)."""
+        if self._rng is None:
+            self._rng = self._make_rng()
+        return self._rng
+
+    @property
+    def refill_rng(self) -> np.random.Generator:
+        """Refill allocation outcomes on this CPU (made on first use)."""
+        if self._refill_rng is None:
+            self._refill_rng = self._make_refill_rng()
+        return self._refill_rng
 
     # Booking calls ----------------------------------------------------------------------------
 
