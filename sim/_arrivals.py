@@ -248,8 +248,11 @@ class ArrivalStream:
                     counts.append(in_slot - sum(counts))
                     frac = _fraction_reaching(counts, need)
                 # A hair past the exact instant, so that `cumulative()` there counts the target call.
-                when = (c * CHUNK + (i - offset - 1) + min(1.0, frac * (1 + 1e-9) + 1e-9)) * SLOT
-                return min(max(when, t + 1e-9), horizon)
+                frac = frac * (1 + 1e-9) + 1e-9
+                when = (c * CHUNK + (i - offset - 1) + (frac if frac < 1.0 else 1.0)) * SLOT
+                if when < t + 1e-9:  # (conditionals, not min/max: this runs twice a drain cycle)
+                    when = t + 1e-9
+                return horizon if horizon < when else when
             c += 1
         return horizon
 

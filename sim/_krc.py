@@ -571,10 +571,11 @@ class KfreeRcuCpu:
                 wake = now + m.max_booking_interval
             if wake >= end:
                 wake = end + 1.0
-            wake = max(wake, now + 1e-9)
+            if wake < now + 1e-9:
+                wake = now + 1e-9
             self._wake_at = wake
             try:
-                yield env.timeout(max(0.0, wake - now))
+                yield env.timeout(wake - now)
             except simpy.Interrupt:
                 continue
             self._wake_at = None
@@ -582,7 +583,8 @@ class KfreeRcuCpu:
             self.advance(now)
             if shortened and self.deadline is not None and self.pending_count >= records:
                 # A block's worth arrived one jiffy ago: the kernel shortened the timer to expire now.
-                self.deadline = min(self.deadline, now)
+                if now < self.deadline:
+                    self.deadline = now
             if self.deadline is not None and now >= self.deadline - 1e-12:
                 self.deadline = None
                 turn = m.cpu_turn(self.cpu)
