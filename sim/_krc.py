@@ -158,24 +158,27 @@ class KfreeRcuCpu:
         delta = (cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3])
         if any(delta):
             first_call = None
+            last = self.last_t
             if self.deadline is None and self.blocked is None and self.m.kernel.batching:
-                # The first of these calls armed the monitor (schedule_delayed_monitor_work()).
+                # The first of these calls armed the monitor (schedule_delayed_monitor_work()),
+                # looked up only if the timer's shortening does not make it moot.
                 planned = self._first_call
-                if planned is not None and planned[0] == self.last_t:
-                    first_call = min(planned[1], now)  # the monitor found it when it planned its wake
+                if planned is not None and planned[0] == last:
+                    first = planned[1]  # the monitor found it when it planned its wake
+                    first_call = lambda: min(first, now)  # noqa: E731
                 else:
-                    first_call = self.stream.time_to_reach(self.last_t, 1, now, sum(seen))
-            mid = 0.5 * (self.last_t + now)
+                    stream, seen_sum = self.stream, sum(seen)
+                    first_call = lambda: stream.time_to_reach(last, 1, now, seen_sum)  # noqa: E731
             self.cum_seen = cum
             self.last_t = now
-            self.book(now, delta, mid, first_call=first_call)
+            self.book(now, delta, 0.5 * (last + now), first_call=first_call, first_after=last)
         else:
             self.cum_seen = cum
             self.last_t = now
 
     def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
              slab_bytes: float | None = None, by_call_rcu: bool = False,
-             first_call: float | None = None) -> simpy.Event | None:
+             first_call: Callable[[], float] | None = None, first_after: float = -math.inf) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
@@ -218,7 +221,7 @@ class KfreeRcuCpu:
         if sync_count:
             ev = self._synchronize_rcu(sync_count, sync_bytes, now, arrival_mid, base)
             sync_event = sync_event or ev
-        self.schedule_delayed_monitor_work(now, first_call)
+        self.schedule_delayed_monitor_work(now, first_call, first_after)
         return sync_event
 
     def _add_to_channel(self, ch: int, n2: int, nh: int, obj_bytes: float, now: float, mid: float,
@@ -467,23 +470,29 @@ class KfreeRcuCpu:
 
     # The monitor ------------------------------------------------------------------------------
 
-    def schedule_delayed_monitor_work(self, now: float, first_call: float | None = None) -> None:
+    def schedule_delayed_monitor_work(self, now: float, first_call: Callable[[], float] | None = None,
+                                      first_after: float = -math.inf) -> None:
         """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once.
 
-        `first_call`: when calls booked together began, the first of them armed the timer then.
+        `first_call`: when calls booked together began, gives the time of the first of them (after
+        `first_after`), which armed the timer then.
         """
         m = self.m
         if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None or self.queued:
             return
         hz = m.hw.hz
+        adaptive = m.kernel.adaptive_drain
+        delay = m.kernel.drain_delay_jiffies(hz, self.pending_count, m.records) / hz
         if self.deadline is None:
-            armed = now if first_call is None else first_call
-            pending = self.pending_count if first_call is None else 1
-            self._set_deadline(armed + m.kernel.drain_delay_jiffies(hz, pending, m.records) / hz)
-        if m.kernel.adaptive_drain:
-            delay = m.kernel.drain_delay_jiffies(hz, self.pending_count, m.records) / hz
-            if now + delay < self.deadline:
+            if first_call is None:
                 self._set_deadline(now + delay)
+            else:
+                armed_delay = m.kernel.drain_delay_jiffies(hz, 1, m.records) / hz
+                if not (adaptive and now + delay < first_after + armed_delay):
+                    self._set_deadline(first_call() + armed_delay)
+                # else: the timer the first call armed is shortened to now + delay at once, below
+        if adaptive and (self.deadline is None or now + delay < self.deadline):
+            self._set_deadline(now + delay)
 
     def _set_deadline(self, when: float) -> None:
         if self.deadline is not None and when > self.deadline + 1e-12:
@@ -523,6 +532,40 @@ class KfreeRcuCpu:
                 return cross + jiffy, True  # the cache lasts past the shortened timer's expiry
         return stream.time_to_reach(now, int(k_miss), until, seen), False
 
+    def _forecast_unarmed(self, now: float, first_delay: float) -> tuple[float, bool]:
+        """`_forecast()` while no timer is armed: the next call arms one for `first_delay` later.
+
+        When a block's worth is pending well before that timer could expire (6.1+), when the next
+        call comes does not matter and is not looked up (the booking looks it up if it needs it).
+        """
+        m = self.m
+        stream = self.stream
+        assert stream is not None
+        end = m.end
+        records = m.records
+        jiffy = self._jiffy
+        seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
+        if self._adaptive and self.pending_count < records and first_delay > 2 * jiffy:
+            k_cross = records - self.pending_count
+            k_miss = math.inf
+            if self._refills and not self.work_in_progress:
+                cur = self.cur[0]
+                room = (records - cur.count) if cur is not None else 0
+                k_miss = room + (m.pool.available(self.cpu) + self.reserved_pages) * records + 1
+            if k_cross < k_miss:
+                cross = stream.time_to_reach(now, k_cross, end, seen)
+                # Found before the end and before any timer the next call arms: as _forecast() finds it.
+                if cross < end and cross + jiffy < now + first_delay and (
+                        k_miss == math.inf or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
+                        or sum(stream.cumulative(cross + jiffy)) - seen < k_miss):
+                    return cross + jiffy, True
+        first = stream.time_to_reach(now, 1, end, seen)
+        if now == self.last_t:
+            self._first_call = (now, first)
+        if first >= end:
+            return end, False
+        return self._forecast(now, first + first_delay)
+
     def kfree_rcu_monitor(self):
         """The delayed monitor work, and the clock that books this CPU's open-loop calls.
 
@@ -551,15 +594,7 @@ class KfreeRcuCpu:
                     wake = end
                 else:
                     # The next call will arm the timer; plan for the deadline it will set.
-                    if now == self.last_t:
-                        first = stream.time_to_reach(now, 1, end, sum(self.cum_seen))
-                        self._first_call = (now, first)
-                    else:
-                        first = stream.time_to_reach(now, 1, end)
-                    if first >= end:
-                        wake = end
-                    else:
-                        wake, shortened = self._forecast(now, first + first_delay)
+                    wake, shortened = self._forecast_unarmed(now, first_delay)
             elif stream is None:
                 wake = self.deadline
             else:
