@@ -4,9 +4,10 @@
 study's `user_attrs`. Every worker then runs one trial at a time inside `study.optimize`, so Optuna
 records a heartbeat while the trial runs; a worker that stops beating (killed, cut off) has its trial
 failed by the next worker that looks, and the trial's parameters queued again
-(`RetryHeartbeatStaleTrialCallback`). Asking for a trial is serialised per study by a row lock on the
-study's `rcutune_studies` row, taken before counting and released once the new trial is RUNNING, so
-the trials told never exceed the budget, whatever the number of workers.
+(`RetryHeartbeatStaleTrialCallback`). Every trial a worker creates (asked, queued, retried) is
+created under a row lock on the study's `rcutune_studies` row; asking takes it before counting and
+releases it once the new trial is RUNNING. So trial numbers stay unique, and the complete and pruned
+trials end at exactly the budget, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -184,10 +185,10 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], No
     rdb = None
     try:
         with db.session() as session:
-            campaign = storage.find_campaign(session, request.campaign) \
-                if storage.ensure_schema(db.engine, create=False) else None
+            has_tables = storage.ensure_schema(db.engine, create=False) is not None
+            campaign = storage.find_campaign(session, request.campaign) if has_tables else None
             if campaign is None:
-                known = ", ".join(c.name for c in storage.list_campaigns(session)) if campaign is not None else ""
+                known = ", ".join(c.name for c in storage.list_campaigns(session)) if has_tables else ""
                 raise UserError(f"no campaign named '{request.campaign}' in {url}{f' (campaigns: {known})' if known else ''}; "
                                 f"create it with rcutune study --hardware H --study {request.campaign} --no-run")
             if campaign.owner and storage.owner_alive(campaign.owner, campaign.owner_heartbeat_at):
@@ -274,12 +275,17 @@ class _Fleet:
         return len(trials) - running, running
 
     def _sweep(self) -> None:
-        """Fail and queue again the trials of workers that stopped beating, in every study."""
+        """Fail and queue again the trials of workers that stopped beating, in every study.
+
+        Under the study's lock, like every trial this worker creates: Optuna numbers a new trial by
+        counting the committed ones, so two created at once could share a number.
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             for s in self.studies:
-                optuna.storages.fail_stale_trials(s.study)
-                self._sweep_unbeaten(s)
+                with self._ask_lock(s):
+                    optuna.storages.fail_stale_trials(s.study)
+                    self._sweep_unbeaten(s)
 
     def _sweep_unbeaten(self, s: _Study) -> None:
         """A worker killed between asking for a trial and its first heartbeat leaves a RUNNING trial that
@@ -339,7 +345,9 @@ class _Fleet:
             except optuna.exceptions.UpdateFinishedTrialError:
                 return  # our trial was declared stale (we stopped beating for too long) and queued again
             except BaseException:
-                objective.retry_interrupted()
+                release()
+                with self._ask_lock(s):  # queued under the lock, like every trial a worker creates
+                    objective.retry_interrupted()
                 raise
         if objective.number is None:
             return
@@ -426,18 +434,17 @@ class _Objective:
         self.fleet, self.s = fleet, s
         self.release: Callable[[], None] = lambda: None
         self.number: int | None = None
-        self.params_complete = False
 
     def __call__(self, trial: optuna.Trial) -> float | list[float]:
         self.number = trial.number
         self.release()  # the trial is RUNNING: other workers may count it and ask
+        trial.set_user_attr("worker", storage.this_owner())
         d, s, fleet = self.fleet.d, self.s, self.fleet
         values = d.space.suggest(trial)
         policy = d.space.policy(values)
         trial.set_user_attr("policy", _policy_dict(policy))
         trial.set_user_attr("kernel_cmdline", policy.kernel_cmdline())
         trial.set_user_attr("what_if_reasons", list(policy.what_if_reasons(sim.kernel_behaviour(d.kernel))))
-        self.params_complete = True
         label = trial.user_attrs.get("design")
         seconds, low_seconds = d.settings.seconds_for(s.workload), d.settings.low_seconds_for(s.workload)
         simulations = [0]
@@ -480,7 +487,8 @@ class _Objective:
         study = self.s.study
         rdb = study._storage
         trial = rdb.get_trial(rdb.get_trial_id_from_study_id_trial_number(study._study_id, self.number))
-        if trial.state == TrialState.FAIL and self.params_complete:
+        params = _params(trial)  # what it had chosen (or was queued with), even if stopped mid-suggestion
+        if trial.state == TrialState.FAIL and params:
             attrs: dict[str, Any] = {"retry_of": trial.number}
             attrs.update({k: trial.user_attrs[k] for k in ("design", "refines") if k in trial.user_attrs})
-            study.enqueue_trial(trial.params, user_attrs=attrs)
+            study.enqueue_trial(params, user_attrs=attrs)
