@@ -38,7 +38,7 @@ def _create(url: str, *args: str, trials: int = BUDGET, workloads: tuple[str, ..
 
 def _worker(url: str, out: Path, *args: str) -> subprocess.Popen:
     argv = [sys.executable, "-m", "tuner.cli", "worker", "--study", "vm-2", "--storage", url,
-            "--heartbeat-interval", "1", "--grace-period", "3", *args]
+            "--heartbeat-interval", "1", "--grace-period", "5", *args]
     with out.open("w") as sink:
         return subprocess.Popen(argv, env=_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
