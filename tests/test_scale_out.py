@@ -47,14 +47,9 @@ def _trials(url: str, workload: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=f"vm-2/{workload}", storage=url).get_trials()
 
 
-def _state(url: str, trial: optuna.trial.FrozenTrial) -> TrialState:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return TrialState[conn.execute(sa.text("SELECT state FROM trials WHERE trial_id = :id"),
-                                           {"id": trial._trial_id}).scalar()]
-    finally:
-        engine.dispose()
+_RUNNING_WITH_WORKER = sa.text(
+    "SELECT t.trial_id, a.value_json FROM trials t JOIN trial_user_attributes a "
+    "ON a.trial_id = t.trial_id AND a.key = 'worker' WHERE t.state = 'RUNNING'")
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float) -> None:
@@ -83,30 +78,34 @@ def test_no_run_creates_the_campaign_and_its_budgets_without_running_a_trial(pos
 def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed_with_kill_9(postgres_url, tmp_path):
     assert _create(postgres_url).exit_code == 0
     procs = [_worker(postgres_url, tmp_path / f"worker-{i}.out") for i in range(4)]
+    pids = {p.pid: p for p in procs}
+    engine = sa.create_engine(postgres_url)
     victim = None
     try:
-        deadline = time.monotonic() + 60
-        while victim is None and time.monotonic() < deadline:
-            done = sum(t.state == TrialState.COMPLETE for w in WORKLOADS for t in _trials(postgres_url, w))
-            running = [t for w in WORKLOADS for t in _trials(postgres_url, w)
-                       if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-            pids = {p.pid: p for p in procs}
-            for t in running:
-                pid = int(t.user_attrs["worker"].rpartition(":")[2])
+        while victim is None and all(p.poll() is None for p in procs):
+            with engine.connect() as conn:
+                done = conn.execute(sa.text("SELECT count(*) FROM trials WHERE state = 'COMPLETE'")).scalar()
+                running = conn.execute(_RUNNING_WITH_WORKER).all()
+            for trial_id, worker in running:
+                pid = int(json.loads(worker).rpartition(":")[2])
                 if done >= 2 and pid in pids:  # midway: some trials done, this one mid-simulation
                     os.killpg(pid, signal.SIGSTOP)  # freeze it, then make sure it is still on that trial
-                    if _state(postgres_url, t) == TrialState.RUNNING:
-                        victim = (pids[pid], t)
+                    with engine.connect() as conn:
+                        state = conn.execute(sa.text("SELECT state FROM trials WHERE trial_id = :id"),
+                                             {"id": trial_id}).scalar()
+                    if state == "RUNNING":
+                        victim = (pids[pid], json.loads(worker))
                         break
                     os.killpg(pid, signal.SIGCONT)
-            time.sleep(0.05)
+            time.sleep(0.02)
         assert victim is not None, "no worker was seen running a trial"
-        process, killed_trial = victim
+        process, killed_worker = victim
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         others = [p for p in procs if p is not process]
-        _wait(others, timeout=100)
+        _wait(others, timeout=150)
     finally:
+        engine.dispose()
         for p in procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
@@ -128,7 +127,7 @@ def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed
         assert len(complete) == len(set(complete)), "no design point ran twice"
         for t in trials:
             if t.state == TrialState.FAIL:  # only the killed worker's trial fails, by its heartbeat
-                assert t.user_attrs["worker"] == killed_trial.user_attrs["worker"]
+                assert t.user_attrs["worker"] == killed_worker
                 retries = [r for r in trials if r.user_attrs.get("retry_of") == t.number]
                 assert [r.state for r in retries] == [TrialState.COMPLETE]
                 assert t.params.items() <= retries[0].params.items()  # it may have died mid-suggestion

@@ -254,6 +254,8 @@ class _Fleet:
 
     def run(self) -> None:
         while True:
+            for s in self.studies:  # `rcutune study ... --no-run` may have added to a budget meanwhile
+                s.budget = int(s.study.user_attrs.get(BUDGET_ATTR, s.budget))
             counts = {id(s): self._counts(s) for s in self.studies}
             live = [s for s in self.studies if s.workload.name not in self.result.aborted]
             if all(counts[id(s)][0] >= s.budget for s in live):
