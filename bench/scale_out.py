@@ -80,7 +80,7 @@ def sqlite(args: argparse.Namespace) -> float:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         start = time.monotonic()
         subprocess.run(_cli(*_campaign_args(args, url), "--jobs", "2"), env=_env(), check=True,
-                       stdout=subprocess.DEVNULL)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         elapsed = time.monotonic() - start
         trials = _total(url)
     rate = trials / elapsed * 60

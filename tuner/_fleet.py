@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -89,7 +90,6 @@ def live_worker_trials(engine: sa.Engine, optuna_study_names: list[str], grace_s
         now = conn.execute(sa.select(sa.func.now())).scalar()
         beats = conn.execute(query, {"names": list(optuna_study_names)}).scalars().all()
     if isinstance(now, str):  # SQLite returns text
-        from datetime import datetime
         now = datetime.fromisoformat(now)
     now = now.replace(tzinfo=None)
     return sum((now - b.replace(tzinfo=None)).total_seconds() < grace_s for b in beats)

@@ -164,10 +164,9 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
         studies = {}
         for workload in definition.workloads:
             study = _open_study(rdb, definition, base_name, workload)
-            if request.run:  # with --no-run, RUNNING trials may belong to live workers: their heartbeats decide
+            if request.run:  # with --no-run, workers decide about RUNNING trials (by their heartbeats)
                 result.swept += sweep_stale_trials(study, "interrupted: the process running it stopped")
-            if request.run:  # workers queue the design themselves, one point at a time
-                enqueue_design(study, definition.space, limit=trials)
+                enqueue_design(study, definition.space, limit=trials)  # workers queue it one point at a time
             studies[workload.name] = study
             result.studies[workload.name] = study.study_name
         if not request.run:
