@@ -191,6 +191,7 @@ def test_every_command_works_on_postgresql(postgres_url, tmp_path):
     assert json.loads(recommend.output)["campaign"] == "tiny"
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
 def test_a_single_writer_study_refuses_a_campaign_whose_workers_are_running(postgres_url):
     assert _create(postgres_url, trials=2, workloads=("steady",)).exit_code == 0
     storage = optuna.storages.RDBStorage(postgres_url, heartbeat_interval=1)
