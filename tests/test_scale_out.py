@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -43,8 +45,19 @@ def _worker(url: str, out: Path, *args: str) -> subprocess.Popen:
         return subprocess.Popen(argv, env=_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
 
+@contextmanager
+def _study(url: str, workload: str, **storage_kwargs) -> Iterator[optuna.Study]:
+    storage = optuna.storages.RDBStorage(url, **storage_kwargs)
+    try:
+        yield optuna.load_study(study_name=f"vm-2/{workload}", storage=storage)
+    finally:
+        storage.remove_session()
+        storage.engine.dispose()
+
+
 def _trials(url: str, workload: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=f"vm-2/{workload}", storage=url).get_trials()
+    with _study(url, workload) as study:
+        return study.get_trials()
 
 
 _RUNNING_WITH_WORKER = sa.text(
@@ -68,11 +81,12 @@ def test_no_run_creates_the_campaign_and_its_budgets_without_running_a_trial(pos
     assert result.exit_code == 0, result.output
     assert "rcutune worker --study vm-2" in result.output
     for w in WORKLOADS:
-        study = optuna.load_study(study_name=f"vm-2/{w}", storage=postgres_url)
-        assert study.user_attrs["budget"] == BUDGET
-        assert study.get_trials() == []
+        with _study(postgres_url, w) as study:
+            assert study.user_attrs["budget"] == BUDGET
+            assert study.get_trials() == []
     assert _create(postgres_url, trials=4).exit_code == 0  # again: the budget grows by --trials
-    assert optuna.load_study(study_name="vm-2/steady", storage=postgres_url).user_attrs["budget"] == BUDGET + 4
+    with _study(postgres_url, "steady") as study:
+        assert study.user_attrs["budget"] == BUDGET + 4
 
 
 def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed_with_kill_9(postgres_url, tmp_path):
@@ -139,8 +153,8 @@ def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed
 def test_a_trial_left_running_without_any_heartbeat_is_failed_after_the_grace_period_and_retried(postgres_url, tmp_path):
     # A worker killed between asking for its trial and its first heartbeat leaves exactly this.
     assert _create(postgres_url, trials=2, workloads=("steady",)).exit_code == 0
-    study = optuna.load_study(study_name="vm-2/steady", storage=postgres_url)
-    orphan = study.ask()
+    with _study(postgres_url, "steady") as study:
+        orphan = study.ask()
     worker = _worker(postgres_url, tmp_path / "worker.out")
     _wait([worker], timeout=60)
     assert worker.returncode == 0, (tmp_path / "worker.out").read_text()
@@ -194,21 +208,20 @@ def test_every_command_works_on_postgresql(postgres_url, tmp_path):
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning", "ignore:Heartbeat of storage")
 def test_a_single_writer_study_refuses_a_campaign_whose_workers_are_running(postgres_url):
     assert _create(postgres_url, trials=2, workloads=("steady",)).exit_code == 0
-    storage = optuna.storages.RDBStorage(postgres_url, heartbeat_interval=1)
-    study = optuna.load_study(study_name="vm-2/steady", storage=storage)
-    trial = study.ask()
-    storage.record_heartbeat(trial._trial_id)  # as a live worker does
     engine = sa.create_engine(postgres_url)
-    with engine.connect() as conn:
-        before = conn.execute(sa.text("SELECT count(*), max(trial_id) FROM trials")).one()
-    result = CliRunner().invoke(app, ["study", *TINY, "--storage", postgres_url, "--trials", "2", "--workload", "steady"])
-    assert result.exit_code == 2
-    assert "running in rcutune worker processes" in result.output and "Traceback" not in result.output
-    with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*), max(trial_id) FROM trials")).one() == before
-    assert study.get_trials()[0].state == TrialState.RUNNING
+    with _study(postgres_url, "steady", heartbeat_interval=1) as study:
+        trial = study.ask()
+        study._storage.record_heartbeat(trial._trial_id)  # as a live worker does
+        with engine.connect() as conn:
+            before = conn.execute(sa.text("SELECT count(*), max(trial_id) FROM trials")).one()
+        result = CliRunner().invoke(app, ["study", *TINY, "--storage", postgres_url, "--trials", "2",
+                                          "--workload", "steady"])
+        assert result.exit_code == 2
+        assert "running in rcutune worker processes" in result.output and "Traceback" not in result.output
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*), max(trial_id) FROM trials")).one() == before
+        assert study.get_trials()[0].state == TrialState.RUNNING
     engine.dispose()
-    storage.engine.dispose()
 
 
 @pytest.mark.parametrize(("setup", "args", "named"), [

@@ -223,6 +223,7 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], No
         return result
     finally:
         if rdb is not None:
+            rdb.remove_session()
             rdb.engine.dispose()
         db.close()
 
