@@ -195,6 +195,7 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], No
                 raise storage.CampaignBusy(f"campaign '{campaign.name}' is being run by {campaign.owner} "
                                            "(rcutune study); wait for it to finish")
             definition = stored_definition(campaign)
+            campaign_id = campaign.id
             records = [(s.id, s.workload_name, s.optuna_study_name) for s in campaign.studies]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -218,7 +219,7 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], No
         result = WorkerResult(campaign=request.campaign, storage_url=url)
         timeout = request.sim_timeout_s or max(30.0, 30.0 * definition.settings.max_seconds)
         with SimulationPool(request.jobs, timeout) as pool:
-            _Fleet(db, rdb, definition, studies, pool, result, request, on_trial).run()
+            _Fleet(db, rdb, campaign_id, definition, studies, pool, result, request, on_trial).run()
         result.wall_seconds = time.monotonic() - start
         return result
     finally:
@@ -244,10 +245,11 @@ def _sampler(name: str, d: CampaignDefinition, workload: str, existing: int) -> 
 class _Fleet:
     """One worker's loop over the studies of a campaign."""
 
-    def __init__(self, db: storage.Database, rdb: optuna.storages.RDBStorage, d: CampaignDefinition,
-                 studies: list[_Study], pool: SimulationPool, result: WorkerResult, request: WorkerRequest,
-                 on_trial: Callable[[str, FrozenTrial], None] | None) -> None:
+    def __init__(self, db: storage.Database, rdb: optuna.storages.RDBStorage, campaign_id: int,
+                 d: CampaignDefinition, studies: list[_Study], pool: SimulationPool, result: WorkerResult,
+                 request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], None] | None) -> None:
         self.db, self.rdb, self.d, self.studies, self.pool, self.result = db, rdb, d, studies, pool, result
+        self.campaign_id = campaign_id
         self.request = request
         self.on_trial = on_trial or (lambda workload, trial: None)
         self.memo: dict[tuple, sim.Metrics] = {}  # simulate() is pure: (policy, seed, seconds) -> metrics
@@ -255,6 +257,7 @@ class _Fleet:
 
     def run(self) -> None:
         while True:
+            self._check_no_single_writer()
             for s in self.studies:  # `rcutune study ... --no-run` may have added to a budget meanwhile
                 s.budget = int(s.study.user_attrs.get(BUDGET_ATTR, s.budget))
             counts = {id(s): self._counts(s) for s in self.studies}
@@ -269,6 +272,15 @@ class _Fleet:
             target = max(open_, key=lambda s: s.budget - sum(counts[id(s)]))
             self._sweep()
             self._run_one(target)
+
+    def _check_no_single_writer(self) -> None:
+        """Stop if a `rcutune study` process took the campaign meanwhile (its trials have no heartbeats)."""
+        with self.db.session() as session:
+            owner, beat_at = session.execute(sa.select(storage.Campaign.owner, storage.Campaign.owner_heartbeat_at)
+                                             .where(storage.Campaign.id == self.campaign_id)).one()
+        if owner and storage.owner_alive(owner, beat_at):
+            raise storage.CampaignBusy(f"campaign '{self.result.campaign}' is being run by {owner} (rcutune study); "
+                                       "this worker stops until it finishes")
 
     @staticmethod
     def _counts(s: _Study) -> tuple[int, int]:

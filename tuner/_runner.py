@@ -148,10 +148,10 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
                 if busy and request.run:
                     raise UserError(f"campaign '{base_name}' has {busy} trials running in rcutune worker processes; "
                                     f"wait for them, or add workers with: rcutune worker --study {base_name}")
-                storage.claim_campaign(session, campaign)
             else:
                 campaign = definition.new_campaign(base_name)
                 session.add(campaign)
+            if request.run:  # --no-run only defines budgets: workers must not take it for a running study
                 storage.claim_campaign(session, campaign)
             stored = {s.workload_name for s in campaign.studies}
             for workload in definition.workloads:
