@@ -1,8 +1,9 @@
 """Trials per minute with 1, 2 and 4 `rcutune worker` processes on PostgreSQL, against the SQLite single writer.
 
-Each configuration runs the same campaign (vm-2, the steady and bursty workloads, short trials) from
-scratch in a fresh database and is timed end to end, from starting the processes to the last one
-exiting (process start-up included, as a user would see it):
+Each configuration runs the same campaign (server-64, the nocb-flood and memory-pressure workloads,
+1 simulated second per replication, 2 base seeds and 1 racing seed) from scratch in a fresh database
+and is timed end to end, from starting the processes to the last one exiting (process start-up
+included, as a user would see it):
 
 - `workers_K`: `rcutune study ... --no-run` creates the campaign on PostgreSQL, then K
   `rcutune worker` processes (one simulation at a time each) run it until the budgets are spent;
@@ -29,7 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import postgres_server  # noqa: E402
 
-WORKLOADS = ("steady", "bursty")
+HARDWARE = "server-64"
+WORKLOADS = ("nocb-flood", "memory-pressure")
 
 
 def _env() -> dict[str, str]:
@@ -41,7 +43,7 @@ def _cli(*args: str) -> list[str]:
 
 
 def _campaign_args(args: argparse.Namespace, storage: str) -> list[str]:
-    out = ["study", "--hardware", "vm-2", "--seconds", str(args.seconds), "--replications", "2",
+    out = ["study", "--hardware", HARDWARE, "--seconds", str(args.seconds), "--replications", "2",
            "--race-replications", "1", "--trials", str(args.trials), "--storage", storage]
     for w in WORKLOADS:
         out += ["--workload", w]
@@ -53,8 +55,13 @@ def _total(storage: str) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    return sum(len(optuna.load_study(study_name=f"vm-2/{w}", storage=storage).get_trials(
-        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) for w in WORKLOADS)
+    rdb = optuna.storages.RDBStorage(storage)
+    try:
+        return sum(len(optuna.load_study(study_name=f"{HARDWARE}/{w}", storage=rdb).get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) for w in WORKLOADS)
+    finally:
+        rdb.remove_session()
+        rdb.engine.dispose()
 
 
 def workers(args: argparse.Namespace, server: str, count: int) -> float:
@@ -62,7 +69,7 @@ def workers(args: argparse.Namespace, server: str, count: int) -> float:
         subprocess.run(_cli(*_campaign_args(args, url), "--no-run"), env=_env(), check=True,
                        stdout=subprocess.DEVNULL)
         start = time.monotonic()
-        procs = [subprocess.Popen(_cli("worker", "--study", "vm-2", "--storage", url), env=_env(),
+        procs = [subprocess.Popen(_cli("worker", "--study", HARDWARE, "--storage", url), env=_env(),
                                   stdout=subprocess.DEVNULL) for _ in range(count)]
         codes = [p.wait() for p in procs]
         elapsed = time.monotonic() - start
@@ -90,8 +97,8 @@ def sqlite(args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=20, help="trials per study (2 studies)")
-    parser.add_argument("--seconds", type=float, default=0.5, help="simulated seconds per replication")
+    parser.add_argument("--trials", type=int, default=12, help="trials per study (2 studies)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="simulated seconds per replication")
     args = parser.parse_args()
     rates = {}
     with postgres_server.server() as server:

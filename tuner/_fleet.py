@@ -256,22 +256,26 @@ class _Fleet:
         self.unbeaten: dict[int, float] = {}  # RUNNING trial id without any heartbeat -> first seen (monotonic)
 
     def run(self) -> None:
+        last_look = -float("inf")
         while True:
-            self._check_no_single_writer()
-            for s in self.studies:  # `rcutune study ... --no-run` may have added to a budget meanwhile
-                s.budget = int(s.study.user_attrs.get(BUDGET_ATTR, s.budget))
+            # Every heartbeat interval, look around: the campaign's owner, the budgets (`rcutune study
+            # ... --no-run` may add to them meanwhile) and, in every study, workers that stopped beating
+            # (Optuna sweeps the study it asks in before each trial; this covers the others).
+            if time.monotonic() - last_look >= self.request.heartbeat_interval_s:
+                self._check_no_single_writer()
+                for s in self.studies:
+                    s.budget = int(s.study.user_attrs.get(BUDGET_ATTR, s.budget))
+                self._sweep()
+                last_look = time.monotonic()
             counts = {id(s): self._counts(s) for s in self.studies}
             live = [s for s in self.studies if s.workload.name not in self.result.aborted]
             if all(counts[id(s)][0] >= s.budget for s in live):
                 return
             open_ = [s for s in live if sum(counts[id(s)]) < s.budget]
             if not open_:  # every remaining trial is running elsewhere: watch for workers that stop beating
-                self._sweep()
                 time.sleep(min(1.0, self.request.heartbeat_interval_s))
                 continue
-            target = max(open_, key=lambda s: s.budget - sum(counts[id(s)]))
-            self._sweep()
-            self._run_one(target)
+            self._run_one(max(open_, key=lambda s: s.budget - sum(counts[id(s)])))
 
     def _check_no_single_writer(self) -> None:
         """Stop if a `rcutune study` process took the campaign meanwhile (its trials have no heartbeats)."""
