@@ -1,9 +1,11 @@
 """Trials per minute with 1, 2 and 4 `rcutune worker` processes on PostgreSQL, against the SQLite single writer.
 
-Each configuration runs the same campaign (server-64, the nocb-flood and memory-pressure workloads,
-1 simulated second per replication, 2 base seeds and 1 racing seed) from scratch in a fresh database
-and is timed end to end, from starting the processes to the last one exiting (process start-up
-included, as a user would see it):
+Each configuration runs the same campaign from scratch in a fresh database: server-64, the nocb-flood
+and memory-pressure workloads, 10 trials each (the initial design: the same 20 policies every time,
+never pruned), 2 simulated seconds per replication, 2 seeds and no racing, so that every
+configuration does exactly the same simulations (racing and pruning decisions otherwise depend on
+which trials have finished, hence on the number of workers). Each is timed end to end, from starting
+the processes to the last one exiting (process start-up included, as a user would see it):
 
 - `workers_K`: `rcutune study ... --no-run` creates the campaign on PostgreSQL, then K
   `rcutune worker` processes (one simulation at a time each) run it until the budgets are spent;
@@ -44,7 +46,7 @@ def _cli(*args: str) -> list[str]:
 
 def _campaign_args(args: argparse.Namespace, storage: str) -> list[str]:
     out = ["study", "--hardware", HARDWARE, "--seconds", str(args.seconds), "--replications", "2",
-           "--race-replications", "1", "--trials", str(args.trials), "--storage", storage]
+           "--race-replications", "0", "--trials", str(args.trials), "--storage", storage]
     for w in WORKLOADS:
         out += ["--workload", w]
     return out
@@ -97,8 +99,8 @@ def sqlite(args: argparse.Namespace) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12, help="trials per study (2 studies)")
-    parser.add_argument("--seconds", type=float, default=1.0, help="simulated seconds per replication")
+    parser.add_argument("--trials", type=int, default=10, help="trials per study (2 studies)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="simulated seconds per replication")
     args = parser.parse_args()
     rates = {}
     with postgres_server.server() as server:
