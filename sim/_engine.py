@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import simpy
@@ -86,7 +87,7 @@ class Model:
         self.gp = GraceEngine(self.env, hw, stream(seed, "grace_periods"), stream(seed, "expedited"))
         self.alloc = PageAllocator(hw, workload, policy.emergency_reserve_fraction, seconds, stream(seed, "memory"))
         self.pool = PageCache(policy, hw.cpus, hw.global_lock_hold_ns * 1e-9)
-        self.cpu_last_call = np.full(hw.cpus, -math.inf)
+        self.last_call_at = [-math.inf] * hw.cpus  # per CPU: its latest booked call
         # Kernel work (reclaim, refill, inline allocation) done on each CPU that a busy rcuscale
         # thread pinned there loses from its own time; open-loop callers are not slowed by it.
         self.cpu_busy = [0.0] * hw.cpus
@@ -95,6 +96,7 @@ class Model:
         self.cpu_held = [0] * hw.cpus
         self.cpu_yielding = [False] * hw.cpus
         self._resched = [self.env.event() for _ in range(hw.cpus)]
+        self._due: dict[float, list[Callable[[], None]]] = {}  # run_after(): callbacks by instant
         self.blocked_callers = 0
         self.overloaded_cpus = 0
         self.max_booking_interval = 0.1
@@ -111,7 +113,7 @@ class Model:
             schedule = RateSchedule(workload, hw.cpus, seconds, seed)
         self.krcs = [
             KfreeRcuCpu(self, cpu, ArrivalStream(schedule, cpu, seed) if schedule else None,
-                        stream(seed, "booking", cpu), stream(seed, "refill", cpu))
+                        partial(stream, seed, "booking", cpu), partial(stream, seed, "refill", cpu))
             for cpu in range(hw.cpus)
         ]
         if policy.prealloc_at_boot and policy.n_per_cpu and kernel.batching:
@@ -128,7 +130,26 @@ class Model:
         if self.rcuscale:
             self._start_rcuscale()
 
+    @property
+    def cpu_last_call(self) -> np.ndarray:
+        """Per CPU, the time of its latest booked call (-inf before the first); a copy."""
+        return np.array(self.last_call_at)
+
     # Accounting used by the mechanisms --------------------------------------------------------
+
+    def run_after(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run `callback` after `delay`. Callbacks due at the same instant share one event and run in
+        the order they were queued (the batches one grace period ends all queue their work at once)."""
+        when = self.env.now + delay
+        due = self._due.get(when)
+        if due is None:
+            due = self._due[when] = []
+            self.env.timeout(delay).callbacks.append(lambda _e: self._run_due(when))
+        due.append(callback)
+
+    def _run_due(self, when: float) -> None:
+        for callback in self._due.pop(when):
+            callback()
 
     def _integrate(self, now: float) -> None:
         if now > self._last_change:
@@ -214,11 +235,16 @@ class Model:
             chain = w.chain_bytes_per_pending_byte * self.bytes_pending / page
             chain += w.chain_mib_per_blocked_caller * self.blocked_callers * (1 << 20) / page
             reclaiming = alloc.kswapd(now, dt, chain)
-            active = int(np.count_nonzero(self.cpu_last_call > now - 0.01))
-            self.pool.end_window(dt, active)
+            if self.pool.has_shared():  # the lock's contenders: CPUs that called in the last 10 ms
+                self.pool.end_window(dt, sum(1 for t in self.last_call_at if t > now - 0.01))
             if self.pool.local_cap:
-                idle = self.cpu_last_call < now - STRANDED_IDLE_S
-                self._stranded_integral += float(self.pool.local[idle].sum()) * dt
+                idle_before = now - STRANDED_IDLE_S
+                if min(self.last_call_at) < idle_before:
+                    stranded = 0
+                    for pages, t in zip(self.pool.local_list(), self.last_call_at):
+                        if t < idle_before:
+                            stranded += pages
+                    self._stranded_integral += float(stranded) * dt
             self.max_booking_interval = 0.02 if alloc.free < alloc.wmark_low else 0.1
             if reclaiming and self.kernel.shrinker and self.kernel.batching:
                 self.shrink(now)  # shrink_node() calls shrink_slab() on every reclaim pass

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -66,7 +67,10 @@ class BlockGroup(Objs):
     __slots__ = ("blocks", "snap")
 
     def __init__(self, snap: int = 0) -> None:
-        super().__init__()
+        self.count = 0  # Objs.__init__, inlined: one of these is made on every booking
+        self.bytes = 0.0
+        self.newest = -math.inf
+        self.arrival_sum = 0.0
         self.blocks = 0
         self.snap = snap
 
@@ -88,14 +92,17 @@ class Batch:
 class KfreeRcuCpu:
     """One CPU's `krc`: current blocks, pending blocks, the rcu_head list, two batch slots, the monitor."""
 
-    def __init__(self, model: "Model", cpu: int, stream: ArrivalStream | None, rng: np.random.Generator,
-                 refill_rng: np.random.Generator) -> None:
+    def __init__(self, model: "Model", cpu: int, stream: ArrivalStream | None,
+                 rng: Callable[[], np.random.Generator], refill_rng: Callable[[], np.random.Generator]) -> None:
+        """`rng` and `refill_rng` make this CPU's booking and refill streams, on first use."""
         self.m = model
         self.env: simpy.Environment = model.env
         self.cpu = cpu
         self.stream = stream
-        self.rng = rng
-        self.refill_rng = refill_rng
+        self._make_rng = rng
+        self._make_refill_rng = refill_rng
+        self._rng: np.random.Generator | None = None
+        self._refill_rng: np.random.Generator | None = None
         self.nocb = cpu < model.hw.nocb_cpus
         channels = max(1, model.kernel.block_channels)
         self.cur: list[BlockGroup | None] = [None] * channels
@@ -115,7 +122,30 @@ class KfreeRcuCpu:
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
+        # (last booking, the first call after it until the run's end) when the monitor looked it up.
+        self._first_call: tuple[float, float] | None = None
+        self.reserved_pages = 0  # cache pages taken for calls not yet booked (see _reserve_for_unbooked)
+        # Per-CPU caches only: a shared pool's lock is taken when a call takes its page.
+        self._reserve_at_reclaim = (model.pool.layout == "per-cpu" and model.kernel.batching
+                                    and model.kernel.headless_api)
+        self._jiffy = 1.0 / model.hw.hz
+        self._refills = model.kernel.refill_worker and model.policy.n_per_cpu > 0  # a miss kicks the refill
+        self._adaptive = model.kernel.adaptive_drain
         self.proc = self.env.process(self.kfree_rcu_monitor())
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """How this CPU's calls that miss the cache resolve (made on first use: most CPUs never miss)."""
+        if self._rng is None:
+            self._rng = self._make_rng()
+        return self._rng
+
+    @property
+    def refill_rng(self) -> np.random.Generator:
+        """Refill allocation outcomes on this CPU (made on first use)."""
+        if self._refill_rng is None:
+            self._refill_rng = self._make_refill_rng()
+        return self._refill_rng
 
     # Booking calls ----------------------------------------------------------------------------
 
@@ -128,20 +158,27 @@ class KfreeRcuCpu:
         delta = (cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3])
         if any(delta):
             first_call = None
+            last = self.last_t
             if self.deadline is None and self.blocked is None and self.m.kernel.batching:
-                # The first of these calls armed the monitor (schedule_delayed_monitor_work()).
-                first_call = self.stream.time_to_reach(self.last_t, 1, now, sum(seen))
-            mid = 0.5 * (self.last_t + now)
+                # The first of these calls armed the monitor (schedule_delayed_monitor_work()),
+                # looked up only if the timer's shortening does not make it moot.
+                planned = self._first_call
+                if planned is not None and planned[0] == last:
+                    first = planned[1]  # the monitor found it when it planned its wake
+                    first_call = lambda: min(first, now)  # noqa: E731
+                else:
+                    stream, seen_sum = self.stream, sum(seen)
+                    first_call = lambda: stream.time_to_reach(last, 1, now, seen_sum)  # noqa: E731
             self.cum_seen = cum
             self.last_t = now
-            self.book(now, delta, mid, first_call=first_call)
+            self.book(now, delta, 0.5 * (last + now), first_call=first_call, first_after=last)
         else:
             self.cum_seen = cum
             self.last_t = now
 
     def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
              slab_bytes: float | None = None, by_call_rcu: bool = False,
-             first_call: float | None = None) -> simpy.Event | None:
+             first_call: Callable[[], float] | None = None, first_after: float = -math.inf) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
@@ -157,7 +194,7 @@ class KfreeRcuCpu:
         st.calls += total
         st.calls_two_arg += n2s + n2v
         st.calls_headless += nhs + nhv
-        m.cpu_last_call[self.cpu] = now
+        m.last_call_at[self.cpu] = now
         m.add_pending((n2s + nhs) * slab + (n2v + nhv) * vmb, now, arrival_mid)
         base = m.hw.kfree_call_ns * 1e-9
         sync_event = None
@@ -184,7 +221,7 @@ class KfreeRcuCpu:
         if sync_count:
             ev = self._synchronize_rcu(sync_count, sync_bytes, now, arrival_mid, base)
             sync_event = sync_event or ev
-        self.schedule_delayed_monitor_work(now, first_call)
+        self.schedule_delayed_monitor_work(now, first_call, first_after)
         return sync_event
 
     def _add_to_channel(self, ch: int, n2: int, nh: int, obj_bytes: float, now: float, mid: float,
@@ -221,11 +258,14 @@ class KfreeRcuCpu:
         new_blocks = 0
         if n:
             need = -(-n // records)
-            got, acquisitions = pool.take(self.cpu, need)
+            reserved = min(need, self.reserved_pages)  # taken for these calls at a reclaim
+            self.reserved_pages -= reserved
+            got, acquisitions = pool.take(self.cpu, need - reserved)
             if acquisitions:
                 lock_wait = pool.contend(acquisitions)
                 lock_calls += acquisitions
             st.blocks_from_cache += got
+            got += reserved
             absorbed = min(n, got * records)
             new_records += absorbed
             new_blocks += got
@@ -430,23 +470,29 @@ class KfreeRcuCpu:
 
     # The monitor ------------------------------------------------------------------------------
 
-    def schedule_delayed_monitor_work(self, now: float, first_call: float | None = None) -> None:
+    def schedule_delayed_monitor_work(self, now: float, first_call: Callable[[], float] | None = None,
+                                      first_after: float = -math.inf) -> None:
         """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once.
 
-        `first_call`: when calls booked together began, the first of them armed the timer then.
+        `first_call`: when calls booked together began, gives the time of the first of them (after
+        `first_after`), which armed the timer then.
         """
         m = self.m
         if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None or self.queued:
             return
         hz = m.hw.hz
+        adaptive = m.kernel.adaptive_drain
+        delay = m.kernel.drain_delay_jiffies(hz, self.pending_count, m.records) / hz
         if self.deadline is None:
-            armed = now if first_call is None else first_call
-            pending = self.pending_count if first_call is None else 1
-            self._set_deadline(armed + m.kernel.drain_delay_jiffies(hz, pending, m.records) / hz)
-        if m.kernel.adaptive_drain:
-            delay = m.kernel.drain_delay_jiffies(hz, self.pending_count, m.records) / hz
-            if now + delay < self.deadline:
+            if first_call is None:
                 self._set_deadline(now + delay)
+            else:
+                armed_delay = m.kernel.drain_delay_jiffies(hz, 1, m.records) / hz
+                if not (adaptive and now + delay < first_after + armed_delay):
+                    self._set_deadline(first_call() + armed_delay)
+                # else: the timer the first call armed is shortened to now + delay at once, below
+        if adaptive and (self.deadline is None or now + delay < self.deadline):
+            self._set_deadline(now + delay)
 
     def _set_deadline(self, when: float) -> None:
         if self.deadline is not None and when > self.deadline + 1e-12:
@@ -463,76 +509,117 @@ class KfreeRcuCpu:
         Returns (wake time, whether that wake is the shortened timer's expiry).
         """
         m = self.m
-        assert self.stream is not None
-        jiffy = 1.0 / m.hw.hz
+        stream = self.stream
+        assert stream is not None
+        jiffy = self._jiffy
+        records = m.records
         k_miss = k_cross = math.inf
-        if m.kernel.refill_worker and not self.work_in_progress and m.policy.n_per_cpu > 0:
+        if self._refills and not self.work_in_progress:
             cur = self.cur[0]
-            room = (m.records - cur.count) if cur is not None else 0
-            k_miss = room + m.pool.available(self.cpu) * m.records + 1
-        if m.kernel.adaptive_drain and self.pending_count < m.records and until - now > 2 * jiffy:
-            k_cross = m.records - self.pending_count
+            room = (records - cur.count) if cur is not None else 0
+            k_miss = room + (m.pool.available(self.cpu) + self.reserved_pages) * records + 1
+        if self._adaptive and self.pending_count < records and until - now > 2 * jiffy:
+            k_cross = records - self.pending_count
         if k_miss == k_cross == math.inf:
             return until, False
-        stream = self.stream
         seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
         if k_cross < k_miss:
             cross = stream.time_to_reach(now, int(k_cross), until, seen)
             if cross + jiffy >= until:
                 return until, False
-            if k_miss == math.inf or sum(stream.cumulative(cross + jiffy)) - seen < k_miss:
+            if (k_miss == math.inf or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
+                    or sum(stream.cumulative(cross + jiffy)) - seen < k_miss):
                 return cross + jiffy, True  # the cache lasts past the shortened timer's expiry
         return stream.time_to_reach(now, int(k_miss), until, seen), False
+
+    def _forecast_unarmed(self, now: float, first_delay: float) -> tuple[float, bool]:
+        """`_forecast()` while no timer is armed: the next call arms one for `first_delay` later.
+
+        When a block's worth is pending well before that timer could expire (6.1+), when the next
+        call comes does not matter and is not looked up (the booking looks it up if it needs it).
+        """
+        m = self.m
+        stream = self.stream
+        assert stream is not None
+        end = m.end
+        records = m.records
+        jiffy = self._jiffy
+        seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
+        if self._adaptive and self.pending_count < records and first_delay > 2 * jiffy:
+            k_cross = records - self.pending_count
+            k_miss = math.inf
+            if self._refills and not self.work_in_progress:
+                cur = self.cur[0]
+                room = (records - cur.count) if cur is not None else 0
+                k_miss = room + (m.pool.available(self.cpu) + self.reserved_pages) * records + 1
+            if k_cross < k_miss:
+                cross = stream.time_to_reach(now, k_cross, end, seen)
+                # Found before the end and before any timer the next call arms: as _forecast() finds it.
+                if cross < end and cross + jiffy < now + first_delay and (
+                        k_miss == math.inf or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
+                        or sum(stream.cumulative(cross + jiffy)) - seen < k_miss):
+                    return cross + jiffy, True
+        first = stream.time_to_reach(now, 1, end, seen)
+        if now == self.last_t:
+            self._first_call = (now, first)
+        if first >= end:
+            return end, False
+        return self._forecast(now, first + first_delay)
 
     def kfree_rcu_monitor(self):
         """The delayed monitor work, and the clock that books this CPU's open-loop calls.
 
         Sleeps until the earliest of: the monitor's deadline, the next arrival when nothing is
         pending, the moment a block's worth of calls will be pending (6.1+: the timer shortens),
-        the moment the cache will run dry (the refill kick), and a bound on booking staleness.
+        the moment the cache will run dry (the refill kick), and a bound on booking staleness (at most
+        1.5 times `max_booking_interval`).
         """
         env = self.env
         m = self.m
+        stream = self.stream
+        end = m.end
+        records = m.records
+        batching = m.kernel.batching
+        first_delay = m.kernel.drain_delay_jiffies(m.hw.hz, 1, records) / m.hw.hz  # armed by one call
         while True:
             now = env.now
             shortened = False
-            if not m.kernel.batching:
+            if not batching:
                 # No monitor before 5.6: book this CPU's calls (each its own call_rcu()) every jiffy.
-                wake = m.end if self.stream is None else now + 1.0 / m.hw.hz
+                wake = end if stream is None else now + self._jiffy
             elif self.blocked is not None:
-                wake = m.end  # until _unblock() sets the deadline (bookings still happen below)
+                wake = end  # until _unblock() sets the deadline (bookings still happen below)
             elif self.deadline is None:
-                if self.stream is None:
-                    wake = m.end
+                if stream is None:
+                    wake = end
                 else:
                     # The next call will arm the timer; plan for the deadline it will set.
-                    first = self.stream.time_to_reach(now, 1, m.end, sum(self.cum_seen) if now == self.last_t else None)
-                    if first >= m.end:
-                        wake = m.end
-                    else:
-                        virtual = first + m.kernel.drain_delay_jiffies(m.hw.hz, 1, m.records) / m.hw.hz
-                        wake, shortened = self._forecast(now, virtual)
+                    wake, shortened = self._forecast_unarmed(now, first_delay)
+            elif stream is None:
+                wake = self.deadline
             else:
-                if self.stream is None:
-                    wake = self.deadline
-                else:
-                    wake, shortened = self._forecast(now, self.deadline)
-            if self.stream is not None:
-                wake = min(wake, now + m.max_booking_interval)
-            if wake >= m.end:
-                wake = m.end + 1.0
-            wake = max(wake, now + 1e-9)
+                wake, shortened = self._forecast(now, self.deadline)
+            if stream is not None and wake - now > 1.5 * m.max_booking_interval:
+                # Bound the staleness of booked calls, but do not wake only to book when a planned
+                # wake comes within half an interval after the bound (a drain cycle a bit longer
+                # than the bound would otherwise cost two wakes).
+                wake = now + m.max_booking_interval
+            if wake >= end:
+                wake = end + 1.0
+            if wake < now + 1e-9:
+                wake = now + 1e-9
             self._wake_at = wake
             try:
-                yield env.timeout(max(0.0, wake - now))
+                yield env.timeout(wake - now)
             except simpy.Interrupt:
                 continue
             self._wake_at = None
             now = env.now
             self.advance(now)
-            if shortened and self.deadline is not None and self.pending_count >= m.records:
+            if shortened and self.deadline is not None and self.pending_count >= records:
                 # A block's worth arrived one jiffy ago: the kernel shortened the timer to expire now.
-                self.deadline = min(self.deadline, now)
+                if now < self.deadline:
+                    self.deadline = now
             if self.deadline is not None and now >= self.deadline - 1e-12:
                 self.deadline = None
                 turn = m.cpu_turn(self.cpu)
@@ -616,35 +703,42 @@ class KfreeRcuCpu:
         """Move everything pending into a fully empty krw slot and queue_rcu_work() it."""
         if self.pending_count == 0:
             return False
-        slot = next((i for i, b in enumerate(self.krw) if b is None), None)
-        if slot is None:
+        krw = self.krw
+        if krw[0] is None:
+            slot = 0
+        elif krw[1] is None:
+            slot = 1
+        else:
             return False
         m = self.m
         batch = Batch(slot)
+        objs = batch.objs
+        cur_blocks = self.cur
         for ch, groups in enumerate(self.pending):
             while groups:
                 g = groups.popleft()
                 batch.blocks += g.blocks
                 batch.records += g.count
-                batch.objs.absorb(g)
-            cur = self.cur[ch]
+                objs.absorb(g)
+            cur = cur_blocks[ch]
             if cur is not None:
-                self.cur[ch] = None
+                cur_blocks[ch] = None
                 batch.blocks += cur.blocks
                 batch.records += cur.count
-                batch.objs.absorb(cur)
+                objs.absorb(cur)
         if self.head.count:
             batch.head = self.head.count
-            batch.objs.absorb(self.head)
+            objs.absorb(self.head)
             self.head = Objs()
         self.pending_count = 0
-        self.krw[slot] = batch
+        krw[slot] = batch
         st = m.stats
         st.batches += 1
         st.blocks_detached += batch.blocks
         st.records_detached += batch.records
-        in_flight = sum(b is not None for b in self.krw)
-        st.batches_in_flight_peak = max(st.batches_in_flight_peak, in_flight)
+        in_flight = (krw[0] is not None) + (krw[1] is not None)
+        if in_flight > st.batches_in_flight_peak:
+            st.batches_in_flight_peak = in_flight
         # queue_rcu_work() uses call_rcu_hurry(): never lazy.
         batch.target = m.gp.request(lambda: self._rcu_work_rcufn(batch))
         return True
@@ -654,7 +748,7 @@ class KfreeRcuCpu:
         and queues kfree_rcu_work()."""
         hw = self.m.hw
         invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
-        self.env.timeout(invoke + hw.wq_latency_us * 1e-6).callbacks.append(lambda _e: self.kfree_rcu_work(batch))
+        self.m.run_after(invoke + hw.wq_latency_us * 1e-6, lambda: self.kfree_rcu_work(batch))
 
     def kfree_rcu_work(self, batch: Batch) -> None:
         """The work takes the batch's lists (its krw slot is free again), frees the objects with
@@ -681,11 +775,49 @@ class KfreeRcuCpu:
     def _kfree_rcu_work_done(self, batch: Batch) -> None:
         m = self.m
         now = self.env.now
-        self.advance(now)  # earlier calls must not use the pages coming back
+        if not self._reserve_for_unbooked(now):
+            self.advance(now)  # earlier calls must not use the pages coming back
         self.reclaiming.count -= batch.objs.count
         self.reclaiming_blocks -= batch.blocks
         m.free_objects(batch.objs, now)
         self._put_pages(batch.blocks)
+
+    def _reserve_for_unbooked(self, now: float) -> bool:
+        """Before pages come back: take from the cache the pages the calls not yet booked need.
+
+        Returns False, and does nothing, where only booking them now is right (a shared pool, or
+        a cache too short for them: the misses must be resolved now). Otherwise the cache ends as if
+        they had been booked now and they are booked with the next calls, one booking per drain cycle
+        instead of two; their bytes count toward the pending peak now, as a booking would.
+        """
+        stream = self.stream
+        if stream is None or not self._reserve_at_reclaim:
+            return False
+        m = self.m
+        seen = self.cum_seen
+        cum = stream.cumulative(now) if now > self.last_t else seen
+        n2s, n2v, nhs, nhv = cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3]
+        per_channel = (n2s + n2v + nhs + nhv,) if len(self.cur) == 1 else (n2s + nhs, n2v + nhv)
+        records = m.records
+        need = 0
+        for ch, n in enumerate(per_channel):
+            cur = self.cur[ch]
+            room = records - cur.count if cur is not None else 0
+            if n > room:
+                need += -(-(n - room) // records)
+        extra = need - self.reserved_pages
+        if extra > 0:
+            pool = m.pool
+            left = pool.available(self.cpu) - extra
+            if left < 0 or (m.policy.refill_low_watermark and left <= m.policy.refill_low_watermark):
+                return False
+            got, _ = pool.take(self.cpu, extra)
+            m.stats.blocks_from_cache += got
+            self.reserved_pages += got
+        nbytes = (n2s + nhs) * m.slab_bytes + (n2v + nhv) * float(m.workload.vmalloc_object_bytes)
+        if m.bytes_pending + nbytes > m.bytes_peak:
+            m.bytes_peak = m.bytes_pending + nbytes
+        return True
 
     def _put_pages(self, pages: int) -> None:
         """put_cached_bnode() each page back to this CPU; free_page() what the cache refuses."""
@@ -725,7 +857,7 @@ class KfreeRcuCpu:
         if m.pool.layout == "global":
             want = min(target, m.pool.room(self.cpu))
         else:
-            want = max(0, min(target, m.pool.local_cap) - int(m.pool.local[self.cpu]))
+            want = max(0, min(target, m.pool.local_cap) - m.pool.local_pages(self.cpu))
         gfp = m.kernel.refill_gfp
         got = attempts = 0
         if want:
@@ -764,7 +896,7 @@ class KfreeRcuCpu:
         """kfree_rcu_shrink_count() for this CPU: pending objects plus cached pages; sets the backoff."""
         if self.m.kernel.shrinker_drains_cache:
             self.backoff = True
-        return self.pending_count + int(self.m.pool.local[self.cpu])
+        return self.pending_count + self.m.pool.local_pages(self.cpu)
 
     def shrink_scan(self, now: float) -> int:
         """kfree_rcu_shrink_scan() for this CPU: drain the cache, run the monitor now."""
@@ -789,7 +921,7 @@ class KfreeRcuCpu:
             if self.cur[ch] is not None:
                 pages += self.cur[ch].blocks
         pages += sum(b.blocks for b in self.krw if b is not None)
-        return pages + self.reclaiming_blocks
+        return pages + self.reclaiming_blocks + self.reserved_pages
 
     def pending_objects(self) -> int:
         """Objects this CPU holds: blocks, rcu_head list, batches, running reclaim, call_rcu callbacks."""

@@ -23,7 +23,7 @@ class PageCache:
         n = policy.n_per_cpu
         self.local_cap = 0 if policy.layout == "global" else n
         self.shared_cap = cpus * n if policy.layout == "global" else policy.shared_reserve_pages
-        self.local = np.zeros(cpus, dtype=np.int64)
+        self._local = [0] * cpus  # a list: touched a page at a time, where numpy scalars are slow
         self.shared = 0
         self.peak_local = 0
         self.lock_hold_s = lock_hold_s
@@ -34,6 +34,18 @@ class PageCache:
         self.contenders = 1
 
     @property
+    def local(self) -> np.ndarray:
+        """Cached pages per CPU (a copy)."""
+        return np.array(self._local, dtype=np.int64)
+
+    def local_list(self) -> list[int]:
+        """Cached pages per CPU (the live list: do not modify)."""
+        return self._local
+
+    def local_pages(self, cpu: int) -> int:
+        return self._local[cpu]
+
+    @property
     def reserved_pages(self) -> int:
         return self.cpus * self.local_cap + self.shared_cap
 
@@ -41,13 +53,13 @@ class PageCache:
         return self.shared_cap > 0
 
     def available(self, cpu: int) -> int:
-        return int(self.local[cpu]) + self.shared
+        return self._local[cpu] + self.shared
 
     def room(self, cpu: int) -> int:
         """Pages a refill for this CPU may add (local cap first; the global pool otherwise)."""
         if self.layout == "global":
             return self.shared_cap - self.shared
-        return self.local_cap - int(self.local[cpu])
+        return self.local_cap - self._local[cpu]
 
     def lock_wait(self) -> float:
         """Mean wait for the shared lock now (M/D/1, capped by the CPUs that can queue on it)."""
@@ -76,8 +88,9 @@ class PageCache:
 
     def take(self, cpu: int, want: int) -> tuple[int, int]:
         """get_cached_bnode() up to `want` times; returns (pages, shared-lock acquisitions)."""
-        got = min(want, int(self.local[cpu]))
-        self.local[cpu] -= got
+        local = self._local
+        got = min(want, local[cpu])
+        local[cpu] -= got
         acquisitions = 0
         if got < want and self.shared > 0:
             extra = min(want - got, self.shared)
@@ -88,10 +101,11 @@ class PageCache:
 
     def put(self, cpu: int, pages: int) -> tuple[int, int]:
         """put_cached_bnode() for `pages` pages; returns (kept, shared-lock acquisitions). The rest are freed."""
-        keep = min(pages, self.local_cap - int(self.local[cpu]))
-        self.local[cpu] += keep
-        if keep and self.local[cpu] > self.peak_local:
-            self.peak_local = int(self.local[cpu])
+        local = self._local
+        keep = min(pages, self.local_cap - local[cpu])
+        local[cpu] += keep
+        if keep and local[cpu] > self.peak_local:
+            self.peak_local = local[cpu]
         acquisitions = 0
         if keep < pages and self.shared < self.shared_cap:
             extra = min(pages - keep, self.shared_cap - self.shared)
@@ -105,17 +119,17 @@ class PageCache:
         if self.layout == "global":
             self.shared += pages
         else:
-            self.local[cpu] += pages
-            self.peak_local = max(self.peak_local, int(self.local[cpu]))
+            self._local[cpu] += pages
+            self.peak_local = max(self.peak_local, self._local[cpu])
 
     def drain(self, cpu: int) -> int:
         """drain_page_cache(): free this CPU's cache (and, once, the shared pool); returns pages freed."""
-        freed = int(self.local[cpu])
-        self.local[cpu] = 0
+        freed = self._local[cpu]
+        self._local[cpu] = 0
         if cpu == 0 and self.shared:
             freed += self.shared
             self.shared = 0
         return freed
 
     def held(self) -> int:
-        return int(self.local.sum()) + self.shared
+        return sum(self._local) + self.shared

@@ -7,6 +7,7 @@ whose one-line message names the file, the key, the line where known, and the al
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 import tomllib
@@ -213,6 +214,14 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+def _known_keys(model: type[_Profile], key: str) -> str:
+    """The mend for an unknown key: the keys it resembles, else every key."""
+    close = difflib.get_close_matches(key, list(model.model_fields), n=3)
+    if close:
+        return "did you mean " + " or ".join(f"'{k}'" for k in close) + "?"
+    return "known keys: " + ", ".join(sorted(model.model_fields))
+
+
 def _describe(model: type[_Profile], source: str, text: str, err: ValidationError) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(profile)"
@@ -221,8 +230,7 @@ def _describe(model: type[_Profile], source: str, text: str, err: ValidationErro
     if line:
         where += f":{line}"
     if first["type"] == "extra_forbidden":
-        known = ", ".join(sorted(model.model_fields))
-        return f"{where}: unknown {model.kind()} key '{key}'; known keys: {known}"
+        return f"{where}: unknown {model.kind()} key '{key}'; {_known_keys(model, key)}"
     if first["type"] == "missing":
         return f"{where}: missing required key '{key}' ({_range_of(model, key)})"
     allowed = _range_of(model, key)
@@ -304,8 +312,7 @@ def load_profile(kind: str, name_or_path: str | Path, overrides: dict[str, str] 
         merged = profile.model_dump()
         for key, raw in overrides.items():
             if key not in model.model_fields:
-                known = ", ".join(sorted(model.model_fields))
-                raise ProfileError(f"--set {kind}.{key}: unknown {kind} key; known keys: {known}")
+                raise ProfileError(f"--set {kind}.{key}: unknown {kind} key; {_known_keys(model, key)}")
             merged[key] = _parse_override_value(raw)
         profile = _build(model, merged, f"--set {kind}", "")
     return profile

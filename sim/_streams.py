@@ -18,6 +18,7 @@ _PURPOSES = {
     "memory": 7,  # storm phase, sampling jitter
     "rcuscale": 8,  # per thread: single/double choice
     "refill": 9,  # per CPU: refill allocation outcomes
+    "arrivals_large": 10,  # per CPU and call kind: counts of slots with a large mean call count
 }
 
 

@@ -5,6 +5,8 @@ SQLite runs in WAL mode with a busy timeout; any other SQLAlchemy URL (PostgreSQ
 This package does not import `tuner` (nor `sim`).
 """
 
+from ._check import CONNECT_TIMEOUT_S, check_database
+from ._disk import DiskFull, is_disk_full
 from ._engine import BUSY_TIMEOUT_S, create_engine, engine_kwargs
 from ._registry import (
     OWNER_STALE_AFTER_S,
@@ -30,12 +32,13 @@ from ._schema import (
     StudyRecord,
     SurrogateRecord,
 )
-from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, resolve_url, sqlite_path
+from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, display_url, resolve_url, sqlite_path
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "DEFAULT_URL", "ENV_VAR", "OWNER_STALE_AFTER_S", "SCHEMA_VERSION", "Base", "Campaign",
-    "CampaignBusy", "Database", "RecommendationRecord", "SchemaVersion", "StorageError", "StudyRecord",
-    "SurrogateRecord", "beat", "claim_campaign", "create_engine", "database_exists", "engine_kwargs",
-    "ensure_schema", "find_campaign", "free_campaign_name", "list_campaigns", "open_database", "owner_alive",
-    "release_campaign", "resolve_url", "sqlite_path", "this_owner",
+    "BUSY_TIMEOUT_S", "Base", "CONNECT_TIMEOUT_S", "Campaign", "CampaignBusy", "DEFAULT_URL", "Database",
+    "DiskFull", "ENV_VAR", "OWNER_STALE_AFTER_S", "RecommendationRecord", "SCHEMA_VERSION", "SchemaVersion",
+    "StorageError", "StudyRecord", "SurrogateRecord", "beat", "check_database", "claim_campaign",
+    "create_engine", "database_exists", "display_url", "engine_kwargs", "ensure_schema", "find_campaign",
+    "free_campaign_name", "is_disk_full", "list_campaigns", "open_database", "owner_alive", "release_campaign",
+    "resolve_url", "sqlite_path", "this_owner",
 ]

@@ -12,9 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from ._check import check_database, newer_schema_message
 from ._engine import create_engine
 from ._schema import SCHEMA_VERSION, Base, Campaign, SchemaVersion, utcnow
-from ._url import StorageError, database_exists
+from ._disk import DiskFull, is_disk_full
+from ._url import StorageError, database_exists, display_url
 
 OWNER_STALE_AFTER_S = 60.0
 """A campaign owner whose heartbeat is older than this is presumed dead (other hosts, reused pids)."""
@@ -49,20 +51,25 @@ def _one_line_errors(url: str) -> Iterator[None]:
         yield
     except DBAPIError as err:
         first = " ".join(str(err.orig).split()) if err.orig is not None else type(err).__name__
-        raise StorageError(f"storage '{url}': {first}") from None
+        if is_disk_full(err):
+            raise DiskFull(f"storage '{display_url(url)}': {first}") from err
+        raise StorageError(f"storage '{display_url(url)}': {first}") from None
 
 
 def open_database(url: str, *, create: bool = True) -> Database:
     """Open `url`, creating rcutune's tables when they are missing and `create` is true.
 
-    Nothing is written to a database that already has rcutune's tables.
+    Nothing is written to a database that already has rcutune's tables, nor to one that
+    `check_database` refuses (it runs first, reading only).
 
     Raises:
-        StorageError: no such SQLite file (with `create=False`), unreachable database, or tables
-            written by a newer rcutune.
+        StorageError: no such SQLite file (with `create=False`), or what `check_database` refuses:
+            an unknown scheme, a corrupt or foreign file, an unreachable server, tables written by a
+            newer rcutune, Optuna tables that need an upgrade.
     """
     if not create and not database_exists(url):
-        raise StorageError(f"no database at '{url}'")
+        raise StorageError(f"no database at '{display_url(url)}'")
+    check_database(url)
     db = Database(url)
     try:
         with _one_line_errors(url):
@@ -80,8 +87,7 @@ def ensure_schema(engine: sa.Engine, *, create: bool = True) -> int | None:
         with engine.connect() as conn:
             found = conn.execute(sa.select(sa.func.max(SchemaVersion.version))).scalar()
         if found is not None and found > SCHEMA_VERSION:
-            raise StorageError(f"database tables are schema version {found}, newer than this rcutune's "
-                               f"{SCHEMA_VERSION}; upgrade rcutune")
+            raise StorageError(newer_schema_message(display_url(str(engine.url)), found))
         if found == SCHEMA_VERSION and all(inspector.has_table(t) for t in Base.metadata.tables):
             return found
     if not create:

@@ -30,6 +30,14 @@ def resolve_url(url: str | None = None) -> str:
     return chosen
 
 
+def display_url(url: str) -> str:
+    """The URL as messages show it: any password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
 def sqlite_path(url: str) -> Path | None:
     """The file behind a SQLite URL; None for other databases and for in-memory SQLite."""
     parsed = make_url(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,8 @@ import pytest
 import sim
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+import postgres_server  # noqa: E402 - from the tests directory, just added to the path
 
 
 def load(hardware: str, workload: str, **overrides: object) -> tuple[sim.HardwareProfile, sim.WorkloadProfile]:
@@ -35,3 +38,29 @@ def assert_invariants(m: sim.Metrics, policy: sim.Policy) -> None:
 @pytest.fixture
 def invariants():
     return assert_invariants
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url():
+    """A PostgreSQL server: $RCUTUNE_TEST_POSTGRES, else a throwaway cluster (skipped without initdb; failed on CI)."""
+    server = postgres_server.server()
+    try:
+        import psycopg  # noqa: F401 - the driver of postgresql+psycopg:// URLs
+
+        url = server.__enter__()
+    except (postgres_server.NoPostgres, OSError, ImportError) as err:
+        message = f"PostgreSQL tests need a server: {err}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
+
+
+@pytest.fixture
+def postgres_url(postgres_server_url):
+    """A fresh, empty database on the PostgreSQL server, dropped after the test."""
+    with postgres_server.fresh_database(postgres_server_url) as url:
+        yield url

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tuner import StudyRequest, run_campaign
 from tuner._recommend import fresh_seeds, rank
 from tuner.cli import app
 
@@ -118,8 +119,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_database_unchanged(studied,
 
 def test_a_campaign_with_no_complete_trials_is_a_user_error(tmp_path):
     db = tmp_path / "empty.db"
-    result = run_study(db, "--trials", "0", "--study", "empty")
-    assert result.exit_code == 0, result.output
+    run_campaign(StudyRequest(hardware="vm-2", workloads=("steady",), campaign="empty", trials=0,
+                              storage_url=url(db), max_seconds=0.3, replications=2, race_replications=1))
     before = file_digest(db)
     result = CliRunner().invoke(app, ["report", "empty", "--storage", url(db), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no complete trials" in result.output

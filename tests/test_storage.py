@@ -64,7 +64,7 @@ def test_a_database_from_a_newer_rcutune_is_refused(tmp_path):
     with engine.begin() as conn:
         conn.execute(sa.update(storage.SchemaVersion).values(version=storage.SCHEMA_VERSION + 1))
     engine.dispose()
-    with pytest.raises(StorageError, match="newer than this rcutune"):
+    with pytest.raises(StorageError, match="written by a newer rcutune"):
         storage.open_database(url)
 
 
@@ -121,3 +121,23 @@ def test_storage_imports_neither_tuner_nor_sim():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_empty_file_is_refused_before_anything_writes_a_schema_into_it(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for create in (True, False):
+        with pytest.raises(StorageError, match="is empty"):
+            storage.open_database(f"sqlite:///{empty}", create=create)
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
+
+
+def test_an_unreachable_server_is_named_with_what_to_check():
+    with pytest.raises(StorageError, match="cannot connect to .*check the host, port"):
+        storage.check_database("postgresql+psycopg://rcutune:secret@127.0.0.1:1/rcutune")
+
+
+def test_messages_never_show_a_password():
+    with pytest.raises(StorageError) as caught:
+        storage.check_database("postgresql+psycopg://rcutune:secret@127.0.0.1:1/rcutune")
+    assert "secret" not in str(caught.value) and "rcutune:***@" in str(caught.value)

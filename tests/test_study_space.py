@@ -55,7 +55,9 @@ def test_fix_pins_a_parameter_and_drops_what_depends_on_it():
 @pytest.mark.parametrize(("items", "message"), [
     (["n_per_cpu"], "expected key=value"),
     (["colour=red"], "unknown parameter"),
-    (["n_per_cpu=lots"], "expected a number"),
+    (["n_per_cpu=lots"], "expected a whole number"),
+    (["n_per_cpu=2.5"], "expected a whole number"),
+    (["emergency_reserve_fraction=nan"], "expected a finite number"),
     (["layout=ring"], "choose one of"),
     (["prealloc_at_boot=maybe"], "true or false"),
 ])
@@ -115,3 +117,14 @@ def test_the_scalar_objective_weighs_reserved_memory_by_the_machine_size():
     hw, m = _metrics(cache_bytes_reserved=2**20)
     values = objective_values(m, hw)
     assert values["scalar"] == pytest.approx(values["fallback_cost"] + 1.0 / (hw.memory_mib / 1024))
+
+
+@pytest.mark.parametrize("item", ["n_per_cpu=-1", "n_per_cpu=129", "refill_delay_ms=-5", "emergency_reserve_fraction=0.9"])
+def test_a_fixed_value_outside_the_modelled_range_is_refused(item):
+    with pytest.raises(UserError, match="outside the range rcutune models"):
+        build_search_space("6.3", 8, fixed=parse_fix([item]))
+
+
+def test_fixing_the_kernel_default_of_a_parameter_outside_its_searched_range_is_allowed():
+    space = build_search_space("6.3", 8, fixed=parse_fix(["layout=per-cpu", "shared_reserve_pages=0"]))
+    assert space.policy({}).shared_reserve_pages == 0

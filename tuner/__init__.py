@@ -2,7 +2,8 @@
 
 Public surface: build a campaign's search space (`build_search_space`, `parse_fix`), score a run
 (`objective_values`, `constraint_values`), run or resume a campaign (`StudyRequest`,
-`run_campaign`), and list what a database holds (`list_studies`). Everything else is private.
+`run_campaign`), join a campaign on a database server as one of many workers (`WorkerRequest`,
+`run_worker`), and list what a database holds (`list_studies`). Everything else is private.
 """
 
 from importlib import import_module
@@ -14,6 +15,7 @@ _EXPORTS = {
     "._campaign": ("DEFAULT_SETTINGS", "DEFAULT_TRIALS", "QUICK_SETTINGS", "QUICK_TRIALS", "CampaignDefinition",
                    "Settings", "make_seeds", "study_name"),
     "._errors": ("UserError",),
+    "._fleet": ("WorkerRequest", "WorkerResult", "run_worker"),
     "._listing": ("CampaignSummary", "StudySummary", "list_studies"),
     "._objective": ("CONSTRAINTS", "OBJECTIVES", "constraint_values", "feasible", "mean_ci", "objective_values"),
     "._progress": ("PlainProgress", "ProgressSink", "RichProgress"),

@@ -1,16 +1,22 @@
 """`rcutune report`: report.md, a self-contained report.html, recommendation.json and PNG plots (DESIGN.md §6).
 
-Every file is written atomically (a temporary file in the same directory, then `os.replace`).
+A report is replaced whole: its files are written into a hidden sibling directory, which then
+takes the report directory's place in one rename, so a reader (or a run killed at any moment)
+sees the previous complete report or the new complete one, never a mix.
 """
 
 from __future__ import annotations
 
 import base64
+import ctypes
+import errno
 import html
 import json
 import os
 import re
+import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +45,7 @@ def write_atomic(path: Path, content: bytes | str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes it private; a report is not
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -47,6 +54,57 @@ def write_atomic(path: Path, content: bytes | str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def replace_directory(staged: Path, target: Path) -> None:
+    """Put the directory `staged` at `target` in one step; the old `target`, if any, is removed.
+
+    Linux swaps the two in one `renameat2(RENAME_EXCHANGE)`; elsewhere the old directory is renamed
+    away first, so for an instant `target` is missing (but never partial).
+    """
+    if not target.exists():
+        os.rename(staged, target)
+        return
+    if not _exchange(staged, target):
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
+        os.rename(target, aside / target.name)
+        os.rename(staged, target)
+        staged = aside
+    shutil.rmtree(staged)  # the previous report
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EPERM):  # no such call, or a filesystem without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def _staging_directory(target: Path) -> Path:
+    """A fresh hidden sibling of `target`; leftovers of killed runs of this report are removed first."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    ours = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.[A-Za-z0-9_]+")  # what mkdtemp below makes
+    for leftover in target.parent.glob(f".{target.name}.*"):
+        match = ours.fullmatch(leftover.name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _choice_json(c: Choice | None) -> dict[str, Any] | None:
@@ -330,6 +388,17 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]*)\*\*", r"<strong>\1</strong>", out)
 
 
+@dataclass(frozen=True)
+class PreparedReport:
+    """A report computed but not yet written: its directory, its files' contents, its recommendation."""
+
+    url: str
+    directory: Path
+    files: dict[str, bytes | str]
+    recommendation: Recommendation
+    data: CampaignData | None = None  # the fitted campaign, whose estimators are stored with the figures
+
+
 def write_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
                  confirm_seeds: int = 4) -> Path:
     """Fit, recommend and write `reports/<hardware>/<campaign>/`; returns that directory.
@@ -337,6 +406,12 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
     Raises:
         UserError: unknown campaign, no complete trials, bad confidence.
     """
+    return publish_report(prepare_report(url, name, out, confidence=confidence, confirm_seeds=confirm_seeds))
+
+
+def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
+                   confirm_seeds: int = 4) -> PreparedReport:
+    """Everything `write_report` computes (surrogates, recommendation, plots, text); writes nothing."""
     data = load_campaign(url, name)
     if not 0.5 <= confidence < 1.0:
         from ._errors import UserError
@@ -344,7 +419,6 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
     fit_surrogates(data)
     rec = recommend(data, confidence=confidence, confirm_seeds=confirm_seeds)
     directory = (out or Path("reports")) / data.hardware.name / data.name
-    directory.mkdir(parents=True, exist_ok=True)
     pngs: dict[str, bytes] = {}
     captions: dict[str, str] = {}
     pngs["pareto.png"] = _plots.pareto(data, rec)
@@ -361,13 +435,30 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
             captions[f"{w.name}: pending memory and fallbacks, recommended vs default"] = f"timeseries-{w.name}.png"
     doc = recommendation_json(rec, data)
     markdown = render_markdown(doc, captions, url)
-    for file, content in pngs.items():
-        write_atomic(directory / file, content)
-    write_atomic(directory / "recommendation.json", json.dumps(doc, indent=2, default=_json_default) + "\n")
-    write_atomic(directory / "report.md", markdown)
-    write_atomic(directory / "report.html", render_html(markdown, pngs))
-    store(url, rec, data)
-    return directory
+    files = {**pngs, "recommendation.json": json.dumps(doc, indent=2, default=_json_default) + "\n",
+             "report.md": markdown, "report.html": render_html(markdown, pngs)}
+    return PreparedReport(url, directory, files, rec, data)
+
+
+def publish_report(report: PreparedReport) -> Path:
+    """Write a prepared report: replace its directory whole, then store its recommendation; returns the directory."""
+    staged = _staging_directory(report.directory)
+    try:
+        for file, content in report.files.items():
+            write_atomic(staged / file, content)
+        os.chmod(staged, 0o777 & ~_umask())  # mkdtemp makes it private; a report is not
+        replace_directory(staged, report.directory)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    store(report.url, report.recommendation, report.data)
+    return report.directory
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _json_default(value: Any) -> Any:

@@ -29,6 +29,7 @@ from ._campaign import (
     study_name,
 )
 from ._errors import UserError
+from ._fleet import live_worker_trials, set_budgets
 from ._objective import OBJECTIVES
 from ._progress import NullProgress, ProgressSink
 from ._space import SearchSpace, build_search_space
@@ -66,6 +67,7 @@ class StudyRequest:
     replications: int | None = None
     race_replications: int | None = None
     sim_timeout_s: float | None = None  # None: 30 wall seconds per simulated second, at least 30
+    run: bool = True  # False (--no-run): create the campaign and its budgets for `rcutune worker` processes
 
 
 @dataclass
@@ -78,6 +80,7 @@ class CampaignResult:
     studies: dict[str, str] = field(default_factory=dict)  # workload -> Optuna study name
     told: dict[str, int] = field(default_factory=dict)  # workload -> trials told this run
     swept: int = 0  # trials a dead run left RUNNING, now failed and re-enqueued
+    budgets: dict[str, int] = field(default_factory=dict)  # workload -> trial budget (--no-run)
     aborted: dict[str, str] = field(default_factory=dict)  # workload -> why its study stopped early
     wall_seconds: float = 0.0
 
@@ -141,10 +144,14 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
             created = campaign is None
             if campaign is not None:
                 check_resumable(definition, campaign)
-                storage.claim_campaign(session, campaign)
+                busy = live_worker_trials(db.engine, [s.optuna_study_name for s in campaign.studies])
+                if busy and request.run:
+                    raise UserError(f"campaign '{base_name}' has {busy} trials running in rcutune worker processes; "
+                                    f"wait for them, or add workers with: rcutune worker --study {base_name}")
             else:
                 campaign = definition.new_campaign(base_name)
                 session.add(campaign)
+            if request.run:  # --no-run only defines budgets: workers must not take it for a running study
                 storage.claim_campaign(session, campaign)
             stored = {s.workload_name for s in campaign.studies}
             for workload in definition.workloads:
@@ -157,10 +164,15 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
         studies = {}
         for workload in definition.workloads:
             study = _open_study(rdb, definition, base_name, workload)
-            result.swept += sweep_stale_trials(study, "interrupted: the process running it stopped")
-            enqueue_design(study, definition.space, limit=trials)
+            if request.run:  # with --no-run, workers decide about RUNNING trials (by their heartbeats)
+                result.swept += sweep_stale_trials(study, "interrupted: the process running it stopped")
+                enqueue_design(study, definition.space, limit=trials)  # workers queue it one point at a time
             studies[workload.name] = study
             result.studies[workload.name] = study.study_name
+        if not request.run:
+            result.budgets = set_budgets(studies, trials, request.sampler)
+            result.wall_seconds = time.monotonic() - start
+            return result
         progress.begin(base_name, [(w.name, trials, _count(studies[w.name])) for w in definition.workloads])
         timeout = request.sim_timeout_s or max(30.0, 30.0 * definition.settings.max_seconds)
         with SimulationPool(request.jobs, timeout) as pool:

@@ -169,6 +169,10 @@ class SearchSpace:
         return out
 
 
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 def _contains(d: BaseDistribution, value: Any) -> bool:
     if isinstance(d, CategoricalDistribution):
         return value in d.choices
@@ -253,7 +257,8 @@ def parse_fix(items: list[str] | None) -> dict[str, Any]:
                     raise UserError(f"--fix layout={raw}: choose one of: {', '.join(sim.LAYOUTS)}")
                 value = raw
         except ValueError:
-            kind = {"prealloc_at_boot": "true or false"}.get(key, "a number")
+            whole = ("n_per_cpu", "shared_reserve_pages", "refill_delay_ms")
+            kind = "true or false" if key == "prealloc_at_boot" else "a whole number" if key in whole else "a finite number"
             raise UserError(f"--fix {key}={raw}: expected {kind}") from None
         out[key] = value
     return out
@@ -293,10 +298,15 @@ def build_search_space(kernel: str, cpus: int, *, fixed: Mapping[str, Any] | Non
             pinned[name] = value
     for name in unsupported:
         pinned[name] = defaults[name]
+    full = _full_space(cpus)
+    for name, value in fixed.items():
+        d = full[name].distribution
+        if isinstance(d, (IntDistribution, FloatDistribution)) and not d.low <= value <= d.high \
+                and value != defaults[name]:
+            raise UserError(f"--fix {name}={value}: outside the range rcutune models ({_num(d.low)} to {_num(d.high)})")
     pinned.update(fixed)
     if pinned.get("layout", "hybrid") != "hybrid":
         pinned.setdefault("shared_reserve_pages", 0)
-    full = _full_space(cpus)
     params = tuple(p for name, p in full.items() if name not in pinned)
     space = SearchSpace(kernel=kernel, cpus=cpus, params=params,
                         fixed=tuple(sorted(pinned.items())), faithful=faithful)

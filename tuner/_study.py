@@ -28,6 +28,7 @@ from ._objective import (
     replication_table,
     summary_table,
 )
+from ._space import SearchSpace
 from ._workers import SimResult, SimTask, SimulationPool
 
 HEARTBEAT_EVERY_S = 10.0
@@ -223,22 +224,12 @@ class StudyLoop:
 
     def _decide_prune(self, run: _Run) -> None:
         low, _ = self._low_summary(run)
-        s = self.d.settings
         earlier = [x for x in self.seen if x.low is not None and x.low_feasible and x.number < run.number]
         earlier += [_Seen(r.number, *self._low_summary(r)) for r in self.in_flight.values()
                     if r.number < run.number and r.low is not None]
         earlier = [x for x in earlier if x.low_feasible]
         if run.label is None:
-            for other in earlier:
-                assert other.low is not None
-                if self.d.objective == "scalar":
-                    hopeless = low["scalar"] > s.prune_ratio * other.low["scalar"] + s.prune_slack
-                else:  # clearly dominated: no more memory, and a fallback cost `prune_ratio` times lower
-                    hopeless = (other.low["reserved_mib"] <= low["reserved_mib"]
-                                and other.low["fallback_cost"] * s.prune_ratio + s.prune_slack <= low["fallback_cost"])
-                if hopeless:
-                    run.pruned_by = other.number
-                    break
+            run.pruned_by = pruned_by(low, earlier, self.d)
         if run.pruned_by is not None:
             run.stage = "ready"
             return
@@ -248,12 +239,7 @@ class StudyLoop:
     def _decide_race(self, run: _Run) -> None:
         """Race a feasible trial that ranks among the best (and always the kernel default)."""
         runs = [run.runs[i] for i in range(self.d.settings.replications)]
-        base = _means(runs, self.d.hardware)
-        ok = feasible(constraint_values(runs, self.d.hardware))
-        contenders = sorted(x.base["scalar"] for x in self.seen if x.base is not None and x.base_feasible)
-        k = self.d.settings.race_top_k
-        in_top = ok and (len(contenders) < k or base["scalar"] <= contenders[k - 1])
-        if self.d.settings.race_replications > 0 and (in_top or run.label == "kernel-default"):
+        if should_race(runs, run.label, self.seen, self.d):
             run.raced = True
             run.stage = "race"
             r = self.d.settings.replications
@@ -263,19 +249,9 @@ class StudyLoop:
     # -- telling --------------------------------------------------------------------------------
     def _tell(self, run: _Run, state: TrialState) -> None:
         trial = run.trial
-        hw = self.d.hardware
         outcome_values: dict[str, float] | None = None
         ok = False
-        low_entry = None
-        if run.low is not None:
-            low, low_ok = self._low_summary(run)
-            low_entry = low
-            trial.set_user_attr("low_fidelity", {
-                "seconds": self.low_seconds, "seed": self.d.seeds[0], **low, "feasible": low_ok,
-                "metrics": {k: v[0] for k, v in replication_table([run.low], hw).items()},
-            })
-        else:
-            low_ok = False
+        low_entry, low_ok = record_low_fidelity(trial, self.d, self.low_seconds, run.low)
         base_entry = None
         trial.set_user_attr("simulations", run.simulations)
         if state == TrialState.FAIL:
@@ -283,36 +259,14 @@ class StudyLoop:
             self.study.tell(trial, state=TrialState.FAIL)
         elif state == TrialState.PRUNED:
             assert run.low is not None
-            constraints = constraint_values([run.low], hw)
-            for name, value in constraints.items():
-                trial.set_constraint(name, value)
-            trial.set_user_attr("pruned_by", run.pruned_by)
-            if self.d.objective == "scalar":
-                trial.report(low_entry["scalar"], step=0)  # type: ignore[index]
+            record_pruned(trial, self.d, run.low, run.pruned_by)
             self.study.tell(trial, state=TrialState.PRUNED)
         else:
             order = sorted(run.runs)
-            runs = [run.runs[i] for i in order]
-            seeds = [self.d.seeds[i] for i in order]
-            r = self.d.settings.replications
-            constraints = constraint_values(runs[:r], hw)
-            ok = feasible(constraints)
-            for name, value in constraints.items():
-                trial.set_constraint(name, value)
-            table = replication_table(runs, hw)
-            trial.set_user_attr("seconds", self.seconds)
-            trial.set_user_attr("seeds", seeds)
-            trial.set_user_attr("replications", table)
-            trial.set_user_attr("summary", summary_table(table))
-            trial.set_user_attr("raced", run.raced)
-            if run.raced:
-                trial.set_user_attr("raced_constraints", constraint_values(runs, hw))
-            base_entry = _means(runs[:r], hw)
+            base_entry, ok = record_result(trial, self.d, self.seconds, [run.runs[i] for i in order],
+                                           [self.d.seeds[i] for i in order], run.raced)
             outcome_values = base_entry
-            if self.d.objective == "scalar":
-                self.study.tell(trial, base_entry["scalar"])
-            else:
-                self.study.tell(trial, [base_entry[name] for name in OBJECTIVES])
+            self.study.tell(trial, told_values(base_entry, self.d))
         self.seen.append(_Seen(run.number, low_entry, low_ok, base_entry, ok))
         del self.in_flight[run.number]
         if self.refine and base_entry is not None and ok and self._best_number() == run.number:
@@ -329,29 +283,7 @@ class StudyLoop:
         return min(ranked, key=lambda x: (x.base["scalar"], x.number)).number  # type: ignore[index]
 
     def _queue_neighbours(self, params: dict[str, Any], number: int) -> None:
-        """The best trial's neighbours: N-1, N, N+1 in every layout first, then one step of each other parameter."""
-        space = self.d.space
-        by_name = {p.name: p for p in space.params}
-
-        def steps(name: str) -> list[Any]:
-            d, x = by_name[name].distribution, params[name]
-            if isinstance(d, CategoricalDistribution):
-                return [c for c in d.choices if c != x]
-            step = d.step or 1  # type: ignore[attr-defined]
-            values = [v for v in (x - step, x + step) if d.low <= v <= d.high]  # type: ignore[attr-defined]
-            return [round(v, 10) for v in values] if isinstance(d, FloatDistribution) else values
-
-        first: list[dict[str, Any]] = []
-        n_values = [params["n_per_cpu"]] + steps("n_per_cpu")
-        layouts = [params["layout"]] + steps("layout") if "layout" in params else [None]
-        for n in n_values:
-            for layout in layouts:
-                change = {"n_per_cpu": n} if layout is None else {"n_per_cpu": n, "layout": layout}
-                first.append({**params, **change})
-        rest = [{**params, name: value} for name in params if name not in ("n_per_cpu", "layout")
-                for value in steps(name)]
-        candidates = [space.active(c) for c in first[1:] + rest]
-        self.refinements = [(c, number) for c in candidates if space.complete(c)]
+        self.refinements = [(c, number) for c in neighbours(self.d.space, params)]
 
     def _next_refinement(self) -> None:
         """Put the next untried neighbour of the best trial at the head of the queue (if nothing else waits)."""
@@ -366,6 +298,108 @@ class StudyLoop:
             if params not in tried:
                 self.study.enqueue_trial(params, user_attrs={"refines": number})
                 return
+
+
+# -- decisions and records shared with the distributed workers (`_fleet`) ------------------------
+def pruned_by(low: dict[str, float], earlier: list[_Seen], d: CampaignDefinition) -> int | None:
+    """The first earlier trial, feasible at low fidelity, that makes this one hopeless; None if none does."""
+    s = d.settings
+    for other in earlier:
+        if other.low is None or not other.low_feasible:
+            continue
+        if d.objective == "scalar":
+            hopeless = low["scalar"] > s.prune_ratio * other.low["scalar"] + s.prune_slack
+        else:  # clearly dominated: no more memory, and a fallback cost `prune_ratio` times lower
+            hopeless = (other.low["reserved_mib"] <= low["reserved_mib"]
+                        and other.low["fallback_cost"] * s.prune_ratio + s.prune_slack <= low["fallback_cost"])
+        if hopeless:
+            return other.number
+    return None
+
+
+def should_race(base_runs: list[sim.Metrics], label: str | None, seen: list[_Seen], d: CampaignDefinition) -> bool:
+    """Whether a trial runs the racing seeds: feasible and among the best so far, or the kernel default."""
+    base = _means(base_runs, d.hardware)
+    ok = feasible(constraint_values(base_runs, d.hardware))
+    contenders = sorted(x.base["scalar"] for x in seen if x.base is not None and x.base_feasible)
+    k = d.settings.race_top_k
+    in_top = ok and (len(contenders) < k or base["scalar"] <= contenders[k - 1])
+    return d.settings.race_replications > 0 and (in_top or label == "kernel-default")
+
+
+def record_low_fidelity(trial: optuna.Trial, d: CampaignDefinition, seconds: float,
+                        low: sim.Metrics | None) -> tuple[dict[str, float] | None, bool]:
+    """Store the low-fidelity run in `user_attrs`; returns its objective values and feasibility."""
+    if low is None:
+        return None, False
+    values = objective_values(low, d.hardware)
+    ok = feasible(constraint_values([low], d.hardware))
+    trial.set_user_attr("low_fidelity", {
+        "seconds": seconds, "seed": d.seeds[0], **values, "feasible": ok,
+        "metrics": {k: v[0] for k, v in replication_table([low], d.hardware).items()},
+    })
+    return values, ok
+
+
+def record_pruned(trial: optuna.Trial, d: CampaignDefinition, low: sim.Metrics, by: int | None) -> None:
+    """Store what a pruned trial is told with: its low-fidelity constraints and the trial that pruned it."""
+    for name, value in constraint_values([low], d.hardware).items():
+        trial.set_constraint(name, value)
+    trial.set_user_attr("pruned_by", by)
+    if d.objective == "scalar":
+        trial.report(objective_values(low, d.hardware)["scalar"], step=0)
+
+
+def record_result(trial: optuna.Trial, d: CampaignDefinition, seconds: float, runs: list[sim.Metrics],
+                  seeds: list[int], raced: bool) -> tuple[dict[str, float], bool]:
+    """Store a finished trial's replications, summary and constraints; returns base-seed means and feasibility.
+
+    `runs` holds the base seeds first, then the racing seeds (if `raced`).
+    """
+    hw = d.hardware
+    r = d.settings.replications
+    constraints = constraint_values(runs[:r], hw)
+    for name, value in constraints.items():
+        trial.set_constraint(name, value)
+    table = replication_table(runs, hw)
+    trial.set_user_attr("seconds", seconds)
+    trial.set_user_attr("seeds", list(seeds))
+    trial.set_user_attr("replications", table)
+    trial.set_user_attr("summary", summary_table(table))
+    trial.set_user_attr("raced", raced)
+    if raced:
+        trial.set_user_attr("raced_constraints", constraint_values(runs, hw))
+    return _means(runs[:r], hw), feasible(constraints)
+
+
+def told_values(base: dict[str, float], d: CampaignDefinition) -> float | list[float]:
+    """What Optuna is told for a complete trial: the scalar value, or one value per objective."""
+    return base["scalar"] if d.objective == "scalar" else [base[name] for name in OBJECTIVES]
+
+
+def neighbours(space: SearchSpace, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A trial's neighbours: N-1, N, N+1 in every layout first, then one step of each other parameter."""
+    by_name = {p.name: p for p in space.params}
+
+    def steps(name: str) -> list[Any]:
+        dist, x = by_name[name].distribution, params[name]
+        if isinstance(dist, CategoricalDistribution):
+            return [c for c in dist.choices if c != x]
+        step = dist.step or 1  # type: ignore[attr-defined]
+        values = [v for v in (x - step, x + step) if dist.low <= v <= dist.high]  # type: ignore[attr-defined]
+        return [round(v, 10) for v in values] if isinstance(dist, FloatDistribution) else values
+
+    first: list[dict[str, Any]] = []
+    n_values = [params["n_per_cpu"]] + steps("n_per_cpu")
+    layouts = [params["layout"]] + steps("layout") if "layout" in params else [None]
+    for n in n_values:
+        for layout in layouts:
+            change = {"n_per_cpu": n} if layout is None else {"n_per_cpu": n, "layout": layout}
+            first.append({**params, **change})
+    rest = [{**params, name: value} for name in params if name not in ("n_per_cpu", "layout")
+            for value in steps(name)]
+    candidates = [space.active(c) for c in first[1:] + rest]
+    return [c for c in candidates if space.complete(c)]
 
 
 def _means(runs: list[sim.Metrics], hw: sim.HardwareProfile) -> dict[str, float]:

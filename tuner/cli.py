@@ -18,6 +18,7 @@ import sim
 from sim import KERNELS, Policy
 
 from ._errors import EXIT_FAILURE, UserError, is_terminal, user_errors
+from ._validate_cli import validate_app
 
 app = typer.Typer(
     name="rcutune",
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
+app.add_typer(validate_app, name="validate")
 KernelVersion = Enum("KernelVersion", {v.replace(".", "_"): v for v in KERNELS}, type=str)  # type: ignore[misc]
 
 
@@ -193,7 +195,7 @@ StorageOpt = Annotated[
 def study(
     hardware: HardwareOpt,
     workload: Annotated[Optional[list[str]], typer.Option("--workload", "-W", help="Workload profile (repeatable; default: all shipped).")] = None,
-    trials: Annotated[Optional[int], typer.Option(min=0, help="New trials this run adds to each study (default: 30; --quick: 40).")] = None,
+    trials: Annotated[Optional[int], typer.Option(min=1, help="New trials this run adds to each study (default: 30; --quick: 40).")] = None,
     study_name: Annotated[Optional[str], typer.Option("--study", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
     storage_url: StorageOpt = None,
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes running simulations (this process owns all writes).")] = max(1, min(os.cpu_count() or 1, 8)),
@@ -209,6 +211,7 @@ def study(
     race_replications: Annotated[Optional[int], typer.Option(min=0, max=100, help="Extra seeds for contenders (default 3; --quick 2).")] = None,
     sampler: Annotated[SamplerChoice, typer.Option(help="Optuna sampler.")] = SamplerChoice.tpe,
     sim_timeout: Annotated[Optional[float], typer.Option(min=1.0, help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at least 30); past it the trial fails.")] = None,
+    no_run: Annotated[bool, typer.Option("--no-run", help="Create the campaign and add --trials to each study's budget without running trials; rcutune worker processes run them.")] = False,
     settings: SetOpt = None,
 ) -> None:
     """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it."""
@@ -226,7 +229,7 @@ def study(
             kernel=kernel.value, fixed=tuple(parse_fix(fix).items()), faithful=faithful, objective=objective.value,
             trials=trials, campaign=study_name, storage_url=storage_url, jobs=jobs, seed=seed, quick=quick, new=new,
             sampler=sampler.value, max_seconds=seconds, replications=replications,
-            race_replications=race_replications, sim_timeout_s=sim_timeout,
+            race_replications=race_replications, sim_timeout_s=sim_timeout, run=not no_run,
         )
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         progress = RichProgress() if is_terminal() else PlainProgress()
@@ -236,6 +239,11 @@ def study(
             result = run_campaign(request, progress)
         finally:
             signal.signal(signal.SIGTERM, previous)
+    if no_run:
+        budgets = ", ".join(f"{w} {b}" for w, b in result.budgets.items())
+        typer.echo(f"campaign {result.campaign}: {len(result.budgets)} studies, trial budgets {budgets} "
+                   f"({result.storage_url}); run them with: rcutune worker --study {result.campaign} --storage {result.storage_url}")
+        return
     told = sum(result.told.values())
     typer.echo(f"campaign {result.campaign}: {told} trials added to {len(result.told)} studies in "
                f"{result.wall_seconds:.1f} s ({result.storage_url})")
@@ -243,6 +251,57 @@ def study(
         typer.echo(f"error: studies stopped early: {', '.join(result.aborted)} (their trials kept failing; "
                    "see the fail_reason of their failed trials)", err=True)
         raise typer.Exit(EXIT_FAILURE)
+
+
+@app.command()
+def worker(
+    study_name: Annotated[str, typer.Option("--study", help="Campaign to join (created with rcutune study ... --no-run).")],
+    storage_url: StorageOpt = None,
+    jobs: Annotated[int, typer.Option(min=1, max=256, help="Processes running one trial's simulations (seeds) in parallel.")] = 1,
+    heartbeat_interval: Annotated[int, typer.Option(min=1, max=3600, help="Seconds between heartbeats of the running trial.")] = 10,
+    grace_period: Annotated[int, typer.Option(min=1, max=86_400, help="A running trial whose heartbeat is older than this many seconds is failed and run again.")] = 30,
+    sim_timeout: Annotated[Optional[float], typer.Option(min=1.0, help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at least 30).")] = None,
+) -> None:
+    """Join a campaign on a database server: run trials of all its studies until their budgets are spent.
+
+    Start one on each machine (or several per machine); they share the work through the database,
+    and the trial of a worker that dies is run again by the others."""
+    import optuna
+
+    from ._fleet import WorkerRequest, run_worker
+
+    with user_errors():
+        if grace_period <= heartbeat_interval:
+            raise UserError(f"--grace-period {grace_period}: must be longer than --heartbeat-interval {heartbeat_interval}")
+        request = WorkerRequest(campaign=study_name, storage_url=storage_url, jobs=jobs,
+                                heartbeat_interval_s=heartbeat_interval, grace_period_s=grace_period,
+                                sim_timeout_s=sim_timeout)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            result = run_worker(request, on_trial=_print_worker_trial)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    done = sum(result.finished.values())
+    typer.echo(f"worker: campaign {result.campaign}: budgets spent; this worker ran {done} trials "
+               f"({sum(result.failed.values())} failed) in {result.wall_seconds:.1f} s")
+    if result.aborted:
+        typer.echo(f"error: this worker gave up on {', '.join(result.aborted)} (their trials kept failing; "
+                   "see the fail_reason of their failed trials)", err=True)
+        raise typer.Exit(EXIT_FAILURE)
+
+
+def _print_worker_trial(workload: str, trial) -> None:
+    attrs = trial.user_attrs
+    policy = attrs.get("policy", {})
+    text = f"{workload} #{trial.number} {trial.state.name.lower()}"
+    if policy:
+        text += f" N={policy.get('n_per_cpu')} {policy.get('layout')}"
+    if "retry_of" in attrs:
+        text += f" (retry of #{attrs['retry_of']})"
+    if trial.state.name == "FAIL":
+        text += f": {attrs.get('fail_reason', 'failed')}"
+    typer.echo(text)
 
 
 @app.command()
@@ -301,6 +360,8 @@ def report(
     with user_errors():
         if not 0.5 <= confidence < 1.0:
             raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
+        if out and Path(out).exists() and not Path(out).is_dir():
+            raise UserError(f"--out {out}: not a directory; name a directory (it is created if missing)")
         url = storage_pkg.resolve_url(storage_url)
         directory = write_report(url, name, Path(out) if out else None, confidence=confidence,
                                  confirm_seeds=confirm_seeds)

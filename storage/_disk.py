@@ -1,0 +1,51 @@
+"""A full disk: recognised wherever it surfaces (SQLite, Optuna's wrapping of it, a plain file write)."""
+
+from __future__ import annotations
+
+import errno
+import sqlite3
+
+try:
+    import resource
+except ImportError:  # not POSIX: no file-size limit to run into
+    resource = None  # type: ignore[assignment]
+
+from ._url import StorageError
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class DiskFull(StorageError):
+    """A write failed for want of space (or over the process's file-size limit); nothing stored was lost."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether `err`, or any exception it was raised from or during, is a write that found no space.
+
+    SQLite says SQLITE_FULL when the disk is full; a write over the file-size limit (`ulimit -f`,
+    EFBIG) reaches it as a plain write error, which counts here only while such a limit is set.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, DiskFull):
+            return True
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        if isinstance(e, sqlite3.Error):
+            name = getattr(e, "sqlite_errorname", "")
+            if name == "SQLITE_FULL" or (name == "SQLITE_IOERR_WRITE" and _file_size_limited()):
+                return True
+        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return False
+
+
+def _file_size_limited() -> bool:
+    if resource is None:
+        return False
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return soft != resource.RLIM_INFINITY

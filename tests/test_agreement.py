@@ -1,0 +1,400 @@
+"""Agreement between the model and a real Linux 6.1 kernel: parsing, split, calibration, figures.
+
+The last tests run the README's comparison on the committed CSVs (no kernel is built or booted)
+and fail if any figure is worse than the README states: the README is the one place the figures
+are written down.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import sim
+from tuner.cli import app
+from validation.compare import (
+    CALIBRATION_FILE,
+    DATA_DIR,
+    DataError,
+    GuestModel,
+    SimPoint,
+    Stage,
+    agreement,
+    anon_fraction,
+    calibrate,
+    compare,
+    load_calibration,
+    load_measured,
+    load_points,
+    oom_side,
+    points_from_boots,
+    read_boots,
+    spearman,
+    split_points,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+PROFILES = ROOT / "sim" / "profiles" / "hardware"
+MAIN_CSV = DATA_DIR / "rcuscale-6.1-main.csv"
+PRESSURE_CSV = DATA_DIR / "rcuscale-6.1-pressure.csv"
+README = ROOT / "README.md"
+LAST_LINE = re.compile(
+    r"^rows=(?P<rows>\d+) time_spearman=(?P<time_spearman>-?[\d.]+|nan) batches_spearman=(?P<batches_spearman>-?[\d.]+|nan) "
+    r"footprint_spearman=(?P<footprint_spearman>-?[\d.]+|nan) oom_accuracy=(?P<oom_accuracy>[\d.]+|nan) "
+    r"time_median_rel_err=(?P<time_median_rel_err>[\d.]+|nan)$")
+
+
+@pytest.fixture(scope="module")
+def points():
+    return load_points([DATA_DIR])
+
+
+# Parsing -------------------------------------------------------------------------------------
+
+def test_every_committed_row_is_read_with_its_status():
+    main, pressure = read_boots(MAIN_CSV), read_boots(PRESSURE_CSV)
+    assert len(main) == 408 and {b.status for b in main} == {"ok"}
+    assert len(pressure) == 198
+    assert sum(b.status == "oom" for b in pressure) == 82
+    assert all(b.total_time_ns is None for b in pressure if b.status == "oom")
+
+
+def test_point_medians_match_the_harness_summary(points):
+    by_id = {p.point_id: p for p in points}
+    p = by_id["c2-m512-n0-d5000-t-1-a8000-l200-x1-double"]
+    assert (p.boots, p.ok) == (6, 6)
+    assert round(p.time_ms) == 3053 and p.batches == 210
+    assert by_id["c2-m160-n5-d5000-t-1-a8000-l50-x64-mixed"].oom_fraction == 0.75
+    assert by_id["c2-m160-n5-d5000-t-1-a8000-l50-x128-mixed"].time_ms is None
+
+
+def test_points_of_the_pressure_sweep_form_the_oom_block(points):
+    assert len(points) == 79
+    assert sum(p.pressure for p in points) == 23
+    assert all(p.params.kfree_mult > 1 for p in points if p.pressure)
+
+
+def test_a_file_given_as_pressure_joins_the_oom_block():
+    pts = load_points([MAIN_CSV], pressure=[MAIN_CSV])
+    assert pts and all(p.pressure for p in pts)
+
+
+def test_a_csv_without_a_needed_column_is_refused_by_name(tmp_path):
+    bad = tmp_path / "bad.csv"
+    with MAIN_CSV.open() as src, bad.open("w", newline="") as dst:
+        reader = csv.DictReader(src)
+        fields = [f for f in reader.fieldnames if f != "batches"]
+        writer = csv.DictWriter(dst, fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerow(next(reader))
+    with pytest.raises(DataError, match=r"bad\.csv.*batches"):
+        read_boots(bad)
+
+
+def test_a_value_that_does_not_parse_names_file_line_and_column(tmp_path):
+    bad = tmp_path / "bad.csv"
+    lines = MAIN_CSV.read_text().splitlines()
+    header = lines[0].split(",")
+    row = lines[1].split(",")
+    row[header.index("guest_cpus")] = "two"
+    bad.write_text("\n".join([lines[0], ",".join(row)]) + "\n")
+    with pytest.raises(DataError, match=r"bad\.csv:2: column guest_cpus='two'"):
+        read_boots(bad)
+
+
+def test_a_directory_stands_for_its_csv_files_and_a_missing_path_is_an_error(tmp_path):
+    shutil.copy(MAIN_CSV, tmp_path / "a.csv")
+    assert len(load_points([tmp_path])) == 56
+    with pytest.raises(DataError, match="no such file"):
+        load_points([tmp_path / "missing.csv"])
+
+
+def test_the_main_csv_alone_brings_the_pressure_block_measured_with_it():
+    measured = load_measured([MAIN_CSV])
+    assert measured.found_pressure == [PRESSURE_CSV]
+    assert sum(p.pressure for p in measured.points) == 23 and len(measured.points) == 79
+
+
+def test_only_the_pressure_rows_of_a_sibling_are_added(tmp_path):
+    main = tmp_path / "rcuscale-6.1-main.csv"
+    shutil.copy(MAIN_CSV, main)
+    with PRESSURE_CSV.open(newline="") as src, (tmp_path / "rcuscale-6.1-probe.csv").open("w", newline="") as dst:
+        reader = csv.DictReader(src)
+        writer = csv.DictWriter(dst, reader.fieldnames)
+        writer.writeheader()
+        for i, row in enumerate(reader):
+            writer.writerow(row if i < 3 else dict(row, sweep="probe"))
+    (tmp_path / "unrelated.csv").write_text("not,a,validation,csv\n")
+    measured = load_measured([main])
+    assert [f.name for f in measured.found_pressure] == ["rcuscale-6.1-probe.csv"]
+    assert sum(p.boots for p in measured.points if p.pressure) == 3
+
+
+def test_no_sibling_is_searched_when_the_csvs_given_hold_a_pressure_block():
+    assert load_measured([MAIN_CSV, PRESSURE_CSV]).found_pressure == []
+
+
+def test_the_same_boots_in_two_files_are_counted_once_per_file(tmp_path):
+    boots = read_boots(MAIN_CSV)
+    assert sum(p.boots for p in points_from_boots(boots + boots)) == 408
+
+
+# Split ---------------------------------------------------------------------------------------
+
+def test_split_is_deterministic_and_independent_of_input_order(points):
+    a = split_points(points)
+    b = split_points(list(reversed(points)))
+    assert [p.point_id for p in a[0]] == [p.point_id for p in b[0]]
+    assert [p.point_id for p in a[1]] == [p.point_id for p in b[1]]
+
+
+def test_every_point_is_wholly_in_one_half(points):
+    training, held_out = split_points(points)
+    ids_t, ids_h = {p.point_id for p in training}, {p.point_id for p in held_out}
+    assert not ids_t & ids_h
+    assert ids_t | ids_h == {p.point_id for p in points}
+
+
+def test_both_halves_cover_every_stratum_and_both_ends_of_n(points):
+    training, held_out = split_points(points)
+    strata = {}
+    for p in points:
+        strata.setdefault(p.stratum, []).append(p)
+    for key, members in strata.items():
+        if len(members) < 2:
+            continue
+        for half in (training, held_out):
+            ns = [p.params.rcu_min_cached_objs for p in half if p.stratum == key]
+            assert ns, f"stratum {key} missing from a half"
+    for half in (training, held_out):
+        double = [p.params.rcu_min_cached_objs for p in half
+                  if p.stratum == (False, 2, "double", 50, 1)]
+        assert min(double) <= 1 and max(double) >= 16
+
+
+def test_points_added_in_another_stratum_do_not_move_existing_ones(points):
+    main_only = [p for p in points if not p.pressure]
+    held_main = {p.point_id for p in split_points(main_only)[1]}
+    held_all = {p.point_id for p in split_points(points)[1] if not p.pressure}
+    assert held_main == held_all
+
+
+# Figures -------------------------------------------------------------------------------------
+
+def test_spearman_is_one_for_the_same_order_and_nan_without_spread():
+    assert spearman([1, 2, 3, 4], [10, 20, 25, 90]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]))
+
+
+def test_half_the_boots_is_the_oom_side():
+    assert oom_side(0.5) and oom_side(1.0)
+    assert not oom_side(0.49) and not oom_side(0.0)
+
+
+def test_agreement_counts_rows_and_judges_oom_by_side(points):
+    pressure = [p for p in points if p.pressure][:4]
+    sims = {p.point_id: SimPoint(p.point_id, 10, round(10 * p.oom_fraction), p.time_ms, p.batches, p.footprint_mb)
+            for p in pressure}
+    result = agreement(pressure, sims)
+    assert result.rows == sum(p.boots for p in pressure)
+    assert result.oom_accuracy == 1.0
+    flipped = {k: SimPoint(k, 10, 10 - s.oom, s.time_ms, s.batches, s.footprint_mb) for k, s in sims.items()}
+    assert agreement(pressure, flipped).oom_accuracy < 1.0
+    assert LAST_LINE.match(result.last_line())
+
+
+def test_memory_in_use_at_start_comes_from_the_boot_line_plus_the_calibrated_extra(points):
+    p = next(p for p in points if p.params.guest_mem_mib == 512)
+    used = (512 * 1024 - p.guest_mem_available_kib) / (512 * 1024)
+    assert anon_fraction(p, 0.0) == pytest.approx(used)
+    assert anon_fraction(p, 51.2) == pytest.approx(used + 0.1)
+
+
+# The PREEMPT_NONE mechanism the qemu guests use ------------------------------------------------
+
+def _rcuscale(preempt_none: bool, loops: int = 8, **hw: object) -> sim.Metrics:
+    hardware = sim.HardwareProfile.model_validate(dict(
+        name="t", cpus=2, memory_mib=512, hz=1000, file_cache_fraction=0.0, gp_min_ms=1.0, gp_median_ms=2.0,
+        gp_max_ms=50.0, kfree_call_ns=1000.0, preempt_none=preempt_none, **hw))
+    workload = sim.load_workload("rcuscale", {"kfree_loops": str(loops), "kfree_rcu_test_double": "true"})
+    return sim.simulate(hardware, workload, sim.Policy(n_per_cpu=5), seconds=60, seed=1, kernel="6.1")
+
+
+def test_preempt_none_grace_periods_wait_for_every_busy_cpu_to_end_a_loop():
+    # A loop is 8000 calls x 1 us = 8 ms; GPs alone would take ~2 ms.
+    m = _rcuscale(True, loops=20)
+    assert 15 <= m.rcuscale_batches <= 20
+    assert _rcuscale(False, loops=20).rcuscale_batches > 40
+
+
+def test_preempt_none_refills_the_page_cache_only_between_loops():
+    held = _rcuscale(True, loops=20)
+    free = _rcuscale(False, loops=20)
+    # At most N pages per loop per CPU come from a refill (plus pages returned by reclaim).
+    assert held.refill_allocations <= 5 * 20 * 2
+    assert held.head_fallbacks > free.head_fallbacks
+
+
+def test_preempt_none_keeps_the_invariants(invariants):
+    m = _rcuscale(True, loops=12)
+    invariants(m, sim.Policy(n_per_cpu=5))
+
+
+# The command line --------------------------------------------------------------------------------
+
+def test_validate_kernel_needs_exactly_one_action():
+    runner = CliRunner()
+    result = runner.invoke(app, ["validate", "kernel"])
+    assert result.exit_code == 2 and "choose one of" in result.output
+    result = runner.invoke(app, ["validate", "kernel", "--build", "--compare", str(DATA_DIR)])
+    assert result.exit_code == 2
+
+
+def test_validate_kernel_compare_names_a_missing_file():
+    result = CliRunner().invoke(app, ["validate", "kernel", "--compare", "no/such.csv"])
+    assert result.exit_code == 2
+    assert "no/such.csv" in result.output and "Traceback" not in result.output
+
+
+def test_validate_kernel_compare_refuses_a_malformed_csv_in_one_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("point_id,rep\nx,0\n")
+    result = CliRunner().invoke(app, ["validate", "kernel", "--compare", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.csv" in result.output and "missing column" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+def test_validate_kernel_sweep_reaches_the_harness_and_its_errors(tmp_path, monkeypatch):
+    sweep = tmp_path / "s.toml"
+    sweep.write_text("[sweep]\nname = 's'\n\n[[grid]]\nguest_cpus = [2]\nkfree_loops = 2\n")
+    result = CliRunner().invoke(app, ["validate", "kernel", "--sweep", str(sweep), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 2 and "kfree_loops" in result.output and "Traceback" not in result.output
+    sweep.write_text("[sweep]\nname = 's'\n\n[[grid]]\nguest_cpus = [2]\n")
+    monkeypatch.setenv("RCUTUNE_KERNEL_CACHE", str(tmp_path / "empty-cache"))
+    result = CliRunner().invoke(app, ["validate", "kernel", "--sweep", str(sweep), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code == 1 and "no kernel built" in result.output
+    assert not (tmp_path / "o.csv").exists()
+
+
+# Calibration ---------------------------------------------------------------------------------
+
+def test_the_committed_calibration_covers_the_measured_guests(points):
+    guests = load_calibration().guests
+    assert set(guests) == {"qemu-tcg-2", "qemu-tcg-4"}
+    assert all(isinstance(g, GuestModel) and g.hardware.preempt_none for g in guests.values())
+
+
+def test_the_calibration_was_trained_on_the_training_half_and_never_on_a_held_out_point(points):
+    training, held_out = split_points(points)
+    trained = load_calibration().training_points
+    assert trained == {p.point_id for p in training}
+    assert not trained & {p.point_id for p in held_out}
+
+
+def test_the_qemu_profiles_are_written_by_the_calibration_command():
+    command = CALIBRATION_FILE.read_text().splitlines()[1].strip("# ")
+    assert command.startswith("rcutune validate kernel --calibrate ")
+    for name in ("qemu-tcg-2", "qemu-tcg-4"):
+        header = (PROFILES / f"{name}.toml").read_text()
+        assert "Generated; do not edit by hand" in header and f"by `{command}`" in header
+
+
+def _subset(tmp_path: Path) -> Path:
+    """The main CSV's rows of its six quickest points (2 CPUs, 50 loops, headless), as a CSV of its own."""
+    lines = MAIN_CSV.read_text().splitlines()
+    out = tmp_path / "subset.csv"
+    quick = re.compile(r"^c2-m512-n\d+-d5000-t-1-a8000-l50-x1-single,")
+    out.write_text("\n".join([lines[0], *(line for line in lines[1:] if quick.match(line))]) + "\n")
+    return out
+
+
+def test_the_fit_on_a_tiny_subset_writes_a_profile_and_calibration_that_load(tmp_path):
+    data = _subset(tmp_path)
+    quick = (Stage("cpu costs", ("kfree_call_ns", "gp_median_ms"), ("time", "batches"), 8),)
+    result = calibrate([data], seeds=1, oom_seeds=1, profiles_dir=tmp_path, calibration_file=tmp_path / "cal.toml",
+                       stages=quick, command="rcutune validate kernel --calibrate subset.csv")
+    fit, = result.fits
+    assert fit.name == "qemu-tcg-2" and fit.loss.total <= fit.start_loss.total
+    profile = sim.load_hardware(tmp_path / "qemu-tcg-2.toml")
+    assert profile.kfree_call_ns == pytest.approx(fit.values["kfree_call_ns"], rel=1e-5)
+    assert profile.preempt_none and profile.hz == 1000
+    assert "by `rcutune validate kernel --calibrate subset.csv`" in (tmp_path / "qemu-tcg-2.toml").read_text()
+    calibrated = load_calibration(tmp_path / "cal.toml")
+    assert calibrated.guests["qemu-tcg-2"].hardware == profile
+    assert calibrated.training_points == set(fit.training_points)
+
+
+def test_compare_refuses_to_test_the_fit_on_its_own_training_points(tmp_path):
+    data = _subset(tmp_path)
+    calibrate([data], seeds=1, oom_seeds=1, profiles_dir=tmp_path, calibration_file=tmp_path / "cal.toml",
+              stages=())
+    text = (tmp_path / "cal.toml").read_text()
+    held_out = split_points(load_points([data]))[1][0].point_id
+    (tmp_path / "cal.toml").write_text(text.replace("training_points = [", f'training_points = [\n    "{held_out}",'))
+    with pytest.raises(DataError, match=f"training half.*{held_out}"):
+        compare([data], calibration_file=tmp_path / "cal.toml", seeds=1)
+
+
+def _readme_section() -> list[str]:
+    text = README.read_text(encoding="utf-8")
+    return text.split("## Validation against a real kernel", 1)[1].split("\n## ", 1)[0].splitlines()
+
+
+def _readme_figures() -> dict[str, float]:
+    for line in _readme_section():
+        found = LAST_LINE.match(line.strip())
+        if found:
+            return {k: float(v) for k, v in found.groupdict().items()}
+    raise AssertionError("README's validation section states no comparison line")
+
+
+FIGURE_LINE = re.compile(r"^(?P<name>\S.*?)\s+points=(?P<points>\d+)\s+spearman=(?P<spearman>-?[\d.]+|nan) "
+                         r"median_rel_err=(?P<err>[\d.]+|nan)$")
+
+
+def _figure_lines(lines: list[str]) -> dict[str, tuple[int, float, float]]:
+    found = (FIGURE_LINE.match(line.strip()) for line in lines)
+    return {m["name"]: (int(m["points"]), float(m["spearman"]), float(m["err"])) for m in found if m}
+
+
+@pytest.fixture(scope="module")
+def readme_compare_output() -> list[str]:
+    """`rcutune validate kernel --compare validation/data/rcuscale-6.1-main.csv`, as the README gives it."""
+    result = CliRunner().invoke(app, ["validate", "kernel", "--compare", str(MAIN_CSV)])
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()
+
+
+def test_the_main_csv_alone_gives_the_whole_last_line(readme_compare_output):
+    found = LAST_LINE.match(readme_compare_output[-1])
+    assert found, readme_compare_output[-1]
+    assert not math.isnan(float(found["oom_accuracy"]))
+    assert any(line.startswith("pressure block: ") for line in readme_compare_output)
+
+
+def test_agreement_on_the_held_out_half_is_at_least_what_the_readme_states(readme_compare_output):
+    """Deterministic, so the figures are exact; an improvement passes, the README then understates it."""
+    got = {k: float(v) for k, v in LAST_LINE.match(readme_compare_output[-1]).groupdict().items()}
+    stated = _readme_figures()
+    assert got["rows"] == stated["rows"]
+    for key in ("time_spearman", "batches_spearman", "footprint_spearman", "oom_accuracy"):
+        assert got[key] >= stated[key] - 5e-4, f"{key}: {got[key]} < README's {stated[key]}"
+    assert got["time_median_rel_err"] <= stated["time_median_rel_err"] + 5e-4
+
+
+def test_every_figure_is_at_least_as_good_as_the_readme_states(readme_compare_output):
+    stated = _figure_lines(_readme_section())
+    got = _figure_lines(readme_compare_output)
+    assert set(stated) == set(got) and len(stated) == 4
+    for name, (points, rho, err) in stated.items():
+        assert got[name][0] == points, name
+        assert got[name][1] >= rho - 5e-4, f"{name}: spearman {got[name][1]} < README's {rho}"
+        assert got[name][2] <= err + 5e-4, f"{name}: median_rel_err {got[name][2]} > README's {err}"

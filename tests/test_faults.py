@@ -1,0 +1,336 @@
+"""Faults: kill -9 at any moment, a full disk, corrupt and foreign databases (DESIGN.md §8).
+
+Commands that are killed run as children of `fork_runner` (rcutune imported once, one fork per
+command), so the kill moments fall in the commands' own work. The moments come from fixed seeds.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from optuna.trial import FrozenTrial, TrialState
+from typer.testing import CliRunner
+
+import storage
+from tuner import _report
+from tuner._errors import user_errors
+from tuner.cli import app
+
+from fork_runner import ForkRunner
+from test_study_helpers import integrity, trials, url
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",
+        "--race-replications", "1", "--jobs", "1", "--sampler", "random"]
+STUDY = "vm-2/steady"
+KILLS = 20
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory):
+    forks = ForkRunner(ROOT, tmp_path_factory.mktemp("runner"))
+    yield forks
+    forks.close()
+
+
+def study_argv(db: Path, trials_: int, *extra: str) -> list[str]:
+    return ["study", *FAST, "--storage", url(db), "--trials", str(trials_), *extra]
+
+
+def by_number(db: Path) -> dict[int, FrozenTrial]:
+    return {t.number: t for t in trials(db, STUDY)}
+
+
+def completed(found: dict[int, FrozenTrial]) -> dict[int, tuple]:
+    return {n: (t.params, t.values, t.user_attrs.get("replications")) for n, t in found.items()
+            if t.state == TrialState.COMPLETE}
+
+
+def assert_kept(earlier: dict[int, tuple], found: dict[int, FrozenTrial]) -> None:
+    """Every trial complete earlier is still there, unchanged; no trial was retried twice or after completing."""
+    assert {n: v for n, v in completed(found).items() if n in earlier} == earlier
+    retried = [t.user_attrs["retry_of"] for t in found.values() if "retry_of" in t.user_attrs]
+    assert len(retried) == len(set(retried)), "a trial was retried twice"
+    assert all(found[n].state != TrialState.COMPLETE for n in retried), "a complete trial was run again"
+
+
+# -- kill -9 ---------------------------------------------------------------------------------------
+def test_a_study_killed_at_20_moments_resumes_after_each_losing_and_duplicating_nothing(runner, tmp_path):
+    db, log = tmp_path / "k.db", tmp_path / "k.log"
+    assert runner.run(study_argv(db, 3), log)[0] == 0
+    moments = [random.Random(f"study-{i}").uniform(0.0, 3.0) for i in range(KILLS)]
+    killed = 0
+    for moment in moments:
+        earlier = completed(by_number(db))
+        pid = runner.start(study_argv(db, 200), log)  # still running at every moment
+        _, was_killed = runner.kill_at(pid, moment)
+        killed += was_killed
+        assert integrity(db) == "ok"
+        after_kill = by_number(db)
+        assert_kept(earlier, after_kill)
+        interrupted = [n for n, t in after_kill.items() if t.state == TrialState.RUNNING]
+
+        code, _ = runner.run(study_argv(db, 1), log)  # the resume
+        assert code == 0, log.read_text()[-3000:]
+        resumed = by_number(db)
+        assert_kept(completed(after_kill), resumed)
+        assert not [t for t in resumed.values() if t.state == TrialState.RUNNING]
+        retried = {t.user_attrs.get("retry_of") for t in resumed.values()}
+        for n in interrupted:
+            assert resumed[n].state == TrialState.FAIL
+            assert resumed[n].user_attrs["fail_reason"].startswith("interrupted")
+            if "policy" in resumed[n].user_attrs:  # its parameters were complete: it runs again
+                assert n in retried
+        assert integrity(db) == "ok"
+    assert killed == KILLS
+
+
+def report_files(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mix(runner, tmp_path):
+    db, log = tmp_path / "r.db", tmp_path / "r.log"
+    target = tmp_path / "reports"
+    directory = target / "vm-2" / "vm-2"
+
+    def report(confidence: float) -> list[str]:
+        return ["report", "vm-2", "--storage", url(db), "--out", str(target), "--confirm-seeds", "1",
+                "--confidence", str(confidence)]
+
+    assert runner.run(study_argv(db, 6), log)[0] == 0
+    code, took = runner.run(report(0.9), log)
+    assert code == 0, log.read_text()[-3000:]
+    previous_dir = tmp_path / "previous"
+    shutil.copytree(directory, previous_dir)
+    previous = report_files(previous_dir)
+
+    def restore_previous() -> None:
+        shutil.rmtree(directory)
+        shutil.copytree(previous_dir, directory)
+
+    # The new report (another confidence level), computed once in the runner; written once whole.
+    runner.prepare_report(url(db), "vm-2", target, confidence=0.95, confirm_seeds=1)
+    durations = []
+    for _ in range(2):  # how long writing it takes, at best, on this (busy) machine
+        start = time.monotonic()
+        code, _ = runner.kill_at(runner.start_publish(log), 600)
+        durations.append(time.monotonic() - start)
+        assert code == 0, log.read_text()[-3000:]
+        new = report_files(directory)
+        restore_previous()
+    writing = min(durations)
+    assert new != previous
+
+    # A report writes nothing until its last act (its files, the swap, the database), so most moments fall
+    # there: a quarter anywhere in a whole `rcutune report` run, the rest while the prepared one is written.
+    rng = random.Random(20)
+    plan = [("run", rng.uniform(0.0, took)) for _ in range(KILLS // 4)]
+    # Denser early in the writing, where the files go down; the database write after the swap is slower.
+    plan += [("write", rng.random() ** 2 * writing) for _ in range(KILLS - KILLS // 4)]
+    outcomes = {"previous": 0, "new": 0, "mid-write": 0}
+    left_behind: set[Path] = set()
+    for phase, moment in plan:
+        pid = runner.start(report(0.95), log) if phase == "run" else runner.start_publish(log)
+        runner.kill_at(pid, moment)
+        found = report_files(directory)
+        assert found in (previous, new), "a report directory is one whole version"
+        outcomes["previous" if found == previous else "new"] += 1
+        staged = set(directory.parent.glob(".vm-2.*")) - left_behind  # this kill's half-written copy
+        outcomes["mid-write"] += bool(staged)
+        left_behind |= staged
+        assert integrity(db) == "ok"
+        if found == new:  # the next kill starts from the previous version again
+            restore_previous()
+    assert outcomes["previous"] >= 1 and outcomes["mid-write"] >= 1, outcomes  # kills did land mid-write
+    assert runner.kill_at(runner.start_publish(log), 600)[0] == 0
+    assert report_files(directory) == new
+    assert not list(directory.parent.glob(".vm-2.*")), "leftovers of killed runs are cleaned up"
+
+
+# -- a full disk ---------------------------------------------------------------------------------
+LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+           "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+           "os.execv(sys.executable, [sys.executable, '-m', 'tuner.cli', *sys.argv[2:]])")
+
+
+def test_a_full_disk_stops_a_study_with_one_line_and_the_database_stays_resumable(runner, tmp_path):
+    db, log = tmp_path / "d.db", tmp_path / "d.log"
+    assert runner.run(study_argv(db, 3), log)[0] == 0
+    earlier = completed(by_number(db))
+    limit = db.stat().st_size + 48 * 1024  # files may not grow past this: the -wal fills up first
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.run([sys.executable, "-c", LIMITED, str(limit), *study_argv(db, 200)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
+    assert "the disk is full" in errors[0] and "run the same command again" in errors[0]
+    assert integrity(db) == "ok"
+    assert_kept(earlier, by_number(db))
+
+    assert runner.run(study_argv(db, 2), log)[0] == 0
+    resumed = by_number(db)
+    assert_kept(earlier, resumed)
+    assert not [t for t in resumed.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
+
+
+def test_a_full_disk_is_recognised_however_it_is_wrapped():
+    from optuna.exceptions import StorageInternalError
+
+    def wrapped(cause: BaseException) -> BaseException:
+        try:
+            raise StorageInternalError("An exception is raised during the commit.") from cause
+        except StorageInternalError as err:
+            return err
+
+    assert storage.is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert storage.is_disk_full(wrapped(OSError(errno.EFBIG, "File too large")))
+    assert storage.is_disk_full(storage.DiskFull("storage: database or disk is full"))
+    assert not storage.is_disk_full(wrapped(OSError(errno.EACCES, "Permission denied")))
+    assert not storage.is_disk_full(ValueError("no space in this message matters"))
+
+
+def test_a_full_disk_while_a_report_is_written_keeps_the_previous_report_and_says_so(tmp_path, monkeypatch, capsys):
+    directory = tmp_path / "vm-2" / "vm-2"
+    directory.mkdir(parents=True)
+    (directory / "report.md").write_text("the previous report\n")
+    previous = report_files(directory)
+    real = _report.write_atomic
+
+    def full_after_the_first_file(path: Path, content: bytes | str) -> None:
+        if list(path.parent.iterdir()):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, content)
+
+    monkeypatch.setattr(_report, "write_atomic", full_after_the_first_file)
+    prepared = _report.PreparedReport("sqlite://", directory, {"pareto.png": b"png", "report.md": "new\n"},
+                                      recommendation=None)  # type: ignore[arg-type]
+    with pytest.raises(typer.Exit) as stopped, user_errors():
+        _report.publish_report(prepared)
+    assert stopped.value.exit_code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: the disk is full")
+    assert report_files(directory) == previous
+    assert not list(directory.parent.glob(".vm-2.*")), "the half-written copy is removed"
+
+
+# -- databases no command may touch --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def good_db(runner, tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("good") / "good.db"
+    assert runner.run(study_argv(db, 3), db.with_suffix(".log"))[0] == 0
+    assert not db.with_name(db.name + "-wal").exists()
+    return db
+
+
+def commands(db: Path, out: Path) -> dict[str, list[str]]:
+    return {
+        "study": study_argv(db, 1, "--study", "fresh"),
+        "resume": study_argv(db, 1),
+        "studies": ["studies", "--storage", url(db)],
+        "report": ["report", "vm-2", "--storage", url(db), "--out", str(out)],
+        "recommend": ["recommend", "--hardware", "vm-2", "--storage", url(db)],
+    }
+
+
+def _garble(data: bytes) -> bytes:
+    rng = random.Random(7)
+    out = bytearray(data)
+    for page in range(2, len(data) // 4096, 3):
+        out[page * 4096:(page + 1) * 4096] = rng.randbytes(4096)
+    return bytes(out)
+
+
+CORRUPTIONS = {
+    "header-overwritten": (lambda data: b"\0" * 100 + data[100:], "is not a SQLite database"),
+    "pages-garbled": (_garble, "is corrupt"),
+    "truncated": (lambda data: data[: len(data) // 2], "is truncated"),
+    "zero-length": (lambda data: b"", "is empty (0 bytes)"),
+    "text-file": (lambda data: b"campaign = vm-2\ntrials = 3\n", "is not a SQLite database (a text file)"),
+}
+COMMANDS = ("study", "resume", "studies", "report", "recommend")
+
+
+def refuse(db: Path, argv: list[str], says: tuple[str, ...]) -> None:
+    """The command exits 2 with one line naming the file, and touches nothing in its directory."""
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in db.parent.iterdir() if p.is_file()}
+    result = CliRunner().invoke(app, argv)
+    err = result.stderr.strip()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in result.output, err
+    assert str(db) in err or url(db) in err, err
+    for fragment in says:
+        assert fragment in err, (fragment, err)
+    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in db.parent.iterdir() if p.is_file()} == files, "byte-identical, and no file added"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("corruption", list(CORRUPTIONS))
+def test_a_corrupt_database_is_refused_by_every_command_and_left_byte_identical(good_db, tmp_path, corruption,
+                                                                                command):
+    damage, problem = CORRUPTIONS[corruption]
+    db = tmp_path / "db" / "broken.db"
+    db.parent.mkdir()
+    db.write_bytes(damage(good_db.read_bytes()))
+    refuse(db, commands(db, tmp_path / "reports")[command], (problem,))
+
+
+def _newer_rcutune(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE rcutune_schema_version SET version = ?", (storage.SCHEMA_VERSION + 1,))
+
+
+def _older_optuna(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE alembic_version SET version_num = 'v3.0.0.d'")
+    conn.execute("UPDATE version_info SET library_version = '3.0.0'")
+
+
+def _newer_optuna(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE alembic_version SET version_num = 'v99.0.0.a'")
+
+
+def _another_application(conn: sqlite3.Connection) -> None:
+    for table in [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]:
+        conn.execute(f"DROP TABLE {table}")
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.execute("INSERT INTO notes (text) VALUES ('buy milk')")
+
+
+VERSIONS = {
+    "another-application": (_another_application, ("another application's database", "tables notes")),
+    "newer-rcutune": (_newer_rcutune, ("written by a newer rcutune", "upgrade rcutune")),
+    "optuna-needs-upgrade": (_older_optuna, ("v3.0.0.d", "optuna storage upgrade --storage sqlite:///")),
+    "newer-optuna": (_newer_optuna, ("v99.0.0.a", "upgrade optuna")),
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("version", list(VERSIONS))
+def test_tables_of_another_version_or_application_are_refused_with_the_mend_never_migrated(
+        good_db, tmp_path, version, command):
+    change, says = VERSIONS[version]
+    db = tmp_path / "db" / "other.db"
+    db.parent.mkdir()
+    shutil.copy(good_db, db)
+    with sqlite3.connect(db) as conn:
+        change(conn)
+    conn.close()
+    assert not db.with_name(db.name + "-wal").exists()
+    refuse(db, commands(db, tmp_path / "reports")[command], says)
+    if version == "optuna-needs-upgrade":
+        err = CliRunner().invoke(app, ["studies", "--storage", url(db)]).stderr
+        assert f"optuna storage upgrade --storage {url(db)}" in err

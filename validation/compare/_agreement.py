@@ -1,0 +1,125 @@
+"""Agreement figures between measured points and their simulated counterparts.
+
+Per figure (total time, batches, footprint): Spearman's rank correlation over the points where
+both sides have a median, and the median relative error |sim - measured| / |measured| (for the
+footprint, whose medians are near 0 MB with small objects, the denominator is at least 1 MB).
+OOM: over the pressure block's points, how often the simulated OOM probability lies on the same
+side of 0.5 as the measured fraction, "OOM side" meaning at least half of the runs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+
+from scipy.stats import spearmanr
+
+from ._data import Point
+from ._run import SimPoint
+
+FOOTPRINT_FLOOR_MB = 1.0
+
+
+@dataclass(frozen=True)
+class FigureAgreement:
+    """One figure over the compared points."""
+
+    name: str
+    points: int
+    spearman: float
+    median_rel_err: float
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """The whole comparison of one set of points."""
+
+    rows: int  # CSV rows (boots) of the compared points
+    points: int
+    time: FigureAgreement
+    batches: FigureAgreement
+    footprint: FigureAgreement
+    footprint_pressure: FigureAgreement  # the pressure block only: footprints of 24-byte objects are ~0 MB
+    oom_points: int
+    oom_accuracy: float
+
+    def last_line(self) -> str:
+        """The summary line, in the fixed form scripts and the README rely on."""
+        return (f"rows={self.rows} time_spearman={self.time.spearman:.3f} "
+                f"batches_spearman={self.batches.spearman:.3f} footprint_spearman={self.footprint.spearman:.3f} "
+                f"oom_accuracy={self.oom_accuracy:.3f} time_median_rel_err={self.time.median_rel_err:.3f}")
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman's rho (ties take average ranks); nan with fewer than 3 pairs or a constant side."""
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return math.nan
+    return float(spearmanr(xs, ys).statistic)
+
+
+def figure_agreement(name: str, pairs: list[tuple[float, float]], floor: float = 0.0) -> FigureAgreement:
+    """Rank correlation and median relative error of (measured, simulated) pairs."""
+    if not pairs:
+        return FigureAgreement(name, 0, math.nan, math.nan)
+    measured = [m for m, _ in pairs]
+    simulated = [s for _, s in pairs]
+    errors = [abs(s - m) / max(abs(m), floor) for m, s in pairs]
+    return FigureAgreement(name, len(pairs), spearman(measured, simulated), float(statistics.median(errors)))
+
+
+def oom_side(probability: float) -> bool:
+    """True on the OOM side of 0.5: at least half of the runs ended in an OOM."""
+    return probability >= 0.5
+
+
+def agreement(points: list[Point], simulated: dict[str, SimPoint]) -> Agreement:
+    """Compare measured points with their simulated medians (see the module docstring)."""
+    def pairs_of(subset: list[Point], measured_of, simulated_of) -> list[tuple[float, float]]:
+        return [(float(m), float(s)) for p in subset
+                if (m := measured_of(p)) is not None and (s := simulated_of(simulated[p.point_id])) is not None]
+
+    pressure = [p for p in points if p.pressure]
+    hits = [oom_side(p.oom_fraction) == oom_side(simulated[p.point_id].oom_probability) for p in pressure]
+    return Agreement(
+        rows=sum(p.boots for p in points),
+        points=len(points),
+        time=figure_agreement("time", pairs_of(points, lambda p: p.time_ms, lambda s: s.time_ms)),
+        batches=figure_agreement("batches", pairs_of(points, lambda p: p.batches, lambda s: s.batches)),
+        footprint=figure_agreement("footprint", pairs_of(points, lambda p: p.footprint_mb, lambda s: s.footprint_mb),
+                                   floor=FOOTPRINT_FLOOR_MB),
+        footprint_pressure=figure_agreement(
+            "footprint (pressure points)", pairs_of(pressure, lambda p: p.footprint_mb, lambda s: s.footprint_mb),
+            floor=FOOTPRINT_FLOOR_MB),
+        oom_points=len(pressure),
+        oom_accuracy=sum(hits) / len(hits) if hits else math.nan,
+    )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    """The value in `spec`'s width, or "-" right-aligned in it (no median: every boot or run failed)."""
+    return format(value, spec) if value is not None else "-".rjust(int(spec.split(".")[0]))
+
+
+def point_table(points: list[Point], simulated: dict[str, SimPoint]) -> list[str]:
+    """One line per point: measured and simulated medians side by side (time ms, batches, footprint MB, OOM)."""
+    head = (f"{'point':<44} {'boots':>5} {'time_ms':>8} {'sim':>8} {'batches':>7} {'sim':>6} "
+            f"{'fp_MB':>6} {'sim':>6} {'oom':>5} {'sim':>5}")
+    lines = [head]
+    for p in points:
+        s = simulated[p.point_id]
+        lines.append(
+            f"{p.point_id:<44} {p.boots:>5} {_fmt(p.time_ms, '8.0f')} {_fmt(s.time_ms, '8.0f')} "
+            f"{_fmt(p.batches, '7.1f')} {_fmt(s.batches, '6.1f')} {_fmt(p.footprint_mb, '6.1f')} "
+            f"{_fmt(s.footprint_mb, '6.1f')} {p.oom_fraction:5.2f} {s.oom_probability:5.2f}")
+    return lines
+
+
+def summary_lines(result: Agreement) -> list[str]:
+    """Per figure: points compared, Spearman, median relative error; then OOM agreement."""
+    lines = []
+    for f in (result.time, result.batches, result.footprint, result.footprint_pressure):
+        lines.append(f"{f.name:<10} points={f.points:<3} spearman={f.spearman:.3f} median_rel_err={f.median_rel_err:.3f}")
+    lines.append(f"{'oom':<10} points={result.oom_points:<3} accuracy={result.oom_accuracy:.3f} "
+                 "(simulated OOM probability on the same side of 0.5 as the measured fraction)")
+    return lines

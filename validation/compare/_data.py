@@ -1,0 +1,263 @@
+"""The measured CSVs as the comparison sees them: boots, grouped into parameter points.
+
+Reads only the columns the harness documents (validation/README.md, "CSV columns"); a file that
+lacks one of them, or holds a value that does not parse, raises `DataError` naming the file, the
+line and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+REQUIRED_COLUMNS = (
+    "point_id", "rep", "guest_cpus", "guest_mem_mib", "rcu_min_cached_objs", "rcu_delay_page_cache_fill_msec",
+    "kfree_nthreads", "kfree_alloc_num", "kfree_loops", "kfree_mult", "kfree_rcu_test_single",
+    "kfree_rcu_test_double", "mode", "status", "total_time_ns", "batches", "footprint_mb",
+    "guest_mem_available_kib", "guest_mem_total_kib", "accelerator", "sweep",
+)
+_INT_PARAMS = (
+    "guest_cpus", "guest_mem_mib", "rcu_min_cached_objs", "rcu_delay_page_cache_fill_msec", "kfree_nthreads",
+    "kfree_alloc_num", "kfree_loops", "kfree_mult", "kfree_rcu_test_single", "kfree_rcu_test_double",
+)
+PRESSURE_SWEEP = "pressure"
+"""Points of a sweep with this name (or of a file given with --pressure) make up the OOM block."""
+
+
+class DataError(ValueError):
+    """A measured CSV that cannot be used; the message is one line naming file, line and column."""
+
+
+@dataclass(frozen=True)
+class PointParams:
+    """What a boot was asked to do: the guest and the rcuscale/rcutree parameters."""
+
+    guest_cpus: int
+    guest_mem_mib: int
+    rcu_min_cached_objs: int
+    rcu_delay_page_cache_fill_msec: int
+    kfree_nthreads: int
+    kfree_alloc_num: int
+    kfree_loops: int
+    kfree_mult: int
+    kfree_rcu_test_single: int
+    kfree_rcu_test_double: int
+    mode: str
+    accelerator: str
+
+
+@dataclass(frozen=True)
+class Boot:
+    """One CSV row: one boot of the guest and what it printed (figures are None unless status is ok)."""
+
+    point_id: str
+    rep: int
+    params: PointParams
+    sweep: str
+    status: str
+    total_time_ns: int | None
+    batches: int | None
+    footprint_mb: int | None
+    guest_mem_available_kib: int | None
+    guest_mem_total_kib: int | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Point:
+    """All boots of one parameter point, with the medians the comparison uses.
+
+    Medians are over the boots that printed a result (`ok`); `oom_fraction` is over the boots that
+    either printed a result or ended in an OOM (other failures count in neither).
+    """
+
+    point_id: str
+    params: PointParams
+    pressure: bool
+    boots: int
+    ok: int
+    oom: int
+    time_ms: float | None
+    batches: float | None
+    footprint_mb: float | None
+    guest_mem_available_kib: int
+    guest_mem_total_kib: int
+
+    @property
+    def oom_fraction(self) -> float:
+        decided = self.ok + self.oom
+        return self.oom / decided if decided else 0.0
+
+    @property
+    def stratum(self) -> tuple:
+        """What the split keeps balanced: block, CPUs, mode, loops, object size."""
+        p = self.params
+        return (self.pressure, p.guest_cpus, p.mode, p.kfree_loops, p.kfree_mult)
+
+    @property
+    def order_key(self) -> tuple:
+        """Position inside the stratum: the parameters that vary within one."""
+        p = self.params
+        return (p.rcu_min_cached_objs, p.rcu_delay_page_cache_fill_msec, p.guest_mem_mib, p.kfree_alloc_num,
+                p.kfree_nthreads, self.point_id)
+
+
+def _int(value: str, where: str, column: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{where}: column {column}={value!r} is not an integer") from None
+
+
+def _opt_int(value: str, where: str, column: str) -> int | None:
+    return None if value == "" else _int(value, where, column)
+
+
+def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
+    """Every row of one measured CSV.
+
+    Args:
+        path: a CSV written by `validation.kernel` (sweep or measure).
+        pressure: treat every row as part of the OOM block, whatever its sweep is called.
+
+    Raises:
+        DataError: a missing file or column, or a value that does not parse.
+    """
+    path = Path(path)
+    try:
+        fh = path.open(newline="", encoding="utf-8")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    boots = []
+    with fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: not a validation CSV; missing column(s) {', '.join(missing)}")
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            ints = {c: _int(row[c], where, c) for c in _INT_PARAMS}
+            params = PointParams(**ints, mode=row["mode"], accelerator=row["accelerator"] or "tcg")
+            sweep = PRESSURE_SWEEP if pressure else row["sweep"]
+            boots.append(Boot(
+                point_id=row["point_id"], rep=_int(row["rep"], where, "rep"), params=params, sweep=sweep,
+                status=row["status"], total_time_ns=_opt_int(row["total_time_ns"], where, "total_time_ns"),
+                batches=_opt_int(row["batches"], where, "batches"),
+                footprint_mb=_opt_int(row["footprint_mb"], where, "footprint_mb"),
+                guest_mem_available_kib=_opt_int(row["guest_mem_available_kib"], where, "guest_mem_available_kib"),
+                guest_mem_total_kib=_opt_int(row["guest_mem_total_kib"], where, "guest_mem_total_kib"),
+                source=str(path),
+            ))
+    return boots
+
+
+def csv_files(paths: list[Path | str]) -> list[Path]:
+    """The CSVs named, a directory standing for its `*.csv` files (sorted); raises DataError if none."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.csv"))
+            if not found:
+                raise DataError(f"{p}: directory holds no .csv files")
+            files.extend(found)
+        elif p.exists():
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    return list(dict.fromkeys(files))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The points of some measured CSVs, and which files they came from."""
+
+    points: list[Point]
+    files: list[Path]  # read whole, as given (directories expanded)
+    pressure_files: list[Path]  # read whole, every row in the OOM block (--pressure)
+    found_pressure: list[Path]  # found next to `files`: only their pressure-sweep rows were read
+
+    @property
+    def sources(self) -> list[Path]:
+        return list(dict.fromkeys(self.files + self.pressure_files + self.found_pressure))
+
+
+def pressure_siblings(files: list[Path]) -> list[Path]:
+    """CSVs of the same measurement as `files`: same directory, same name up to the sweep.
+
+    The harness writes one `rcuscale-<kernel>-<sweep>.csv` per sweep into one directory, so the
+    main CSV's siblings are `rcuscale-<kernel>-*.csv` there.
+    """
+    siblings: list[Path] = []
+    for f in files:
+        prefix, dash, _ = f.stem.rpartition("-")
+        if dash:
+            siblings.extend(s for s in sorted(f.parent.glob(f"{prefix}-*.csv")) if s not in files)
+    return list(dict.fromkeys(siblings))
+
+
+def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = None) -> Measured:
+    """The parameter points of every boot in the CSVs, sorted by point id.
+
+    When none of the CSVs holds a pressure block, the pressure-sweep rows of their siblings (see
+    `pressure_siblings`) are added, so that the main CSV alone gives the whole comparison.
+
+    Args:
+        paths: CSV files or directories of them.
+        pressure: CSV files whose points form the OOM block (besides sweeps named "pressure").
+    """
+    files = csv_files(list(paths))
+    marked = csv_files(list(pressure)) if pressure else []
+    pressure_files = [f for f in marked if f not in files]
+    boots: list[Boot] = []
+    for f in files + pressure_files:
+        boots.extend(read_boots(f, pressure=f in marked))
+    found: list[Path] = []
+    if not any(b.sweep == PRESSURE_SWEEP for b in boots):
+        for f in pressure_siblings(files + pressure_files):
+            rows = [b for b in read_boots(f) if b.sweep == PRESSURE_SWEEP]
+            if rows:
+                boots.extend(rows)
+                found.append(f)
+    return Measured(points_from_boots(boots), files, pressure_files, found)
+
+
+def load_points(paths: list[Path | str], pressure: list[Path | str] | None = None) -> list[Point]:
+    """The points of `load_measured`."""
+    return load_measured(paths, pressure).points
+
+
+def points_from_boots(boots: list[Boot]) -> list[Point]:
+    """Group boots by point id (the same point in two files is one point; its boots are pooled)."""
+    groups: dict[str, list[Boot]] = {}
+    seen: set[tuple[str, int, str]] = set()
+    for b in boots:
+        key = (b.point_id, b.rep, b.source)
+        if key in seen:
+            continue
+        seen.add(key)
+        groups.setdefault(b.point_id, []).append(b)
+    points = []
+    for pid, group in sorted(groups.items()):
+        first = group[0]
+        if any(b.params != first.params for b in group):
+            raise DataError(f"{first.source}: point {pid} appears with different parameters")
+        ok = [b for b in group if b.status == "ok"]
+        avail = [b.guest_mem_available_kib for b in group if b.guest_mem_available_kib]
+        total = [b.guest_mem_total_kib for b in group if b.guest_mem_total_kib]
+        if not avail or not total:
+            raise DataError(f"{first.source}: point {pid} has no guest_mem_available_kib/guest_mem_total_kib")
+        points.append(Point(
+            point_id=pid, params=first.params, pressure=any(b.sweep == PRESSURE_SWEEP for b in group),
+            boots=len(group), ok=len(ok), oom=sum(b.status == "oom" for b in group),
+            time_ms=_median([b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None]),
+            batches=_median([b.batches for b in ok if b.batches is not None]),
+            footprint_mb=_median([b.footprint_mb for b in ok if b.footprint_mb is not None]),
+            guest_mem_available_kib=int(statistics.median(avail)), guest_mem_total_kib=int(statistics.median(total)),
+        ))
+    return points
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
