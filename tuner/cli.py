@@ -247,10 +247,7 @@ def study(
     told = sum(result.told.values())
     typer.echo(f"campaign {result.campaign}: {told} trials added to {len(result.told)} studies in "
                f"{result.wall_seconds:.1f} s ({result.storage_url})")
-    if result.aborted:
-        typer.echo(f"error: studies stopped early: {', '.join(result.aborted)} (their trials kept failing; "
-                   "see the fail_reason of their failed trials)", err=True)
-        raise typer.Exit(EXIT_FAILURE)
+    _exit_if_aborted("studies stopped early", result.aborted)
 
 
 @app.command()
@@ -285,8 +282,13 @@ def worker(
     done = sum(result.finished.values())
     typer.echo(f"worker: campaign {result.campaign}: budgets spent; this worker ran {done} trials "
                f"({sum(result.failed.values())} failed) in {result.wall_seconds:.1f} s")
-    if result.aborted:
-        typer.echo(f"error: this worker gave up on {', '.join(result.aborted)} (their trials kept failing; "
+    _exit_if_aborted("this worker gave up", result.aborted)
+
+
+def _exit_if_aborted(what: str, aborted) -> None:
+    """Studies whose trials kept failing end the command with exit 1 and one line naming them."""
+    if aborted:
+        typer.echo(f"error: {what}: {', '.join(aborted)} (their trials kept failing; "
                    "see the fail_reason of their failed trials)", err=True)
         raise typer.Exit(EXIT_FAILURE)
 
