@@ -28,9 +28,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 
-import postgres_server  # noqa: E402
+from tests.support import postgres_server  # noqa: E402
 
 HARDWARE = "server-64"
 WORKLOADS = ("nocb-flood", "memory-pressure")
@@ -41,7 +41,7 @@ def _env() -> dict[str, str]:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tuner.cli", *args]
+    return [sys.executable, "-m", "rcutune.tuner.cli", *args]
 
 
 def _campaign_args(args: argparse.Namespace, storage: str) -> list[str]:

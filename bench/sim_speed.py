@@ -16,10 +16,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import sim  # noqa: E402
-from reference_model import simulate_per_call  # noqa: E402
+from rcutune import sim  # noqa: E402
+from tests.support.reference_model import simulate_per_call  # noqa: E402
 
 
 def timed(fn):

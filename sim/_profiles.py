@@ -180,7 +180,7 @@ _DIRS = {"hardware": "hardware", "workload": "workloads"}
 
 
 def _shipped_dir(kind: str) -> Path:
-    return Path(str(resources.files("sim").joinpath("profiles", _DIRS[kind])))
+    return Path(str(resources.files("rcutune.sim").joinpath("profiles", _DIRS[kind])))
 
 
 def list_profiles(kind: str) -> list[str]:

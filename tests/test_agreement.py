@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import sim
-from tuner.cli import app
-from validation.compare import (
+from rcutune import sim
+from rcutune.tuner.cli import app
+from rcutune.validation.compare import (
     CALIBRATION_FILE,
     DATA_DIR,
     DataError,

@@ -16,11 +16,11 @@ from typing import Literal, get_args, get_origin
 import pytest
 from typer.testing import CliRunner
 
-import sim
-from tuner import StudyRequest, run_campaign
-from tuner.cli import app
+from rcutune import sim
+from rcutune.tuner import StudyRequest, run_campaign
+from rcutune.tuner.cli import app
 
-from test_study_helpers import TINY, run_study, url
+from tests.support.study import TINY, run_study, url
 
 UNREACHABLE_PG = "postgresql+psycopg://rcutune@127.0.0.1:1/rcutune"
 

@@ -22,13 +22,13 @@ import typer
 from optuna.trial import FrozenTrial, TrialState
 from typer.testing import CliRunner
 
-import storage
-from tuner import _report
-from tuner._errors import user_errors
-from tuner.cli import app
+from rcutune import storage
+from rcutune.tuner import _report
+from rcutune.tuner._errors import user_errors
+from rcutune.tuner.cli import app
 
-from fork_runner import ForkRunner
-from test_study_helpers import integrity, trials, url
+from tests.support.fork_runner import ForkRunner
+from tests.support.study import integrity, trials, url
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",
@@ -163,7 +163,7 @@ def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mi
 # -- a full disk ---------------------------------------------------------------------------------
 LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
            "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-           "os.execv(sys.executable, [sys.executable, '-m', 'tuner.cli', *sys.argv[2:]])")
+           "os.execv(sys.executable, [sys.executable, '-m', 'rcutune.tuner.cli', *sys.argv[2:]])")
 
 
 def test_a_full_disk_stops_a_study_with_one_line_and_the_database_stays_resumable(runner, tmp_path):

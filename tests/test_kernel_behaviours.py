@@ -11,10 +11,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-import sim
-from conftest import load
-from sim import _krc, _pool
-from sim._engine import Model
+from rcutune import sim
+from tests.support.sim_checks import load
+from rcutune.sim import _krc, _pool
+from rcutune.sim._engine import Model
 
 
 def run(hardware, workload, policy=None, *, kernel="6.3", seconds=2.0, seed=1, **overrides):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-import sim
-from sim._profiles import kmalloc_size
+from rcutune import sim
+from rcutune.sim._profiles import kmalloc_size
 
 DESIGN_HARDWARE = {"phone-8", "laptop-8", "server-64", "hpc-256-nocb", "rt-16-nocb", "vm-2", "arm64-16k-32"}
 DESIGN_WORKLOADS = {"steady", "bursty", "memory-pressure", "oom-storm", "nocb-flood", "chain-reaction", "rcuscale"}
@@ -24,7 +24,7 @@ def test_shipped_profiles_load_and_open_with_a_comment_block(kind):
     for name in sim.list_profiles(kind):
         profile = sim.load_profile(kind, name)
         assert profile.name == name
-        text = resources.files("sim").joinpath("profiles", folder, f"{name}.toml").read_text()
+        text = resources.files("rcutune.sim").joinpath("profiles", folder, f"{name}.toml").read_text()
         comment = [line for line in text.splitlines() if line.startswith("#")]
         assert len(comment) >= 2, f"{name}: say what it stands for and where its numbers come from"
 

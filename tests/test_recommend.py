@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tuner import StudyRequest, run_campaign
-from tuner._recommend import fresh_seeds, rank
-from tuner.cli import app
+from rcutune.tuner import StudyRequest, run_campaign
+from rcutune.tuner._recommend import fresh_seeds, rank
+from rcutune.tuner.cli import app
 
-from test_study_helpers import file_digest, run_study, url
+from tests.support.study import file_digest, run_study, url
 
 KERNEL = "6.3"
 
@@ -137,7 +137,7 @@ def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
 
 
 def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied):
-    import storage
+    from rcutune import storage
 
     result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json",
                                       "--confirm-seeds", "1"])
@@ -156,7 +156,7 @@ def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied)
 
 def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_study_to_run(studied, tmp_path,
                                                                                              monkeypatch):
-    import tuner._recommend as recommend_module
+    import rcutune.tuner._recommend as recommend_module
 
     starved = {"steady": ["fallback_cost: CV R² 0.10 < 0.8"]}
     monkeypatch.setattr(recommend_module, "unhealthy", lambda data, confidence=0.95: starved)
@@ -173,10 +173,10 @@ def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_
 
 
 def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined():
-    from tuner._campaign import QUICK_SETTINGS, make_seeds
-    from tuner._recommend import CampaignData, study_command
+    from rcutune.tuner._campaign import QUICK_SETTINGS, make_seeds
+    from rcutune.tuner._recommend import CampaignData, study_command
 
-    import sim
+    from rcutune import sim
 
     data = CampaignData("phone-8-quick", "sqlite:///p.db", sim.load_hardware("phone-8"), sim.DEFAULT_KERNEL, "v",
                         make_seeds(7, 4), [], {}, QUICK_SETTINGS.as_dict(), "multi")
@@ -185,10 +185,10 @@ def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined(
 
 
 def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monkeypatch):
-    from tuner._recommend import CampaignData, WorkloadData, unattainable, unhealthy
-    from tuner._surrogate import Accuracy, MetricSurrogate
+    from rcutune.tuner._recommend import CampaignData, WorkloadData, unattainable, unhealthy
+    from rcutune.tuner._surrogate import Accuracy, MetricSurrogate
 
-    import sim
+    from rcutune import sim
 
     oom = MetricSurrogate("oom_events", None, None, Accuracy("seed-determined", 10, None, None, None, False),
                           per_seed=(0.0, 1.0))
@@ -216,7 +216,7 @@ def test_study_report_recommend_agree_through_the_cli(studied, tmp_path):
 def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(studied, tmp_path):
     import pickle
 
-    import storage
+    from rcutune import storage
 
     CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "1"])
     db = storage.open_database(url(studied), create=False)
@@ -235,8 +235,8 @@ def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(s
 
 def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
     """vm-2 steady trials built by hand: two seeds per policy, 2 % noise, known metric curves in N."""
-    import sim
-    from tuner._recommend import CampaignData, TrialPoint, WorkloadData, reserved_mib
+    from rcutune import sim
+    from rcutune.tuner._recommend import CampaignData, TrialPoint, WorkloadData, reserved_mib
 
     hw = sim.load_hardware("vm-2")
     rng = np.random.default_rng(5)
@@ -259,7 +259,7 @@ def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
 def test_the_rule_finds_the_known_cheapest_n_on_a_constructed_trial_set():
     # Fallback cost 0.5 e^(-N/3) ms/s against 2 pages (0.0078 MiB per GiB) per step of N: the
     # scalar cost is lowest at N = 9, within 2 % at N = 10 (a tie goes to the lower N).
-    from tuner._recommend import fit_surrogates, recommend
+    from rcutune.tuner._recommend import fit_surrogates, recommend
 
     data = _constructed_campaign(lambda n: 0.5 * np.exp(-n / 3))
     fit_surrogates(data)
@@ -272,7 +272,7 @@ def test_the_rule_finds_the_known_cheapest_n_on_a_constructed_trial_set():
 def test_the_rule_pays_for_the_slo_when_it_binds_on_a_constructed_trial_set():
     # synchronize_rcu() fallbacks 40 e^(-N/4) times the vm-2 SLO: met from N = 15 (4 ln 40 = 14.8) on,
     # past the unconstrained optimum of 9; the rule pays the memory to meet it, and no more.
-    from tuner._recommend import fit_surrogates, recommend
+    from rcutune.tuner._recommend import fit_surrogates, recommend
 
     data = _constructed_campaign(lambda n: 0.5 * np.exp(-n / 3), lambda n: 40.0 * data_slo() * np.exp(-n / 4))
     fit_surrogates(data)
@@ -282,6 +282,6 @@ def test_the_rule_pays_for_the_slo_when_it_binds_on_a_constructed_trial_set():
 
 
 def data_slo() -> float:
-    import sim
+    from rcutune import sim
 
     return float(sim.load_hardware("vm-2").slo_sync_fallbacks_per_s)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import sim
-from conftest import assert_invariants, load
-from reference_model import simulate_per_call
+from rcutune import sim
+from tests.support.sim_checks import assert_invariants, load
+from tests.support.reference_model import simulate_per_call
 
 SEEDS = range(8)
 

@@ -10,9 +10,9 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from tuner.cli import app
+from rcutune.tuner.cli import app
 
-from test_study_helpers import run_study, url
+from tests.support.study import run_study, url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Headless, offline and stateless: no sandbox (CI runs as root), no GPU, no network side traffic.

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from tuner.cli import app
+from rcutune.tuner.cli import app
 
-from test_study_helpers import TINY
+from tests.support.study import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("steady", "bursty")
@@ -39,7 +39,7 @@ def _create(url: str, *args: str, trials: int = BUDGET, workloads: tuple[str, ..
 
 
 def _worker(url: str, out: Path, *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "tuner.cli", "worker", "--study", "vm-2", "--storage", url,
+    argv = [sys.executable, "-m", "rcutune.tuner.cli", "worker", "--study", "vm-2", "--storage", url,
             "--heartbeat-interval", "1", "--grace-period", "5", *args]
     with out.open("w") as sink:
         return subprocess.Popen(argv, env=_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)

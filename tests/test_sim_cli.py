@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-import sim
+from rcutune import sim
 
 
 def rcutune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "rcutune.tuner.cli", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sim
-from conftest import assert_invariants, load
+from rcutune import sim
+from tests.support.sim_checks import assert_invariants, load
 
 SMALL_HARDWARE = ["vm-2", "phone-8", "laptop-8", "rt-16-nocb", "arm64-16k-32"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-import storage
-from storage import Campaign, StorageError
+from rcutune import storage
+from rcutune.storage import Campaign, StorageError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,7 +117,7 @@ def test_a_remote_owner_is_alive_only_while_its_heartbeat_is_fresh():
 
 
 def test_storage_imports_neither_tuner_nor_sim():
-    code = "import sys, storage; print(sorted(m for m in ('tuner', 'sim') if m in sys.modules))"
+    code = "import sys; from rcutune import storage; print(sorted(m for m in ('rcutune.tuner', 'rcutune.sim') if m in sys.modules))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

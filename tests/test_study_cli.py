@@ -7,9 +7,9 @@ import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
 
-from tuner.cli import app
+from rcutune.tuner.cli import app
 
-from test_study_helpers import file_digest, integrity, run_study, trials, url
+from tests.support.study import file_digest, integrity, run_study, trials, url
 
 
 @pytest.fixture(scope="module")

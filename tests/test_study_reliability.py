@@ -14,7 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from test_study_helpers import TINY, integrity, run_study, trials, url
+from tests.support.study import TINY, integrity, run_study, trials, url
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def _complete_count(db: Path) -> int:
 def test_kill_9_at_a_random_moment_then_resume_loses_nothing(tmp_path):
     db = tmp_path / "k.db"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    argv = [sys.executable, "-m", "tuner.cli", "study", *TINY, "--jobs", "2", "--workload", "steady",
+    argv = [sys.executable, "-m", "rcutune.tuner.cli", "study", *TINY, "--jobs", "2", "--workload", "steady",
             "--trials", "200", "--storage", url(db)]
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

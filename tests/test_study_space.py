@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-import sim
-from tuner import UserError, build_search_space, constraint_values, objective_values, parse_fix
-from tuner._campaign import make_seeds
+from rcutune import sim
+from rcutune.tuner import UserError, build_search_space, constraint_values, objective_values, parse_fix
+from rcutune.tuner._campaign import make_seeds
 
 
 def _metrics(**changes):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tuner._recommend import leave_one_profile_out, load_campaign, nearest_profile
+from rcutune.tuner._recommend import leave_one_profile_out, load_campaign, nearest_profile
 
-from test_study_helpers import run_study, url
+from tests.support.study import run_study, url
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def family(tmp_path_factory):
 
 
 def test_the_nearest_studied_profile_is_chosen_by_cpu_count(family):
-    import sim
+    from rcutune import sim
 
     target = sim.load_hardware("vm-2", {"cpus": "3"})
     assert nearest_profile(target, family).hardware.cpus in (2, 4)

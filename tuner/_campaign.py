@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-import sim
-import storage
+from rcutune import sim
+from rcutune import storage
 
 from ._errors import UserError
 from ._space import SearchSpace

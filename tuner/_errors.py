@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 import typer
 
-from sim import ProfileError
-from storage import StorageError, is_disk_full
+from rcutune.sim import ProfileError
+from rcutune.storage import StorageError, is_disk_full
 
 
 class UserError(Exception):

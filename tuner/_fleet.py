@@ -28,8 +28,8 @@ import sqlalchemy as sa
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-import sim
-import storage
+from rcutune import sim
+from rcutune import storage
 
 from ._campaign import CampaignDefinition, Settings
 from ._errors import UserError

@@ -8,7 +8,7 @@ from datetime import datetime
 import optuna
 from optuna.trial import TrialState
 
-import storage
+from rcutune import storage
 
 from ._study import raced_best
 

@@ -34,7 +34,7 @@ from dataclasses import fields
 import numpy as np
 from scipy import stats
 
-import sim
+from rcutune import sim
 
 PENDING_PEAK_COST_MS = 1.0
 MIB_PER_GIB_COST_MS = 1.0

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-import sim  # noqa: E402
+from rcutune import sim  # noqa: E402
 
 from ._recommend import METRICS, N_GRID, CampaignData, Recommendation, WorkloadData  # noqa: E402
 from ._surrogate import FEATURES, ForestSurrogate, policy_features  # noqa: E402

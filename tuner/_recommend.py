@@ -19,8 +19,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-import sim
-import storage
+from rcutune import sim
+from rcutune import storage
 
 from ._errors import UserError
 from ._objective import constraint_values, feasible, mean_ci, objective_values

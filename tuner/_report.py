@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import sim
+from rcutune import sim
 
 from . import _plots
 from ._recommend import (

@@ -14,8 +14,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-import sim
-import storage
+from rcutune import sim
+from rcutune import storage
 
 from ._campaign import (
     DEFAULT_SETTINGS,

@@ -23,8 +23,8 @@ from optuna.distributions import (
     distribution_to_json,
 )
 
-import sim
-from sim import Policy
+from rcutune import sim
+from rcutune.sim import Policy
 
 from ._errors import UserError
 

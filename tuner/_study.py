@@ -17,7 +17,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-import sim
+from rcutune import sim
 
 from ._campaign import CampaignDefinition
 from ._objective import (

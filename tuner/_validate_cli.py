@@ -60,7 +60,7 @@ def kernel(
 
 
 def _measure(build: bool, sweep: Path | None, out: Path | None) -> None:
-    from validation.kernel import harness
+    from rcutune.validation.kernel import harness
 
     try:
         kernel = harness.build() if build else None
@@ -82,7 +82,7 @@ def _measure(build: bool, sweep: Path | None, out: Path | None) -> None:
 
 def _calibrate(paths: list[Path], pressure: list[Path] | None, seeds: int | None, oom_seeds: int | None,
                jobs: int, calibration: Path | None) -> None:
-    from validation import compare as agreement
+    from rcutune.validation import compare as agreement
 
     # The command as the files will record it: what to run to get them again (jobs change nothing).
     words = ["rcutune", "validate", "kernel", *(w for p in paths for w in ("--calibrate", str(p))),
@@ -106,7 +106,7 @@ def _calibrate(paths: list[Path], pressure: list[Path] | None, seeds: int | None
 
 def _compare(paths: list[Path], pressure: list[Path] | None, seeds: int | None, oom_seeds: int | None,
              jobs: int, all_points: bool, calibration: Path | None) -> None:
-    from validation import compare as agreement
+    from rcutune.validation import compare as agreement
 
     kwargs = {} if calibration is None else {"calibration_file": calibration}
     try:

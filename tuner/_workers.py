@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 
-import sim
+from rcutune import sim
 
 
 @dataclass(frozen=True)

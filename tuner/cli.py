@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import sim
-from sim import KERNELS, Policy
+from rcutune import sim
+from rcutune.sim import KERNELS, Policy
 
 from ._errors import EXIT_FAILURE, UserError, is_terminal, user_errors
 from ._validate_cli import validate_app
@@ -309,7 +309,7 @@ def _print_worker_trial(workload: str, trial) -> None:
 @app.command()
 def studies(storage_url: StorageOpt = None) -> None:
     """List stored campaigns and studies: trials complete/pruned/failed, best values, age."""
-    import storage as storage_pkg
+    from rcutune import storage as storage_pkg
 
     from ._listing import list_studies
 
@@ -355,7 +355,7 @@ def report(
     import json as json_module
     from pathlib import Path
 
-    import storage as storage_pkg
+    from rcutune import storage as storage_pkg
 
     from ._report import write_report
 
@@ -393,7 +393,7 @@ def recommend(
     the recommendation is then extrapolated from the surrogates of the nearest studied profile of the
     family (CPU count, then memory), with intervals twice as wide, confirmed by simulating the new
     profile, and flagged as extrapolated."""
-    import storage as storage_pkg
+    from rcutune import storage as storage_pkg
 
     from ._recommend import EXTRAPOLATION_WIDEN, campaign_for, fit_surrogates, load_campaign, transfer
     from ._recommend import recommend as make_recommendation

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import sim
+from rcutune import sim
 
 from ._agreement import Agreement, FigureAgreement, agreement, oom_side, point_table, spearman, summary_lines
 from ._data import (Boot, DataError, Measured, Point, PointParams, csv_files, load_measured, load_points,

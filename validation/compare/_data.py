@@ -119,7 +119,7 @@ def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
     """Every row of one measured CSV.
 
     Args:
-        path: a CSV written by `validation.kernel` (sweep or measure).
+        path: a CSV written by `rcutune.validation.kernel` (sweep or measure).
         pressure: treat every row as part of the OOM block, whatever its sweep is called.
 
     Raises:

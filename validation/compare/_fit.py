@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import minimize
 
-import sim
+from rcutune import sim
 
 from ._data import Point
 from ._run import GuestModel, Runner, SimPoint, profile_name

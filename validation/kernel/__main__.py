@@ -1,4 +1,4 @@
-"""`python -m validation.kernel build | boot ... | sweep FILE --out CSV`."""
+"""`python -m rcutune.validation.kernel build | boot ... | sweep FILE --out CSV`."""
 
 import sys
 

@@ -4,7 +4,7 @@ The simulator's predictions are only worth trusting if they match what a real ke
 module produces measured data: one qemu boot per sweep row and repetition, one CSV row per boot.
 Standard library only, so that it runs on a bare Debian 12 with Python 3.11.
 
-Public functions (used by the CLI and by ``python -m validation.kernel``):
+Public functions (used by the CLI and by ``python -m rcutune.validation.kernel``):
 ``build``, ``boot``, ``run_sweep``, ``load_sweep``, ``parse_kfree_line``, ``classify_console``,
 ``parse_console``, ``completed_runs``, ``summarize``.
 """
@@ -536,7 +536,7 @@ def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | Non
         kernel = find_build()
         if kernel is None:
             raise RuntimeError("no kernel built for the current fragment; run "
-                               "`python -m validation.kernel build` first")
+                               "`python -m rcutune.validation.kernel build` first")
     cmd = qemu_command(params, kernel, accel)
     t0 = time.monotonic()
     timed_out = False
@@ -831,7 +831,7 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
         kernel = find_build()
         if kernel is None:
             raise RuntimeError("no kernel built for the current fragment; run "
-                               "`python -m validation.kernel build` first")
+                               "`python -m rcutune.validation.kernel build` first")
     timeout = timeout_s or sweep.timeout_s
     logs = Path(log_dir) if log_dir else cache_root() / "logs" / out_csv.stem
     logs.mkdir(parents=True, exist_ok=True)
@@ -913,10 +913,10 @@ def _print_summary(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m validation.kernel build | boot ... | sweep FILE --out CSV | measure | summary CSV`."""
+    """`python -m rcutune.validation.kernel build | boot ... | sweep FILE --out CSV | measure | summary CSV`."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m validation.kernel",
+    ap = argparse.ArgumentParser(prog="python -m rcutune.validation.kernel",
                                  description="Build/boot Linux 6.1 rcuscale guests under qemu TCG.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="install packages and build kernel + initramfs (cached)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from validation.kernel import harness as h
+from rcutune.validation.kernel import harness as h
 
 OK_LOG = """\
 [    0.000000] Linux version 6.1.192 (root@builder) (gcc (Debian 12.2.0-14) 12.2.0) #1 SMP

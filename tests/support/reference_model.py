@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-import sim
-from sim._arrivals import RateSchedule
-from sim._engine import Model
-from sim._streams import stream
+from rcutune import sim
+from rcutune.sim._arrivals import RateSchedule
+from rcutune.sim._engine import Model
+from rcutune.sim._streams import stream
 
 
 def _caller(model: Model, krc, schedule: RateSchedule, rng: np.random.Generator):

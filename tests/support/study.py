@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 from typer.testing import CliRunner
 
-from tuner.cli import app
+from rcutune.tuner.cli import app
 
 TINY = ["--hardware", "vm-2", "--seconds", "0.3", "--replications", "2", "--race-replications", "1", "--jobs", "1"]
 

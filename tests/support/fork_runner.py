@@ -1,6 +1,6 @@
 """A process that imports rcutune once and forks one child per command, for tests that kill commands.
 
-Started as `python -m fork_runner` (with the project and tests/ on PYTHONPATH). Each line on stdin is
+Started as `python -m tests.support.fork_runner` (with the project on PYTHONPATH). Each line on stdin is
 a JSON request:
 
 - {"argv": [...], "log": path}: fork a child that runs `rcutune <argv>`;
@@ -27,9 +27,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    from tuner._report import prepare_report, publish_report  # the heavy imports, once
-    import tuner._runner  # noqa: F401 - Optuna, SQLAlchemy
-    from tuner.cli import app
+    from rcutune.tuner._report import prepare_report, publish_report  # the heavy imports, once
+    import rcutune.tuner._runner  # noqa: F401 - Optuna, SQLAlchemy
+    from rcutune.tuner.cli import app
 
     prepared = None
     for line in sys.stdin:
@@ -73,8 +73,8 @@ class ForkRunner:
     """The test's end of the runner: start commands, kill them at a moment, wait for them."""
 
     def __init__(self, root: Path, cwd: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fork_runner"], cwd=cwd, env=env,
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.fork_runner"], cwd=cwd, env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self._buffer = b""
 
