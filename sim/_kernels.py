@@ -37,6 +37,11 @@ class KernelBehaviour:
     adaptive_drain: bool  # 51824b780b71, v6.1: 5*HZ, or 1 jiffy once a block's worth is pending
     polled_gp_per_block: bool  # cc37d52076a9, v6.3: per-block gp_snap, kvfree_rcu_drain_ready()
     lazy_rcu: bool = False  # call_rcu_lazy (v6.2); kvfree batches use call_rcu_hurry and are never lazy
+    param_module: str = "rcutree"  # boot-parameter prefix: rcutree. up to 6.13, slab_common. from the 6.14 move
+
+    def boot_param(self, name: str) -> str:
+        """The command-line name of a kvfree_rcu() parameter on this release, e.g. rcutree.rcu_min_cached_objs."""
+        return f"{self.param_module}.{name}"
 
     def records_per_block(self, page_size: int) -> int:
         """KVFREE_BULK_MAX_ENTR on a 64-bit build: 509 (5.7), 510 (5.9-6.2), 508 (6.3) at 4 KiB."""

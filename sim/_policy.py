@@ -77,6 +77,7 @@ class Policy:
             reasons.append("refill delay (this release has no refill worker)")
         return tuple(reasons)
 
-    def kernel_cmdline(self) -> str:
-        """The boot parameters that select this policy on a stock kernel."""
-        return f"rcutree.rcu_min_cached_objs={self.n_per_cpu} rcutree.rcu_delay_page_cache_fill_msec={self.refill_delay_ms}"
+    def kernel_cmdline(self, kernel: KernelBehaviour) -> str:
+        """The boot parameters that select this policy on a stock kernel of that release (its parameter names)."""
+        return (f"{kernel.boot_param('rcu_min_cached_objs')}={self.n_per_cpu} "
+                f"{kernel.boot_param('rcu_delay_page_cache_fill_msec')}={self.refill_delay_ms}")

@@ -462,7 +462,7 @@ class _Objective:
         values = d.space.suggest(trial)
         policy = d.space.policy(values)
         trial.set_user_attr("policy", _policy_dict(policy))
-        trial.set_user_attr("kernel_cmdline", policy.kernel_cmdline())
+        trial.set_user_attr("kernel_cmdline", policy.kernel_cmdline(sim.kernel_behaviour(d.kernel)))
         trial.set_user_attr("what_if_reasons", list(policy.what_if_reasons(sim.kernel_behaviour(d.kernel))))
         label = trial.user_attrs.get("design")
         seconds, low_seconds = d.settings.seconds_for(s.workload), d.settings.low_seconds_for(s.workload)

@@ -422,10 +422,11 @@ class Choice:
     cost: float
     predicted: dict[str, dict[str, float]]
     gain: float | None = None  # what-if only: faithful cost minus this one's, both under the what-if surrogates
+    kernel: str = sim.DEFAULT_KERNEL
 
     @property
     def kernel_cmdline(self) -> str:
-        return sim.Policy(**self.policy).kernel_cmdline()
+        return sim.Policy(**self.policy).kernel_cmdline(sim.kernel_behaviour(self.kernel))
 
 
 def _predicted(surrogates: Mapping[str, MetricSurrogate], policy: Mapping[str, Any], widen: float) -> dict[str, dict[str, float]]:
@@ -521,7 +522,7 @@ def _choose(data: CampaignData, w: WorkloadData, policies, confidence: float,
     order = rank(policies, probs, costs, data.kernel, confidence)
     faithful = [i for i in order if not is_what_if(policies[i], data.kernel)]
     make = lambda i, gain=None: Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(probs[i]),  # noqa: E731
-                                       float(costs[i]), _predicted(w.surrogates, policies[i], widen), gain)
+                                       float(costs[i]), _predicted(w.surrogates, policies[i], widen), gain, data.kernel)
     best_f = make(faithful[0]) if faithful else None
     what_if = None
     if order and is_what_if(policies[order[0]], data.kernel) and (best_f is None or costs[order[0]] < best_f.cost):
@@ -570,7 +571,7 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
                         probs = p_meet(w.surrogates, data.hardware, [policies[i]], widen)
                         best_f = Choice(dict(policies[i]), (), float(probs[0]),
                                         float(_cost(w.surrogates, data.hardware, [policies[i]])[0]),
-                                        _predicted(w.surrogates, policies[i], widen))
+                                        _predicted(w.surrogates, policies[i], widen), kernel=data.kernel)
                     confirmed = True
                     break
                 confirmed = False
@@ -637,7 +638,7 @@ def _overall(data: CampaignData, served: Sequence[WorkloadData], policies, confi
 
     def make(i: int, gain: float | None = None) -> Choice:
         return Choice(dict(policies[i]), is_what_if(policies[i], data.kernel), float(probs[i]), float(costs[i]),
-                      {w.name: _predicted(w.surrogates, policies[i], widen) for w in served}, gain)
+                      {w.name: _predicted(w.surrogates, policies[i], widen) for w in served}, gain, data.kernel)
     best = make(faithful[0])
     j = order[0]
     if is_what_if(policies[j], data.kernel) and costs[j] < best.cost:

@@ -139,7 +139,7 @@ def recommendation_json(rec: Recommendation, data: CampaignData) -> dict[str, An
     return {
         "hardware": rec.hardware, "campaign": rec.campaign, "kernel": rec.kernel,
         "kernel_cmdline": None if overall is None else overall.kernel_cmdline,
-        "revert_cmdline": sim.Policy.kernel_default(sim.kernel_behaviour(rec.kernel)).kernel_cmdline(),
+        "revert_cmdline": sim.Policy.kernel_default(sim.kernel_behaviour(rec.kernel)).kernel_cmdline(sim.kernel_behaviour(rec.kernel)),
         "confidence": rec.confidence,
         "overall": None if overall is None else {**_choice_json(overall),  # type: ignore[dict-item]
                                                  "confirmed": all(c["feasible"] for c in rec.overall_confirmation.values())

@@ -153,7 +153,7 @@ class StudyLoop:
         policy = self.d.space.policy(values)
         behaviour = sim.kernel_behaviour(self.d.kernel)
         trial.set_user_attr("policy", _policy_dict(policy))
-        trial.set_user_attr("kernel_cmdline", policy.kernel_cmdline())
+        trial.set_user_attr("kernel_cmdline", policy.kernel_cmdline(behaviour))
         trial.set_user_attr("what_if_reasons", list(policy.what_if_reasons(behaviour)))
         label = trial.user_attrs.get("design")
         run = _Run(trial, policy, label)
