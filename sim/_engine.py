@@ -313,9 +313,10 @@ class Model:
         if preempt_none:
             jiffy_calls = max(1, int(KSWAPD_TICK / per_call))
             self._hold_cpu(krc.cpu, True)
-        # Before 5.9 there is no headless kvfree_rcu(): the test of that era frees with kfree_rcu() only.
-        single_only = w.kfree_rcu_test_single and not w.kfree_rcu_test_double and self.kernel.headless_api
-        both = w.kfree_rcu_test_single == w.kfree_rcu_test_double and self.kernel.headless_api
+        # kfree_rcu_test_single/_double exist from 5.13 (686fe1bf6bcc): before, the test is double-argument only.
+        modes = self.kernel.rcuscale_modes
+        single_only = w.kfree_rcu_test_single and not w.kfree_rcu_test_double and modes
+        both = w.kfree_rcu_test_single == w.kfree_rcu_test_double and modes
         start = env.now
         self._threads_started += 1
         if self._threads_started == self.threads_left:

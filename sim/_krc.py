@@ -211,6 +211,16 @@ class KfreeRcuCpu:
             if nhs + nhv:
                 sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
             nhs = nhv = 0
+        if not k.block_channels:
+            # 5.6: no pointer blocks; every object waits on the rcu_head list (the normal path, not a fallback).
+            n2 = n2s + n2v
+            if n2:
+                self.head.add(n2, n2s * slab + n2v * vmb, now, arrival_mid)
+                self.head_snap = m.gp.snap()
+                m.latency.add(base * 1e9, n2)
+                self._recount()
+                self.schedule_delayed_monitor_work(now, first_call, first_after)
+            return sync_event
         if len(self.cur) == 1:
             n2s, nhs, n2v, nhv = n2s + n2v, nhs + nhv, 0, 0
         sync_count, sync_bytes = self._add_to_channel(0, n2s, nhs, slab, now, arrival_mid, base)

@@ -17,11 +17,12 @@ class Policy:
     """A kvfree_rcu() page-cache policy.
 
     Attributes:
-        n_per_cpu: rcutree.rcu_min_cached_objs, the per-CPU cap on cached block pages (0 disables).
+        n_per_cpu: rcu_min_cached_objs (rcutree. up to 6.13, slab_common. from 6.14), the per-CPU cap on
+            cached block pages (0 disables).
         layout: "per-cpu" (the kernel), "global" (one pool of CPUs x N behind a lock) or
             "hybrid" (per-CPU pools plus `shared_reserve_pages` behind a lock); the last two are what-ifs.
         shared_reserve_pages: the hybrid layout's shared reserve.
-        refill_delay_ms: rcutree.rcu_delay_page_cache_fill_msec, the refill backoff after a shrinker count.
+        refill_delay_ms: rcu_delay_page_cache_fill_msec (v5.14+), the refill backoff after a shrinker count.
         refill_low_watermark: refill once the cache falls to this many pages; 0 = on a miss, as the kernel.
         prealloc_at_boot: fill the caches to N at boot (5.9-5.10 did; later kernels fill lazily).
         emergency_reserve_fraction: below this free-memory fraction the path may dip into the
@@ -73,11 +74,12 @@ class Policy:
             reasons.append("boot pre-allocation" if self.prealloc_at_boot else "no boot pre-allocation")
         if kernel.batching and not kernel.n_tunable and self.n_per_cpu != kernel.default_n:
             reasons.append(f"N={self.n_per_cpu} (this release caches exactly {kernel.default_n} page per CPU)")
-        if not kernel.refill_worker and self.refill_delay_ms != 5000:
-            reasons.append("refill delay (this release has no refill worker)")
+        if not kernel.has_refill_delay_param and self.refill_delay_ms != 5000:
+            reasons.append("refill delay (this release has no rcu_delay_page_cache_fill_msec)")
         return tuple(reasons)
 
     def kernel_cmdline(self, kernel: KernelBehaviour) -> str:
-        """The boot parameters that select this policy on a stock kernel of that release (its parameter names)."""
-        return (f"{kernel.boot_param('rcu_min_cached_objs')}={self.n_per_cpu} "
-                f"{kernel.boot_param('rcu_delay_page_cache_fill_msec')}={self.refill_delay_ms}")
+        """The boot parameters that select this policy on a stock kernel of that release, with that release's
+        names (e.g. slab_common.rcu_min_cached_objs from 6.14); only the parameters the release has."""
+        values = {"rcu_min_cached_objs": self.n_per_cpu, "rcu_delay_page_cache_fill_msec": self.refill_delay_ms}
+        return " ".join(f"{kernel.boot_param(name)}={values[name]}" for name in kernel.boot_params())

@@ -155,7 +155,7 @@ CASES = [
     Case("recommend-unstudied-workload", ("recommend", "-H", "vm-2", "--study", "vm-2", "--workload", "bursty",
                                           "--storage", "{db}"), ("workload 'bursty' has no study", "studied: steady")),
     # resuming with a changed definition
-    Case("resume-changed-kernel", study("--kernel", "6.1"), ("campaign 'vm-2'", "kernel version (6.3 -> 6.1)", "--new")),
+    Case("resume-changed-kernel", study("--kernel", "6.1"), ("campaign 'vm-2'", "kernel version (6.18 -> 6.1)", "--new")),
     Case("resume-changed-hardware", study("--set", "hardware.memory_mib=2048"), ("memory_mib: 1024 -> 2048", "--new")),
     Case("resume-changed-objective", study("--objective", "scalar"), ("objective (multi -> scalar)", "--new")),
     Case("resume-changed-seed", study("--seed", "7"), ("seed list", "--new")),

@@ -194,7 +194,7 @@ def test_every_command_works_on_postgresql(postgres_url, tmp_path):
                                 "--workload", "steady"])
     assert study.exit_code == 0, study.output
     listing = runner.invoke(app, ["studies", "--storage", postgres_url])
-    assert listing.exit_code == 0 and listing.output.startswith("tiny: vm-2, kernel 6.3")
+    assert listing.exit_code == 0 and listing.output.startswith("tiny: vm-2, kernel 6.18")
     report = runner.invoke(app, ["report", "tiny", "--storage", postgres_url, "--out", str(tmp_path),
                                  "--confirm-seeds", "1"])
     assert report.exit_code == 0, report.output

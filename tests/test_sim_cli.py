@@ -128,7 +128,7 @@ def test_a_binary_file_is_refused(tmp_path):
 @pytest.mark.parametrize("args", [
     ["-H", "vm-2", "-W", "steady", "--n-per-cpu", "-1"],
     ["-H", "vm-2", "-W", "steady", "--n-per-cpu", "2.5"],
-    ["-H", "vm-2", "-W", "steady", "--kernel", "5.6"],
+    ["-H", "vm-2", "-W", "steady", "--kernel", "4.19"],
     ["-H", "vm-2", "-W", "steady", "--layout", "mempool"],
     ["-H", "vm-2", "-W", "steady", "--seed", "-3"],
     ["-H", "vm-2"],

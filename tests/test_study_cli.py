@@ -61,7 +61,7 @@ def test_resume_adds_exactly_the_requested_trials(tmp_path):
 
 @pytest.mark.parametrize(("change", "named"), [
     (["--set", "hardware.memory_mib=2048"], "hardware profile vm-2 (memory_mib: 1024 -> 2048)"),
-    (["--kernel", "6.1"], "kernel version (6.3 -> 6.1)"),
+    (["--kernel", "6.1"], "kernel version (6.18 -> 6.1)"),
     (["--fix", "layout=global"], "search space"),
     (["--seed", "7"], "seed list"),
     (["--set", "workload.calls_per_s_per_cpu=9000"], "workload profile steady"),

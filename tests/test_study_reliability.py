@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from rcutune import sim
 from tests.support.study import TINY, integrity, run_study, trials, url
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,4 +105,4 @@ def test_a_study_is_readable_by_optuna_with_its_metric_names(tmp_path):
     assert run_study(db, "--trials", "2").exit_code == 0
     study = optuna.load_study(study_name="vm-2/steady", storage=url(db))
     assert study.metric_names == ["reserved_mib", "fallback_cost"]
-    assert study.user_attrs["campaign"] == "vm-2" and study.user_attrs["kernel"] == "6.3"
+    assert study.user_attrs["campaign"] == "vm-2" and study.user_attrs["kernel"] == sim.DEFAULT_KERNEL
