@@ -314,3 +314,40 @@ def data_slo() -> float:
     from rcutune import sim
 
     return float(sim.load_hardware("vm-2").slo_sync_fallbacks_per_s)
+
+
+def _fresh_vm2(workload: str, seconds: float = 0.5, seeds: int = 3):
+    from rcutune.tuner.recommend import CampaignData, FreshRuns, WorkloadData
+
+    w = WorkloadData(workload, sim.load_workload(workload), seconds, [], f"c/{workload}")
+    data = CampaignData("c", "sqlite:///unused.db", sim.load_hardware("vm-2"), sim.DEFAULT_KERNEL, "v",
+                        (1, 2, 3, 4), [w], {})
+    return FreshRuns(data, fresh_seeds(data.seeds, seeds)), w
+
+
+@pytest.mark.slow
+def test_a_knob_that_saves_nothing_on_fresh_seeds_goes_back_to_the_kernel_default():
+    from rcutune.tuner.recommend import minimal_change
+
+    fresh, w = _fresh_vm2("steady")
+    searched = sim.Policy.kernel_default(sim.kernel_behaviour(sim.DEFAULT_KERNEL)).with_(n_per_cpu=8,
+                                                                                          refill_delay_ms=89000)
+    kept, changes = minimal_change(searched, [w], fresh, threshold=0.5)
+    assert kept == searched.with_(refill_delay_ms=5000)
+    (change,) = changes
+    assert change.knob == "refill_delay_ms" and change.value == 89000 and change.default == 5000
+    assert not change.kept and change.buys.mean <= 0.5
+
+
+@pytest.mark.slow
+def test_a_knob_that_pays_on_fresh_seeds_is_kept_with_what_it_buys():
+    from rcutune.tuner.recommend import minimal_change
+
+    # Under vm-2's memory pressure the shrinker keeps setting the refill backoff: refilling at once
+    # (0 ms) instead of after the default 5 s saves about 10 ms/s, far above the practical threshold.
+    fresh, w = _fresh_vm2("memory-pressure", seconds=1.0)
+    searched = sim.Policy.kernel_default(sim.kernel_behaviour(sim.DEFAULT_KERNEL)).with_(n_per_cpu=2,
+                                                                                          refill_delay_ms=0)
+    kept, (change,) = minimal_change(searched, [w], fresh, threshold=0.5)
+    assert change.kept and kept == searched
+    assert change.buys.mean > 0.5 and change.buys.ci95 is not None
