@@ -40,11 +40,11 @@ def answered(tmp_path):
 
 def _refits(monkeypatch) -> list[int]:
     """Count the surrogate fits `recommend` makes from now on."""
-    import rcutune.tuner.recommend._answer as answer_module
+    import rcutune.tuner.recommend._models as models
 
     calls: list[int] = []
-    real = answer_module.fit_surrogates
-    monkeypatch.setattr(answer_module, "fit_surrogates", lambda data: (calls.append(1), real(data))[1])
+    real = models.fit_surrogates
+    monkeypatch.setattr(models, "fit_surrogates", lambda data: (calls.append(1), real(data))[1])
     return calls
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from rcutune import storage
 
 from .._errors import UserError
-from ..recommend import Recommendation
+
+if TYPE_CHECKING:
+    from ..recommend import Recommendation
 from ._common import EXIT_FAILURE, HardwareOpt, QuietOpt, SetOpt, StorageOpt, load_profiles, storage_flag, user_errors
 
 ConfidenceOpt = Annotated[float, typer.Option(help="Required probability of meeting every SLO, in [0.5, 1).")]
@@ -131,7 +133,7 @@ def recommend(
     typer.echo(f"  revert to the default: {rec.revert_cmdline}")
 
 
-def risk_line(rec: Recommendation) -> str:
+def risk_line(rec: "Recommendation") -> str:
     o = rec.overall
     assert o is not None
     text = (f"risk: P(every SLO met) = {o.p_meet:.3f} in the worst served workload (required {rec.confidence:g})")
@@ -142,7 +144,7 @@ def risk_line(rec: Recommendation) -> str:
     return text + (" (extrapolated)" if rec.extrapolated else "")
 
 
-def detail_lines(rec: Recommendation) -> list[str]:
+def detail_lines(rec: "Recommendation") -> list[str]:
     """What a reader needs next to the command line: why this N, the knobs, what it serves and what not."""
     lines = []
     if rec.n_explanation is not None:
@@ -166,13 +168,13 @@ def detail_lines(rec: Recommendation) -> list[str]:
     return lines
 
 
-def no_answer_line(rec: Recommendation) -> str:
+def no_answer_line(rec: "Recommendation") -> str:
     why = ("unhealthy surrogates: " + "; ".join(f"{w} ({', '.join(p)})" for w, p in rec.unhealthy.items())
            if rec.unhealthy else "no stock-kernel policy meets the SLOs of any workload at the required confidence")
     return f"no recommendation: {why}" + (f"; run: {rec.fix_command}" if rec.fix_command else "")
 
 
-def _why_none(rec: Recommendation, workload: str | None) -> str:
+def _why_none(rec: "Recommendation", workload: str | None) -> str:
     if workload is not None:
         w = rec.workload(workload)
         if w is not None and w.unattainable:

@@ -3,52 +3,39 @@
 By concern: what a campaign holds (`_data`), the surrogates of its metrics (`_models`), the rule
 (`_rule`), the check on fresh seeds (`_confirm`), extrapolation to unstudied hardware
 (`_transfer`), the stored answer (`_store`), and the answer as typed objects (`_types`).
-`answer` is the one call the CLI makes.
+`answer` is the one call the CLI makes; reading a stored answer loads none of the model libraries.
 """
 
-from ._answer import Answer, answer
-from ._confirm import CONFIRM_SEEDS, FreshRuns, fresh_seeds, minimal_change
-from ._data import COMPARED, METRIC_NAMES, METRICS, UNITS, CampaignData, TrialPoint, WorkloadData, load_campaign
-from ._data import reserved_mib, run_metrics, study_command
-from ._models import fit_surrogates, unattainable, unhealthy
-from ._rule import (
-    DEFAULT_CONFIDENCE,
-    N_GRID,
-    PRACTICAL_FRACTION,
-    candidate_policies,
-    practical_thresholds,
-    rank,
-    recommend,
-    settle_decisive,
-)
-from ._store import stored_answer, store, trials_digest
-from ._transfer import (
-    EXTRAPOLATION_WIDEN,
-    TransferError,
-    campaign_for,
-    leave_one_profile_out,
-    nearest_profile,
-    transfer,
-    transfer_error,
-)
-from ._types import (
-    Choice,
-    Confirmation,
-    Interval,
-    KnobChange,
-    NExplanation,
-    Recommendation,
-    Stat,
-    SurrogateFigures,
-    WorkloadRecommendation,
-)
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "COMPARED", "CONFIRM_SEEDS", "DEFAULT_CONFIDENCE", "EXTRAPOLATION_WIDEN", "METRICS", "METRIC_NAMES", "N_GRID",
-    "PRACTICAL_FRACTION", "UNITS", "Answer", "CampaignData", "Choice", "Confirmation", "FreshRuns", "Interval",
-    "KnobChange", "NExplanation", "Recommendation", "Stat", "SurrogateFigures", "TransferError", "TrialPoint",
-    "WorkloadData", "WorkloadRecommendation", "answer", "campaign_for", "candidate_policies", "fit_surrogates",
-    "fresh_seeds", "leave_one_profile_out", "load_campaign", "minimal_change", "nearest_profile",
-    "practical_thresholds", "rank", "recommend", "reserved_mib", "run_metrics", "settle_decisive", "store",
-    "stored_answer", "study_command", "transfer", "transfer_error", "trials_digest", "unattainable", "unhealthy",
-]
+# Names load on first use: `rcutune recommend` reading a stored answer imports neither
+# scikit-learn, SciPy nor Optuna.
+_EXPORTS = {
+    "._answer": ("Answer", "answer"),
+    "._confirm": ("FreshRuns", "fresh_seeds", "minimal_change"),
+    "._data": ("COMPARED", "METRICS", "METRIC_NAMES", "UNITS", "CampaignData", "TrialPoint", "WorkloadData",
+               "load_campaign", "reserved_mib", "run_metrics", "study_command"),
+    "._models": ("fit_surrogates", "unattainable", "unhealthy"),
+    "._rule": ("N_GRID", "PRACTICAL_FRACTION", "candidate_policies", "practical_thresholds", "rank", "recommend",
+               "settle_decisive"),
+    "._store": ("campaign_for", "store", "stored_answer", "trials_digest"),
+    "._transfer": ("EXTRAPOLATION_WIDEN", "TransferError", "leave_one_profile_out", "nearest_profile", "transfer",
+                   "transfer_error"),
+    "._types": ("CONFIRM_SEEDS", "DEFAULT_CONFIDENCE", "Choice", "Confirmation", "Interval", "KnobChange",
+                "NExplanation", "Recommendation", "Stat", "SurrogateFigures", "WorkloadRecommendation"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from rcutune import sim, storage
 
 from .._errors import UserError
-from ._confirm import CONFIRM_SEEDS
-from ._data import CampaignData, load_campaign
-from ._models import fit_surrogates
-from ._rule import DEFAULT_CONFIDENCE, recommend
-from ._store import store, stored_answer
-from ._transfer import EXTRAPOLATION_WIDEN, campaign_for, transfer
-from ._types import Recommendation
+from ._store import campaign_for, stored_answer
+from ._types import CONFIRM_SEEDS, DEFAULT_CONFIDENCE, Recommendation
+
+if TYPE_CHECKING:
+    from ._data import CampaignData
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Answer:
     recommendation: Recommendation
     campaign: str
     stored: bool
-    data: CampaignData | None = None  # the fitted campaign, when it was recomputed
+    data: "CampaignData | None" = None  # the fitted campaign, when it was recomputed
 
 
 def answer(url: str, target: sim.HardwareProfile, *, campaign: str | None = None, workload: str | None = None,
@@ -46,6 +46,13 @@ def answer(url: str, target: sim.HardwareProfile, *, campaign: str | None = None
         stored = stored_answer(url, name, options)
         if stored is not None:
             return Answer(stored, name, True)
+    # Only a refit needs the models (scikit-learn, SciPy, Optuna): a stored answer is read without them.
+    from ._data import load_campaign
+    from ._models import fit_surrogates
+    from ._rule import recommend
+    from ._store import store
+    from ._transfer import EXTRAPOLATION_WIDEN, transfer
+
     data = load_campaign(url, name)
     if workload is not None:
         known = [w.name for w in data.workloads]

@@ -17,7 +17,6 @@ from ..search import constraint_values, mean_ci
 from ._data import COMPARED, CampaignData, WorkloadData, run_metrics
 from ._types import Confirmation, KnobChange, Stat
 
-CONFIRM_SEEDS = 4
 FRESH_SEED_SALT = 0x5EED_F2E5
 
 

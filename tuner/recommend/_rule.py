@@ -26,10 +26,12 @@ from rcutune import sim
 from .._errors import UserError
 from ..search import PENDING_PEAK_COST_MS
 from ..surrogate import MetricSurrogate
-from ._confirm import CONFIRM_SEEDS, FreshRuns, fresh_seeds, minimal_change
+from ._confirm import FreshRuns, fresh_seeds, minimal_change
 from ._data import METRIC_NAMES, METRICS, CampaignData, WorkloadData, study_command
 from ._models import unattainable, unhealthy
 from ._types import (
+    CONFIRM_SEEDS,
+    DEFAULT_CONFIDENCE,
     Choice,
     Interval,
     NExplanation,
@@ -38,7 +40,6 @@ from ._types import (
     WorkloadRecommendation,
 )
 
-DEFAULT_CONFIDENCE = 0.95
 TIE_TOLERANCE = 0.02
 """Costs within 2 % of each other are ties too (where that is more than the practical threshold)."""
 PRACTICAL_FRACTION = 0.5

@@ -1,4 +1,5 @@
-"""A campaign's answer in its database: stored after every refit, read while nothing has changed.
+"""A campaign's answer in its database: which campaign answers for a profile, its answer stored after
+every refit and read while nothing has changed.
 
 The stored answer carries a key: a digest of the campaign's told trials, the rcutune version and the
 options it was computed with. `stored_answer` returns it only while all three match, reading alone
@@ -10,17 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import pickle
 from collections.abc import Mapping
 from importlib import metadata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from rcutune import sim, storage
 
-from ._data import CampaignData
+from .._errors import UserError
 from ._types import Recommendation
+
+if TYPE_CHECKING:
+    from ._data import CampaignData
 
 
 def rcutune_version() -> str:
@@ -51,6 +56,38 @@ def trials_digest(engine: sa.Engine, optuna_study_names: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
+    """The campaign to recommend from for a hardware profile, and whether that is an extrapolation.
+
+    The newest campaign studied on exactly this profile; failing that, the one of the same family
+    (same profile name) whose CPU count and memory are nearest (see `nearest_profile`).
+
+    Raises:
+        UserError: no database, or no campaign of this family.
+    """
+    if not storage.database_exists(url):
+        raise UserError(f"{url} does not exist (run rcutune study --hardware {target.name} first)")
+    db = storage.open_database(url, create=False)
+    try:
+        with db.session() as session:
+            rows = [(c.updated_at, c.name, c.hardware_profile) for c in storage.list_campaigns(session)
+                    if c.hardware_name == target.name]
+    finally:
+        db.close()
+    if not rows:
+        raise UserError(f"no campaign for hardware '{target.name}' in {url}; run rcutune study --hardware {target.name}")
+    exact = [r for r in rows if r[2] == sim.profile_text(target)]
+    if exact:
+        return max(exact)[1], False
+    newest = {}
+    for updated, name, text in sorted(rows):
+        newest[text] = (updated, name)
+    family = [(name, sim.profile_from_text("hardware", text)) for text, (_, name) in newest.items()]
+    best = min(family, key=lambda f: (abs(math.log(f[1].cpus / target.cpus)),
+                                      abs(math.log(f[1].memory_mib / target.memory_mib))))
+    return best[0], True
+
+
 def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recommendation | None:
     """The campaign's stored answer for these options if it is current, else None; reads only."""
     db = storage.open_database(url, create=False)
@@ -75,7 +112,7 @@ def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recomm
         db.close()
 
 
-def store(url: str, rec: Recommendation, data: CampaignData, options: Mapping[str, Any]) -> None:
+def store(url: str, rec: Recommendation, data: "CampaignData", options: Mapping[str, Any]) -> None:
     """Record the answer (replacing the one for the same options), the surrogates with their fitted
     estimators, and the recommended policies (replacing the campaign's earlier ones)."""
     fitted = {w.name: w.surrogates for w in data.workloads}

@@ -13,9 +13,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from rcutune import sim, storage
+from rcutune import sim
 
-from .._errors import UserError
 from ..surrogate import Z90, exact_metric
 from ._data import METRIC_NAMES, CampaignData, WorkloadData, reserved_mib
 from ._models import fit_surrogates
@@ -41,38 +40,6 @@ def transfer(data: CampaignData, target: sim.HardwareProfile) -> None:
                                                     len(trials))
         for name in EXTENSIVE:
             w.surrogates[name] = replace(w.surrogates[name], scale=ratio)
-
-
-def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
-    """The campaign to recommend from for a hardware profile, and whether that is an extrapolation.
-
-    The newest campaign studied on exactly this profile; failing that, the one of the same family
-    (same profile name) whose CPU count and memory are nearest (see `nearest_profile`).
-
-    Raises:
-        UserError: no database, or no campaign of this family.
-    """
-    if not storage.database_exists(url):
-        raise UserError(f"{url} does not exist (run rcutune study --hardware {target.name} first)")
-    db = storage.open_database(url, create=False)
-    try:
-        with db.session() as session:
-            rows = [(c.updated_at, c.name, c.hardware_profile) for c in storage.list_campaigns(session)
-                    if c.hardware_name == target.name]
-    finally:
-        db.close()
-    if not rows:
-        raise UserError(f"no campaign for hardware '{target.name}' in {url}; run rcutune study --hardware {target.name}")
-    exact = [r for r in rows if r[2] == sim.profile_text(target)]
-    if exact:
-        return max(exact)[1], False
-    newest = {}
-    for updated, name, text in sorted(rows):
-        newest[text] = (updated, name)
-    family = [(name, sim.profile_from_text("hardware", text)) for text, (_, name) in newest.items()]
-    best = min(family, key=lambda f: (abs(math.log(f[1].cpus / target.cpus)),
-                                      abs(math.log(f[1].memory_mib / target.memory_mib))))
-    return best[0], True
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,11 @@ from typing import Any
 
 from rcutune import sim
 
+DEFAULT_CONFIDENCE = 0.95
+"""The probability of meeting every SLO a recommendation must reach, unless the user asks otherwise."""
+CONFIRM_SEEDS = 4
+"""Fresh seeds a recommendation is confirmed on."""
+
 
 @dataclass(frozen=True)
 class Interval:
