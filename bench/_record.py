@@ -1,0 +1,53 @@
+"""`--record`: a bench writes its own figures into bench/README.md, between markers of its own.
+
+Each bench's section holds the command that produced it, when, on what machine (core count and
+CPU model, no names), and everything the bench printed. Nothing in bench/README.md between
+markers is written by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+README = Path(__file__).resolve().parent / "README.md"
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}, load average {load:.1f}"
+
+
+def record(name: str, lines: list[str], readme: Path = README) -> None:
+    """Replace bench `name`'s section of bench/README.md with `lines` (appending the section if new)."""
+    command = "python bench/" + Path(sys.argv[0]).name + "".join(f" {a}" for a in sys.argv[1:] if a != "--record")
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = (f"<!-- bench:{name} -->\n`{command}` on {stamp} ({machine()}):\n\n```\n" + "\n".join(lines)
+            + f"\n```\n<!-- /bench:{name} -->")
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
+    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"
+    readme.write_text(text)
+
+
+class Printer:
+    """print() that also keeps the lines for `record`."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
