@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
+import stat
 import struct
 import sys
 import tempfile
@@ -30,7 +31,7 @@ from ._url import StorageError
 _MAGIC = b"SQLite format 3\x00"
 _WAL_HEADER = 32  # a -wal no longer than its header holds nothing SQLite would read
 _JOURNAL_MAGIC = bytes.fromhex("d9d505f920a163d7")
-_SUPER_JOURNAL_MAX = 512  # the unix VFS's longest path: SQLite ignores a longer super-journal name
+_LONGEST_PATH = 512  # the unix VFS's: SQLite ignores a longer super-journal name
 _LOCK_BYTES = (0x40000000, 512)  # PENDING, RESERVED and SHARED: an open WAL connection always holds SHARED
 _LOOKS = 3
 _READ_TIMEOUT_S = 30.0
@@ -211,18 +212,26 @@ def _settle_super_journal(journal: Path) -> None:
             return
         f.seek(size - 16)
         length, checksum = struct.unpack(">II", f.read(8))
-        if f.read(8) != _JOURNAL_MAGIC or not 0 < length < _SUPER_JOURNAL_MAX or length > size - 20:
+        if f.read(8) != _JOURNAL_MAGIC or not 0 < length <= _LONGEST_PATH or length > size - 20:
             return
         f.seek(size - 16 - length)
         name = f.read(length)
         signed = sum(b - 256 if b > 127 else b for b in name)  # SQLite sums C chars, signed on most hosts
         if checksum not in (sum(name) & 0xFFFFFFFF, signed & 0xFFFFFFFF):
             return  # SQLite ignores a name whose checksum fails: the journal is an ordinary one
-        super_journal = os.fsdecode(name.split(b"\0", 1)[0])
-        if os.path.exists(super_journal):
+        if _exists_for_sqlite(os.fsdecode(name.split(b"\0", 1)[0])):
             f.truncate(size - 20 - length)
             return
     journal.unlink()
+
+
+def _exists_for_sqlite(path: str) -> bool:
+    """Whether the unix VFS says `path` exists: an empty regular file does not."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return not stat.S_ISREG(st.st_mode) or st.st_size > 0
 
 
 def _connect_in_place(path: Path, mode: str) -> sqlite3.Connection:

@@ -123,6 +123,7 @@ class DiskState:
     """What a kill leaves beside the database: the file's bytes and its -wal's (None: no -wal)."""
 
     name: str
+    kind: str  # the step the kill stopped: "copying", "torn-write", "copied", "power-cut", "torn-wal"
     db: bytes = field(repr=False)
     wal: bytes | None = field(repr=False)
 
@@ -146,23 +147,24 @@ def checkpoint_states(db: bytes, wal: Wal, *, seed: int = 0) -> list[DiskState]:
     """
     size = wal.page_size
     pages = list(wal.newest_pages().items())
-    states = [DiskState("before-copying", db, wal.raw)]
+    states = [DiskState("before-copying", "copying", db, wal.raw)]
     copied = db
     for k, (page, data) in enumerate(pages, start=1):
         torn = write_pages(copied, {page: data[: size // 2]}, size)
-        states.append(DiskState(f"page-{page}-torn", torn, wal.raw))
+        states.append(DiskState(f"page-{page}-torn", "torn-write", torn, wal.raw))
         copied = write_pages(copied, {page: data}, size)
-        states.append(DiskState(f"copied-{k}-of-{len(pages)}-pages", copied, wal.raw))
+        states.append(DiskState(f"copied-{k}-of-{len(pages)}-pages", "copying", copied, wal.raw))
     complete = copied[: wal.size_pages * size]
     assert len(complete) == wal.size_pages * size, "a checkpoint never leaves the file short of the committed size"
-    states.append(DiskState("truncated-and-synced", complete, wal.raw))
-    states.append(DiskState("wal-restarted", complete, wal.restarted_header(0x5EED0001) + wal.raw[WAL_HEADER:]))
-    states.append(DiskState("wal-truncated", complete, b""))
-    states.append(DiskState("wal-deleted", complete, None))
+    states.append(DiskState("truncated-and-synced", "copied", complete, wal.raw))
+    restarted = wal.restarted_header(0x5EED0001) + wal.raw[WAL_HEADER:]  # every frame behind it stale
+    states.append(DiskState("wal-restarted", "copied", complete, restarted))
+    states.append(DiskState("wal-truncated", "copied", complete, b""))
+    states.append(DiskState("wal-deleted", "copied", complete, None))
     rng = random.Random(seed)
     for i in range(4):
         subset = dict(rng.sample(pages, rng.randint(1, len(pages) - 1)))
-        states.append(DiskState(f"power-cut-{i}-{len(subset)}-of-{len(pages)}-pages",
+        states.append(DiskState(f"power-cut-{i}-{len(subset)}-of-{len(pages)}-pages", "power-cut",
                                 write_pages(db, subset, size), wal.raw))
     return states
 
@@ -177,16 +179,27 @@ def torn_wal_states(db: bytes, wal: Wal) -> list[tuple[DiskState, int]]:
     kept, last = ends[-2], ends[-1]
     frame = FRAME_HEADER + wal.page_size
     cuts = {"after-a-whole-frame": kept + frame, "mid-page": kept + frame // 2, "mid-commit-header": last - frame + 10}
-    return [(DiskState(f"wal-torn-{name}", db, wal.raw[:cut]), kept) for name, cut in cuts.items()
+    return [(DiskState(f"wal-torn-{name}", "torn-wal", db, wal.raw[:cut]), kept) for name, cut in cuts.items()
             if kept < cut < last]
 
 
-def journal_pages(journal: bytes, page_size: int) -> list[int]:
-    """The page numbers a rollback journal holds the original content of (its first segment)."""
-    if not journal.startswith(_JOURNAL_MAGIC):
-        return []
-    n_rec, _nonce, _orig, sector = struct.unpack(">4I", journal[8:24])
-    record = 4 + page_size + 4
-    start = sector
-    count = n_rec if n_rec not in (0, 0xFFFFFFFF) else (len(journal) - start) // record
-    return [int.from_bytes(journal[start + i * record:start + i * record + 4], "big") for i in range(count)]
+def journal_pages(journal: bytes) -> list[int]:
+    """The pages a rollback journal holds the original content of (every segment's synced records)."""
+    pages: list[int] = []
+    offset, sector, page_size = 0, 0, 0
+    while journal[offset:offset + 8] == _JOURNAL_MAGIC:
+        n_rec = int.from_bytes(journal[offset + 8:offset + 12], "big")
+        if not sector:
+            sector, page_size = struct.unpack(">2I", journal[offset + 20:offset + 28])
+        record = 4 + page_size + 4
+        start = offset + sector
+        pages += [int.from_bytes(journal[start + i * record:start + i * record + 4], "big") for i in range(n_rec)]
+        offset = -(-(start + n_rec * record) // sector) * sector
+    return pages
+
+
+def with_super_journal(journal: bytes, name: str) -> bytes:
+    """`journal` as one database's journal of a multi-database transaction: it ends naming their super-journal."""
+    raw = name.encode()
+    return (journal + struct.pack(">I", 0x40000000 // 4096 + 1) + raw + struct.pack(">II", len(raw), sum(raw))
+            + _JOURNAL_MAGIC)
