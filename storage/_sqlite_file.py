@@ -80,34 +80,37 @@ def check_sqlite_file(path: Path, check_contents: ContentsCheck) -> None:
     closing a descriptor drops the POSIX locks a process holds on that file.
     """
     for look in range(_LOOKS):
-        before = _fingerprint(path)
+        before = _fingerprint(path.resolve())
         try:
             _check_once(path, check_contents)
             return
         except StorageError:
-            if look == _LOOKS - 1 or _fingerprint(path) == before:
+            if look == _LOOKS - 1 or _fingerprint(path.resolve()) == before:
                 raise
 
 
 def _check_once(path: Path, check_contents: ContentsCheck) -> None:
-    size = path.stat().st_size
+    real = path.resolve()  # SQLite looks for the -wal and journal beside the file a link points to
+    try:
+        with real.open("rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+            in_use = _locked_by_another_process(f.fileno())
+    except OSError as err:
+        raise StorageError(f"{path}: cannot read it ({err.strerror}); check its permissions") from None
     if size == 0:  # SQLite takes it for a new database, and discards a -wal or journal beside it
         raise StorageError(f"{path} is empty (0 bytes), not a database; delete it to start a new one, "
                            "or point --storage at the right file")
-    with path.open("rb") as f:
-        header = f.read(100)
-        in_use = _locked_by_another_process(f.fileno())
     problem = _header_problem(path, size, header)
-    wal, journal = _size(path, "-wal"), _size(path, "-journal")
-    to_recover = wal > _WAL_HEADER or journal > 0
+    to_recover = _size(real, "-wal") > _WAL_HEADER or _size(real, "-journal") > 0
     if problem and not to_recover and not in_use:
         raise StorageError(problem)
     if in_use:
-        _read(path, lambda: _connect_in_place(path, "mode=ro"), check_contents, problem)
+        _read(path, lambda: _connect_in_place(real, "mode=ro"), check_contents, problem)
     elif to_recover:
-        _read_a_copy(path, check_contents, problem)
+        _read_a_copy(path, real, check_contents, problem)
     else:
-        _read(path, lambda: _connect_in_place(path, "immutable=1"), check_contents, problem)
+        _read(path, lambda: _connect_in_place(real, "immutable=1"), check_contents, problem)
 
 
 def _header_problem(path: Path, size: int, header: bytes) -> str | None:
@@ -173,14 +176,14 @@ class _NotTheFile(Exception):
     """The private copy could not be made or read (no room, no permission): nothing known of the file."""
 
 
-def _read_a_copy(path: Path, check_contents: ContentsCheck, problem: str | None) -> None:
+def _read_a_copy(path: Path, real: Path, check_contents: ContentsCheck, problem: str | None) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="rcutune-check-", ignore_cleanup_errors=True) as private:
-            copy = Path(private) / path.name
+            copy = Path(private) / real.name
             try:
                 for suffix in ("", "-wal", "-journal"):
                     try:
-                        shutil.copyfile(path.with_name(path.name + suffix), copy.with_name(copy.name + suffix))
+                        shutil.copyfile(real.with_name(real.name + suffix), copy.with_name(copy.name + suffix))
                     except FileNotFoundError:
                         if not suffix:
                             raise
@@ -190,7 +193,7 @@ def _read_a_copy(path: Path, check_contents: ContentsCheck, problem: str | None)
             _read(path, lambda: sqlite3.connect(copy, timeout=_READ_TIMEOUT_S), check_contents, problem,
                   on_copy=True)
     except (_NotTheFile, OSError):  # OSError: no temporary directory to make
-        _read(path, lambda: _connect_in_place(path, "mode=ro"), check_contents, problem)
+        _read(path, lambda: _connect_in_place(real, "mode=ro"), check_contents, problem)
 
 
 def _settle_super_journal(journal: Path) -> None:
@@ -234,8 +237,8 @@ def _exists_for_sqlite(path: str) -> bool:
     return not stat.S_ISREG(st.st_mode) or st.st_size > 0
 
 
-def _connect_in_place(path: Path, mode: str) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{quote(str(path.resolve()))}?{mode}", uri=True, timeout=_READ_TIMEOUT_S)
+def _connect_in_place(real: Path, mode: str) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{quote(str(real))}?{mode}", uri=True, timeout=_READ_TIMEOUT_S)
 
 
 def _is_damage(err: sqlite3.Error) -> bool:
