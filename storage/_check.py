@@ -32,11 +32,13 @@ _EXAMPLES = "sqlite:///FILE.db or postgresql+psycopg://USER@HOST/DATABASE"
 def check_database(url: str) -> None:
     """Refuse (StorageError, one line naming the database and the mend) what no command may open.
 
-    Reads only; a database that is missing passes (it will be created). Refused: an unknown URL
-    scheme or a missing driver; a SQLite file that is empty, not SQLite, truncated, corrupt or
-    another application's (tables, but none of rcutune's or Optuna's); a server that does not
-    answer; tables from a newer rcutune; Optuna tables from another Optuna version (older ones name
-    the `optuna storage upgrade` command to run).
+    Changes nothing; a database that is missing passes (it will be created). A SQLite file is
+    judged as SQLite will find it once it has recovered what a killed run left (a -wal, a hot
+    journal), so a valid database is never refused. Refused: an unknown URL scheme or a missing
+    driver; a SQLite file that is empty, not SQLite, truncated, corrupt or another application's
+    (tables, but none of rcutune's or Optuna's); a server that does not answer; tables from a newer
+    rcutune; Optuna tables from another Optuna version (older ones name the `optuna storage upgrade`
+    command to run).
     """
     check_scheme(url)
     path = sqlite_path(url)

@@ -167,7 +167,7 @@ def assert_resumes_keeping(runner: ForkRunner, db: Path, earlier: dict[int, tupl
 
 
 # -- a checkpoint killed at each step ----------------------------------------------------------------
-def test_the_checkpoint_model_is_what_sqlite_writes_when_stopped_after_each_page(killed, tmp_path):
+def test_the_checkpoint_model_is_what_sqlite_writes_when_stopped_at_each_page_that_grows_the_file(killed, tmp_path):
     pytest.importorskip("resource")
     size = killed.wal.page_size
     pages = list(killed.wal.newest_pages())
@@ -223,6 +223,17 @@ def test_a_study_resumes_from_a_wal_whose_last_transaction_was_torn_keeping_ever
         committed = as_sqlite_finds(DiskState("kept", "torn-wal", killed.db, killed.wal.raw[:kept]),
                                     tmp_path / f"{state.name}-kept")
         assert_resumes_keeping(runner, place(state, tmp_path / state.name, killed.shm), committed)
+
+
+def test_a_database_reached_through_a_link_is_judged_with_the_wal_beside_the_file_it_points_to(killed, tmp_path):
+    db = place(next(s for s in checkpoint_states(killed) if s.name.startswith("copied-1-of-")), tmp_path / "db",
+               killed.shm)
+    link = tmp_path / "elsewhere" / "link.db"
+    link.parent.mkdir()
+    link.symlink_to(db)
+    files = files_digest(db.parent)
+    storage.check_database(url(link))
+    assert files_digest(db.parent) == files and [p.name for p in link.parent.iterdir()] == ["link.db"]
 
 
 # -- a hot rollback journal ------------------------------------------------------------------------
