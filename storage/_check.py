@@ -1,9 +1,10 @@
 """Open-time checks: refuse a database rcutune must not touch, before anything can write to it.
 
 Optuna and SQLAlchemy write as soon as they open a database (a zero-length file gets a schema,
-an old Optuna schema gets new tables), so every command checks first, reading only: SQLite files
-through a read-only connection (header, size, `PRAGMA quick_check`), other databases through a
-connection with a short timeout; then the versions of rcutune's and Optuna's tables.
+an old Optuna schema gets new tables), so every command checks first, changing nothing: SQLite
+files as SQLite will find them once it has recovered what a killed run left (header, size,
+`PRAGMA quick_check`; see `_sqlite_file`), other databases through a connection with a short
+timeout; then the versions of rcutune's and Optuna's tables.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
 
 from ._schema import SCHEMA_VERSION, SchemaVersion
+from ._sqlite_file import check_sqlite_file
 from ._url import StorageError, display_url, sqlite_path
 
 CONNECT_TIMEOUT_S = 5
 """How long the check waits for a database server before saying it cannot connect."""
 
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _OPTUNA_VERSION_TABLE = "alembic_version"
 _EXAMPLES = "sqlite:///FILE.db or postgresql+psycopg://USER@HOST/DATABASE"
 
@@ -32,11 +32,13 @@ _EXAMPLES = "sqlite:///FILE.db or postgresql+psycopg://USER@HOST/DATABASE"
 def check_database(url: str) -> None:
     """Refuse (StorageError, one line naming the database and the mend) what no command may open.
 
-    Reads only; a database that is missing passes (it will be created). Refused: an unknown URL
-    scheme or a missing driver; a SQLite file that is empty, not SQLite, truncated, corrupt or
-    another application's (tables, but none of rcutune's or Optuna's); a server that does not
-    answer; tables from a newer rcutune; Optuna tables from another Optuna version (older ones name
-    the `optuna storage upgrade` command to run).
+    Changes nothing; a database that is missing passes (it will be created). A SQLite file is
+    judged as SQLite will find it once it has recovered what a killed run left (a -wal, a hot
+    journal), so a valid database is never refused. Refused: an unknown URL scheme or a missing
+    driver; a SQLite file that is empty, not SQLite, truncated, corrupt or another application's
+    (tables, but none of rcutune's or Optuna's); a server that does not answer; tables from a newer
+    rcutune; Optuna tables from another Optuna version (older ones name the `optuna storage upgrade`
+    command to run).
     """
     check_scheme(url)
     path = sqlite_path(url)
@@ -67,66 +69,17 @@ def check_scheme(url: str) -> None:
 def _check_sqlite(path: Path, url: str) -> None:
     if path.is_dir():
         raise StorageError(f"{path} is a directory, not a database file; point --storage at a file")
-    size = path.stat().st_size
-    if size == 0:
-        raise StorageError(f"{path} is empty (0 bytes), not a database; delete it to start a new one, "
-                           "or point --storage at the right file")
-    with path.open("rb") as f:
-        header = f.read(100)
-    if not header.startswith(_SQLITE_MAGIC):
-        kind = "a text file" if _looks_like_text(header) else "its header is not SQLite's"
-        raise StorageError(f"{path} is not a SQLite database ({kind}); point --storage at the right file, "
-                           "or move this one away to start a new database")
-    if len(header) < 100:
-        raise StorageError(f"{path} is truncated ({size} bytes, shorter than a SQLite header); "
-                           "restore it from a backup")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    pages = int.from_bytes(header[28:32], "big")
-    header_valid = header[24:28] == header[92:96]  # the page count is only meaningful when these agree
-    if header_valid and pages and size < pages * page_size:
-        raise StorageError(f"{path} is truncated ({size} of {pages * page_size} bytes); restore it from a backup")
-    # A WAL file holds committed work that the main file lacks: read through it (mode=ro, which
-    # needs the -wal to exist already); with none, read the main file alone and create nothing.
-    wal = path.with_name(path.name + "-wal")
-    mode = "mode=ro" if wal.exists() else "immutable=1"
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{mode}", uri=True, timeout=30)
-    except sqlite3.Error as err:
-        raise StorageError(f"{path}: cannot open it read-only ({err})") from None
-    try:
-        try:
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(3)")]
-        except sqlite3.DatabaseError as err:
-            problems = [str(err)]
-        if problems != ["ok"]:
-            lines = [line for p in problems for line in p.splitlines() if not line.startswith("***")]
-            first = " ".join((lines or problems)[0].split())
-            raise StorageError(f"{path} is corrupt ({first}); restore it from a backup (the sqlite3 shell's "
-                               "'.recover' salvages what is left)")
 
-        def scalar(sql: str) -> object:
-            return conn.execute(sql).fetchone()[0]
-
+    def contents(conn: sqlite3.Connection) -> None:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         ours = {t for t in tables if t.startswith("rcutune_") or t in (_OPTUNA_VERSION_TABLE, "studies")}
         if tables and not ours:
             shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
             raise StorageError(f"{path} is another application's database (tables {shown}); point --storage "
                                "at an rcutune or Optuna database, or at a new file")
-        _check_versions(str(path), url, tables, scalar)
-    except sqlite3.DatabaseError as err:
-        raise StorageError(f"{path} is corrupt ({' '.join(str(err).split())}); restore it from a backup") from None
-    finally:
-        conn.close()
+        _check_versions(str(path), url, tables, lambda sql: conn.execute(sql).fetchone()[0])
 
-
-def _looks_like_text(header: bytes) -> bool:
-    try:
-        header.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return all(c >= 32 or c in (9, 10, 13) for c in header)
+    check_sqlite_file(path, contents)
 
 
 def _check_server(url: str) -> None:

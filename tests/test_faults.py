@@ -29,7 +29,7 @@ from rcutune.tuner.cli._common import user_errors
 from rcutune.tuner.cli import app
 
 from tests.support.fork_runner import ForkRunner
-from tests.support.study import integrity, trials, url
+from tests.support.study import integrity, refuse, trials, url
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",
@@ -264,20 +264,6 @@ CORRUPTIONS = {
     "text-file": (lambda data: b"campaign = vm-2\ntrials = 3\n", "is not a SQLite database (a text file)"),
 }
 COMMANDS = ("study", "resume", "studies", "report", "recommend")
-
-
-def refuse(db: Path, argv: list[str], says: tuple[str, ...]) -> None:
-    """The command exits 2 with one line naming the file, and touches nothing in its directory."""
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in db.parent.iterdir() if p.is_file()}
-    result = CliRunner().invoke(app, argv)
-    err = result.stderr.strip()
-    assert result.exit_code == 2, (result.output, result.exception)
-    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in result.output, err
-    assert str(db) in err or url(db) in err, err
-    for fragment in says:
-        assert fragment in err, (fragment, err)
-    assert {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in db.parent.iterdir() if p.is_file()} == files, "byte-identical, and no file added"
 
 
 @pytest.mark.parametrize("command", COMMANDS)

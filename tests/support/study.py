@@ -36,3 +36,21 @@ def file_digest(db: Path) -> str:
 def integrity(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def files_digest(directory: Path) -> dict[str, str]:
+    """Each file in `directory` by name, with its contents' hash."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in directory.iterdir() if p.is_file()}
+
+
+def refuse(db: Path, argv: list[str], says: tuple[str, ...]) -> None:
+    """The command exits 2 with one line naming the file, and touches nothing in its directory."""
+    files = files_digest(db.parent)
+    result = CliRunner().invoke(app, argv)
+    err = result.stderr.strip()
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in result.output, err
+    assert str(db) in err or url(db) in err, err
+    for fragment in says:
+        assert fragment in err, (fragment, err)
+    assert files_digest(db.parent) == files, "byte-identical, and no file added"
