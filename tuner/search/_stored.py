@@ -23,6 +23,9 @@ BUDGET_ATTR = "budget"
 """Optuna study user attribute: the complete and pruned trials the campaign's workers stop at."""
 SAMPLER_ATTR = "sampler"
 SPENT = (TrialState.COMPLETE, TrialState.PRUNED)
+PLANNED = optuna.samplers.RandomSampler(seed=0)
+"""The sampler a stored study is opened with: every trial is queued with its parameters by `plan_batch`,
+so the study's own sampler only has to cost nothing when Optuna consults it at `ask()`."""
 GRACE_PERIOD_S = 30
 """A RUNNING trial whose worker's heartbeat is older than this is failed and queued again."""
 
@@ -32,7 +35,8 @@ def open_study(rdb: optuna.storages.RDBStorage, d: CampaignDefinition, campaign:
     """The Optuna study of one workload of a campaign, created with its metric names and labels if new."""
     name = study_name(campaign, workload.name)
     exists = name in optuna.get_all_study_names(rdb)
-    study = optuna.create_study(storage=rdb, study_name=name, directions=directions(d), load_if_exists=True)
+    study = optuna.create_study(storage=rdb, study_name=name, directions=directions(d), load_if_exists=True,
+                                sampler=PLANNED)
     if not exists:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

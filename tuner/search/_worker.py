@@ -43,7 +43,7 @@ from ._protocol import (
     start_trial,
     trial_protocol,
 )
-from ._stored import BUDGET_ATTR, GRACE_PERIOD_S, SAMPLER_ATTR, SPENT, stored_trial, trial_id
+from ._stored import BUDGET_ATTR, GRACE_PERIOD_S, PLANNED, SAMPLER_ATTR, SPENT, stored_trial, trial_id
 
 HEARTBEAT_INTERVAL_S = 10
 MAX_RETRIES = 3
@@ -133,7 +133,7 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], No
         workloads = {w.name: w for w in definition.workloads}
         studies = []
         for record_id, workload, optuna_name in records:
-            study = optuna.load_study(study_name=optuna_name, storage=rdb)
+            study = optuna.load_study(study_name=optuna_name, storage=rdb, sampler=PLANNED)
             if BUDGET_ATTR not in study.user_attrs:
                 raise UserError(f"study '{optuna_name}' has no trial budget; create the campaign for workers with "
                                 f"rcutune study --hardware {definition.hardware.name} --study {request.campaign} "
