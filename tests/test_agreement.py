@@ -373,6 +373,7 @@ def readme_compare_output() -> list[str]:
     return result.output.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_the_main_csv_alone_gives_the_whole_last_line(readme_compare_output):
     found = LAST_LINE.match(readme_compare_output[-1])
     assert found, readme_compare_output[-1]

@@ -18,7 +18,6 @@ from rcutune.tuner.recommend import Recommendation, trials_digest
 from rcutune.tuner.recommend._store import options_key, rcutune_version
 from rcutune.tuner.report import render_html, render_markdown
 from rcutune.tuner.search import StudyRequest, run_campaign
-
 from tests.support.study import url
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].glob("reports/*/*/recommendation.json"))
@@ -66,6 +65,7 @@ def test_every_answer_shape_prints_renders_and_round_trips(shape):
         json.dumps(rec.to_json()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.parent.name for p in EXAMPLES])
 def test_plain_recommend_prints_every_example_campaigns_stored_answer(path, tmp_path):
     rec = _example(path)

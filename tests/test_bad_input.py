@@ -17,9 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rcutune import sim
-from rcutune.tuner.search import StudyRequest, run_campaign
 from rcutune.tuner.cli import app
-
+from rcutune.tuner.search import StudyRequest, run_campaign
 from tests.support.study import TINY, run_study, url
 
 UNREACHABLE_PG = "postgresql+psycopg://rcutune@127.0.0.1:1/rcutune"

@@ -8,7 +8,6 @@ from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
 from rcutune.tuner.search import StudyRequest, run_campaign
-
 from tests.support.study import url
 
 

@@ -24,12 +24,13 @@ from typer.testing import CliRunner
 
 from rcutune import storage
 from rcutune.tuner import report as _report
-from rcutune.tuner.report import _files as report_files_module  # the write a full disk fails
-from rcutune.tuner.cli._common import user_errors
 from rcutune.tuner.cli import app
-
+from rcutune.tuner.cli._common import user_errors
+from rcutune.tuner.report import _files as report_files_module  # the write a full disk fails
 from tests.support.fork_runner import ForkRunner
 from tests.support.study import integrity, refuse, trials, url
+
+pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from rcutune import sim
-from tests.support.sim_checks import load
 from rcutune.sim import _krc, _pool
 from rcutune.sim._engine import Model
+from tests.support.sim_checks import load
 
 
 def run(hardware, workload, policy=None, *, kernel="6.3", seconds=2.0, seed=1, **overrides):
@@ -285,6 +285,7 @@ def test_offloaded_callbacks_return_pages_later():
 
 
 # 14 ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_global_pool_lock_wait_grows_with_cpus_and_with_misses():
     flood = {"workload.calls_per_s_per_cpu": 200000, "workload.headless_fraction": 0.0}
     glob = sim.Policy(n_per_cpu=1, layout="global")

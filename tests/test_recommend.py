@@ -9,10 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from rcutune import sim
+from rcutune.tuner.cli import app
 from rcutune.tuner.recommend import fresh_seeds, rank
 from rcutune.tuner.search import StudyRequest, run_campaign
-from rcutune.tuner.cli import app
-
 from tests.support.study import file_digest, run_study, url
 
 KERNEL = "6.3"
@@ -69,6 +68,7 @@ def studied(tmp_path_factory):
     return db
 
 
+@pytest.mark.slow
 def test_report_writes_every_file_well_formed(studied, tmp_path):
     result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
                                       "--confirm-seeds", "2"])
@@ -96,6 +96,7 @@ def test_report_writes_every_file_well_formed(studied, tmp_path):
     assert not list(directory.glob(".*")), "no temporary files left behind"
 
 
+@pytest.mark.slow
 def test_recommend_prints_the_kernel_command_line_first_or_says_what_to_run(studied):
     result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied),
                                       "--confirm-seeds", "1"])
@@ -107,6 +108,7 @@ def test_recommend_prints_the_kernel_command_line_first_or_says_what_to_run(stud
         assert result.exit_code == 1 and "rcutune study" in result.output
 
 
+@pytest.mark.slow
 def test_recommend_json_is_one_document(studied):
     result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json",
                                       "--confirm-seeds", "1"])
@@ -114,6 +116,7 @@ def test_recommend_json_is_one_document(studied):
     assert json.loads(result.output)["campaign"] == "tiny"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args", [
     ["report", "no-such-campaign"],
     ["report", "tiny", "--confidence", "1.5"],
@@ -129,6 +132,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_database_unchanged(studied,
     assert file_digest(studied) == before
 
 
+@pytest.mark.slow
 def test_a_campaign_with_no_complete_trials_is_a_user_error(tmp_path):
     db = tmp_path / "empty.db"
     run_campaign(StudyRequest(hardware="vm-2", workloads=("steady",), campaign="empty", trials=0,
@@ -139,6 +143,7 @@ def test_a_campaign_with_no_complete_trials_is_a_user_error(tmp_path):
     assert file_digest(db) == before
 
 
+@pytest.mark.slow
 def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
     result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--set", "hardware.cpus=4",
                                       "--storage", url(studied), "--json", "--confirm-seeds", "1"])
@@ -148,6 +153,7 @@ def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
     assert "cpus = 4" in doc["profiles"]["hardware"]
 
 
+@pytest.mark.slow
 def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied):
     from rcutune import storage
 
@@ -166,6 +172,7 @@ def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied)
         db.close()
 
 
+@pytest.mark.slow
 def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_study_to_run(studied, tmp_path,
                                                                                              monkeypatch):
     import rcutune.tuner.recommend._rule as recommend_module
@@ -185,10 +192,9 @@ def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_
 
 
 def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined():
-    from rcutune.tuner.search import QUICK_SETTINGS, make_seeds
-    from rcutune.tuner.recommend import CampaignData, study_command
-
     from rcutune import sim
+    from rcutune.tuner.recommend import CampaignData, study_command
+    from rcutune.tuner.search import QUICK_SETTINGS, make_seeds
 
     data = CampaignData("phone-8-quick", "sqlite:///p.db", sim.load_hardware("phone-8"), sim.DEFAULT_KERNEL, "v",
                         make_seeds(7, 4), [], {}, QUICK_SETTINGS.as_dict(), "multi")
@@ -197,10 +203,9 @@ def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined(
 
 
 def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monkeypatch):
+    from rcutune import sim
     from rcutune.tuner.recommend import CampaignData, WorkloadData, unattainable, unhealthy
     from rcutune.tuner.surrogate import Accuracy, MetricSurrogate
-
-    from rcutune import sim
 
     oom = MetricSurrogate("oom_events", None, None, Accuracy("seed-determined", 10, None, None, None, False),
                           per_seed=(0.0, 1.0))
@@ -213,6 +218,7 @@ def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monke
     assert not w.surrogates["fallback_cost"].accuracy.decisive
 
 
+@pytest.mark.slow
 def test_study_report_recommend_agree_through_the_cli(studied, tmp_path):
     result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
                                       "--confirm-seeds", "2"])
@@ -225,6 +231,7 @@ def test_study_report_recommend_agree_through_the_cli(studied, tmp_path):
         assert rec.stdout.splitlines()[0] == doc["kernel_cmdline"]
 
 
+@pytest.mark.slow
 def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(studied, tmp_path):
     import pickle
 
@@ -268,6 +275,7 @@ def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
     return CampaignData("c", "sqlite:///unused.db", hw, KERNEL, "v", (11, 22, 33, 44), [w], {})
 
 
+@pytest.mark.slow
 def test_the_rule_takes_the_n_nearest_the_default_within_the_practical_threshold_of_the_cheapest():
     # Fallback cost 5 e^(-N/3) ms/s against 2 pages (0.0078 MiB per GiB) per step of N: the scalar
     # cost is lowest at N = 16 (0.148 ms/s); within the practical 0.5 ms/s of it from N = 7 on, and
@@ -284,6 +292,7 @@ def test_the_rule_takes_the_n_nearest_the_default_within_the_practical_threshold
     assert f"with N={rec.overall.policy.n_per_cpu - 1} the predicted cost is" in rec.n_explanation.reason
 
 
+@pytest.mark.slow
 def test_a_metric_whose_whole_range_is_below_the_practical_threshold_keeps_the_kernel_default():
     # Fallback cost 0.3 e^(-N/3) ms/s: the cheapest N saves less than the practical 0.5 ms/s over any
     # other, so the fallback cost cannot decide and the kernel default N = 5 stands.
@@ -297,6 +306,7 @@ def test_a_metric_whose_whole_range_is_below_the_practical_threshold_keeps_the_k
     assert rec.n_explanation is not None and "kernel default" in rec.n_explanation.reason
 
 
+@pytest.mark.slow
 def test_the_rule_pays_for_the_slo_when_it_binds_on_a_constructed_trial_set():
     # synchronize_rcu() fallbacks 40 e^(-N/4) times the vm-2 SLO: met from N = 15 (4 ln 40 = 14.8) on,
     # past the N = 7 the costs alone would take; the rule pays the memory to meet it, and no more.

@@ -26,11 +26,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from rcutune import storage
 from rcutune.storage import _sqlite_file
-
 from tests.support import sqlite_states
 from tests.support.fork_runner import ForkRunner
 from tests.support.sqlite_states import DiskState, Wal
 from tests.support.study import files_digest, integrity, refuse, url
+
+pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from rcutune import sim
-from tests.support.sim_checks import assert_invariants, load
 from tests.support.reference_model import simulate_per_call
+from tests.support.sim_checks import assert_invariants, load
+
+pytestmark = [pytest.mark.slow]
 
 SEEDS = range(8)
 

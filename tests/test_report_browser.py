@@ -11,7 +11,6 @@ import pytest
 from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
-
 from tests.support.study import run_study, url
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -19,8 +19,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
-
 from tests.support.study import TINY
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKLOADS = ("steady", "bursty")

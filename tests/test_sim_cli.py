@@ -1,20 +1,40 @@
-"""`rcutune profiles` and `rcutune simulate` through the real console entry point, bad input included."""
+"""`rcutune profiles` and `rcutune simulate`, bad input included; one test through the real console entry point."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
 from rcutune import sim
+from rcutune.tuner.cli import app
 
 
-def rcutune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rcutune.tuner.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=120)
+def rcutune(*args: str, cwd: Path | None = None) -> SimpleNamespace:
+    """Run a command in this process; an exception the CLI did not turn into an exit code is raised."""
+    with contextlib.chdir(cwd) if cwd is not None else contextlib.nullcontext():
+        result = CliRunner().invoke(app, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+
+
+@pytest.mark.slow
+def test_the_console_entry_point_runs_as_a_process(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "rcutune.tuner.cli", "simulate", "--hardware", "vm-2",
+                           "--workload", "steady", "--seconds", "0.2", "--json"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["hardware"] == "vm-2"
+    version = subprocess.run(["rcutune", "--version"], capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.startswith("rcutune ")
 
 
 def test_profiles_lists_every_shipped_profile():
@@ -50,6 +70,7 @@ def test_simulate_labels_what_ifs():
     assert "what-if" in text.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", list(sim.KERNELS))
 def test_simulate_runs_every_kernel(kernel):
     out = rcutune("simulate", "-H", "phone-8", "-W", "rcuscale", "--kernel", kernel, "--json",

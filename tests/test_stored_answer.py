@@ -10,7 +10,6 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
-
 from tests.support.study import run_study, url
 
 RECOMMEND = ["recommend", "--hardware", "vm-2", "--confirm-seeds", "1"]

@@ -11,8 +11,9 @@ from optuna.trial import TrialState
 from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
-
 from tests.support.study import file_digest, integrity, run_study, trials, url
+
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

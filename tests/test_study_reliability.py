@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from rcutune import sim
 from tests.support.study import TINY, integrity, run_study, trials, url
+
+pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
 

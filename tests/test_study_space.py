@@ -8,8 +8,7 @@ import pytest
 
 from rcutune import sim
 from rcutune.tuner import UserError
-from rcutune.tuner.search import build_search_space, constraint_values, objective_values, parse_fix
-from rcutune.tuner.search import make_seeds
+from rcutune.tuner.search import build_search_space, constraint_values, make_seeds, objective_values, parse_fix
 
 
 def _metrics(**changes):

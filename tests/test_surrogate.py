@@ -28,6 +28,7 @@ def test_surrogates_follow_the_estimator_contract(estimator):
     assert np.isfinite(cross_val_score(clone(estimator), X, y, cv=3)).all()
 
 
+@pytest.mark.slow
 def test_a_well_sampled_smooth_metric_gets_a_healthy_surrogate():
     rng = np.random.default_rng(1)
     ns = list(range(0, 64, 2))

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from rcutune.tuner.recommend import leave_one_profile_out, load_campaign, nearest_profile
-
 from tests.support.study import run_study, url
+
+pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

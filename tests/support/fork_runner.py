@@ -27,9 +27,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    from rcutune.tuner.report import prepare_report, publish_report  # the heavy imports, once
     import rcutune.tuner.search._study  # noqa: F401 - Optuna, SQLAlchemy
     from rcutune.tuner.cli import app
+    from rcutune.tuner.report import prepare_report, publish_report  # the heavy imports, once
 
     prepared = None
     for line in sys.stdin:
