@@ -136,11 +136,11 @@ def recommend(
 def risk_line(rec: "Recommendation") -> str:
     o = rec.overall
     assert o is not None
-    text = (f"risk: P(every SLO met) = {o.p_meet:.3f} in the worst served workload (required {rec.confidence:g})")
+    text = f"risk: P(every SLO met) = {o.p_meet:.3f} (>= {rec.confidence:g}) in the worst workload"
     if rec.overall_confirmation:
+        seeds = len(rec.fresh_seeds)
         held = all(c.feasible for c in rec.overall_confirmation.values())
-        text += (f"; SLOs {'met' if held else 'NOT met'} on all {len(rec.fresh_seeds)} fresh seeds of every "
-                 "served workload")
+        text += f"; held on {seeds}/{seeds} fresh seeds" if held else "; NOT held on every fresh seed"
     return text + (" (extrapolated)" if rec.extrapolated else "")
 
 

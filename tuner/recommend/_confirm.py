@@ -78,7 +78,7 @@ def minimal_change(policy: sim.Policy, served: Sequence[WorkloadData], fresh: Fr
                    ) -> tuple[sim.Policy, tuple[KnobChange, ...]]:
     """Put every knob other than N back to the kernel default unless keeping it pays.
 
-    A changed knob is kept only when, on the fresh seeds summed over the served workloads, the
+    A changed knob is kept only when, on the fresh seeds averaged over the served workloads, the
     paired saving in scalar cost of keeping it exceeds `threshold`, or when reverting it would break
     a constraint the changed policy meets there. Returns the policy and what each change buys.
     """
@@ -91,7 +91,7 @@ def minimal_change(policy: sim.Policy, served: Sequence[WorkloadData], fresh: Fr
         reverted = _revert(policy, knob, base)
         if reverted is None:
             continue
-        saving = sum(fresh.metric(w, reverted, "scalar") - fresh.metric(w, policy, "scalar") for w in served)
+        saving = sum(fresh.metric(w, reverted, "scalar") - fresh.metric(w, policy, "scalar") for w in served) / len(served)
         buys = Stat(*mean_ci(saving.tolist()))
         needed = any(_feasible(fresh, w, policy) and not _feasible(fresh, w, reverted) for w in served)
         kept = buys.mean > threshold or needed

@@ -5,7 +5,7 @@ GiB) whose probability of meeting every SLO is at least the confidence level. Co
 practical threshold are ties, and a tie goes to the stock kernel's policy, then to the fewest knobs
 changed from the kernel default, then to the N nearest the kernel's, then to the smaller N: a
 recommendation changes nothing that does not pay. Overall: the same rule over every workload some stock-kernel policy can serve, costs
-summed. Then knobs other than N go back to their defaults unless fresh seeds show they pay
+averaged over them. Then knobs other than N go back to their defaults unless fresh seeds show they pay
 (`_confirm.minimal_change`), the choice is confirmed on fresh seeds, and its N is explained.
 
 Practical thresholds (`practical_thresholds`) come from the hardware profile's SLOs and the
@@ -176,14 +176,15 @@ class _Judge:
         self.confidence, self.widen, self.threshold = confidence, widen, threshold
         hw = data.hardware
         self.probs = np.stack([p_meet(w.surrogates, hw, policies, widen) for w in workloads]).min(axis=0)
-        self.costs = np.sum([cost(w.surrogates, hw, policies) for w in workloads], axis=0)
+        # The mean over the workloads: each is one way the machine runs, and the memory is reserved once.
+        self.costs = np.mean([cost(w.surrogates, hw, policies) for w in workloads], axis=0)
         self.order = rank(policies, self.probs, self.costs, data.kernel, confidence, threshold)
         self.faithful = [i for i in self.order if not is_what_if(policies[i], data.kernel)]
 
     def choice(self, policy: Mapping[str, Any], gain: float | None = None) -> Choice:
         hw = self.data.hardware
         p = min(float(p_meet(w.surrogates, hw, [policy], self.widen)[0]) for w in self.workloads)
-        c = float(sum(cost(w.surrogates, hw, [policy])[0] for w in self.workloads))
+        c = float(np.mean([cost(w.surrogates, hw, [policy])[0] for w in self.workloads]))
         return Choice(sim.Policy(**policy), self.data.kernel, p, c,
                       {w.name: _predicted(w.surrogates, policy, self.widen) for w in self.workloads},
                       is_what_if(policy, self.data.kernel), gain)
@@ -284,13 +285,13 @@ def explain_n(judge: _Judge, choice: Choice) -> NExplanation:
     cheapest = judge.policies[cheapest_index]
     rise = {w.name: float(cost(w.surrogates, hw, [asdict(nearer)])[0] - cost(w.surrogates, hw, [cheapest])[0])
             for w in judge.workloads}
-    total = sum(rise.values())
+    total = sum(rise.values()) / len(rise)
     top = max(rise, key=rise.get)  # type: ignore[arg-type]
     floor = float(judge.costs[cheapest_index])
     if total > max(t, TIE_TOLERANCE * abs(floor)):
         return NExplanation(n, top, f"with N={step} the predicted cost is {floor + total:.3g} ms/s, more than the "
                                     f"practical {t:g} ms/s above the cheapest ({floor:.3g} ms/s at "
-                                    f"N={cheapest['n_per_cpu']}); {top} accounts for {rise[top]:.3g} ms/s of it")
+                                    f"N={cheapest['n_per_cpu']}); most of it in {top} (+{rise[top]:.3g} ms/s there)")
     return NExplanation(n, None, f"N={step} costs within the practical {t:g} ms/s of the cheapest, but no studied "
                                  f"policy with it ties with the other knobs as chosen")
 

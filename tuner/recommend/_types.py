@@ -44,7 +44,7 @@ class Choice:
     """A recommended policy with its predicted figures.
 
     `p_meet` and `cost` are the worst served workload's probability of meeting every SLO and the
-    predicted scalar cost summed over the workloads of `predicted`.
+    predicted scalar cost averaged over the workloads of `predicted`.
     """
 
     policy: sim.Policy
@@ -90,7 +90,7 @@ class Confirmation:
 class KnobChange:
     """A knob other than N that the search moved from the kernel default, and what keeping it buys.
 
-    `buys` is the paired fallback-cost saving (ms/s, summed over the served workloads) of the
+    `buys` is the paired saving in scalar cost (ms/s, averaged over the served workloads) of the
     changed value against the default on fresh seeds; the change is kept only when it exceeds the
     practical threshold.
     """
@@ -194,8 +194,10 @@ class Recommendation:
             elif w.problems:
                 out[w.workload] = "unhealthy surrogates (" + "; ".join(w.problems) + ")"
             else:
-                out[w.workload] = (f"no stock-kernel policy meets its SLOs with probability "
-                                   f"{self.confidence:g}")
+                out[w.workload] = f"no stock-kernel policy meets its SLOs with probability {self.confidence:g}"
+                if w.what_if is not None:
+                    out[w.workload] += (f" (a what-if does: {'; '.join(w.what_if.what_if_reasons)}, "
+                                        f"N={w.what_if.policy.n_per_cpu})")
         return out
 
     # -- the edge: recommendation.json ---------------------------------------------------------

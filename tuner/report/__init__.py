@@ -84,8 +84,9 @@ def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: 
             lines[f"recommended N={rec.overall.policy.n_per_cpu}"] = rec.overall.policy
         if own is not None and own.faithful is not None and own.faithful.policy not in lines.values():
             lines[f"{w.name}'s own pick N={own.faithful.policy.n_per_cpu}"] = own.faithful.policy
+        if lines and default not in lines.values():
+            lines[f"kernel default N={default.n_per_cpu}"] = default
         if lines:
-            lines.setdefault(f"kernel default N={default.n_per_cpu}", default)
             pngs[f"timeseries-{w.name}.png"] = _plots.time_series(data, w, lines, seed)
             captions[f"{w.name}: pending memory and fallbacks, recommended vs default"] = f"timeseries-{w.name}.png"
     trials = max((len(w.trials) for w in data.workloads), default=0)

@@ -34,7 +34,7 @@ def rule_text(rec: Recommendation) -> str:
                      if m not in ("fallback_cost", "oom_events"))
     return (f"Among the policies whose predicted probability of meeting every SLO (and never running out of "
             f"memory) is at least {rec.confidence:g} in every served workload, the one with the lowest predicted "
-            f"cost summed over those workloads, the cost being the fallback cost plus 1 ms/s per MiB reserved "
+            f"cost averaged over those workloads, the cost being the fallback cost plus 1 ms/s per MiB reserved "
             f"per GiB of RAM. Costs within the practical threshold of {fmt(t['fallback_cost'])} ms/s of each "
             f"other are ties, which go to the stock kernel, then to the fewest knobs changed from the kernel "
             f"default, then to the smaller N; a knob other than N stays changed only if fresh seeds show it "
@@ -52,7 +52,7 @@ def render_markdown(rec: Recommendation, images: Mapping[str, str], *, url: str,
         wi = rec.overall_what_if
         lines += ["## What-if (needs a kernel patch)", "",
                   f"`{wi.kernel_cmdline}` with layout `{wi.policy.layout}` needs: {'; '.join(wi.what_if_reasons)}. "
-                  f"Predicted cost lower by {fmt(wi.gain)} ms/s (summed over the served workloads) than the "
+                  f"Predicted cost lower by {fmt(wi.gain)} ms/s (averaged over the served workloads) than the "
                   f"stock-kernel policy above.", ""]
     lines += _per_workload(rec)
     lines += _comparisons(rec)

@@ -37,18 +37,23 @@ def _png(fig) -> bytes:
 
 
 def spans_decades(values: Sequence[float], decades: float = 2.0) -> bool:
-    """Whether the positive values span more than `decades` powers of ten."""
-    positive = [v for v in values if v > 0 and math.isfinite(v)]
-    return len(positive) >= 2 and math.log10(max(positive) / min(positive)) > decades
+    """Whether the values that matter (above a millionth of the largest) span more than `decades` powers of ten."""
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    top = max(finite, default=0.0)
+    positive = [v for v in finite if v > top * 1e-6]
+    return top > 0 and len(positive) >= 2 and math.log10(top / min(positive)) > decades
 
 
 def _y_scale(ax, values: Sequence[float]) -> None:
-    if spans_decades(values):
-        positive = [v for v in values if v > 0]
-        if min(values) <= 0:
-            ax.set_yscale("symlog", linthresh=min(positive))
-        else:
-            ax.set_yscale("log")
+    """A log axis where the values span decades; symlog (linear near zero) when some are zero."""
+    if not spans_decades(values):
+        return
+    finite = [v for v in values if math.isfinite(v)]
+    top = max(abs(v) for v in finite)
+    if min(finite) <= 0:
+        ax.set_yscale("symlog", linthresh=min(v for v in finite if v > top * 1e-6))
+    else:
+        ax.set_yscale("log")
 
 
 def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> bytes:
@@ -96,18 +101,19 @@ def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> byt
         ax.set_xlabel("N (rcu_min_cached_objs)")
         ax.set_title(f"{label}" + (f" ({unit})" if unit else ""), fontsize=10)
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes.flat)
-    fig.suptitle(f"{data.hardware.name} / {w.name}: metrics against N (per-CPU layout, other knobs at kernel "
-                 "defaults)", fontsize=11)
+    _legend_below(fig, axes.flat, f"{data.hardware.name} / {w.name}: metrics against N (per-CPU layout, other "
+                  "knobs at the kernel defaults)")
     return _png(fig)
 
 
-def _legend_below(fig, axes) -> None:
+def _legend_below(fig, axes, title: str) -> None:
+    """The figure's title above, one legend for every panel below."""
     handles: dict = {}
     for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.08, 1, 0.96))
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
                frameon=False)
 
@@ -159,8 +165,7 @@ def pareto(data: CampaignData, rec: Recommendation, fronts: Mapping[str, set[int
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    _legend_below(fig, axes.flat[:n])
-    fig.suptitle(f"{data.hardware.name}: trials, Pareto front and recommendation", fontsize=11)
+    _legend_below(fig, axes.flat[:n], f"{data.hardware.name}: trials, Pareto front and recommendation")
     return _png(fig)
 
 
