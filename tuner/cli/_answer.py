@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from ..recommend import Recommendation
 from ._common import EXIT_FAILURE, HardwareOpt, QuietOpt, SetOpt, StorageOpt, load_profiles, storage_flag, user_errors
 
-ConfidenceOpt = Annotated[float, typer.Option(help="Required probability of meeting every SLO, in [0.5, 1).")]
-ConfirmOpt = Annotated[int, typer.Option(min=0, max=32, help="Fresh seeds confirming the recommendation.")]
+ConfidenceOpt = Annotated[float, typer.Option(metavar="P", help="Required probability of meeting every SLO, in [0.5, 1).")]
+ConfirmOpt = Annotated[int, typer.Option(min=0, max=32, metavar="K", help="Fresh seeds confirming the recommendation.")]
 
 
 class FormatChoice(str, Enum):
@@ -37,7 +37,7 @@ def report(
     name: Annotated[str, typer.Argument(help="Campaign name (see rcutune studies).")],
     storage_url: StorageOpt = None,
     out: Annotated[Optional[str], typer.Option(
-        "--out", help="Directory under which <hardware>/<campaign>/ goes (default: reports).")] = None,
+        "--out", metavar="DIR", help="Directory under which <hardware>/<campaign>/ goes (default: reports).")] = None,
     confidence: ConfidenceOpt = 0.95,
     confirm_seeds: ConfirmOpt = 4,
     quiet: QuietOpt = False,
@@ -75,15 +75,15 @@ def report(
 def recommend(
     hardware: HardwareOpt,
     workload: Annotated[Optional[str], typer.Option(
-        "--workload", "-W", help="Only this workload's recommendation.")] = None,
+        "--workload", "-W", metavar="NAME", help="Only this workload's recommendation.")] = None,
     storage_url: StorageOpt = None,
     campaign: Annotated[Optional[str], typer.Option(
-        "--study", help="Campaign (default: the newest for this hardware).")] = None,
+        "--study", metavar="NAME", help="Campaign (default: the newest for this hardware).")] = None,
     confidence: ConfidenceOpt = 0.95,
     confirm_seeds: ConfirmOpt = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print recommendation.json's document.")] = False,
     fmt: Annotated[Optional[FormatChoice], typer.Option(
-        "--format", help="cmdline: the arguments; grub: a line for /etc/default/grub; grubby: the command; "
+        "--format", metavar="cmdline|grub|grubby|tuned|json", help="cmdline: the arguments; grub: a line for /etc/default/grub; grubby: the command; "
         "tuned: a tuned profile; json: the document.")] = None,
     settings: SetOpt = None,
     quiet: QuietOpt = False,

@@ -59,17 +59,17 @@ def _summary(profile) -> str:
 
 def simulate(
     hardware: HardwareOpt,
-    workload: Annotated[str, typer.Option("--workload", "-W", help="Workload profile name or path.")],
-    n_per_cpu: Annotated[Optional[int], typer.Option(min=0, help="rcu_min_cached_objs: cached pages per CPU (default: the kernel's).")] = None,
+    workload: Annotated[str, typer.Option("--workload", "-W", metavar="NAME|FILE", help="Workload profile name or path.")],
+    n_per_cpu: Annotated[Optional[int], typer.Option(min=0, metavar="N", help="rcu_min_cached_objs: cached pages per CPU (default: the kernel's).")] = None,
     layout: Annotated[LayoutChoice, typer.Option(help="Pool layout; global and hybrid are what-ifs.")] = LayoutChoice.per_cpu,
-    shared_reserve_pages: Annotated[int, typer.Option(min=0, help="Hybrid layout: shared reserve pages.")] = 0,
-    refill_delay_ms: Annotated[int, typer.Option(min=0, max=100_000, help="rcu_delay_page_cache_fill_msec: refill backoff delay.")] = 5000,
-    refill_low_watermark: Annotated[int, typer.Option(min=0, help="Refill when the cache falls to this (what-if; 0 = on a miss).")] = 0,
+    shared_reserve_pages: Annotated[int, typer.Option(min=0, metavar="PAGES", help="Hybrid layout: shared reserve pages.")] = 0,
+    refill_delay_ms: Annotated[int, typer.Option(min=0, max=100_000, metavar="MS", help="rcu_delay_page_cache_fill_msec: refill backoff delay.")] = 5000,
+    refill_low_watermark: Annotated[int, typer.Option(min=0, metavar="PAGES", help="Refill when the cache falls to this (what-if; 0 = on a miss).")] = 0,
     prealloc_at_boot: Annotated[Optional[bool], typer.Option("--prealloc-at-boot/--no-prealloc-at-boot", help="Fill caches at boot (default: as the kernel).")] = None,
-    emergency_reserve_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, help="What-if GFP_MEMALLOC-like reserve access below this free fraction.")] = 0.0,
+    emergency_reserve_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, metavar="FRACTION", help="What-if GFP_MEMALLOC-like reserve access below this free fraction.")] = 0.0,
     kernel: Annotated[KernelVersion, typer.Option(help="Kernel release to model.")] = KernelVersion(sim.DEFAULT_KERNEL),  # type: ignore[call-arg]
-    seconds: Annotated[Optional[float], typer.Option(min=1e-6, help="Simulated seconds (default: the workload's).")] = None,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed.")] = 0,
+    seconds: Annotated[Optional[float], typer.Option(min=1e-6, metavar="S", help="Simulated seconds (default: the workload's).")] = None,
+    seed: Annotated[int, typer.Option(min=0, metavar="K", help="Random seed.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object with every metric.")] = False,
     settings: SetOpt = None,
 ) -> None:

@@ -48,16 +48,16 @@ def register(app: typer.Typer) -> None:
 def study(
     hardware: HardwareOpt,
     workload: Annotated[Optional[list[str]], typer.Option(
-        "--workload", "-W", help="Workload profile (repeatable; default: all shipped).")] = None,
+        "--workload", "-W", metavar="NAME|FILE", help="Workload profile (repeatable; default: all shipped).")] = None,
     trials: Annotated[Optional[int], typer.Option(
-        min=1, help="New trials this run adds to each study (default: 30; --quick: 40).")] = None,
+        min=1, metavar="T", help="New trials this run adds to each study (default: 30; --quick: 40).")] = None,
     study_name: Annotated[Optional[str], typer.Option(
-        "--study", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
+        "--study", metavar="NAME", help="Campaign name (default: the hardware profile's, with -quick for --quick).")] = None,
     storage_url: StorageOpt = None,
     jobs: Annotated[int, typer.Option(
-        min=1, max=256, help="Processes running simulations (this one owns all writes); results do not "
+        min=1, max=256, metavar="J", help="Processes running simulations (this one owns all writes); results do not "
         "depend on it.")] = max(1, min(os.cpu_count() or 1, 8)),
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed of the seed list and the sampler.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, metavar="K", help="Seed of the seed list and the sampler.")] = 0,
     quick: Annotated[bool, typer.Option(
         "--quick", help="Small preset: 1 simulated s, 2+2 seeds, 40 trials per workload.")] = False,
     new: Annotated[bool, typer.Option(
@@ -65,20 +65,20 @@ def study(
     kernel: Annotated[KernelVersion, typer.Option(
         help="Kernel release to model.")] = KernelVersion(sim.DEFAULT_KERNEL),  # type: ignore[call-arg]
     fix: Annotated[Optional[list[str]], typer.Option(
-        "--fix", help="Pin a parameter: key=value, e.g. layout=per-cpu. Repeatable.")] = None,
+        "--fix", metavar="KEY=VALUE", help="Pin a parameter: key=value, e.g. layout=per-cpu. Repeatable.")] = None,
     faithful: Annotated[bool, typer.Option(
         "--faithful", help="Only policies the stock kernel runs (per-CPU, no emergency reserve).")] = False,
     objective: Annotated[ObjectiveChoice, typer.Option(
         help="multi: reserved MiB and fallback cost; scalar: one weighted value.")] = ObjectiveChoice.multi,
     seconds: Annotated[Optional[float], typer.Option(
-        min=0.001, max=86_400, help="Simulated seconds per replication (default 2; --quick 1).")] = None,
+        min=0.001, max=86_400, metavar="S", help="Simulated seconds per replication (default 2; --quick 1).")] = None,
     replications: Annotated[Optional[int], typer.Option(
-        min=1, max=100, help="Base seeds every trial runs (default 3; --quick 2).")] = None,
+        min=1, max=100, metavar="R", help="Base seeds every trial runs (default 3; --quick 2).")] = None,
     race_replications: Annotated[Optional[int], typer.Option(
-        min=0, max=100, help="Extra seeds for contenders (default 3; --quick 2).")] = None,
+        min=0, max=100, metavar="R", help="Extra seeds for contenders (default 3; --quick 2).")] = None,
     sampler: Annotated[SamplerChoice, typer.Option(help="Optuna sampler.")] = SamplerChoice.tpe,
     sim_timeout: Annotated[Optional[float], typer.Option(
-        min=1.0, help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at "
+        min=1.0, metavar="S", help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at "
         "least 30); past it the trial fails.")] = None,
     no_run: Annotated[bool, typer.Option(
         "--no-run", help="Create the campaign and add --trials to each study's budget; rcutune worker "
@@ -123,17 +123,17 @@ def study(
 
 def worker(
     study_name: Annotated[str, typer.Option(
-        "--study", help="Campaign to join (created with rcutune study ... --no-run).")],
+        "--study", metavar="NAME", help="Campaign to join (created with rcutune study ... --no-run).")],
     storage_url: StorageOpt = None,
     jobs: Annotated[int, typer.Option(
-        min=1, max=256, help="Processes running one trial's simulations (seeds) in parallel.")] = 1,
+        min=1, max=256, metavar="J", help="Processes running one trial's simulations (seeds) in parallel.")] = 1,
     heartbeat_interval: Annotated[int, typer.Option(
-        min=1, max=3600, help="Seconds between heartbeats of the running trial.")] = 10,
+        min=1, max=3600, metavar="S", help="Seconds between heartbeats of the running trial.")] = 10,
     grace_period: Annotated[int, typer.Option(
-        min=1, max=86_400, help="A running trial whose heartbeat is older than this many seconds is failed "
+        min=1, max=86_400, metavar="S", help="A running trial whose heartbeat is older than this many seconds is failed "
         "and run again.")] = 30,
     sim_timeout: Annotated[Optional[float], typer.Option(
-        min=1.0, help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at "
+        min=1.0, metavar="S", help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at "
         "least 30).")] = None,
 ) -> None:
     """Join a campaign on a database server: run trials of all its studies until their budgets are spent.
