@@ -22,12 +22,13 @@ window.addEventListener('load', () => {
   const images = [...document.images];
   const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   const text = document.body.innerText;
-  const visible = /rcutree\\.rcu_min_cached_objs=\\d+|No recommendation/.test(text);
+  const visible = /(rcutree|slab_common)\\.rcu_min_cached_objs=\\d+|No recommendation/.test(text);
   document.body.setAttribute('data-probe', `images=${images.length} loaded=${loaded} visible=${visible}`);
 });
 </script></body>"""
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None and not os.environ.get("CI"),
                     reason="chromium not installed (.ci/run installs it from the distribution)")
 def test_every_image_loads_and_the_recommendation_is_visible_in_chromium(tmp_path):
