@@ -6,8 +6,7 @@ By concern: what a campaign holds (`_data`), the surrogates of its metrics (`_mo
 `answer` is the one call the CLI makes; reading a stored answer loads none of the model libraries.
 """
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_exports
 
 # Names load on first use: `rcutune recommend` reading a stored answer imports neither
 # scikit-learn, SciPy nor Optuna.
@@ -23,19 +22,6 @@ _EXPORTS = {
     "._transfer": ("EXTRAPOLATION_WIDEN", "TransferError", "leave_one_profile_out", "nearest_profile", "transfer",
                    "transfer_error"),
     "._types": ("CONFIRM_SEEDS", "DEFAULT_CONFIDENCE", "Choice", "Confirmation", "Interval", "KnobChange",
-                "NExplanation", "Recommendation", "Stat", "SurrogateFigures", "WorkloadRecommendation"),
+                "NExplanation", "Recommendation", "Stat", "SurrogateFigures", "WorkloadRecommendation", "json_default"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from typing import TYPE_CHECKING
 
-from rcutune import sim, storage
+from rcutune import sim
 
 from .._errors import UserError
-from ._store import campaign_for, stored_answer
+from ._store import campaign_for, campaign_row, stored_answer
 from ._types import CONFIRM_SEEDS, DEFAULT_CONFIDENCE, Recommendation
 
 if TYPE_CHECKING:
@@ -71,15 +71,5 @@ def answer(url: str, target: sim.HardwareProfile, *, campaign: str | None = None
 
 def _differs(url: str, name: str, target: sim.HardwareProfile) -> bool:
     """Whether `target` differs from the hardware profile campaign `name` was studied on."""
-    if not storage.database_exists(url):
-        raise UserError(f"{url} does not exist (run rcutune study first)")
-    db = storage.open_database(url, create=False)
-    try:
-        with db.session() as session:
-            c = storage.find_campaign(session, name)
-            if c is None:
-                known = ", ".join(x.name for x in storage.list_campaigns(session)) or "none"
-                raise UserError(f"no campaign named '{name}' in {url} (campaigns: {known})")
-            return c.hardware_profile != sim.profile_text(target)
-    finally:
-        db.close()
+    with campaign_row(url, name) as (_, c):
+        return c.hardware_profile != sim.profile_text(target)

@@ -19,6 +19,7 @@ from rcutune import sim, storage
 from .._errors import UserError
 from ..search import DEFAULT_SETTINGS, QUICK_SETTINGS, feasible, make_seeds, objective_values
 from ..surrogate import MetricSurrogate
+from ._store import campaign_row
 
 # Metrics the objectives and constraints use: (name, label, unit, SLO attribute of the hardware profile or None).
 METRICS = (
@@ -114,21 +115,11 @@ def load_campaign(url: str, name: str) -> CampaignData:
     Raises:
         UserError: no database, no such campaign, or no complete trial in it.
     """
-    if not storage.database_exists(url):
-        raise UserError(f"{url} does not exist (run rcutune study first)")
-    db = storage.open_database(url, create=False)
-    try:
-        with db.session() as session:
-            c = storage.find_campaign(session, name)
-            if c is None:
-                known = ", ".join(x.name for x in storage.list_campaigns(session)) or "none"
-                raise UserError(f"no campaign named '{name}' in {url} (campaigns: {known})")
-            hw = sim.profile_from_text("hardware", c.hardware_profile)
-            studies = [(s.workload_name, s.workload_profile, s.optuna_study_name) for s in c.studies]
-            data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
-                                dict(c.search_space), dict(c.settings or {}), c.objective)
-    finally:
-        db.close()
+    with campaign_row(url, name) as (_, c):
+        hw = sim.profile_from_text("hardware", c.hardware_profile)
+        studies = [(s.workload_name, s.workload_profile, s.optuna_study_name) for s in c.studies]
+        data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
+                            dict(c.search_space), dict(c.settings or {}), c.objective)
     rdb = optuna.storages.RDBStorage(url, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True)
     try:
         names = set(optuna.get_all_study_names(rdb))

@@ -13,7 +13,8 @@ import hashlib
 import json
 import math
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from rcutune import sim, storage
 
 from .._errors import UserError
-from ._types import Recommendation
+from ._types import Recommendation, json_default
 
 if TYPE_CHECKING:
     from ._data import CampaignData
@@ -86,6 +87,23 @@ def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
     best = min(family, key=lambda f: (abs(math.log(f[1].cpus / target.cpus)),
                                       abs(math.log(f[1].memory_mib / target.memory_mib))))
     return best[0], True
+
+
+@contextmanager
+def campaign_row(url: str, name: str) -> Iterator[tuple[sa.Engine, storage.Campaign]]:
+    """The campaign `name` (studies loaded) in an open read session, or a UserError naming those there are."""
+    if not storage.database_exists(url):
+        raise UserError(f"{url} does not exist (run rcutune study first)")
+    db = storage.open_database(url, create=False)
+    try:
+        with db.session() as session:
+            c = storage.find_campaign(session, name)
+            if c is None:
+                known = ", ".join(x.name for x in storage.list_campaigns(session)) or "none"
+                raise UserError(f"no campaign named '{name}' in {url} (campaigns: {known})")
+            yield db.engine, c
+    finally:
+        db.close()
 
 
 def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recommendation | None:
@@ -156,7 +174,7 @@ def store(url: str, rec: Recommendation, data: "CampaignData", options: Mapping[
             campaign.answers.append(storage.AnswerRecord(
                 options=dict(options), options_sha256=key, rcutune_version=rcutune_version(),
                 trials_sha256=trials_digest(db.engine, list(studies_names(campaign))),
-                document=json.loads(json.dumps(rec.to_json(), default=_json_default))))
+                document=json.loads(json.dumps(rec.to_json(), default=json_default))))
     finally:
         db.close()
 
@@ -169,11 +187,3 @@ def _policy_json(policy: sim.Policy) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(policy)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

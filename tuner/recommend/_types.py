@@ -382,3 +382,12 @@ def _surrogate_from(doc: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any
             out.setdefault(workload, {})[metric] = figures
     return out
 
+
+
+def json_default(value: Any) -> Any:
+    """What `json.dumps` needs for numpy scalars and tuples in a recommendation document."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

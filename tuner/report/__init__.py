@@ -23,6 +23,7 @@ from ..recommend import (
     fit_surrogates,
     load_campaign,
     recommend,
+    json_default,
     store,
     study_command,
 )
@@ -92,7 +93,7 @@ def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: 
     trials = max((len(w.trials) for w in data.workloads), default=0)
     markdown = render_markdown(rec, captions, url=url,
                                study_command=study_command(data, [w.name for w in data.workloads], trials))
-    files = {**pngs, "recommendation.json": json.dumps(rec.to_json(), indent=2, default=_json_default) + "\n",
+    files = {**pngs, "recommendation.json": json.dumps(rec.to_json(), indent=2, default=json_default) + "\n",
              "report.md": markdown, "report.html": render_html(markdown, pngs)}
     options = {"workload": None, "confidence": confidence, "confirm_seeds": confirm_seeds}
     return PreparedReport(url, directory, files, rec, data, options)
@@ -141,12 +142,3 @@ def _importances(study: optuna.Study) -> dict[str, float]:
                 study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=log_fallback_cost))
     except (ValueError, RuntimeError):  # fewer than two complete trials, or no parameter varied
         return {}
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-

@@ -7,8 +7,7 @@ Public surface: the search space (`build_search_space`, `parse_fix`), what a run
 both executors.
 """
 
-from importlib import import_module
-from typing import Any
+from .._lazy import lazy_exports
 
 # Names load on first use, so a simulation worker process importing `_pool` pays for `sim` alone,
 # not for Optuna, SciPy and SQLAlchemy.
@@ -25,17 +24,4 @@ _EXPORTS = {
     "._study": ("CampaignResult", "StudyRequest", "TrialOutcome", "build_definition", "run_campaign"),
     "._worker": ("WorkerRequest", "WorkerResult", "run_worker"),
 }
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _WHERE:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(_WHERE[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__all__, __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
