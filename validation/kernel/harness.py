@@ -1212,9 +1212,14 @@ def count_trace_events(text: str) -> TraceSummary:
 def trace_cmdline(params: BootParams, events: Iterable[str] = KVFREE_TRACE_EVENTS,
                   quiet_ms: int = 6000, buf_size: str = "4M") -> str:
     """Boot parameters of a trace boot: the events enabled from boot, rcuscale leaving the
-    power-off to the trace variant's PID 1, which dumps the trace once it is quiet."""
+    power-off to the trace variant's PID 1, which dumps the trace once it is quiet.
+
+    trace_clock=global is the clock the kernel switches to by itself on this guest ("Unstable
+    clock detected") at late_initcall_sync, but that switch empties the ring buffer and so
+    drops the events of rcuscale, which runs earlier (device_initcall); naming it avoids that.
+    """
     return params.kernel_cmdline(shutdown=False, extra=[
-        f"trace_event={','.join(events)}", f"trace_buf_size={buf_size}",
+        f"trace_event={','.join(events)}", f"trace_buf_size={buf_size}", "trace_clock=global",
         f"rcutune_quiet_ms={quiet_ms}"])
 
 

@@ -554,3 +554,58 @@ def test_boot_refuses_another_variants_kernel():
     p = h.BootParams(config_variant="voluntary")
     with pytest.raises(RuntimeError, match="needs the voluntary build"):
         h.boot(p, 1.0, kernel_of())
+
+
+# --- trace boot --------------------------------------------------------------------------------
+
+TRACES = Path(h.__file__).resolve().parents[2] / "tests" / "data" / "traces"
+
+TRACE_CMD_REPORT = """\
+cpus=2
+     kworker/0:1-13    [000]     0.426883: rcu_invoke_kfree_bulk_callback: rcu_sched bulk=0x00000000a1b2c3d4 nr_records=190
+     kworker/1:1-24    [001]     0.406114: rcu_invoke_kvfree_callback: rcu_sched rhp=0000000012345678 func=8
+"""
+
+
+def test_trace_lines_of_tracefs_and_trace_cmd_are_counted():
+    tr = h.count_trace_events(TRACE_CMD_REPORT)
+    assert tr.events == {"rcu_invoke_kfree_bulk_callback": 1, "rcu_invoke_kvfree_callback": 1}
+    assert tr.events_by_cpu == {0: 1, 1: 1}
+    assert (tr.first_ts_s, tr.last_ts_s) == (0.406114, 0.426883)
+    assert tr.overrun is None
+    line = ("     kworker/1:1-24      [001] .....     0.406114: rcu_invoke_kvfree_callback: "
+            "rcu_sched rhp=(____ptrval____) func=8\r")
+    m = h.TRACE_LINE_RE.match(line)
+    assert m and m["task"] == "kworker/1:1" and m["flags"] == "....." and m["fields"].endswith("func=8")
+    # Kernel log lines and the trace header are not events.
+    assert h.count_trace_events(OK_LOG + "# tracer: nop\n#  TASK-PID CPU#\n").events == {}
+
+
+def test_trace_cmdline_enables_the_events_and_leaves_the_power_off_to_init():
+    cmd = h.trace_cmdline(h.BootParams(kfree_loops=8, kfree_alloc_num=100,
+                                       kfree_rcu_test_double=1))
+    assert "rcuscale.shutdown=0" in cmd and "trace_clock=global" in cmd
+    assert ("trace_event=rcu:rcu_invoke_kfree_bulk_callback,rcu:rcu_invoke_kvfree_callback,"
+            "rcu:rcu_kvfree_callback") in cmd
+    assert "rcutune_quiet_ms=6000" in cmd  # no dot: reaches PID 1 as an environment variable
+
+
+@pytest.mark.parametrize("mode, events", [
+    ("double", {"rcu_invoke_kvfree_callback": 900, "rcu_invoke_kfree_bulk_callback": 2}),
+    ("single", {"rcu_invoke_kfree_bulk_callback": 160}),
+])
+def test_committed_trace_captures(mode, events):
+    path = TRACES / f"rcuscale-6.1-{mode}.console.txt"
+    data = path.read_bytes()
+    assert len(data) <= 200_000
+    text = data.decode("utf-8")
+    tr = h.count_trace_events(text)
+    assert tr.events == events  # rcu_kvfree_callback never fires on 6.1 Tree RCU
+    assert tr.overrun == 0 and set(tr.events_by_cpu) == {0, 1}
+    facts = h.parse_console(text)
+    assert facts.result is not None and facts.kernel_version == "6.1.192"
+    assert f"rcuscale.kfree_rcu_test_{mode}=1" in text
+    records = sum(int(line.rsplit("=", 1)[1]) for line in text.splitlines()
+                  if "rcu_invoke_kfree_bulk_callback:" in line and "nr_records=" in line)
+    kvfree = events.get("rcu_invoke_kvfree_callback", 0)
+    assert records + kvfree == {"double": 2 * 8 * 100, "single": 2 * 20 * 2000}[mode]
