@@ -11,6 +11,7 @@ from typing import Any
 from rcutune import sim
 
 from ._machine import Machine, read_machine
+from ._trace import comment
 
 EMULATOR_PREFIX = "qemu-tcg-"
 """Shipped profiles calibrated on an emulator (timings of qemu TCG): never the nearest to a real machine."""
@@ -90,12 +91,11 @@ class HardwareCapture:
     def toml(self, path: str = "<this file>") -> str:
         m = self.machine
         params = ", ".join(f"{p.name}={p.value}" for p in m.parameters.values()) or "none found under /sys/module"
-        lines = [
-            f"# Hardware profile of a machine running Linux {m.release}, captured by rcutune profile capture.",
-            f"# Kernel: modelled as {m.kernel}; boot parameters {', '.join(m.behaviour.boot_param(n) for n in m.behaviour.boot_params()) or '(none)'}.",
-            f"# Cache parameters as running: {params}.",
-        ]
-        lines += [f"# WARNING: {w}" for w in self.warnings]
+        names = ", ".join(m.behaviour.boot_param(n) for n in m.behaviour.boot_params()) or "none"
+        lines = [f"# Hardware profile of a machine running Linux {m.release}, by rcutune profile capture."]
+        lines += comment(f"kernel: modelled as {m.kernel}; its cache parameters are {names}")
+        lines += comment(f"as running: {params}")
+        lines += [line for w in self.warnings for line in comment(f"WARNING: {w}")]
         lines.append("# Read from the machine:")
         lines += [f"#   {k}: {source}" for k, source in self.read.items()]
         for fact, why in m.unread.items():
@@ -104,7 +104,7 @@ class HardwareCapture:
                      f"'{self.nearest.name}'")
         lines.append(f"# ({self.nearest.cpus} CPUs, {self.nearest.memory_mib} MiB, HZ={self.nearest.hz}); "
                      "measure them to do better:")
-        lines += _wrapped(self.borrowed, "#   ")
+        lines += comment(", ".join(self.borrowed))
         lines.append(f"# Next: {self.study_command(path)}")
         lines.append(f"description = {json.dumps(self.keys_description())}")
         lines += [f"{k} = {_toml_value(v)}" for k, v in self.keys.items()]
@@ -113,19 +113,6 @@ class HardwareCapture:
     def keys_description(self) -> str:
         m = self.machine
         return f"captured: Linux {m.release} (modelled as {m.kernel}), {self.keys['cpus']} CPUs, {self.keys['memory_mib']} MiB"
-
-
-def _wrapped(words: tuple[str, ...], prefix: str, width: int = 100) -> list[str]:
-    lines, line = [], prefix
-    for word in words:
-        piece = word + ", "
-        if len(line) + len(piece) > width and line != prefix:
-            lines.append(line.rstrip())
-            line = prefix
-        line += piece
-    if line != prefix:
-        lines.append(line.rstrip().rstrip(","))
-    return lines
 
 
 def _toml_value(value: Any) -> str:

@@ -88,12 +88,10 @@ def modelled_release(release: str) -> tuple[str, str | None]:
     older = [k for k in known if _version(k) <= running]
     short = f"{running[0]}.{running[1]}"
     if not older:
-        return known[0], (f"Linux {short} is older than every modelled release; modelled as {known[0]}, "
-                          f"the oldest (results may not hold)")
+        return known[0], f"Linux {short} is older than every modelled release; modelled as {known[0]}"
     chosen = older[-1]
     if running > _version(known[-1]):
-        return chosen, (f"Linux {short} is newer than every modelled release; modelled as {chosen}, "
-                        f"the newest (check its kvfree_rcu() changes before trusting the result)")
+        return chosen, f"Linux {short} is newer than every modelled release; modelled as {chosen}"
     return chosen, None
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,11 +122,17 @@ class WorkloadCapture:
     def toml(self) -> str:
         lines = [f"# Workload profile from the kvfree_rcu() events of {self.source}, by rcutune workload capture."]
         lines.append("# Measured:")
-        lines += [f"#   {m}" for m in self.measured]
+        lines += [line for m in self.measured for line in comment(m)]
         lines.append("# Not in the trace, so assumed:")
-        lines += [f"#   {a}" for a in self.assumed]
+        lines += [line for a in self.assumed for line in comment(a)]
         lines += [f"{k} = {_toml(v)}" for k, v in self.keys.items()]
         return "\n".join(lines) + "\n"
+
+
+def comment(text: str, width: int = 100) -> list[str]:
+    """One item of a profile's comment block, wrapped: "#   first line", "#     more"."""
+    return textwrap.wrap(text, width, initial_indent="#   ", subsequent_indent="#     ",
+                         break_long_words=False, break_on_hyphens=False)
 
 
 def _toml(value: Any) -> str:
@@ -269,7 +276,7 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
                            "only longer ones")
     keys["calls_per_s_per_cpu"] = _round(bursts.base_per_s / cpus)
     measured.append(f"calls_per_s_per_cpu = {keys['calls_per_s_per_cpu']:g}: objects per second between bursts, "
-                    "over all CPUs")
+                    "divided by the CPUs")
     head_list = [e for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and (e.offset or 0) > 0]
     vmalloc = sum(1 for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and e.offset == 0)
     reclaimed = sum(e.objects for e in reclaims)
@@ -292,7 +299,7 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
     if per_cpu_known:
         active = sum(1 for c in per_cpu if c > 0)
         keys["active_cpus_fraction"] = _round(active / cpus, 3)
-        keys["skew"] = _round(_skew(per_cpu), 3)
+        keys["skew"] = round(_skew(per_cpu), 3)
         measured.append(f"active_cpus_fraction = {keys['active_cpus_fraction']:g}, skew = {keys['skew']:g}: "
                         f"objects per CPU {', '.join(f'{c:g}' for c in per_cpu)}")
     else:
