@@ -39,10 +39,8 @@ def test_values_the_kernel_uses_equal_to_the_recommendation_are_applied():
 def test_a_differing_value_is_not_applied_and_the_line_says_what_to_set():
     result = check(read_machine(ROOTS / "laptop-6.18"), _rec(3))
     assert not result.applied
-    assert result.params[0].line() == ("slab_common.rcu_min_cached_objs: running 5, recommended 3: "
-                                       "NOT applied (set slab_common.rcu_min_cached_objs=3)")
-    assert result.lines()[-1] == ("not applied: boot with slab_common.rcu_min_cached_objs=3 "
-                                  "slab_common.rcu_delay_page_cache_fill_msec=5000")
+    assert result.params[0].line() == "slab_common.rcu_min_cached_objs: running 5, recommended 3: NOT applied"
+    assert result.lines()[-1] == "not applied: boot with slab_common.rcu_min_cached_objs=3"
 
 
 def test_a_campaign_of_another_release_is_checked_under_the_running_releases_names():
@@ -113,8 +111,8 @@ def test_check_exits_0_when_the_stored_answer_is_applied_and_1_with_the_mismatch
     off = CliRunner().invoke(app, ["check", "--root", str(_root_running(tmp_path / "b", n + 1, delay)),
                                    "--hardware", "vm-2", "--storage", url(db)])
     assert off.exit_code == 1, off.output
-    assert (f"slab_common.rcu_min_cached_objs: running {n + 1}, recommended {n}: NOT applied "
-            f"(set slab_common.rcu_min_cached_objs={n})") in off.stdout.splitlines()
+    assert f"slab_common.rcu_min_cached_objs: running {n + 1}, recommended {n}: NOT applied" in off.stdout.splitlines()
+    assert off.stdout.splitlines()[-1] == f"not applied: boot with slab_common.rcu_min_cached_objs={n}"
     newest = CliRunner().invoke(app, ["check", "--root", str(_root_running(tmp_path / "c", n, delay)),
                                       "--storage", url(db)])
     assert newest.exit_code == 0 and newest.stdout.startswith("campaign tiny (kernel 6.18)")

@@ -31,7 +31,7 @@ class ParamCheck:
         if self.running is None:
             return f"{self.name}: not in this kernel ({self.source}); recommended {self.recommended}: " + \
                 ("nothing to apply" if self.applied else "NOT applicable")
-        verdict = "applied" if self.applied else f"NOT applied (set {self.name}={self.recommended})"
+        verdict = "applied" if self.applied else "NOT applied"
         where = "" if self.source.startswith("/sys/") else f" ({self.source})"
         return f"{self.name}: running {self.running}{where}, recommended {self.recommended}: {verdict}"
 
@@ -45,7 +45,6 @@ class CheckResult:
     machine: Machine
     params: tuple[ParamCheck, ...]
     notes: tuple[str, ...]  # release differences, arguments the kernel ignores
-    apply_cmdline: str  # the recommendation under the running release's names
 
     @property
     def applied(self) -> bool:
@@ -59,8 +58,15 @@ class CheckResult:
         if self.applied:
             out.append("applied: the running kernel uses the recommended values")
         else:
-            out.append(f"not applied: boot with {self.apply_cmdline}")
+            args = self.missing_args
+            out.append(f"not applied: boot with {args}" if args else
+                       f"not applied: Linux {self.machine.kernel} lacks a parameter the recommendation sets")
         return out
+
+    @property
+    def missing_args(self) -> str:
+        """The kernel arguments still to add: each mismatched parameter, under the running release's name."""
+        return " ".join(f"{p.name}={p.recommended}" for p in self.params if not p.applied and p.running is not None)
 
 
 def check(machine: Machine, rec: Recommendation) -> CheckResult:
@@ -103,8 +109,7 @@ def check(machine: Machine, rec: Recommendation) -> CheckResult:
             continue
         value, source = _running_value(machine, name, defaults[name])
         checks.append(ParamCheck(running.boot_param(name), value, source, want, applied=value == want))
-    return CheckResult(rec.campaign, rec.kernel, machine, tuple(checks), tuple(notes),
-                       policy.kernel_cmdline(running))
+    return CheckResult(rec.campaign, rec.kernel, machine, tuple(checks), tuple(notes))
 
 
 def _stock_value(name: str, behaviour: sim.KernelBehaviour) -> int:
