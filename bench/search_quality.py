@@ -30,8 +30,7 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rcutune import sim  # noqa: E402
-from rcutune.tuner import StudyRequest, constraint_values, objective_values, raced_best, run_campaign  # noqa: E402
-from rcutune.tuner._runner import build_definition  # noqa: E402
+from rcutune.tuner.search import StudyRequest, build_definition, constraint_values, objective_values, raced_best, run_campaign  # noqa: E402
 
 # Pairs where N matters: feasible policies exist and the best N is inside the range, not at 0.
 PAIRS = (("laptop-8", "nocb-flood"), ("rt-16-nocb", "nocb-flood"), ("vm-2", "rcuscale"))

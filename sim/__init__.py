@@ -17,6 +17,7 @@ from ._profiles import (
     load_hardware,
     load_profile,
     load_workload,
+    profile_from_text,
     profile_text,
     split_overrides,
 )
@@ -27,6 +28,6 @@ SIMULATOR_VERSION = "1.2.0"
 __all__ = [
     "DEFAULT_KERNEL", "KERNELS", "LAYOUTS", "SIMULATOR_VERSION", "HardwareProfile", "KernelBehaviour",
     "Metrics", "Policy", "ProfileError", "Trace", "WorkloadProfile", "kernel_behaviour", "list_profiles",
-    "load_hardware", "load_profile", "load_workload", "profile_text", "simulate", "simulate_with_trace",
+    "load_hardware", "load_profile", "load_workload", "profile_from_text", "profile_text", "simulate", "simulate_with_trace",
     "split_overrides",
 ]

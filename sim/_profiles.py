@@ -7,6 +7,7 @@ whose one-line message names the file, the key, the line where known, and the al
 
 from __future__ import annotations
 
+import ast
 import difflib
 import math
 import re
@@ -364,3 +365,21 @@ def profile_text(profile: _Profile) -> str:
     """A canonical text of a profile's contents, for hashing and storing with a study."""
     items = sorted(profile.model_dump().items())
     return "\n".join(f"{k} = {v!r}" for k, v in items)
+
+
+def profile_from_text(kind: str, text: str) -> HardwareProfile | WorkloadProfile:
+    """The profile a `profile_text` describes (validated as on load), e.g. the one a study stored.
+
+    Raises:
+        ProfileError: the text holds a key or value this release does not accept.
+    """
+    values = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(" = ")
+        if sep:
+            values[key.strip()] = ast.literal_eval(value.strip())
+    model = HardwareProfile if kind == "hardware" else WorkloadProfile
+    try:
+        return model.model_validate(values)
+    except ValidationError as err:
+        raise ProfileError(_describe(model, f"stored {kind} profile", text, err)) from None

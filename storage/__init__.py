@@ -25,6 +25,7 @@ from ._registry import (
 )
 from ._schema import (
     SCHEMA_VERSION,
+    AnswerRecord,
     Base,
     Campaign,
     RecommendationRecord,
@@ -35,7 +36,7 @@ from ._schema import (
 from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, display_url, resolve_url, sqlite_path
 
 __all__ = [
-    "BUSY_TIMEOUT_S", "Base", "CONNECT_TIMEOUT_S", "Campaign", "CampaignBusy", "DEFAULT_URL", "Database",
+    "AnswerRecord", "BUSY_TIMEOUT_S", "Base", "CONNECT_TIMEOUT_S", "Campaign", "CampaignBusy", "DEFAULT_URL", "Database",
     "DiskFull", "ENV_VAR", "OWNER_STALE_AFTER_S", "RecommendationRecord", "SCHEMA_VERSION", "SchemaVersion",
     "StorageError", "StudyRecord", "SurrogateRecord", "beat", "check_database", "claim_campaign",
     "create_engine", "database_exists", "display_url", "engine_kwargs", "ensure_schema", "find_campaign",

@@ -81,8 +81,13 @@ def open_database(url: str, *, create: bool = True) -> Database:
 
 
 def ensure_schema(engine: sa.Engine, *, create: bool = True) -> int | None:
-    """Check (and with `create`, make) rcutune's tables; returns the schema version found or made."""
+    """Check (and with `create`, make or upgrade) rcutune's tables; returns the schema version found or made.
+
+    Without `create`, tables of an older schema are read as they are (what they lack reads as empty);
+    the next command that writes upgrades them. None: no rcutune tables.
+    """
     inspector = sa.inspect(engine)
+    found = None
     if inspector.has_table(SchemaVersion.__tablename__):
         with engine.connect() as conn:
             found = conn.execute(sa.select(sa.func.max(SchemaVersion.version))).scalar()
@@ -91,9 +96,10 @@ def ensure_schema(engine: sa.Engine, *, create: bool = True) -> int | None:
         if found == SCHEMA_VERSION and all(inspector.has_table(t) for t in Base.metadata.tables):
             return found
     if not create:
-        return None
+        return found
     Base.metadata.create_all(engine)
     with engine.begin() as conn:
+        conn.execute(sa.delete(SchemaVersion).where(SchemaVersion.version < SCHEMA_VERSION))
         if conn.execute(sa.select(sa.func.count()).select_from(SchemaVersion)).scalar() == 0:
             conn.execute(sa.insert(SchemaVersion).values(version=SCHEMA_VERSION, created_at=utcnow()))
     return SCHEMA_VERSION

@@ -13,8 +13,11 @@ from datetime import datetime, timezone
 from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
-"""Bumped whenever a table or column changes; a database with a newer version is refused."""
+SCHEMA_VERSION = 2
+"""Bumped whenever a table or column changes; a database with a newer version is refused.
+
+2: `rcutune_answers` (version 1 databases are upgraded in place by the next command that writes).
+"""
 
 
 def utcnow() -> datetime:
@@ -60,6 +63,7 @@ class Campaign(Base):
         back_populates="campaign", order_by="StudyRecord.id", cascade="all, delete-orphan")
     recommendations: Mapped[list[RecommendationRecord]] = relationship(
         back_populates="campaign", cascade="all, delete-orphan")
+    answers: Mapped[list[AnswerRecord]] = relationship(back_populates="campaign", cascade="all, delete-orphan")
 
 
 class StudyRecord(Base):
@@ -121,3 +125,25 @@ class RecommendationRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     campaign: Mapped[Campaign] = relationship(back_populates="recommendations")
+
+
+class AnswerRecord(Base):
+    """The whole recommendation last computed for a campaign with some options, and what it was computed from.
+
+    `recommend` reads it instead of refitting while `trials_sha256` (the campaign's told trials) and
+    `rcutune_version` still match; a refit replaces it.
+    """
+
+    __tablename__ = "rcutune_answers"
+    __table_args__ = (UniqueConstraint("campaign_id", "options_sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("rcutune_campaigns.id"))
+    options: Mapped[dict] = mapped_column(JSON)
+    options_sha256: Mapped[str] = mapped_column(String(64))
+    trials_sha256: Mapped[str] = mapped_column(String(64))
+    rcutune_version: Mapped[str] = mapped_column(String(64))
+    document: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    campaign: Mapped[Campaign] = relationship(back_populates="answers")

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rcutune import sim
-from rcutune.tuner import StudyRequest, run_campaign
+from rcutune.tuner.search import StudyRequest, run_campaign
 from rcutune.tuner.cli import app
 
 from tests.support.study import TINY, run_study, url

@@ -23,8 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from typer.testing import CliRunner
 
 from rcutune import storage
-from rcutune.tuner import _report
-from rcutune.tuner._errors import user_errors
+from rcutune.tuner import report as _report
+from rcutune.tuner.report import _files as report_files_module  # the write a full disk fails
+from rcutune.tuner.cli._common import user_errors
 from rcutune.tuner.cli import app
 
 from tests.support.fork_runner import ForkRunner
@@ -209,16 +210,16 @@ def test_a_full_disk_while_a_report_is_written_keeps_the_previous_report_and_say
     directory.mkdir(parents=True)
     (directory / "report.md").write_text("the previous report\n")
     previous = report_files(directory)
-    real = _report.write_atomic
+    real = report_files_module.write_atomic
 
     def full_after_the_first_file(path: Path, content: bytes | str) -> None:
         if list(path.parent.iterdir()):
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real(path, content)
 
-    monkeypatch.setattr(_report, "write_atomic", full_after_the_first_file)
+    monkeypatch.setattr(report_files_module, "write_atomic", full_after_the_first_file)
     prepared = _report.PreparedReport("sqlite://", directory, {"pareto.png": b"png", "report.md": "new\n"},
-                                      recommendation=None)  # type: ignore[arg-type]
+                                      recommendation=None, data=None, options={})  # type: ignore[arg-type]
     with pytest.raises(typer.Exit) as stopped, user_errors():
         _report.publish_report(prepared)
     assert stopped.value.exit_code == 1

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rcutune import sim
-from rcutune.tuner import StudyRequest, run_campaign
-from rcutune.tuner._recommend import fresh_seeds, rank
+from rcutune.tuner.recommend import fresh_seeds, rank
+from rcutune.tuner.search import StudyRequest, run_campaign
 from rcutune.tuner.cli import app
 
 from tests.support.study import file_digest, run_study, url
@@ -47,6 +47,13 @@ def test_a_clearly_cheaper_what_if_still_ranks_first():
     assert rank(policies, np.array([0.99, 0.99]), np.array([0.5, 1.0]), KERNEL, 0.95)[0] == 0
 
 
+def test_costs_within_the_practical_threshold_tie_and_go_to_default_knobs_then_the_n_nearest_the_default():
+    policies = [_p(9), {**_p(5), "refill_delay_ms": 89000}, _p(7), _p(3)]
+    costs = np.array([1.0, 1.05, 1.3, 1.6])  # the first three within 0.5 of the cheapest
+    order = rank(policies, np.full(4, 0.99), costs, KERNEL, 0.95, threshold=0.5)
+    assert order == [2, 0, 1, 3]
+
+
 def test_confirmation_seeds_are_never_search_seeds():
     search = [11, 22, 33, 44]
     fresh = fresh_seeds(search, 6)
@@ -67,7 +74,10 @@ def test_report_writes_every_file_well_formed(studied, tmp_path):
                                       "--confirm-seeds", "2"])
     assert result.exit_code == 0, result.output
     directory = tmp_path / "vm-2" / "tiny"
-    assert result.output.strip() == str(directory)
+    lines = result.output.splitlines()
+    assert lines[0].startswith(sim.kernel_behaviour(sim.DEFAULT_KERNEL).boot_param("rcu_min_cached_objs") + "=")
+    assert lines[1].startswith("risk: P(every SLO met) = ")
+    assert lines[2] == f"report: {directory / 'report.md'}"
     for name in ("report.md", "report.html", "recommendation.json", "pareto.png", "importances.png",
                  "metrics-vs-n-steady.png"):
         assert (directory / name).exists(), name
@@ -158,7 +168,7 @@ def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied)
 
 def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_study_to_run(studied, tmp_path,
                                                                                              monkeypatch):
-    import rcutune.tuner._recommend as recommend_module
+    import rcutune.tuner.recommend._rule as recommend_module
 
     starved = {"steady": ["fallback_cost: CV R² 0.10 < 0.8"]}
     monkeypatch.setattr(recommend_module, "unhealthy", lambda data, confidence=0.95: starved)
@@ -166,7 +176,7 @@ def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_
                                       "--confirm-seeds", "1"])
     assert result.exit_code == 1
     directory = tmp_path / "vm-2" / "tiny"
-    assert result.stdout.strip() == str(directory)
+    assert result.stdout.strip() == f"report: {directory / 'report.md'}"
     assert "no recommendation" in result.stderr and "rcutune study --hardware vm-2 --study tiny" in result.stderr
     doc = json.loads((directory / "recommendation.json").read_text())
     assert doc["kernel_cmdline"] is None and doc["unhealthy"] == starved
@@ -175,8 +185,8 @@ def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_
 
 
 def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined():
-    from rcutune.tuner._campaign import QUICK_SETTINGS, make_seeds
-    from rcutune.tuner._recommend import CampaignData, study_command
+    from rcutune.tuner.search import QUICK_SETTINGS, make_seeds
+    from rcutune.tuner.recommend import CampaignData, study_command
 
     from rcutune import sim
 
@@ -187,8 +197,8 @@ def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined(
 
 
 def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monkeypatch):
-    from rcutune.tuner._recommend import CampaignData, WorkloadData, unattainable, unhealthy
-    from rcutune.tuner._surrogate import Accuracy, MetricSurrogate
+    from rcutune.tuner.recommend import CampaignData, WorkloadData, unattainable, unhealthy
+    from rcutune.tuner.surrogate import Accuracy, MetricSurrogate
 
     from rcutune import sim
 
@@ -238,7 +248,7 @@ def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(s
 def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
     """vm-2 steady trials built by hand: two seeds per policy, 2 % noise, known metric curves in N."""
     from rcutune import sim
-    from rcutune.tuner._recommend import CampaignData, TrialPoint, WorkloadData, reserved_mib
+    from rcutune.tuner.recommend import CampaignData, TrialPoint, WorkloadData, reserved_mib
 
     hw = sim.load_hardware("vm-2")
     rng = np.random.default_rng(5)
@@ -258,29 +268,46 @@ def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
     return CampaignData("c", "sqlite:///unused.db", hw, KERNEL, "v", (11, 22, 33, 44), [w], {})
 
 
-def test_the_rule_finds_the_known_cheapest_n_on_a_constructed_trial_set():
-    # Fallback cost 0.5 e^(-N/3) ms/s against 2 pages (0.0078 MiB per GiB) per step of N: the
-    # scalar cost is lowest at N = 9, within 2 % at N = 10 (a tie goes to the lower N).
-    from rcutune.tuner._recommend import fit_surrogates, recommend
+def test_the_rule_takes_the_n_nearest_the_default_within_the_practical_threshold_of_the_cheapest():
+    # Fallback cost 5 e^(-N/3) ms/s against 2 pages (0.0078 MiB per GiB) per step of N: the scalar
+    # cost is lowest at N = 16 (0.148 ms/s); within the practical 0.5 ms/s of it from N = 7 on, and
+    # N = 7 is the N nearest the kernel default (5) among those ties. N = 6 costs 0.72 ms/s.
+    from rcutune.tuner.recommend import fit_surrogates, recommend
 
-    data = _constructed_campaign(lambda n: 0.5 * np.exp(-n / 3))
+    data = _constructed_campaign(lambda n: 5.0 * np.exp(-n / 3))
     fit_surrogates(data)
     rec = recommend(data, confirm_seeds=0)
     assert rec.unhealthy == {}
-    assert rec.overall is not None and rec.overall.policy["n_per_cpu"] in (8, 9, 10)
-    assert rec.overall.kernel_cmdline.startswith(f"rcutree.rcu_min_cached_objs={rec.overall.policy['n_per_cpu']} ")
+    assert rec.overall is not None and rec.overall.policy.n_per_cpu in (6, 7, 8)
+    assert rec.overall.kernel_cmdline.startswith(f"rcutree.rcu_min_cached_objs={rec.overall.policy.n_per_cpu} ")
+    assert rec.n_explanation is not None and rec.n_explanation.workload == "steady"
+    assert f"with N={rec.overall.policy.n_per_cpu - 1} the predicted cost is" in rec.n_explanation.reason
+
+
+def test_a_metric_whose_whole_range_is_below_the_practical_threshold_keeps_the_kernel_default():
+    # Fallback cost 0.3 e^(-N/3) ms/s: the cheapest N saves less than the practical 0.5 ms/s over any
+    # other, so the fallback cost cannot decide and the kernel default N = 5 stands.
+    from rcutune.tuner.recommend import fit_surrogates, recommend
+
+    data = _constructed_campaign(lambda n: 0.3 * np.exp(-n / 3))
+    fit_surrogates(data)
+    rec = recommend(data, confirm_seeds=0)
+    assert not rec.surrogate["steady"]["fallback_cost"].decisive
+    assert rec.overall is not None and rec.overall.policy.n_per_cpu == 5
+    assert rec.n_explanation is not None and "kernel default" in rec.n_explanation.reason
 
 
 def test_the_rule_pays_for_the_slo_when_it_binds_on_a_constructed_trial_set():
     # synchronize_rcu() fallbacks 40 e^(-N/4) times the vm-2 SLO: met from N = 15 (4 ln 40 = 14.8) on,
-    # past the unconstrained optimum of 9; the rule pays the memory to meet it, and no more.
-    from rcutune.tuner._recommend import fit_surrogates, recommend
+    # past the N = 7 the costs alone would take; the rule pays the memory to meet it, and no more.
+    from rcutune.tuner.recommend import fit_surrogates, recommend
 
-    data = _constructed_campaign(lambda n: 0.5 * np.exp(-n / 3), lambda n: 40.0 * data_slo() * np.exp(-n / 4))
+    data = _constructed_campaign(lambda n: 5.0 * np.exp(-n / 3), lambda n: 40.0 * data_slo() * np.exp(-n / 4))
     fit_surrogates(data)
     rec = recommend(data, confirm_seeds=0)
     assert rec.unhealthy == {}
-    assert rec.overall is not None and 15 <= rec.overall.policy["n_per_cpu"] <= 20
+    assert rec.overall is not None and 15 <= rec.overall.policy.n_per_cpu <= 17
+    assert rec.n_explanation is not None and "meets every SLO with probability" in rec.n_explanation.reason
 
 
 def data_slo() -> float:

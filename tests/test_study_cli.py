@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -23,7 +26,7 @@ def tiny_db(tmp_path_factory):
 def test_a_tiny_study_opens_with_optuna_load_study(tiny_db):
     names = optuna.get_all_study_names(url(tiny_db))
     assert sorted(names) == ["vm-2/bursty", "vm-2/steady"]
-    assert len(trials(tiny_db, "vm-2/steady")) == 6
+    assert sum(t.state.is_finished() for t in trials(tiny_db, "vm-2/steady")) == 6
 
 
 def test_every_study_starts_with_the_kernel_default_then_no_cache(tiny_db):
@@ -50,8 +53,10 @@ def test_resume_adds_exactly_the_requested_trials(tmp_path):
     assert run_study(db, "--trials", "3").exit_code == 0
     result = run_study(db, "--trials", "2")
     assert result.exit_code == 0, result.output
-    assert len(trials(db, "vm-2/steady")) == 5
-    assert all(t.state.is_finished() for t in trials(db, "vm-2/steady"))
+    stored = trials(db, "vm-2/steady")
+    assert sum(t.state.is_finished() for t in stored) == 5
+    # Batches are planned whole (4 trials): the rest of the second one waits for the next run.
+    assert [t.state for t in stored if not t.state.is_finished()] == [TrialState.WAITING] * 3
 
 
 @pytest.mark.parametrize(("change", "named"), [
@@ -101,14 +106,26 @@ def test_a_storage_url_that_is_not_a_url_is_one_line(tmp_path):
     assert result.exit_code == 2 and result.output.startswith("error: storage URL")
 
 
-def test_studies_lists_campaigns_with_counts_and_best(tiny_db):
-    result = CliRunner().invoke(app, ["studies", "--storage", url(tiny_db)], env={"COLUMNS": "200"})
+def test_studies_json_lists_campaigns_with_counts_and_the_best_trials_policy(tiny_db):
+    result = CliRunner().invoke(app, ["studies", "--storage", url(tiny_db), "--json"])
     assert result.exit_code == 0, result.output
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in result.output.splitlines() if line.startswith("│")}
-    assert set(rows) == {"vm-2/steady", "vm-2/bursty"}
-    complete, pruned, failed, best = rows["vm-2/steady"][:4]
-    assert int(complete) + int(pruned) == 6 and failed == "0" and best.startswith("#")
+    (campaign,) = json.loads(result.output)["campaigns"]
+    rows = {s["workload"]: s for s in campaign["studies"]}
+    assert set(rows) == {"steady", "bursty"} and campaign["name"] == "vm-2"
+    steady = rows["steady"]
+    assert steady["complete"] + steady["pruned"] == 6 and steady["failed"] == 0
+    assert steady["best_trial"] is not None and steady["best_policy"]["layout"] in ("per-cpu", "global", "hybrid")
+
+
+def test_studies_at_80_columns_shows_whole_names_the_best_n_and_layout(tiny_db):
+    result = CliRunner().invoke(app, ["studies", "--storage", url(tiny_db)], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert all(len(line) <= 80 for line in lines), lines
+    assert lines[0].startswith("vm-2: vm-2, kernel")
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == {"steady", "bursty"}
+    assert re.search(r"#\d+ N=\d+ (per-cpu|global|hybrid)", rows["steady"])
 
 
 def test_studies_on_a_missing_database_creates_nothing(tmp_path):

@@ -7,8 +7,9 @@ import dataclasses
 import pytest
 
 from rcutune import sim
-from rcutune.tuner import UserError, build_search_space, constraint_values, objective_values, parse_fix
-from rcutune.tuner._campaign import make_seeds
+from rcutune.tuner import UserError
+from rcutune.tuner.search import build_search_space, constraint_values, objective_values, parse_fix
+from rcutune.tuner.search import make_seeds
 
 
 def _metrics(**changes):

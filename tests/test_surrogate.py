@@ -7,7 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 
-from rcutune.tuner._surrogate import Accuracy, ForestSurrogate, GPSurrogate, exact_metric, fit_metric
+from rcutune.tuner.surrogate import Accuracy, ForestSurrogate, GPSurrogate, exact_metric, fit_metric
 
 
 def _policies(ns, layout="per-cpu"):
@@ -88,7 +88,7 @@ def test_the_forest_interval_holds_the_error_of_an_unseen_policy_not_only_replic
     ns = list(range(1, 60, 2))
     values = [[2.0 + (n % 16) / 4 + rng.normal(0, 0.01) for _ in range(2)] for n in ns]
     policies, y, groups, _ = _rows(ns, values)
-    from rcutune.tuner._surrogate import cross_validate, policy_features
+    from rcutune.tuner.surrogate import cross_validate, policy_features
 
     X = policy_features(policies)[:, :1]
     _, _, coverage = cross_validate(ForestSurrogate(), X, np.log(np.array(y)), np.array(groups))
@@ -106,14 +106,14 @@ def test_a_metric_every_policy_reproduces_seed_by_seed_is_seed_determined():
 def test_a_difference_every_seed_agrees_on_is_not_taken_for_noise():
     # Seeds differ by a factor of 100, policies by 10 % on every seed: a one-way ANOVA drowns the
     # policy effect in the seed effect; the randomised-block ANOVA of common random numbers does not.
-    from rcutune.tuner._surrogate import _flat_within_noise
+    from rcutune.tuner.surrogate import flat_within_noise
 
     ns = [1, 2, 4, 8, 16, 32]
     values = [[1.0 * (1 + 0.1 * i), 100.0 * (1 + 0.1 * i)] for i in range(len(ns))]
     _, y, groups, seeds = _rows(ns, values)
     y, groups, seeds = np.log(y), np.array(groups), np.array(seeds)
-    assert _flat_within_noise(y, groups) is True
-    assert _flat_within_noise(y, groups, seeds) is False
+    assert flat_within_noise(y, groups) is True
+    assert flat_within_noise(y, groups, seeds) is False
 
 
 def test_an_emergency_reserve_that_switches_a_stall_off_is_fitted_as_a_switch():
@@ -134,7 +134,7 @@ def test_an_emergency_reserve_that_switches_a_stall_off_is_fitted_as_a_switch():
 def test_a_policy_with_no_cache_is_predicted_from_its_own_replications():
     from dataclasses import replace
 
-    from rcutune.tuner._surrogate import no_cache_key
+    from rcutune.tuner.surrogate import no_cache_key
 
     s = fit_metric("fallback_cost", _policies([1, 2, 4, 8, 16, 32]), [1.0, 0.9, 0.8, 0.8, 0.8, 0.8])
     s = replace(s, observed={no_cache_key(_policies([0])[0]): (float(np.log(6.0 + s.offset)), 0.01)})

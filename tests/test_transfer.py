@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rcutune.tuner._recommend import leave_one_profile_out, load_campaign, nearest_profile
+from rcutune.tuner.recommend import leave_one_profile_out, load_campaign, nearest_profile
 
 from tests.support.study import run_study, url
 

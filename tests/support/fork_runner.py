@@ -27,8 +27,8 @@ from pathlib import Path
 
 
 def main() -> None:
-    from rcutune.tuner._report import prepare_report, publish_report  # the heavy imports, once
-    import rcutune.tuner._runner  # noqa: F401 - Optuna, SQLAlchemy
+    from rcutune.tuner.report import prepare_report, publish_report  # the heavy imports, once
+    import rcutune.tuner.search._study  # noqa: F401 - Optuna, SQLAlchemy
     from rcutune.tuner.cli import app
 
     prepared = None

@@ -13,8 +13,8 @@ import numpy as np
 from rcutune import sim
 from rcutune import storage
 
-from ._errors import UserError
-from ._space import SearchSpace
+from .._errors import UserError
+from ._space import SearchSpace, build_search_space
 
 OBJECTIVE_KINDS = ("multi", "scalar")
 
@@ -31,6 +31,8 @@ class Settings:
         race_top_k: a trial races when its base scalar value ranks among this many complete feasible trials.
         prune_ratio: at low fidelity, a trial is hopeless when an earlier feasible one beats it by this factor.
         prune_slack: ...plus this much (fallback-cost units, ms/s), so noise near zero prunes nothing.
+        batch_size: trials planned together; a batch is planned from the trials of earlier batches
+            only, so the stored trials do not depend on how many processes run them.
     """
 
     max_seconds: float = 2.0
@@ -40,6 +42,7 @@ class Settings:
     race_top_k: int = 3
     prune_ratio: float = 2.0
     prune_slack: float = 0.05
+    batch_size: int = 4
 
     def seconds_for(self, workload: sim.WorkloadProfile) -> float:
         """Simulated seconds of one high-fidelity replication of this workload."""
@@ -123,6 +126,31 @@ class CampaignDefinition:
             if record is not None and record.workload_profile != sim.profile_text(workload):
                 return f"workload profile {workload.name} ({_first_change(record.workload_profile, sim.profile_text(workload))})"
         return None
+
+
+def stored_definition(campaign: storage.Campaign) -> CampaignDefinition:
+    """The definition a stored campaign was created with, rebuilt from its stored text.
+
+    Raises:
+        UserError: the campaign was stored by another simulator version, or its profiles or search
+            space no longer load the same (another rcutune release).
+    """
+    if campaign.simulator_version != sim.SIMULATOR_VERSION:
+        raise UserError(f"campaign '{campaign.name}' was created with simulator {campaign.simulator_version}, this "
+                        f"rcutune has {sim.SIMULATOR_VERSION}; run it with the rcutune version that created it")
+    hardware = sim.profile_from_text("hardware", campaign.hardware_profile)
+    workloads = tuple(sim.profile_from_text("workload", s.workload_profile) for s in campaign.studies)
+    stored = campaign.search_space
+    space = build_search_space(campaign.kernel, int(stored["cpus"]), fixed=dict(stored["fixed"]),
+                               faithful=bool(stored["faithful"]))
+    definition = CampaignDefinition(hardware=hardware, workloads=workloads, kernel=campaign.kernel, space=space,
+                                    objective=campaign.objective, seeds=tuple(int(s) for s in campaign.seeds),
+                                    settings=Settings(**campaign.settings))
+    change = definition.difference(campaign)
+    if change is not None:
+        raise UserError(f"campaign '{campaign.name}' cannot be rebuilt by this rcutune (different {change}); "
+                        "run it with the rcutune version that created it")
+    return definition
 
 
 def study_name(campaign_name: str, workload_name: str) -> str:

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from rcutune import storage
 
-from ._study import raced_best
+from ._protocol import raced_best
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class StudySummary:
     best_number: int | None
     best_values: dict[str, float] | None  # all-seed means of reserved_mib, fallback_cost, scalar
     last_activity: datetime | None
+    best_policy: dict[str, object] | None = None  # the best trial's sim.Policy fields
 
 
 @dataclass(frozen=True)
@@ -81,4 +82,5 @@ def _summarise(optuna_name: str, workload: str, trials: list[optuna.trial.Frozen
     stamps = [t.datetime_complete or t.datetime_start for t in trials if (t.datetime_complete or t.datetime_start)]
     return StudySummary(optuna_name, workload, count[TrialState.COMPLETE], count[TrialState.PRUNED],
                         count[TrialState.FAIL], count[TrialState.RUNNING] + count[TrialState.WAITING],
-                        best.number if best else None, values, max(stamps) if stamps else None)
+                        best.number if best else None, values, max(stamps) if stamps else None,
+                        dict(best.user_attrs.get("policy", {})) if best else None)

@@ -4,13 +4,37 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from dataclasses import dataclass
+from typing import Any, TextIO
 
 import optuna
 from optuna.trial import TrialState
 
-if TYPE_CHECKING:
-    from ._study import TrialOutcome
+from rcutune import sim
+
+from ._protocol import raced_best
+
+
+@dataclass
+class TrialOutcome:
+    """What the progress display learns about one told trial."""
+
+    number: int
+    state: TrialState
+    policy: sim.Policy
+    values: dict[str, float] | None
+    feasible: bool
+    raced: bool
+    label: str | None
+    error: str | None = None
+
+
+def describe_outcome(outcome: TrialOutcome) -> str:
+    p = outcome.policy
+    text = f"N={p.n_per_cpu} {p.layout}"
+    if outcome.values:
+        text += f" {outcome.values['reserved_mib']:.3g} MiB {outcome.values['fallback_cost']:.3g} ms/s"
+    return text
 
 
 class ProgressSink:
@@ -35,8 +59,6 @@ NullProgress = ProgressSink
 
 def best_text(study: optuna.Study) -> str:
     """The raced best trial of a study in a few words, or '-'."""
-    from ._study import raced_best
-
     best = raced_best(study.get_trials(deepcopy=False))
     if best is None:
         return "-"
@@ -72,8 +94,6 @@ class PlainProgress(ProgressSink):
         self.started[workload] = time.monotonic()
 
     def trial(self, workload: str, outcome: TrialOutcome, study: optuna.Study) -> None:
-        from ._runner import describe_outcome
-
         self.done[workload] += 1
         extra = f" ({outcome.error})" if outcome.error else (" raced" if outcome.raced else "")
         self._print(f"{workload}: trial {outcome.number} {_state_word(outcome.state)} {describe_outcome(outcome)}{extra}"

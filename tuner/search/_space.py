@@ -26,7 +26,7 @@ from optuna.distributions import (
 from rcutune import sim
 from rcutune.sim import Policy
 
-from ._errors import UserError
+from .._errors import UserError
 
 N_MAX = 128
 SHARED_RESERVE_PAGES_PER_CPU_MAX = 16

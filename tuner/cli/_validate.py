@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._errors import EXIT_FAILURE, UserError, user_errors
+from .._errors import UserError
+from ._common import EXIT_FAILURE, user_errors
 
 validate_app = typer.Typer(
     name="validate",

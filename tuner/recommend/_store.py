@@ -1,0 +1,142 @@
+"""A campaign's answer in its database: stored after every refit, read while nothing has changed.
+
+The stored answer carries a key: a digest of the campaign's told trials, the rcutune version and the
+options it was computed with. `stored_answer` returns it only while all three match, reading alone
+(the database is byte-identical afterwards); `store` replaces what a refit supersedes (the answer
+for the same options, the surrogates and recommendation rows of the campaign) instead of adding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Mapping
+from importlib import metadata
+from typing import Any
+
+import sqlalchemy as sa
+
+from rcutune import sim, storage
+
+from ._data import CampaignData
+from ._types import Recommendation
+
+
+def rcutune_version() -> str:
+    """The installed rcutune release and the simulator version: either changing invalidates an answer."""
+    try:
+        release = metadata.version("rcutune")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
+        release = "unknown"
+    return f"{release}+sim{sim.SIMULATOR_VERSION}"
+
+
+def options_key(options: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(dict(options), sort_keys=True).encode()).hexdigest()
+
+
+def trials_digest(engine: sa.Engine, optuna_study_names: list[str]) -> str:
+    """A digest of every finished trial of these studies: number, state and when it finished.
+
+    One query on Optuna's tables; any trial told, failed or retried since changes it.
+    """
+    query = sa.text(
+        "SELECT s.study_name, t.number, t.state, t.datetime_complete FROM trials t "
+        "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name IN :names "
+        "ORDER BY s.study_name, t.number").bindparams(sa.bindparam("names", expanding=True))
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"names": list(optuna_study_names)}).all() if optuna_study_names else []
+    text = "\n".join(f"{name}|{number}|{state}|{done}" for name, number, state, done in rows)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recommendation | None:
+    """The campaign's stored answer for these options if it is current, else None; reads only."""
+    db = storage.open_database(url, create=False)
+    try:
+        if not sa.inspect(db.engine).has_table(storage.AnswerRecord.__tablename__):
+            return None  # tables of an older rcutune: nothing stored yet
+        with db.session() as session:
+            c = storage.find_campaign(session, campaign)
+            if c is None:
+                return None
+            row = session.scalars(sa.select(storage.AnswerRecord).where(
+                storage.AnswerRecord.campaign_id == c.id,
+                storage.AnswerRecord.options_sha256 == options_key(options))).one_or_none()
+            if row is None or row.rcutune_version != rcutune_version():
+                return None
+            names = [s.optuna_study_name for s in c.studies]
+            document, trials = row.document, row.trials_sha256
+        if trials != trials_digest(db.engine, names):
+            return None
+        return Recommendation.from_json(document)
+    finally:
+        db.close()
+
+
+def store(url: str, rec: Recommendation, data: CampaignData, options: Mapping[str, Any]) -> None:
+    """Record the answer (replacing the one for the same options), the surrogates with their fitted
+    estimators, and the recommended policies (replacing the campaign's earlier ones)."""
+    fitted = {w.name: w.surrogates for w in data.workloads}
+    db = storage.open_database(url)  # a database of an older rcutune gains the answers table here
+    try:
+        with db.session() as session:
+            campaign = storage.find_campaign(session, rec.campaign)
+            if campaign is None:
+                return
+            studies = {s.workload_name: s for s in campaign.studies}
+            for study in studies.values():
+                study.surrogates.clear()
+            for workload, metrics in rec.surrogate.items():
+                study = studies.get(workload)
+                if study is None:
+                    continue
+                for metric, a in metrics.items():
+                    estimator = getattr(fitted.get(workload, {}).get(metric), "estimator", None)
+                    study.surrogates.append(storage.SurrogateRecord(
+                        metric=metric, estimator=a.estimator, estimator_params=a.model, n_trials=a.n_trials,
+                        cv_r2=a.cv_r2, rank_correlation=a.rank_correlation, interval_coverage=a.coverage,
+                        passed=a.healthy, model=None if estimator is None else pickle.dumps(estimator)))
+            campaign.recommendations.clear()
+            figures = {w: {m: {"cv_r2": a.cv_r2, "coverage": a.coverage} for m, a in ms.items()}
+                       for w, ms in rec.surrogate.items()}
+            rows = [(None, rec.overall, {})] + [(w.workload, w.faithful, {"confirmed": w.confirmed})
+                                                 for w in rec.workloads]
+            for workload, choice, extra in rows:
+                if choice is None:
+                    continue
+                campaign.recommendations.append(storage.RecommendationRecord(
+                    workload_name=workload, policy=_policy_json(choice.policy), kernel_cmdline=choice.kernel_cmdline,
+                    confidence=rec.confidence, p_meet_slos=choice.p_meet, source="surrogate",
+                    what_if=choice.what_if, extrapolated=rec.extrapolated,
+                    details={"surrogate": figures if workload is None else figures.get(workload),
+                             "fresh_seeds": list(rec.fresh_seeds), **extra}))
+            key = options_key(options)
+            for old in [a for a in campaign.answers if a.options_sha256 == key]:
+                campaign.answers.remove(old)
+            session.flush()
+            campaign.answers.append(storage.AnswerRecord(
+                options=dict(options), options_sha256=key, rcutune_version=rcutune_version(),
+                trials_sha256=trials_digest(db.engine, list(studies_names(campaign))),
+                document=json.loads(json.dumps(rec.to_json(), default=_json_default))))
+    finally:
+        db.close()
+
+
+def studies_names(campaign: storage.Campaign) -> list[str]:
+    return [s.optuna_study_name for s in campaign.studies]
+
+
+def _policy_json(policy: sim.Policy) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(policy)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,389 @@
+"""Many machines on one campaign: `rcutune worker` processes sharing its studies through a database server.
+
+`rcutune study ... --no-run` stores each study's budget (complete plus pruned trials) in the Optuna
+study's `user_attrs`. A worker that finds a study with no trial waiting and none running plans the
+next batch (`_protocol.plan_batch`) and queues it; workers then take the queued trials one at a
+time inside `study.optimize`, so Optuna records a heartbeat while each runs. A worker that stops
+beating (killed, cut off) has its trial failed by the next worker that looks, and the trial's
+parameters queued again (`RetryHeartbeatStaleTrialCallback`). Every trial a worker creates (planned,
+retried) is created under a row lock on the study's `rcutune_studies` row, and taking a queued
+trial holds it too until the trial is RUNNING: trial numbers stay unique, the complete and pruned
+trials end at exactly the budget, and the batches are those `rcutune study` would plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import optuna
+import sqlalchemy as sa
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from rcutune import sim, storage
+
+from .._errors import UserError
+from ._campaign import CampaignDefinition, stored_definition
+from ._pool import SimTask, SimulationPool
+from ._protocol import (
+    MAX_FAILURES_IN_A_ROW,
+    SimJob,
+    drive,
+    fail_trial,
+    finish_trial,
+    params_of,
+    plan_batch,
+    retry_attrs,
+    seen_before,
+    start_trial,
+    trial_protocol,
+)
+from ._stored import BUDGET_ATTR, GRACE_PERIOD_S, SAMPLER_ATTR, SPENT, stored_trial, trial_id
+
+HEARTBEAT_INTERVAL_S = 10
+MAX_RETRIES = 3
+"""A trial whose worker dies this many times is left failed (the budget is met by other trials)."""
+
+
+class TrialFailed(Exception):
+    """A simulation of the trial failed or timed out; the trial is failed, the worker goes on."""
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """What `rcutune worker` was asked to do; see `run_worker`."""
+
+    campaign: str
+    storage_url: str | None = None
+    jobs: int = 1
+    heartbeat_interval_s: int = HEARTBEAT_INTERVAL_S
+    grace_period_s: int = GRACE_PERIOD_S
+    sim_timeout_s: float | None = None  # None: 30 wall seconds per simulated second, at least 30
+
+
+@dataclass
+class WorkerResult:
+    """What one worker did: trials it finished per workload, and studies it gave up on."""
+
+    campaign: str
+    storage_url: str
+    finished: dict[str, int] = field(default_factory=dict)  # workload -> complete or pruned trials it ran
+    failed: dict[str, int] = field(default_factory=dict)  # workload -> trials that failed in this worker
+    aborted: dict[str, str] = field(default_factory=dict)  # workload -> why this worker stopped on it
+    wall_seconds: float = 0.0
+
+
+@dataclass
+class _Study:
+    workload: sim.WorkloadProfile
+    record_id: int
+    study: optuna.Study
+    budget: int
+    sampler: str
+    failures_in_a_row: int = 0
+
+
+@dataclass(frozen=True)
+class _Counts:
+    spent: int  # complete and pruned
+    running: int
+    waiting: int
+
+
+class _RetryStale(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-stale trial, keeping rcutune's labels and naming the trial it retries."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.copy(trial)
+        trial.user_attrs = retry_attrs(trial)
+        super().__call__(study, trial)
+
+
+def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], None] | None = None) -> WorkerResult:
+    """Run trials of every study of a campaign until each study's budget is spent.
+
+    Several workers, on one machine or many, may run this at once against one database server.
+
+    Raises:
+        UserError, storage.StorageError: SQLite storage, unknown campaign, a campaign without budgets
+            (not created with --no-run), or one a single-writer `rcutune study` is running.
+    """
+    start = time.monotonic()
+    url = storage.resolve_url(request.storage_url)
+    if storage.sqlite_path(url) is not None or url.startswith("sqlite"):
+        raise UserError(f"rcutune worker needs a database server that several processes write at once "
+                        f"(--storage postgresql+psycopg://...), not {url}; on one machine, "
+                        "rcutune study --jobs J runs a SQLite campaign in parallel")
+    db = storage.open_database(url, create=False)
+    rdb = None
+    try:
+        definition, campaign_id, records = _load_campaign(db, url, request.campaign)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            rdb = optuna.storages.RDBStorage(
+                url, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True,
+                heartbeat_interval=request.heartbeat_interval_s, grace_period=request.grace_period_s,
+                heartbeat_stale_trial_callback=_RetryStale(max_retry=MAX_RETRIES))
+        workloads = {w.name: w for w in definition.workloads}
+        studies = []
+        for record_id, workload, optuna_name in records:
+            study = optuna.load_study(study_name=optuna_name, storage=rdb)
+            if BUDGET_ATTR not in study.user_attrs:
+                raise UserError(f"study '{optuna_name}' has no trial budget; create the campaign for workers with "
+                                f"rcutune study --hardware {definition.hardware.name} --study {request.campaign} "
+                                "--storage URL --trials T --no-run")
+            studies.append(_Study(workloads[workload], record_id, study, int(study.user_attrs[BUDGET_ATTR]),
+                                  study.user_attrs.get(SAMPLER_ATTR, "tpe")))
+        result = WorkerResult(campaign=request.campaign, storage_url=url)
+        timeout = request.sim_timeout_s or max(30.0, 30.0 * definition.settings.max_seconds)
+        with SimulationPool(request.jobs, timeout) as pool:
+            _Fleet(db, rdb, campaign_id, definition, studies, pool, result, request, on_trial).run()
+        result.wall_seconds = time.monotonic() - start
+        return result
+    finally:
+        if rdb is not None:
+            rdb.remove_session()
+            rdb.engine.dispose()
+        db.close()
+
+
+def _load_campaign(db: storage.Database, url: str, name: str) -> tuple[CampaignDefinition, int,
+                                                                        list[tuple[int, str, str]]]:
+    with db.session() as session:
+        has_tables = storage.ensure_schema(db.engine, create=False) is not None
+        campaign = storage.find_campaign(session, name) if has_tables else None
+        if campaign is None:
+            known = ", ".join(c.name for c in storage.list_campaigns(session)) if has_tables else ""
+            raise UserError(f"no campaign named '{name}' in {url}{f' (campaigns: {known})' if known else ''}; "
+                            f"create it with rcutune study --hardware H --study {name} --no-run")
+        if campaign.owner and storage.owner_alive(campaign.owner, campaign.owner_heartbeat_at):
+            raise storage.CampaignBusy(f"campaign '{campaign.name}' is being run by {campaign.owner} "
+                                       "(rcutune study); wait for it to finish")
+        return (stored_definition(campaign), campaign.id,
+                [(s.id, s.workload_name, s.optuna_study_name) for s in campaign.studies])
+
+
+class _Fleet:
+    """One worker's loop over the studies of a campaign."""
+
+    def __init__(self, db: storage.Database, rdb: optuna.storages.RDBStorage, campaign_id: int,
+                 d: CampaignDefinition, studies: list[_Study], pool: SimulationPool, result: WorkerResult,
+                 request: WorkerRequest, on_trial: Callable[[str, FrozenTrial], None] | None) -> None:
+        self.db, self.rdb, self.d, self.studies, self.pool, self.result = db, rdb, d, studies, pool, result
+        self.campaign_id = campaign_id
+        self.request = request
+        self.on_trial = on_trial or (lambda workload, trial: None)
+        self.memo: dict[tuple, sim.Metrics] = {}  # simulate() is pure: (policy, seed, seconds) -> metrics
+        self.unbeaten: dict[int, float] = {}  # RUNNING trial id without any heartbeat -> first seen (monotonic)
+
+    def run(self) -> None:
+        last_look = -float("inf")
+        while True:
+            # Every heartbeat interval, look around: the campaign's owner, the budgets (`rcutune study
+            # ... --no-run` may add to them meanwhile) and, in every study, workers that stopped beating
+            # (Optuna sweeps the study it asks in before each trial; this covers the others).
+            if time.monotonic() - last_look >= self.request.heartbeat_interval_s:
+                self._check_no_single_writer()
+                for s in self.studies:
+                    s.budget = int(s.study.user_attrs.get(BUDGET_ATTR, s.budget))
+                self._sweep()
+                last_look = time.monotonic()
+            live = [s for s in self.studies if s.workload.name not in self.result.aborted]
+            counts = {id(s): self._counts(s) for s in live}
+            if all(counts[id(s)].spent >= s.budget for s in live):
+                return
+            ready = [s for s in live if self._actionable(s, counts[id(s)])]
+            if not ready:  # every remaining trial is running elsewhere: watch for workers that stop beating
+                time.sleep(min(1.0, self.request.heartbeat_interval_s))
+                continue
+            self._run_one(max(ready, key=lambda s: s.budget - counts[id(s)].spent))
+
+    @staticmethod
+    def _actionable(s: _Study, c: _Counts) -> bool:
+        """A queued trial to take, or a finished batch and room in the budget for the next one."""
+        return c.waiting > 0 or (c.running == 0 and c.spent < s.budget)
+
+    def _check_no_single_writer(self) -> None:
+        """Stop if a `rcutune study` process took the campaign meanwhile (its trials have no heartbeats)."""
+        with self.db.session() as session:
+            owner, beat_at = session.execute(sa.select(storage.Campaign.owner, storage.Campaign.owner_heartbeat_at)
+                                             .where(storage.Campaign.id == self.campaign_id)).one()
+        if owner and storage.owner_alive(owner, beat_at):
+            raise storage.CampaignBusy(f"campaign '{self.result.campaign}' is being run by {owner} (rcutune study); "
+                                       "this worker stops until it finishes")
+
+    @staticmethod
+    def _counts(s: _Study) -> _Counts:
+        trials = s.study.get_trials(deepcopy=False, states=(*SPENT, TrialState.RUNNING, TrialState.WAITING))
+        running = sum(t.state == TrialState.RUNNING for t in trials)
+        waiting = sum(t.state == TrialState.WAITING for t in trials)
+        return _Counts(len(trials) - running - waiting, running, waiting)
+
+    def _sweep(self) -> None:
+        """Fail and queue again the trials of workers that stopped beating, in every study.
+
+        Under the study's lock, like every trial this worker creates: Optuna numbers a new trial by
+        counting the committed ones, so two created at once could share a number.
+        """
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            for s in self.studies:
+                with self._ask_lock(s):
+                    optuna.storages.fail_stale_trials(s.study)
+                    self._sweep_unbeaten(s)
+
+    def _sweep_unbeaten(self, s: _Study) -> None:
+        """A worker killed between asking for a trial and its first heartbeat leaves a RUNNING trial that
+        Optuna never calls stale; one that stays so for a grace period (on this worker's clock) is."""
+        running = s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return
+        ids = {trial_id(self.rdb, s.study, t.number): t for t in running}
+        with self.rdb.engine.connect() as conn:
+            beating = set(conn.execute(sa.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids")
+                                       .bindparams(sa.bindparam("ids", expanding=True)), {"ids": list(ids)}).scalars())
+        now = time.monotonic()
+        for tid in ids:
+            if tid in beating:
+                self.unbeaten.pop(tid, None)
+                continue
+            first = self.unbeaten.setdefault(tid, now)
+            if now - first > self.request.grace_period_s:
+                try:
+                    if self.rdb.set_trial_state_values(tid, TrialState.FAIL):
+                        callback = self.rdb.get_heartbeat_stale_trial_callback()
+                        if callback is not None:
+                            callback(s.study, copy.deepcopy(self.rdb.get_trial(tid)))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass
+                self.unbeaten.pop(tid, None)
+
+    @contextmanager
+    def _ask_lock(self, s: _Study) -> Iterator[Callable[[], None]]:
+        """Hold the study's row lock; yields a function that releases it (called once the trial is RUNNING)."""
+        with self.db.engine.connect() as conn:
+            tx = conn.begin()
+            try:
+                conn.execute(sa.select(storage.StudyRecord.id).where(storage.StudyRecord.id == s.record_id)
+                             .with_for_update())
+
+                def release() -> None:
+                    if tx.is_active:
+                        tx.commit()
+
+                yield release
+            finally:
+                if tx.is_active:
+                    tx.rollback()
+
+    def _run_one(self, s: _Study) -> None:
+        objective = _Objective(self, s)
+        with self._ask_lock(s) as release:
+            c = self._counts(s)  # again, now that no other worker can ask
+            if not self._actionable(s, c):
+                return
+            if c.waiting == 0:
+                self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size))
+            objective.release = release
+            try:
+                s.study.optimize(objective, n_trials=1, catch=(TrialFailed,))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return  # our trial was declared stale (we stopped beating for too long) and queued again
+            except BaseException:
+                release()
+                with self._ask_lock(s):  # queued under the lock, like every trial a worker creates
+                    objective.retry_interrupted()
+                raise
+        if objective.number is None:
+            return
+        trial = stored_trial(self.rdb, s.study, objective.number)
+        w = s.workload.name
+        if trial.state == TrialState.FAIL:
+            self.result.failed[w] = self.result.failed.get(w, 0) + 1
+            s.failures_in_a_row += 1
+            if s.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                self.result.aborted[w] = (f"{s.failures_in_a_row} trials in a row failed, the last with: "
+                                          f"{trial.user_attrs.get('fail_reason', 'failed')}")
+        elif trial.state in SPENT:
+            s.failures_in_a_row = 0
+            self.result.finished[w] = self.result.finished.get(w, 0) + 1
+        self.on_trial(w, trial)
+
+    def _plan(self, s: _Study, size: int) -> None:
+        """Queue the study's next batch (the caller holds its lock, and every earlier trial is told)."""
+        trials = s.study.get_trials(deepcopy=False)
+        refine = s.sampler == "tpe" and "n_per_cpu" in self.d.space.names()
+        for planned in plan_batch(trials, self.d, s.workload.name, size=size, sampler=s.sampler, refine=refine):
+            s.study.enqueue_trial(planned.params, user_attrs=planned.attrs)
+
+    def simulate(self, number: int, workload: sim.WorkloadProfile, policy: sim.Policy,
+                 jobs: list[SimJob]) -> list[sim.Metrics]:
+        """Run (seed, seconds) simulations of one policy in the pool; raises TrialFailed on the first failure."""
+        out: dict[int, sim.Metrics] = {}
+        for i, (seed, seconds) in enumerate(jobs):
+            known = self.memo.get((policy, seed, seconds))
+            if known is not None:
+                out[i] = known
+            else:
+                self.pool.submit(SimTask((number, i), self.d.hardware, workload, policy, seconds, seed, self.d.kernel),
+                                 priority=(number, i))
+        while len(out) < len(jobs):
+            for result in self.pool.collect(timeout=1.0):
+                _, i = result.key  # type: ignore[misc]
+                if result.error is not None:
+                    self.pool.cancel_all()
+                    raise TrialFailed(result.error)
+                assert result.metrics is not None
+                out[i] = result.metrics
+                self.memo[(policy, *jobs[i])] = result.metrics
+        return [out[i] for i in range(len(jobs))]
+
+
+class _Objective:
+    """One trial as `study.optimize` runs it: the trial protocol, its simulations in this worker's pool."""
+
+    def __init__(self, fleet: _Fleet, s: _Study) -> None:
+        self.fleet, self.s = fleet, s
+        self.release: Callable[[], None] = lambda: None
+        self.number: int | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float | list[float]:
+        self.number = trial.number
+        self.release()  # the trial is RUNNING: other workers may count it and ask
+        trial.set_user_attr("worker", storage.this_owner())
+        d, s, fleet = self.fleet.d, self.s, self.fleet
+        policy = start_trial(trial, d)
+        told = s.study.get_trials(deepcopy=False, states=SPENT)
+        protocol = trial_protocol(d, s.workload, trial.user_attrs.get("design"),
+                                  seen_before(told, int(trial.user_attrs.get("batch", -1)), d))
+        simulations = [0]
+
+        def simulate(jobs: list[SimJob]) -> list[sim.Metrics]:
+            simulations[0] += sum((policy, *j) not in fleet.memo for j in jobs)
+            return fleet.simulate(trial.number, s.workload, policy, jobs)
+
+        try:
+            run = drive(protocol, simulate)
+        except TrialFailed as err:
+            fail_trial(trial, str(err), simulations[0])
+            raise
+        state, values, _, _ = finish_trial(trial, d, s.workload, run, simulations[0])
+        if state == TrialState.PRUNED:
+            raise optuna.TrialPruned(f"hopeless at low fidelity against trial {run.pruned_by}")
+        assert values is not None
+        return values
+
+    def retry_interrupted(self) -> None:
+        """After Ctrl-C or SIGTERM, the trial Optuna just failed runs again in another worker."""
+        if self.number is None:
+            return
+        trial = stored_trial(self.fleet.rdb, self.s.study, self.number)
+        params = params_of(trial)  # what it had chosen (or was queued with), even if stopped mid-suggestion
+        if trial.state == TrialState.FAIL and params:
+            self.s.study.enqueue_trial(params, user_attrs=retry_attrs(trial))
