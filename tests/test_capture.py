@@ -29,13 +29,14 @@ def _capture(root: str, tmp_path: Path) -> tuple[Path, object]:
 # root -> keys the file must hold (read from the tree), modelled release, nearest shipped profile
 EXPECTED = {
     "laptop-6.18": ({"cpus": 8, "memory_mib": 15921, "page_size": 4096, "hz": 1000, "nocb_cpus": 0,
-                     "preempt_none": False, "rcu_lazy": False, "rcu_expedited": False}, "6.18", "laptop-8"),
-    "server-5.15-boot-config": ({"cpus": 64, "memory_mib": 257672, "hz": 250, "preempt_none": False}, "5.14",
+                     "preempt": "full", "preempt_dynamic": True, "rcu_lazy": False, "rcu_expedited": False}, "6.18", "laptop-8"),
+    "server-5.15-boot-config": ({"cpus": 64, "memory_mib": 257672, "hz": 250, "preempt": "voluntary",
+                                 "allocator": "slub"}, "5.14",
                                 "server-64"),
-    "rt-6.6-nocb": ({"cpus": 16, "hz": 1000, "nocb_cpus": 14, "preempt_none": False, "rcu_lazy": False}, "6.6",
+    "rt-6.6-nocb": ({"cpus": 16, "hz": 1000, "nocb_cpus": 14, "preempt": "full", "rcu_lazy": False}, "6.6",
                     "rt-16-nocb"),
-    "arm64-16k-6.12": ({"cpus": 32, "page_size": 16384, "hz": 250, "preempt_none": True}, "6.12", "arm64-16k-32"),
-    "phone-7.1-newer": ({"cpus": 8, "nocb_cpus": 8, "rcu_lazy": True, "rcu_expedited": True, "preempt_none": False},
+    "arm64-16k-6.12": ({"cpus": 32, "page_size": 16384, "hz": 250, "preempt": "none", "preempt_dynamic": False}, "6.12", "arm64-16k-32"),
+    "phone-7.1-newer": ({"cpus": 8, "nocb_cpus": 8, "rcu_lazy": True, "rcu_expedited": True, "preempt": "full"},
                         "6.18", "phone-8"),
     "bare-5.10": ({"cpus": 2, "memory_mib": 986}, "5.9", "vm-2"),
 }

@@ -30,8 +30,14 @@ def machine_keys(m: Machine) -> dict[str, tuple[Any, str]]:
         if value is not None and _allowed(key, value):
             out[key] = (value, m.sources[key])
     if m.preempt is not None:
-        # rt and lazy preempt kernel loops like full preemption does; only "none" waits for cond_resched().
-        out["preempt_none"] = (m.preempt == "none", m.sources["preempt"] + f": {m.preempt}")
+        # rt and lazy preempt a kernel loop as full preemption does (preemptible RCU); none and voluntary
+        # wait for cond_resched().
+        model = m.preempt if m.preempt in ("none", "voluntary") else "full"
+        out["preempt"] = (model, m.sources["preempt"] + ("" if model == m.preempt else f": {m.preempt}"))
+    if m.preempt_dynamic is not None:
+        out["preempt_dynamic"] = (m.preempt_dynamic, m.sources["preempt_dynamic"])
+    if m.allocator is not None:
+        out["allocator"] = (m.allocator, m.sources["allocator"])
     return {k: v for k, v in out.items() if k in fields}
 
 
