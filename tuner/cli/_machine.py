@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import textwrap
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -107,8 +108,10 @@ def workload_capture(
         text = captured.toml()
         if out:
             _write(out, text)
-    for line in captured.assumed:
-        typer.echo(f"assumed: {line}", err=True)
+    for item in captured.assumed:
+        for line in textwrap.wrap(f"assumed: {item}", 79, subsequent_indent="    ", break_long_words=False,
+                                  break_on_hyphens=False):
+            typer.echo(line, err=True)
     if out is None:
         typer.echo(text, nl=False)
         return
