@@ -87,9 +87,12 @@ def check(machine: Machine, rec: Recommendation) -> CheckResult:
     modelled = rec.behaviour
     theirs = [modelled.boot_param(n) for n in modelled.boot_params()]
     ours = [running.boot_param(n) for n in running.boot_params()]
-    if theirs != ours:
+    if ours and modelled.param_module != running.param_module:
+        notes.append(f"the recommendation was made for kernel {rec.kernel}; its names are {modelled.param_module}.*, "
+                     f"this kernel's {running.param_module}.*")
+    elif theirs != ours:
         notes.append(f"the recommendation was made for kernel {rec.kernel} ({', '.join(theirs)}); "
-                     f"this kernel's names are {', '.join(ours) or 'none'}: checked under those")
+                     f"this kernel has {', '.join(ours) or 'none of them'}")
     elif rec.kernel != machine.kernel:
         notes.append(f"the recommendation was made for kernel {rec.kernel}; this one is modelled as "
                      f"{machine.kernel} (same parameter names)")
