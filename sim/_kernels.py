@@ -55,6 +55,7 @@ class KernelBehaviour:
     kvfree_rcu_batched_config: bool = False  # CONFIG_KVFREE_RCU_BATCHED (=y by default; v6.15)
     sheaves: bool = False  # kfree_rcu_sheaf() front end for caches with per-CPU sheaves (v6.18)
     tick_qs_preempt_count: bool = False  # tick reports a QS with PREEMPT_COUNT and PREEMPT_RCU=n (v6.15)
+    qovld: bool = True  # rcutree.qovld and the rcu_do_batch() time limit (b2b00ddf193b, v5.7)
 
     def boot_param(self, name: str) -> str:
         """The command-line name of a kvfree_rcu() parameter on this release, e.g. rcutree.rcu_min_cached_objs."""
@@ -110,7 +111,7 @@ KERNELS: dict[str, KernelBehaviour] = {
             batching=False, block_header_bytes=24, default_n=0, n_tunable=False, block_channels=0,
             headless_api=False, two_arg_inline_gfp="none", headless_inline_gfp="none", prealloc_at_boot=False,
             refill_worker=False, refill_gfp="none", refill_stops_at_failure=False, shrinker=False,
-            shrinker_drains_cache=False, **_OLD,
+            shrinker_drains_cache=False, qovld=False, **_OLD,
         ),
         KernelBehaviour(
             "5.6", "a35d16905efc (kfree_rcu() batching over rcu_head lists), 0392bebebf26 (KFREE_N_BATCHES=2); "
@@ -118,7 +119,7 @@ KERNELS: dict[str, KernelBehaviour] = {
             batching=True, block_header_bytes=24, default_n=0, n_tunable=False, block_channels=0,
             headless_api=False, two_arg_inline_gfp="none", headless_inline_gfp="none", prealloc_at_boot=False,
             refill_worker=False, refill_gfp="none", refill_stops_at_failure=False, shrinker=False,
-            shrinker_drains_cache=False, **_OLD,
+            shrinker_drains_cache=False, qovld=False, **_OLD,
         ),
         KernelBehaviour(
             "5.7", "34c881745549 (kfree_bulk() blocks, one `bcached` page, GFP_NOWAIT under the krc lock)",

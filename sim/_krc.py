@@ -4,7 +4,8 @@ Mirrors kernel/rcu/tree.c (up to 6.13) and mm/slab_common.c (6.14+): kvfree_call
 add_ptr_to_bulk_krc_lock(), kfree_rcu_monitor() with kvfree_rcu_drain_ready() and the krw batches,
 kfree_rcu_work(), run_page_cache_worker()/fill_page_cache_func(), and the shrinker's per-CPU
 part. What differs between releases is read from `KernelBehaviour`; there is one copy of each
-mechanism.
+mechanism. Where the work runs and when (workqueues, callback invocation) is the reclaim pipeline's
+business (`_reclaim.py`); whose CPU it takes is the run queues' (`_cpu.py`).
 
 Calls are booked in bulk: `book()` takes counts of calls of each kind that arrived since the last
 booking and resolves them the way the kernel would one by one. Calls fill the current block; then
@@ -20,45 +21,25 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
 
 from ._arrivals import ArrivalStream
-from ._gp import QOVLD
-
-if TYPE_CHECKING:
-    from ._engine import Model
+from ._cpu import SHORT_WORK_S, CpuSet
+from ._gp import GraceEngine
+from ._kernels import KernelBehaviour
+from ._memory import PageAllocator
+from ._metrics import LatencyHistogram
+from ._policy import Policy
+from ._pool import PageCache
+from ._profiles import HardwareProfile
+from ._reclaim import ReclaimPipeline
+from ._slab import FreeCosts
+from ._stats import Ledger, Objs, Stats
 
 KFREE_N_BATCHES = 2
-SHORT_WORK_S = 50e-6  # reclaim work shorter than this completes at its start
-
-
-class Objs:
-    """Objects waiting together: how many, their bytes, the newest call time and the arrival-time sum."""
-
-    __slots__ = ("count", "bytes", "newest", "arrival_sum")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.bytes = 0.0
-        self.newest = -math.inf
-        self.arrival_sum = 0.0
-
-    def add(self, count: int, nbytes: float, now: float, arrival_mid: float) -> None:
-        if count:
-            self.count += count
-            self.bytes += nbytes
-            self.newest = now
-            self.arrival_sum += count * arrival_mid
-
-    def absorb(self, other: "Objs") -> None:
-        if other.count:
-            self.count += other.count
-            self.bytes += other.bytes
-            self.newest = max(self.newest, other.newest)
-            self.arrival_sum += other.arrival_sum
 
 
 class BlockGroup(Objs):
@@ -89,22 +70,60 @@ class Batch:
         self.target = 0
 
 
+@dataclass(frozen=True)
+class Collaborators:
+    """What one CPU's krc works with: the shared mechanisms of the run, named."""
+
+    env: simpy.Environment
+    kernel: KernelBehaviour
+    hw: HardwareProfile
+    policy: Policy
+    gp: GraceEngine
+    alloc: PageAllocator
+    pool: PageCache
+    cpus: CpuSet
+    pipeline: ReclaimPipeline
+    costs: FreeCosts
+    stats: Stats
+    ledger: Ledger
+    latency: LatencyHistogram
+    records: int  # KVFREE_BULK_MAX_ENTR for the page size
+    slab_bytes: float  # the kmalloc size class two-argument and headless slab objects occupy
+    vmalloc_bytes: float
+    end: float  # the run's end
+
+
+class Placement:
+    """One channel's booking, step by step: where the calls' records went."""
+
+    __slots__ = ("filled", "left", "new_records", "new_blocks", "fast_calls", "lock_calls", "lock_wait")
+
+    def __init__(self, filled: BlockGroup, calls: int) -> None:
+        self.filled = filled  # full blocks closed in this booking
+        self.left = calls  # calls still without a record
+        self.new_records = 0  # records placed in blocks taken in this booking
+        self.new_blocks = 0
+        self.fast_calls = calls  # calls that took only the fast path (adjusted as calls take others)
+        self.lock_calls = 0  # calls that took a shared pool's lock (what-if layouts)
+        self.lock_wait = 0.0
+
+
 class KfreeRcuCpu:
     """One CPU's `krc`: current blocks, pending blocks, the rcu_head list, two batch slots, the monitor."""
 
-    def __init__(self, model: "Model", cpu: int, stream: ArrivalStream | None,
+    def __init__(self, c: Collaborators, cpu: int, stream: ArrivalStream | None,
                  rng: Callable[[], np.random.Generator], refill_rng: Callable[[], np.random.Generator]) -> None:
         """`rng` and `refill_rng` make this CPU's booking and refill streams, on first use."""
-        self.m = model
-        self.env: simpy.Environment = model.env
+        self.c = c
+        self.env: simpy.Environment = c.env
         self.cpu = cpu
+        self.rq = c.cpus[cpu]
         self.stream = stream
         self._make_rng = rng
         self._make_refill_rng = refill_rng
         self._rng: np.random.Generator | None = None
         self._refill_rng: np.random.Generator | None = None
-        self.nocb = cpu < model.hw.nocb_cpus
-        channels = max(1, model.kernel.block_channels)
+        channels = max(1, c.kernel.block_channels)
         self.cur: list[BlockGroup | None] = [None] * channels
         self.pending: list[deque[BlockGroup]] = [deque() for _ in range(channels)]
         self.head = Objs()
@@ -114,11 +133,13 @@ class KfreeRcuCpu:
         self.callbacks = Objs()  # call_rcu() callbacks (5.5, or rcuscale's kfree_by_call_rcu)
         self.reclaiming = Objs()  # batches whose kfree_rcu_work() is running
         self.reclaiming_blocks = 0
+        self.freed_bytes = 0.0  # bytes of this CPU's calls freed so far (their slab slots are free again)
         self.cum_seen: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.last_t = 0.0
+        self.last_call = -math.inf  # the latest booked call
         self.deadline: float | None = None
         self.blocked: tuple[float, float] | None = None  # (re-arm anchor, period) while both slots are busy
-        self.queued = False  # the monitor's timer fired and its work waits for the CPU (PREEMPT_NONE)
+        self.queued = False  # the monitor's timer fired and its work waits for a CPU
         self.work_in_progress = False
         self.backoff = False
         self._wake_at: float | None = None
@@ -126,11 +147,13 @@ class KfreeRcuCpu:
         self._first_call: tuple[float, float] | None = None
         self.reserved_pages = 0  # cache pages taken for calls not yet booked (see _reserve_for_unbooked)
         # Per-CPU caches only: a shared pool's lock is taken when a call takes its page.
-        self._reserve_at_reclaim = (model.pool.layout == "per-cpu" and model.kernel.batching
-                                    and model.kernel.headless_api)
-        self._jiffy = 1.0 / model.hw.hz
-        self._refills = model.kernel.refill_worker and model.policy.n_per_cpu > 0  # a miss kicks the refill
-        self._adaptive = model.kernel.adaptive_drain
+        self._reserve_at_reclaim = (c.pool.layout == "per-cpu" and c.kernel.batching and c.kernel.headless_api)
+        self._jiffy = 1.0 / c.hw.hz
+        self._refills = c.kernel.refill_worker and c.policy.n_per_cpu > 0  # a miss kicks the refill
+        self._adaptive = c.kernel.adaptive_drain
+        self._call_s = c.hw.kfree_call_ns * 1e-9
+        self._bulk_local = c.costs.bulk(True)  # kfree_bulk() per record when the work runs on this CPU
+        self._bulk_remote = c.costs.bulk(False)
         self.proc = self.env.process(self.kfree_rcu_monitor())
 
     @property
@@ -159,7 +182,7 @@ class KfreeRcuCpu:
         if any(delta):
             first_call = None
             last = self.last_t
-            if self.deadline is None and self.blocked is None and self.m.kernel.batching:
+            if self.deadline is None and self.blocked is None and self.c.kernel.batching:
                 # The first of these calls armed the monitor (schedule_delayed_monitor_work()),
                 # looked up only if the timer's shortening does not make it moot.
                 planned = self._first_call
@@ -177,196 +200,229 @@ class KfreeRcuCpu:
             self.last_t = now
 
     def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
-             slab_bytes: float | None = None, by_call_rcu: bool = False,
-             first_call: Callable[[], float] | None = None, first_after: float = -math.inf) -> simpy.Event | None:
+             by_call_rcu: bool = False, first_call: Callable[[], float] | None = None,
+             first_after: float = -math.inf) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
         synchronize_rcu(), else None.
         """
-        m = self.m
-        k = m.kernel
-        n2s, n2v, nhs, nhv = counts
-        slab = m.slab_bytes if slab_bytes is None else slab_bytes
-        vmb = float(m.workload.vmalloc_object_bytes)
-        st = m.stats
-        total = n2s + n2v + nhs + nhv
+        c = self.c
+        k = c.kernel
+        two_slab, two_vmalloc, headless_slab, headless_vmalloc = counts
+        slab = c.slab_bytes
+        vmb = c.vmalloc_bytes
+        st = c.stats
+        total = two_slab + two_vmalloc + headless_slab + headless_vmalloc
         st.calls += total
-        st.calls_two_arg += n2s + n2v
-        st.calls_headless += nhs + nhv
-        m.last_call_at[self.cpu] = now
-        m.add_pending((n2s + nhs) * slab + (n2v + nhv) * vmb, now, arrival_mid)
-        base = m.hw.kfree_call_ns * 1e-9
+        st.calls_two_arg += two_slab + two_vmalloc
+        st.calls_headless += headless_slab + headless_vmalloc
+        self.last_call = now
+        c.ledger.add_pending((two_slab + headless_slab) * slab + (two_vmalloc + headless_vmalloc) * vmb, now,
+                             arrival_mid)
+        base = self._call_s
         sync_event = None
+        headless = headless_slab + headless_vmalloc
         if by_call_rcu or not k.batching:
             # call_rcu() per object; lazy (v6.2+, CONFIG_RCU_LAZY) unless it is a kvfree batch.
-            lazy = by_call_rcu and k.lazy_rcu and m.hw.rcu_lazy
-            self._call_rcu(n2s + n2v, n2s * slab + n2v * vmb, now, arrival_mid, lazy=lazy)
-            m.latency.add(base * 1e9, n2s + n2v)
-            if nhs + nhv:
-                sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
+            lazy = by_call_rcu and k.lazy_rcu and c.hw.rcu_lazy
+            two = two_slab + two_vmalloc
+            self._call_rcu(two, two_slab * slab + two_vmalloc * vmb, now, arrival_mid, lazy=lazy)
+            c.latency.add(base * 1e9, two)
+            if headless:
+                sync_event = self._synchronize_rcu(headless, headless_slab * slab + headless_vmalloc * vmb, now,
+                                                   arrival_mid, base)
             return sync_event
         if not k.headless_api:
             # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
-            if nhs + nhv:
-                sync_event = self._synchronize_rcu(nhs + nhv, nhs * slab + nhv * vmb, now, arrival_mid, base)
-            nhs = nhv = 0
+            if headless:
+                sync_event = self._synchronize_rcu(headless, headless_slab * slab + headless_vmalloc * vmb, now,
+                                                   arrival_mid, base)
+            headless_slab = headless_vmalloc = 0
         if not k.block_channels:
             # 5.6: no pointer blocks; every object waits on the rcu_head list (the normal path, not a fallback).
-            n2 = n2s + n2v
-            if n2:
-                self.head.add(n2, n2s * slab + n2v * vmb, now, arrival_mid)
-                self.head_snap = m.gp.snap()
-                m.latency.add(base * 1e9, n2)
+            two = two_slab + two_vmalloc
+            if two:
+                self.head.add(two, two_slab * slab + two_vmalloc * vmb, now, arrival_mid)
+                self.head_snap = c.gp.snap()
+                c.latency.add(base * 1e9, two)
                 self._recount()
                 self.schedule_delayed_monitor_work(now, first_call, first_after)
             return sync_event
         if len(self.cur) == 1:
-            n2s, nhs, n2v, nhv = n2s + n2v, nhs + nhv, 0, 0
-        sync_count, sync_bytes = self._add_to_channel(0, n2s, nhs, slab, now, arrival_mid, base)
-        if n2v + nhv:
-            c, b = self._add_to_channel(1, n2v, nhv, vmb, now, arrival_mid, base)
-            sync_count += c
-            sync_bytes += b
+            two_slab, headless_slab = two_slab + two_vmalloc, headless_slab + headless_vmalloc
+            two_vmalloc = headless_vmalloc = 0
+        sync_count, sync_bytes = self._add_to_channel(0, two_slab, headless_slab, slab, now, arrival_mid, base)
+        if two_vmalloc + headless_vmalloc:
+            more, more_bytes = self._add_to_channel(1, two_vmalloc, headless_vmalloc, vmb, now, arrival_mid, base)
+            sync_count += more
+            sync_bytes += more_bytes
         if sync_count:
-            ev = self._synchronize_rcu(sync_count, sync_bytes, now, arrival_mid, base)
-            sync_event = sync_event or ev
+            event = self._synchronize_rcu(sync_count, sync_bytes, now, arrival_mid, base)
+            sync_event = sync_event or event
         self.schedule_delayed_monitor_work(now, first_call, first_after)
         return sync_event
 
-    def _add_to_channel(self, ch: int, n2: int, nh: int, obj_bytes: float, now: float, mid: float,
+    def _add_to_channel(self, ch: int, two_arg: int, headless: int, obj_bytes: float, now: float, mid: float,
                         base: float) -> tuple[int, int]:
-        """add_ptr_to_bulk_krc_lock() for n2 two-argument and nh headless calls on one channel.
+        """add_ptr_to_bulk_krc_lock() for `two_arg` and `headless` calls on one channel, then the fallbacks.
 
         Returns (calls that fell back to synchronize_rcu(), their bytes).
         """
-        n = n2 + nh
-        if n == 0:
+        calls = two_arg + headless
+        if calls == 0:
             return 0, 0
-        m = self.m
-        st = m.stats
-        pool = m.pool
-        records = m.records
-        snap = m.gp.snap()  # get_state_synchronize_rcu_full() on every insertion
-        h = nh / n
-        filled = BlockGroup(snap)
-        fast_calls = n  # calls that took only the fast path; adjusted below
-        lock_calls = 0
-        lock_wait = 0.0
-        cur = self.cur[ch]
-        if cur is not None:
-            take = min(records - cur.count, n)
-            if take:
-                cur.add(take, take * obj_bytes, now, mid)
-                cur.snap = snap
-                n -= take
-            if n and cur.count >= records:
-                filled.blocks += 1
-                filled.absorb(cur)
-                self.cur[ch] = cur = None
-        new_records = 0  # records placed in blocks taken in this booking
-        new_blocks = 0
-        if n:
-            need = -(-n // records)
-            reserved = min(need, self.reserved_pages)  # taken for these calls at a reclaim
-            self.reserved_pages -= reserved
-            got, acquisitions = pool.take(self.cpu, need - reserved)
-            if acquisitions:
-                lock_wait = pool.contend(acquisitions)
-                lock_calls += acquisitions
-            st.blocks_from_cache += got
-            got += reserved
-            absorbed = min(n, got * records)
-            new_records += absorbed
-            new_blocks += got
-            n -= absorbed
-            if m.policy.refill_low_watermark and pool.available(self.cpu) <= m.policy.refill_low_watermark:
-                self.run_page_cache_worker(now)
+        c = self.c
+        snap = c.gp.snap()  # get_state_synchronize_rcu_full() on every insertion
+        step = Placement(BlockGroup(snap), calls)
+        self._fill_current_block(ch, step, obj_bytes, now, mid, snap)
+        if step.left:
+            self._take_cached_pages(step, now)
         sync_count = 0
-        if n:
-            # The cache is empty: each call that needs a block allocates inline or falls back.
-            k = m.kernel
-            g2, gh = k.two_arg_inline_gfp, k.headless_inline_gfp
-            a2 = g2 != "none"
-            ah = gh != "none"
-            s2 = m.alloc.success_probability(g2) if a2 and h < 1 else 0.0
-            sh = m.alloc.success_probability(gh) if ah and h > 0 else 0.0
-            q = (1 - h) * s2 + h * sh
-            blocks, failures = self._renewal(n, q, records)
-            # Split the failed calls: two-argument (attempted or not) vs headless (attempted or not).
-            f2a = f2n = fha = fhn = 0
-            if failures:
-                p2 = (1 - h) * (1 - s2)
-                f2 = self._binomial(failures, p2 / (p2 + h * (1 - sh))) if h > 0 else failures
-                fh = failures - f2
-                if a2:
-                    f2a = f2
-                else:
-                    f2n = f2
-                if ah:
-                    fha = fh
-                else:
-                    fhn = fh
-            if pool.has_shared():
-                # Every call that finds no block tries the shared pool again under its lock.
-                lock_wait = pool.contend(blocks + failures)
-                lock_calls += blocks + failures
-            attempts_ok = blocks
-            st.page_alloc_attempts += attempts_ok + f2a + fha
-            st.page_alloc_failures += f2a + fha
-            st.pages_allocated += blocks
-            m.alloc.block_pages += blocks
-            # Which caller kind allocated each block, for its latency.
-            ok_head = self._binomial(blocks, h * sh / q) if blocks and q > 0 else 0
-            lat2 = m.alloc.latency(g2) if a2 else 0.0
-            lath = m.alloc.latency(gh) if ah else 0.0
-            m.latency.add((base + lat2) * 1e9, blocks - ok_head + f2a)
-            m.latency.add((base + lath) * 1e9, ok_head)
-            m.cpu_busy[self.cpu] += (blocks - ok_head + f2a) * lat2 + (ok_head + fha) * lath
-            st.head_fallbacks += f2a + f2n
-            in_blocks = n - failures
-            new_records += in_blocks
-            new_blocks += blocks
-            head_count = f2a + f2n
-            if head_count:
-                self.head.add(head_count, head_count * obj_bytes, now, mid)
-                self.head_snap = snap
-            sync_count = fha + fhn
-            fast_calls -= blocks + f2a + sync_count
-            if failures:
-                self.run_page_cache_worker(now)
-        fast_calls -= lock_calls
-        m.latency.add(base * 1e9, max(0, fast_calls))
-        if lock_calls:
-            m.latency.add((base + lock_wait) * 1e9, lock_calls)
-        if new_blocks:
-            full, rest = divmod(new_records, records)
-            if rest == 0 and full == new_blocks and full:
-                full -= 1  # the last block stays current even when exactly full
-                rest = records
-            if full:
-                filled.blocks += full
-                filled.add(full * records, full * records * obj_bytes, now, mid)
-            cur = BlockGroup(snap)
-            cur.blocks = 1
-            cur.add(rest, rest * obj_bytes, now, mid)
-            self.cur[ch] = cur
-            unused = new_blocks - full - 1
-            if unused > 0:  # rounding in the renewal draw: give back pages no call used
-                self._put_pages(unused)
-        if filled.blocks:
-            self.pending[ch].append(filled)
+        if step.left:
+            sync_count = self._allocate_or_fall_back(step, headless / calls, obj_bytes, now, mid, snap, base)
+        step.fast_calls -= step.lock_calls
+        c.latency.add(base * 1e9, max(0, step.fast_calls))
+        if step.lock_calls:
+            c.latency.add((base + step.lock_wait) * 1e9, step.lock_calls)
+        if step.new_blocks:
+            self._place_new_records(ch, step, obj_bytes, now, mid, snap)
+        if step.filled.blocks:
+            self.pending[ch].append(step.filled)
         self._recount()
         return sync_count, int(sync_count * obj_bytes)
+
+    def _fill_current_block(self, ch: int, step: Placement, obj_bytes: float, now: float, mid: float,
+                            snap: int) -> None:
+        """The first calls go into the channel's current block until it is full."""
+        cur = self.cur[ch]
+        if cur is None:
+            return
+        records = self.c.records
+        take = min(records - cur.count, step.left)
+        if take:
+            cur.add(take, take * obj_bytes, now, mid)
+            cur.snap = snap
+            step.left -= take
+        if step.left and cur.count >= records:
+            step.filled.blocks += 1
+            step.filled.absorb(cur)
+            self.cur[ch] = None
+
+    def _take_cached_pages(self, step: Placement, now: float) -> None:
+        """get_cached_bnode(): block pages from this CPU's cache (pages taken ahead for these calls first)."""
+        c = self.c
+        pool = c.pool
+        records = c.records
+        need = -(-step.left // records)
+        reserved = min(need, self.reserved_pages)  # taken for these calls at a reclaim
+        self.reserved_pages -= reserved
+        got, acquisitions = pool.take(self.cpu, need - reserved)
+        if acquisitions:
+            step.lock_wait = pool.contend(acquisitions)
+            step.lock_calls += acquisitions
+        c.stats.blocks_from_cache += got
+        got += reserved
+        absorbed = min(step.left, got * records)
+        step.new_records += absorbed
+        step.new_blocks += got
+        step.left -= absorbed
+        low = c.policy.refill_low_watermark
+        if low and pool.available(self.cpu) <= low:
+            self.run_page_cache_worker(now)
+
+    def _allocate_or_fall_back(self, step: Placement, headless_share: float, obj_bytes: float, now: float,
+                               mid: float, snap: int, base: float) -> int:
+        """The cache is empty: each call that needs a block allocates inline (where its kind and the release
+        allow) or falls back, two-argument calls to the rcu_head list, headless ones to synchronize_rcu().
+
+        Returns the calls that fell back to synchronize_rcu().
+        """
+        c = self.c
+        k = c.kernel
+        st = c.stats
+        alloc = c.alloc
+        pool = c.pool
+        calls = step.left
+        h = headless_share
+        gfp_two, gfp_headless = k.two_arg_inline_gfp, k.headless_inline_gfp
+        two_allocates = gfp_two != "none"
+        headless_allocates = gfp_headless != "none"
+        ok_two = alloc.success_probability(gfp_two) if two_allocates and h < 1 else 0.0
+        ok_headless = alloc.success_probability(gfp_headless) if headless_allocates and h > 0 else 0.0
+        ok = (1 - h) * ok_two + h * ok_headless
+        blocks, failures = self._renewal(calls, ok, c.records)
+        # Split the failed calls: two-argument (tried to allocate or not) vs headless (tried or not).
+        two_failed_alloc = two_no_alloc = headless_failed_alloc = headless_no_alloc = 0
+        if failures:
+            p_two = (1 - h) * (1 - ok_two)
+            two_failed = self._binomial(failures, p_two / (p_two + h * (1 - ok_headless))) if h > 0 else failures
+            headless_failed = failures - two_failed
+            if two_allocates:
+                two_failed_alloc = two_failed
+            else:
+                two_no_alloc = two_failed
+            if headless_allocates:
+                headless_failed_alloc = headless_failed
+            else:
+                headless_no_alloc = headless_failed
+        if pool.has_shared():
+            # Every call that finds no block tries the shared pool again under its lock.
+            step.lock_wait = pool.contend(blocks + failures)
+            step.lock_calls += blocks + failures
+        st.page_alloc_attempts += blocks + two_failed_alloc + headless_failed_alloc
+        st.page_alloc_failures += two_failed_alloc + headless_failed_alloc
+        st.pages_allocated += blocks
+        alloc.block_pages += blocks
+        # Which caller kind allocated each block, for its latency and the CPU time it took.
+        headless_blocks = self._binomial(blocks, h * ok_headless / ok) if blocks and ok > 0 else 0
+        lat_two = alloc.latency(gfp_two) if two_allocates else 0.0
+        lat_headless = alloc.latency(gfp_headless) if headless_allocates else 0.0
+        c.latency.add((base + lat_two) * 1e9, blocks - headless_blocks + two_failed_alloc)
+        c.latency.add((base + lat_headless) * 1e9, headless_blocks)
+        self.rq.charged += ((blocks - headless_blocks + two_failed_alloc) * lat_two
+                            + (headless_blocks + headless_failed_alloc) * lat_headless)
+        head_count = two_failed_alloc + two_no_alloc
+        st.head_fallbacks += head_count
+        step.new_records += calls - failures
+        step.new_blocks += blocks
+        if head_count:
+            self.head.add(head_count, head_count * obj_bytes, now, mid)
+            self.head_snap = snap
+        sync_count = headless_failed_alloc + headless_no_alloc
+        step.fast_calls -= blocks + two_failed_alloc + sync_count
+        step.left = 0
+        if failures:
+            self.run_page_cache_worker(now)
+        return sync_count
+
+    def _place_new_records(self, ch: int, step: Placement, obj_bytes: float, now: float, mid: float,
+                           snap: int) -> None:
+        """The records of the blocks taken in this booking: full blocks, then the new current block."""
+        records = self.c.records
+        full, rest = divmod(step.new_records, records)
+        if rest == 0 and full == step.new_blocks and full:
+            full -= 1  # the last block stays current even when exactly full
+            rest = records
+        if full:
+            step.filled.blocks += full
+            step.filled.add(full * records, full * records * obj_bytes, now, mid)
+        cur = BlockGroup(snap)
+        cur.blocks = 1
+        cur.add(rest, rest * obj_bytes, now, mid)
+        self.cur[ch] = cur
+        unused = step.new_blocks - full - 1
+        if unused > 0:  # rounding in the renewal draw: give back pages no call used
+            self._put_pages(unused)
 
     def _recount(self) -> None:
         """krc_count(): records in blocks plus the rcu_head list (a few groups per channel to add)."""
         count = self.head.count
-        for c in range(len(self.cur)):
-            cur = self.cur[c]
+        for ch in range(len(self.cur)):
+            cur = self.cur[ch]
             if cur is not None:
                 count += cur.count
-            for g in self.pending[c]:
+            for g in self.pending[ch]:
                 count += g.count
         self.pending_count = count
 
@@ -411,11 +467,12 @@ class KfreeRcuCpu:
     # Fallback paths ---------------------------------------------------------------------------
 
     def _synchronize_rcu(self, count: int, nbytes: float, now: float, mid: float, base: float) -> simpy.Event:
-        """Headless fallback: block for a full grace period, then kvfree() inline."""
-        m = self.m
-        st = m.stats
+        """Headless fallback: block until a full grace period's callback wakes the caller, then kvfree() inline."""
+        c = self.c
+        st = c.stats
+        ledger = c.ledger
         st.sync_fallbacks += count
-        m.blocked_callers += count
+        ledger.blocked_callers += count
         objs = Objs()
         objs.add(count, nbytes, now, mid)
         done_event = self.env.event()
@@ -424,57 +481,44 @@ class KfreeRcuCpu:
             t = self.env.now
             stall = t - now
             st.sync_stall_seconds += count * stall
-            m.latency.add((base + stall) * 1e9, count)
-            m.blocked_callers -= count
-            m.free_objects(objs, t)
+            c.latency.add((base + stall) * 1e9, count)
+            ledger.blocked_callers -= count
+            self._freed(objs, t)
+            self.rq.charged += count * c.costs.single()  # the caller's inline kvfree()
             done_event.succeed()
 
-        if m.hw.rcu_expedited:
-            self.env.timeout(m.gp.expedited_duration()).callbacks.append(lambda _e: done())
+        if c.hw.rcu_expedited:
+            self.env.timeout(c.gp.expedited_duration()).callbacks.append(lambda _e: done())
         else:
-            target: list[int] = []
-            target.append(m.gp.request(lambda: (m.check_safe(objs.newest, target[0]), done())))
+            c.pipeline.call_rcu(self.cpu, 1, lambda _cpu, _t: 0.0, done,
+                                check=lambda gp_number: ledger.check_safe(objs.newest, gp_number))
         return done_event
 
     def _call_rcu(self, count: int, nbytes: float, now: float, mid: float, lazy: bool) -> None:
         """call_rcu() per object (5.5, or rcuscale's kfree_by_call_rcu): freed one by one after a GP."""
         if not count:
             return
-        m = self.m
+        c = self.c
         objs = Objs()
         objs.add(count, nbytes, now, mid)
-        was_over = self.callbacks.count > QOVLD
         self.callbacks.absorb(objs)
-        if (self.callbacks.count > QOVLD) != was_over:
-            m.overloaded_cpus += 1 if not was_over else -1
-            m.gp.overloaded = m.overloaded_cpus > 0
-        env = self.env
+        pending = self.callbacks
 
-        def invoked(target: int) -> None:
-            m.check_safe(objs.newest, target)
-            delay = (m.hw.nocb_invoke_ms * 1e-3 if self.nocb else m.hw.cb_invoke_us * 1e-6)
-            work = count * m.hw.kvfree_ns_per_object * 1e-9
-            m.cpu_busy[self.cpu] += work
-            delay += work
+        def body(run_cpu: int, _t: float) -> float:
+            return count * c.costs.single(local=run_cpu == self.cpu)  # the callback's kfree()
 
-            def free(_e: simpy.Event) -> None:
-                was = self.callbacks.count > QOVLD
-                self.callbacks.count -= count
-                self.callbacks.bytes -= nbytes
-                if was and self.callbacks.count <= QOVLD:
-                    m.overloaded_cpus -= 1
-                    m.gp.overloaded = m.overloaded_cpus > 0
-                m.free_objects(objs, env.now)
-
-            env.timeout(delay).callbacks.append(free)
+        def freed() -> None:
+            pending.count -= count
+            pending.bytes -= nbytes
+            self._freed(objs, self.env.now)
 
         def queue() -> None:
-            holder: list[int] = []
-            holder.append(m.gp.request(lambda: invoked(holder[0])))
+            c.pipeline.call_rcu(self.cpu, count, body, freed,
+                                check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number))
 
-        if lazy and self.nocb:
+        if lazy and c.pipeline.offloaded(self.cpu):
             # Lazy callbacks sit in the bypass list until LAZY_FLUSH_JIFFIES (or a flush).
-            env.timeout(m.hw.lazy_flush_ms * 1e-3).callbacks.append(lambda _e: queue())
+            self.env.timeout(c.hw.lazy_flush_ms * 1e-3).callbacks.append(lambda _e: queue())
         else:
             queue()
 
@@ -487,17 +531,18 @@ class KfreeRcuCpu:
         `first_call`: when calls booked together began, gives the time of the first of them (after
         `first_after`), which armed the timer then.
         """
-        m = self.m
-        if not m.kernel.batching or self.pending_count == 0 or self.blocked is not None or self.queued:
+        k = self.c.kernel
+        if not k.batching or self.pending_count == 0 or self.blocked is not None or self.queued:
             return
-        hz = m.hw.hz
-        adaptive = m.kernel.adaptive_drain
-        delay = m.kernel.drain_delay_jiffies(hz, self.pending_count, m.records) / hz
+        hz = self.c.hw.hz
+        records = self.c.records
+        adaptive = k.adaptive_drain
+        delay = k.drain_delay_jiffies(hz, self.pending_count, records) / hz
         if self.deadline is None:
             if first_call is None:
                 self._set_deadline(now + delay)
             else:
-                armed_delay = m.kernel.drain_delay_jiffies(hz, 1, m.records) / hz
+                armed_delay = k.drain_delay_jiffies(hz, 1, records) / hz
                 if not (adaptive and now + delay < first_after + armed_delay):
                     self._set_deadline(first_call() + armed_delay)
                 # else: the timer the first call armed is shortened to now + delay at once, below
@@ -506,7 +551,7 @@ class KfreeRcuCpu:
 
     def _set_deadline(self, when: float) -> None:
         if self.deadline is not None and when > self.deadline + 1e-12:
-            self.m.stats.monitor_timer_lengthened += 1
+            self.c.stats.monitor_timer_lengthened += 1
         self.deadline = when
         if self._wake_at is not None and when < self._wake_at and self.proc is not None:
             self._wake_at = None
@@ -518,16 +563,16 @@ class KfreeRcuCpu:
 
         Returns (wake time, whether that wake is the shortened timer's expiry).
         """
-        m = self.m
         stream = self.stream
         assert stream is not None
         jiffy = self._jiffy
-        records = m.records
-        k_miss = k_cross = math.inf
+        records = self.c.records
+        k_miss = math.inf  # calls until the cache runs dry and the refill is kicked
         if self._refills and not self.work_in_progress:
             cur = self.cur[0]
             room = (records - cur.count) if cur is not None else 0
-            k_miss = room + (m.pool.available(self.cpu) + self.reserved_pages) * records + 1
+            k_miss = room + (self.c.pool.available(self.cpu) + self.reserved_pages) * records + 1
+        k_cross = math.inf
         if self._adaptive and self.pending_count < records and until - now > 2 * jiffy:
             k_cross = records - self.pending_count
         if k_miss == k_cross == math.inf:
@@ -548,11 +593,10 @@ class KfreeRcuCpu:
         When a block's worth is pending well before that timer could expire (6.1+), when the next
         call comes does not matter and is not looked up (the booking looks it up if it needs it).
         """
-        m = self.m
         stream = self.stream
         assert stream is not None
-        end = m.end
-        records = m.records
+        end = self.c.end
+        records = self.c.records
         jiffy = self._jiffy
         seen = sum(self.cum_seen) if now == self.last_t else sum(stream.cumulative(now))
         if self._adaptive and self.pending_count < records and first_delay > 2 * jiffy:
@@ -561,7 +605,7 @@ class KfreeRcuCpu:
             if self._refills and not self.work_in_progress:
                 cur = self.cur[0]
                 room = (records - cur.count) if cur is not None else 0
-                k_miss = room + (m.pool.available(self.cpu) + self.reserved_pages) * records + 1
+                k_miss = room + (self.c.pool.available(self.cpu) + self.reserved_pages) * records + 1
             if k_cross < k_miss:
                 cross = stream.time_to_reach(now, k_cross, end, seen)
                 # Found before the end and before any timer the next call arms: as _forecast() finds it.
@@ -577,20 +621,22 @@ class KfreeRcuCpu:
         return self._forecast(now, first + first_delay)
 
     def kfree_rcu_monitor(self):
-        """The delayed monitor work, and the clock that books this CPU's open-loop calls.
+        """The delayed monitor work's timer, and the clock that books this CPU's open-loop calls.
 
         Sleeps until the earliest of: the monitor's deadline, the next arrival when nothing is
         pending, the moment a block's worth of calls will be pending (6.1+: the timer shortens),
         the moment the cache will run dry (the refill kick), and a bound on booking staleness (at most
-        1.5 times `max_booking_interval`).
+        1.5 times the allocator's booking interval). At the deadline the monitor work is queued on
+        the release's workqueue and runs when a CPU takes it.
         """
         env = self.env
-        m = self.m
+        c = self.c
         stream = self.stream
-        end = m.end
-        records = m.records
-        batching = m.kernel.batching
-        first_delay = m.kernel.drain_delay_jiffies(m.hw.hz, 1, records) / m.hw.hz  # armed by one call
+        end = c.end
+        records = c.records
+        batching = c.kernel.batching
+        first_delay = c.kernel.drain_delay_jiffies(c.hw.hz, 1, records) / c.hw.hz  # armed by one call
+        alloc = c.alloc
         while True:
             now = env.now
             shortened = False
@@ -609,11 +655,12 @@ class KfreeRcuCpu:
                 wake = self.deadline
             else:
                 wake, shortened = self._forecast(now, self.deadline)
-            if stream is not None and wake - now > 1.5 * m.max_booking_interval:
+            bound = alloc.booking_interval
+            if stream is not None and wake - now > 1.5 * bound:
                 # Bound the staleness of booked calls, but do not wake only to book when a planned
                 # wake comes within half an interval after the bound (a drain cycle a bit longer
                 # than the bound would otherwise cost two wakes).
-                wake = now + m.max_booking_interval
+                wake = now + bound
             if wake >= end:
                 wake = end + 1.0
             if wake < now + 1e-9:
@@ -632,45 +679,78 @@ class KfreeRcuCpu:
                     self.deadline = now
             if self.deadline is not None and now >= self.deadline - 1e-12:
                 self.deadline = None
-                turn = m.cpu_turn(self.cpu)
-                if turn is not None:  # PREEMPT_NONE: the work runs at the CPU's next cond_resched()
-                    self.queued = True
-                    yield turn
-                    self.queued = False
-                    now = env.now
-                self.monitor_work(now)
+                waits = self._queue_monitor_work(now)
+                if waits is not None:
+                    yield waits
 
-    def monitor_work(self, now: float) -> None:
-        """kfree_rcu_monitor(): free ready blocks (6.3), detach one batch, re-arm if work remains."""
-        m = self.m
-        if m.kernel.polled_gp_per_block:
-            self.kvfree_rcu_drain_ready(now)
-        queued = self.kvfree_rcu_queue_batch(now)
+    def _queue_monitor_work(self, now: float) -> simpy.Event | None:
+        """The timer fired: queue_delayed_work()'s work runs on this CPU (system_wq) or where an unbound
+        worker is placed. Returns None when it ran at once, else the event of its run (the monitor
+        is not re-armed meanwhile)."""
+        c = self.c
+        target = self.cpu if (c.pipeline.bound or not c.cpus.any_held) else c.cpus.unbound_target(self.cpu)
+        rq = c.cpus.queues[target]
+        if rq.busy_until <= now + 1e-12 and not rq.waiting and (
+                not rq.held or rq.at_point or rq.preempt != "none"):
+            if rq.held:
+                rq.switch(now)
+            cost = self.monitor_work(now, target)
+            if cost > 0.0:
+                rq.busy_until = now + cost
+                rq.work_seconds += cost
+                if rq.held and not rq.at_point:
+                    rq.charged += cost
+            return None
+        self.queued = True
+        ran = self.env.event()
+
+        def work(t: float) -> float:
+            self.queued = False
+            cost = self.monitor_work(t, target)
+            ran.succeed()
+            return cost
+
+        rq.submit(work)
+        return ran
+
+    def monitor_work(self, now: float, run_cpu: int) -> float:
+        """kfree_rcu_monitor(): free ready blocks (6.3), detach one batch, re-arm if work remains.
+
+        Returns the CPU seconds it takes (the frees of ready blocks) on `run_cpu`.
+        """
+        c = self.c
+        k = c.kernel
+        cost = 0.0
+        if k.polled_gp_per_block:
+            cost = self.kvfree_rcu_drain_ready(now, local=run_cpu == self.cpu)
+        queued = self.kvfree_rcu_queue_batch(now, run_cpu)
         if queued:
             self.blocked = None
         if not self.pending_count:
-            return
-        delay = m.kernel.drain_delay_jiffies(m.hw.hz, self.pending_count, m.records) / m.hw.hz
-        if not queued and self.deadline is None and self.stream is None and (not m.kernel.adaptive_drain or self.pending_count >= m.records):
+            return cost
+        delay = k.drain_delay_jiffies(c.hw.hz, self.pending_count, c.records) / c.hw.hz
+        if not queued and self.deadline is None and self.stream is None and (
+                not k.adaptive_drain or self.pending_count >= c.records):
             # Both krw slots are busy and the timer re-arms every `delay` (1 jiffy, or 20 ms before
             # 6.1). Those fires change nothing until a slot frees or (6.3) a polled GP completes,
             # so skip them: the next fire is the first tick of that re-arm grid after such an event.
             # Only where callers book their own calls (rcuscale threads): open-loop calls are
             # booked at the monitor's fires, and their polled snapshots need that cadence.
             self._block(now, delay)
-        elif m.kernel.adaptive_drain or not queued:
+        elif k.adaptive_drain or not queued:
             self.schedule_delayed_monitor_work(now)
+        return cost
 
     def _block(self, now: float, period: float) -> None:
         if self.blocked is None:
             self.blocked = (now, period)
-        if self.m.kernel.polled_gp_per_block:
+        if self.c.kernel.polled_gp_per_block:
             snaps = [g[0].snap for g in self.pending if g]
-            snaps += [c.snap for c in self.cur if c is not None and c.count]
+            snaps += [cur.snap for cur in self.cur if cur is not None and cur.count]
             if self.head.count:
                 snaps.append(self.head_snap)
             if snaps:
-                self.m.gp.when_done(min(snaps), self._unblock)
+                self.c.gp.when_done(min(snaps), self._unblock)
 
     def _unblock(self) -> None:
         """Something the blocked monitor waits for happened: fire at the next tick of its re-arm grid."""
@@ -681,36 +761,53 @@ class KfreeRcuCpu:
         ticks = max(1, math.ceil((self.env.now - anchor) / period - 1e-9))
         self._set_deadline(anchor + ticks * period)
 
-    def kvfree_rcu_drain_ready(self, now: float) -> None:
-        """Free blocks (oldest first) and the rcu_head list whose polled GP has already completed."""
-        m = self.m
-        gp = m.gp
+    def kvfree_rcu_drain_ready(self, now: float, local: bool = True) -> float:
+        """Free blocks (oldest first) and the rcu_head list whose polled GP has already completed.
+
+        Returns the CPU seconds the frees take.
+        """
+        c = self.c
+        gp = c.gp
+        cost = 0.0
         for ch, groups in enumerate(self.pending):
             while groups and gp.done(groups[0].snap):
-                g = groups.popleft()
-                self._free_ready(g)
+                cost += self._free_ready(groups.popleft(), local)
             cur = self.cur[ch]
             if not groups and cur is not None and cur.count and gp.done(cur.snap):
                 self.cur[ch] = None
-                self._free_ready(cur)
+                cost += self._free_ready(cur, local)
         if self.head.count and gp.done(self.head_snap):
-            m.check_safe(self.head.newest, self.head_snap)
-            self.pending_count -= self.head.count
-            m.free_objects(self.head, now)
+            head = self.head
+            c.ledger.check_safe(head.newest, self.head_snap)
+            self.pending_count -= head.count
+            cost += self._head_cost(head.count, local)
+            self._freed(head, now)
             self.head = Objs()
+        return cost
 
-    def _free_ready(self, g: BlockGroup) -> None:
-        m = self.m
-        m.check_safe(g.newest, g.snap)
-        m.stats.drained_ready_blocks += g.blocks
-        m.stats.blocks_detached += g.blocks
-        m.stats.records_detached += g.count
+    def _head_cost(self, count: int, local: bool) -> float:
+        """kvfree() of `count` rcu_head-list objects one by one; the extra over kfree_bulk() is counted."""
+        if not count:
+            return 0.0
+        costs = self.c.costs
+        per_object = costs.head(count, local)
+        self.c.stats.head_extra_cpu_seconds += count * max(0.0, per_object - costs.bulk(local))
+        return count * per_object
+
+    def _free_ready(self, g: BlockGroup, local: bool) -> float:
+        c = self.c
+        st = c.stats
+        c.ledger.check_safe(g.newest, g.snap)
+        st.drained_ready_blocks += g.blocks
+        st.blocks_detached += g.blocks
+        st.records_detached += g.count
         self.pending_count -= g.count
-        m.free_objects(g, self.env.now)
+        self._freed(g, self.env.now)
         self._put_pages(g.blocks)
+        return g.count * (self._bulk_local if local else self._bulk_remote)
 
-    def kvfree_rcu_queue_batch(self, now: float) -> bool:
-        """Move everything pending into a fully empty krw slot and queue_rcu_work() it."""
+    def kvfree_rcu_queue_batch(self, now: float, run_cpu: int) -> bool:
+        """Move everything pending into a fully empty krw slot and queue_rcu_work() it (from `run_cpu`)."""
         if self.pending_count == 0:
             return False
         krw = self.krw
@@ -720,7 +817,7 @@ class KfreeRcuCpu:
             slot = 1
         else:
             return False
-        m = self.m
+        c = self.c
         batch = Batch(slot)
         objs = batch.objs
         cur_blocks = self.cur
@@ -742,54 +839,51 @@ class KfreeRcuCpu:
             self.head = Objs()
         self.pending_count = 0
         krw[slot] = batch
-        st = m.stats
+        st = c.stats
         st.batches += 1
         st.blocks_detached += batch.blocks
         st.records_detached += batch.records
         in_flight = (krw[0] is not None) + (krw[1] is not None)
         if in_flight > st.batches_in_flight_peak:
             st.batches_in_flight_peak = in_flight
-        # queue_rcu_work() uses call_rcu_hurry(): never lazy.
-        batch.target = m.gp.request(lambda: self._rcu_work_rcufn(batch))
+        # queue_rcu_work() is call_rcu_hurry() on the CPU running the monitor: never lazy.
+        batch.target = c.pipeline.queue_rcu_work(
+            run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay))
         return True
 
-    def _rcu_work_rcufn(self, batch: Batch) -> None:
-        """The batch's GP ended: its callback is invoked (softirq, or an rcuo kthread with NOCB)
-        and queues kfree_rcu_work()."""
-        hw = self.m.hw
-        invoke = hw.nocb_invoke_ms * 1e-3 if self.nocb else hw.cb_invoke_us * 1e-6
-        self.m.run_after(invoke + hw.wq_latency_us * 1e-6, lambda: self.kfree_rcu_work(batch))
+    def _rcu_work_rcufn(self, batch: Batch, invoked_on: int, delay: float) -> None:
+        """The batch's GP ended and its callback runs on `invoked_on` (`delay` from now): queue
+        kfree_rcu_work() on the release's workqueue (a kworker wakes there)."""
+        target = self.c.pipeline.work_cpu(invoked_on)
+        self.c.cpus.queues[target].submit(lambda now: self.kfree_rcu_work(batch, target, now), delay, wake=True)
 
-    def kfree_rcu_work(self, batch: Batch) -> None:
+    def kfree_rcu_work(self, batch: Batch, run_cpu: int, now: float) -> float:
         """The work takes the batch's lists (its krw slot is free again), frees the objects with
         kfree_bulk() or per-object kvfree(), and returns the pages to this CPU's cache, whichever
-        CPU it runs on."""
-        m = self.m
-        hw = m.hw
-        turn = m.cpu_turn(self.cpu)
-        if turn is not None:  # PREEMPT_NONE: the kworker runs at the CPU's next cond_resched()
-            turn.callbacks.append(lambda _e: self.kfree_rcu_work(batch))
-            return
+        CPU it runs on. Returns the CPU seconds it takes on `run_cpu`."""
+        c = self.c
         self.krw[batch.slot] = None
         self._unblock()
         self.reclaiming.count += batch.objs.count
         self.reclaiming_blocks += batch.blocks
-        m.check_safe(batch.objs.newest, batch.target)
-        duration = (batch.records * hw.kfree_bulk_ns_per_object + batch.head * hw.kvfree_ns_per_object) * 1e-9
-        m.cpu_busy[self.cpu] += duration
+        c.ledger.check_safe(batch.objs.newest, batch.target)
+        local = run_cpu == self.cpu
+        duration = batch.records * (self._bulk_local if local else self._bulk_remote)
+        if batch.head:
+            duration += self._head_cost(batch.head, local)
         if duration < SHORT_WORK_S:
             self._kfree_rcu_work_done(batch)  # a few microseconds: not worth an event of its own
         else:
             self.env.timeout(duration).callbacks.append(lambda _e: self._kfree_rcu_work_done(batch))
+        return duration
 
     def _kfree_rcu_work_done(self, batch: Batch) -> None:
-        m = self.m
         now = self.env.now
         if not self._reserve_for_unbooked(now):
             self.advance(now)  # earlier calls must not use the pages coming back
         self.reclaiming.count -= batch.objs.count
         self.reclaiming_blocks -= batch.blocks
-        m.free_objects(batch.objs, now)
+        self._freed(batch.objs, now)
         self._put_pages(batch.blocks)
 
     def _reserve_for_unbooked(self, now: float) -> bool:
@@ -803,12 +897,14 @@ class KfreeRcuCpu:
         stream = self.stream
         if stream is None or not self._reserve_at_reclaim:
             return False
-        m = self.m
+        c = self.c
         seen = self.cum_seen
         cum = stream.cumulative(now) if now > self.last_t else seen
-        n2s, n2v, nhs, nhv = cum[0] - seen[0], cum[1] - seen[1], cum[2] - seen[2], cum[3] - seen[3]
-        per_channel = (n2s + n2v + nhs + nhv,) if len(self.cur) == 1 else (n2s + nhs, n2v + nhv)
-        records = m.records
+        two_slab, two_vmalloc = cum[0] - seen[0], cum[1] - seen[1]
+        headless_slab, headless_vmalloc = cum[2] - seen[2], cum[3] - seen[3]
+        per_channel = ((two_slab + two_vmalloc + headless_slab + headless_vmalloc,) if len(self.cur) == 1
+                       else (two_slab + headless_slab, two_vmalloc + headless_vmalloc))
+        records = c.records
         need = 0
         for ch, n in enumerate(per_channel):
             cur = self.cur[ch]
@@ -817,81 +913,83 @@ class KfreeRcuCpu:
                 need += -(-(n - room) // records)
         extra = need - self.reserved_pages
         if extra > 0:
-            pool = m.pool
+            pool = c.pool
             left = pool.available(self.cpu) - extra
-            if left < 0 or (m.policy.refill_low_watermark and left <= m.policy.refill_low_watermark):
+            low = c.policy.refill_low_watermark
+            if left < 0 or (low and left <= low):
                 return False
             got, _ = pool.take(self.cpu, extra)
-            m.stats.blocks_from_cache += got
+            c.stats.blocks_from_cache += got
             self.reserved_pages += got
-        nbytes = (n2s + nhs) * m.slab_bytes + (n2v + nhv) * float(m.workload.vmalloc_object_bytes)
-        if m.bytes_pending + nbytes > m.bytes_peak:
-            m.bytes_peak = m.bytes_pending + nbytes
+        c.ledger.note_peak((two_slab + headless_slab) * c.slab_bytes + (two_vmalloc + headless_vmalloc)
+                           * c.vmalloc_bytes)
         return True
 
     def _put_pages(self, pages: int) -> None:
         """put_cached_bnode() each page back to this CPU; free_page() what the cache refuses."""
         if not pages:
             return
-        m = self.m
-        kept, acquisitions = m.pool.put(self.cpu, pages)
+        c = self.c
+        kept, acquisitions = c.pool.put(self.cpu, pages)
         if acquisitions:
-            m.pool.contend(acquisitions)
+            c.pool.contend(acquisitions)
         freed = pages - kept
         if freed:
-            m.stats.pages_freed += freed
-            m.alloc.block_pages -= freed
+            c.stats.pages_freed += freed
+            c.alloc.block_pages -= freed
 
     # Cache refill -----------------------------------------------------------------------------
 
     def run_page_cache_worker(self, now: float) -> None:
-        """Kick the refill: an hrtimer then high-priority work, or after the backoff delay."""
-        m = self.m
-        if not m.kernel.refill_worker or m.policy.n_per_cpu == 0 or self.work_in_progress:
+        """Kick the refill: an hrtimer, then work on this CPU's system_highpri_wq pool; or, backing off,
+        delayed work on the release's workqueue after rcu_delay_page_cache_fill_msec."""
+        c = self.c
+        if not c.kernel.refill_worker or c.policy.n_per_cpu == 0 or self.work_in_progress:
             return
         self.work_in_progress = True
-        delay = m.policy.refill_delay_ms * 1e-3 if self.backoff else m.hw.wq_latency_us * 1e-6
-        self.env.timeout(delay).callbacks.append(self.fill_page_cache_func)
-
-    def fill_page_cache_func(self, _event: simpy.Event | None = None) -> None:
-        """The refill work: allocate pages up to N (1 while backing off), stopping at the first
-        failure from 6.1. The allocations take microseconds; their CPU time is charged to this CPU."""
-        m = self.m
-        turn = m.cpu_turn(self.cpu)
-        if turn is not None:  # PREEMPT_NONE: the kworker runs at the CPU's next cond_resched()
-            turn.callbacks.append(self.fill_page_cache_func)
-            return
-        now = self.env.now
-        self.advance(now)
-        target = 1 if self.backoff else m.policy.n_per_cpu
-        if m.pool.layout == "global":
-            want = min(target, m.pool.room(self.cpu))
+        if self.backoff:
+            target = self.cpu if c.pipeline.bound else c.cpus.unbound_target(self.cpu)
+            c.cpus[target].submit(self.fill_page_cache_func, delay=c.policy.refill_delay_ms * 1e-3, wake=True)
         else:
-            want = max(0, min(target, m.pool.local_cap) - m.pool.local_pages(self.cpu))
-        gfp = m.kernel.refill_gfp
+            self.rq.submit(self.fill_page_cache_func, wake=True)
+
+    def fill_page_cache_func(self, now: float) -> float:
+        """The refill work: allocate pages up to N (1 while backing off), stopping at the first
+        failure from 6.1. Returns the CPU seconds the allocations take."""
+        c = self.c
+        alloc = c.alloc
+        pool = c.pool
+        self.advance(now)
+        target = 1 if self.backoff else c.policy.n_per_cpu
+        if pool.layout == "global":
+            want = min(target, pool.room(self.cpu))
+        else:
+            want = max(0, min(target, pool.local_cap) - pool.local_pages(self.cpu))
+        gfp = c.kernel.refill_gfp
         got = attempts = 0
+        cost = 0.0
         if want:
             if gfp == "kernel":
                 for _ in range(want):
-                    m.alloc.allocate_kernel_page()
+                    alloc.allocate_kernel_page()
                 got = attempts = want
             else:
-                p = m.alloc.success_probability(gfp)
-                if m.kernel.refill_stops_at_failure:
+                p = alloc.success_probability(gfp)
+                if c.kernel.refill_stops_at_failure:
                     got = want if p >= 1.0 else min(want, int(self.refill_rng.geometric(1.0 - p)) - 1)
                     attempts = got + (1 if got < want else 0)
                 else:
                     got = int(self.refill_rng.binomial(want, p))
                     attempts = want
-            m.cpu_busy[self.cpu] += attempts * m.alloc.latency(gfp)
-        st = m.stats
+            cost = attempts * alloc.latency(gfp)
+        st = c.stats
         st.page_alloc_attempts += attempts
         st.page_alloc_failures += attempts - got
         if got:
-            m.pool.fill(self.cpu, got)
+            pool.fill(self.cpu, got)
             st.pages_allocated += got
             st.refill_allocations += got
-            m.alloc.block_pages += got
+            alloc.block_pages += got
         self.work_in_progress = False
         self.backoff = False
         if self.stream is not None and self._wake_at is not None and self.proc is not None:
@@ -899,37 +997,50 @@ class KfreeRcuCpu:
             # foresee then); let it plan for the moment these pages run dry.
             self._wake_at = None
             self.proc.interrupt()
+        return cost
 
     # Shrinker ---------------------------------------------------------------------------------
 
     def shrink_count(self) -> int:
-        """kfree_rcu_shrink_count() for this CPU: pending objects plus cached pages; sets the backoff."""
-        if self.m.kernel.shrinker_drains_cache:
+        """kfree_rcu_shrink_count() for this CPU, as the release counts: objects not yet in a batch
+        (5.8-5.13), plus cached pages (5.14+, which also sets the refill backoff)."""
+        c = self.c
+        if c.kernel.shrinker_count == "pending_and_cache":
             self.backoff = True
-        return self.pending_count + self.m.pool.local_pages(self.cpu)
+            return self.pending_count + c.pool.local_pages(self.cpu)
+        return self.pending_count
 
     def shrink_scan(self, now: float) -> int:
-        """kfree_rcu_shrink_scan() for this CPU: drain the cache, run the monitor now."""
-        m = self.m
+        """kfree_rcu_shrink_scan() for this CPU: drain the cache (5.14+), run the monitor now.
+
+        Returns what the kernel counts against nr_to_scan: pending objects plus pages freed.
+        """
+        c = self.c
         self.advance(now)
         freed = 0
-        if m.kernel.shrinker_drains_cache:
-            freed = m.pool.drain(self.cpu)
+        if c.kernel.shrinker_drains_cache:
+            freed = c.pool.drain(self.cpu)
             if freed:
-                m.stats.pages_freed += freed
-                m.alloc.block_pages -= freed
+                c.stats.pages_freed += freed
+                c.alloc.block_pages -= freed
         count = self.pending_count
-        self.monitor_work(now)
+        self.monitor_work(now, self.cpu)  # synchronously, in the reclaiming task
         return count + freed
 
     # Accounting -------------------------------------------------------------------------------
+
+    def _freed(self, objs: Objs, now: float) -> None:
+        """Objects of this CPU's calls reached kfree()/kvfree()."""
+        self.freed_bytes += objs.bytes
+        self.c.ledger.free_objects(objs, now)
 
     def held_pages(self) -> int:
         pages = 0
         for ch, groups in enumerate(self.pending):
             pages += sum(g.blocks for g in groups)
-            if self.cur[ch] is not None:
-                pages += self.cur[ch].blocks
+            cur = self.cur[ch]
+            if cur is not None:
+                pages += cur.blocks
         pages += sum(b.blocks for b in self.krw if b is not None)
         return pages + self.reclaiming_blocks + self.reserved_pages
 

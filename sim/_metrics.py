@@ -98,6 +98,10 @@ class Metrics:
     rcuscale_batches: int | None = None
     rcuscale_footprint_mb: int | None = None
     rcuscale_enomem: bool | None = None
+    # CPU seconds freeing rcu_head-list objects one by one took beyond what kfree_bulk() would have.
+    head_extra_cpu_seconds: float = 0.0
+    # CPU seconds of kernel work (reclaim, refill, callbacks) the CPUs ran.
+    kernel_work_cpu_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, object]:
         out = asdict(self)

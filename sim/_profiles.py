@@ -74,23 +74,29 @@ class HardwareProfile(_Profile):
     gp_expedited_sigma: float = _float(1.0, 0.0, 3.0, "log-normal shape of expedited grace periods")
     rcu_expedited: bool = Field(default=False, description="rcupdate.rcu_expedited: synchronize_rcu() is expedited")
     # Callback invocation and work items.
-    cb_invoke_us: float = _float(50.0, 0.0, 1e6, "GP end to callback invocation, softirq")
-    nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "GP end to callback invocation on an rcuo kthread")
-    wq_latency_us: float = _float(30.0, 0.0, 1e6, "queue to start of a work item")
+    cb_invoke_us: float = _float(50.0, 0.0, 1e6, "CPU time of invoking one RCU callback (softirq or rcuo)")
+    nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "rcuog and rcuo wake-ups together, on CPUs no kernel loop holds")
+    wq_latency_us: float = _float(30.0, 0.0, 1e6, "a woken kworker starts on a CPU no kernel loop holds")
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
-    preempt_none: bool = Field(default=False, description="CONFIG_PREEMPT_NONE: a kernel loop yields its CPU only at cond_resched()")
+    preempt: Literal["none", "voluntary", "full"] = Field(
+        default="voluntary", description="the preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or PREEMPT (preemptible RCU)")
+    preempt_dynamic: bool = Field(default=False, description="CONFIG_PREEMPT_DYNAMIC: preempt_count is tracked whatever the model")
     lazy_flush_ms: float = _float(10_000.0, 0.0, 1e6, "LAZY_FLUSH_JIFFIES in ms")
     # CPU costs.
     kfree_call_ns: float = _float(110.0, 1.0, 1e6, "one kmalloc + kvfree_rcu() fast path")
     kmalloc_ns_per_kib: float = _float(0.0, 0.0, 1e6, "extra cost of that call per KiB of the object's kmalloc size class")
-    kfree_bulk_ns_per_object: float = _float(15.0, 0.1, 1e6, "kfree_bulk() cost per pointer")
-    kvfree_ns_per_object: float = _float(60.0, 0.1, 1e6, "per-object kvfree() from the rcu_head list")
+    loop_jitter: float = _float(0.05, 0.0, 2.0, "coefficient of variation of a kernel loop's call time per chunk (interrupts, caches, a guest's host)")
+    allocator: Literal["slub", "slab"] = Field(default="slub", description="CONFIG_SLUB or CONFIG_SLAB (removed in 6.8)")
+    kfree_fast_ns: float = _float(12.0, 0.1, 1e6, "kfree() into the freeing CPU's current slab (SLUB) or array cache (SLAB)")
+    kfree_slow_ns: float = _float(60.0, 0.1, 1e6, "kfree() into another slab: SLUB __slab_free(), SLAB free_block() per object")
+    kfree_remote_ns: float = _float(40.0, 0.0, 1e6, "extra per object another CPU allocated (cache lines move)")
     global_lock_hold_ns: float = _float(120.0, 1.0, 1e6, "hold time of a shared pool lock, incl. cache-line transfer")
     # Page allocator.
     alloc_fast_us: float = _float(0.6, 0.01, 1e5, "order-0 allocation above the low watermark")
     direct_reclaim_ms: float = _float(2.0, 0.0, 1e4, "one light direct-reclaim pass (NORETRY)")
     reclaim_mib_per_s: float = _float(800.0, 1.0, 1e6, "kswapd reclaim throughput")
     file_cache_fraction: float = _float(0.25, 0.0, 0.95, "reclaimable page cache at start, of memory")
+    boot_reserved_mib: float = _float(0.0, 0.0, 1e7, "memory the kernel holds from boot besides the memmap (image, per-CPU areas)")
     watermark_scale_factor: int = Field(default=10, ge=1, le=3000, description="vm.watermark_scale_factor")
     alloc_fail_softness: float = _float(0.15, 0.001, 5.0, "width of the failure edge, in min-watermark units")
     # Default SLOs a recommendation must meet.
@@ -121,6 +127,7 @@ class WorkloadProfile(_Profile):
     headless_fraction: float = _float(0.1, 0.0, 1.0, "share of kvfree_rcu_mightsleep() calls")
     vmalloc_fraction: float = _float(0.0, 0.0, 1.0, "share of vmalloc'ed objects (block channel 1)")
     object_bytes: int = Field(default=256, ge=1, le=1 << 30, description="mean slab object size")
+    slab_locality: float = _float(0.0, 0.0, 1.0, "share of a slab's objects freed next to each other (1: allocation order)")
     vmalloc_object_bytes: int = Field(default=65536, ge=1, le=1 << 34, description="mean vmalloc object size")
     active_cpus_fraction: float = _float(1.0, 0.0, 1.0, "share of CPUs that call at all at a time")
     skew: float = _float(0.0, 0.0, 4.0, "Zipf exponent of call rates across active CPUs")
@@ -220,7 +227,14 @@ def _known_keys(model: type[_Profile], key: str) -> str:
     close = difflib.get_close_matches(key, list(model.model_fields), n=3)
     if close:
         return "did you mean " + " or ".join(f"'{k}'" for k in close) + "?"
-    return "known keys: " + ", ".join(sorted(model.model_fields))
+    keys = sorted(model.model_fields)
+    shown: list[str] = []
+    for k in keys:  # one line: as many keys as fit, then how many more there are
+        if sum(len(x) + 2 for x in shown) + len(k) > 520:
+            break
+        shown.append(k)
+    more = f" and {len(keys) - len(shown)} more (the shipped profiles show them)" if len(shown) < len(keys) else ""
+    return "known keys: " + ", ".join(shown) + more
 
 
 def _describe(model: type[_Profile], source: str, text: str, err: ValidationError) -> str:

@@ -44,7 +44,9 @@ def test_completed_trials_store_replications_confidence_intervals_and_constraint
     assert len(attrs["seeds"]) == len(attrs["replications"]["calls"]) == 3  # 2 base + 1 racing (the default races)
     assert attrs["raced"] is True
     assert set(attrs["summary"]["fallback_cost"]) == {"mean", "ci95"}
-    assert set(trial.constraints) == {"oom", "p99_latency", "sync_fallbacks", "pending_peak"}
+    named = {k: v for k, v in trial.constraints.items() if not k.isdigit()}  # "0", "1", ...: the positional list
+    assert set(named) == {"oom", "p99_latency", "sync_fallbacks", "pending_peak"}
+    assert trial.system_attrs["constraints"] == [named[k] for k in ("oom", "p99_latency", "sync_fallbacks", "pending_peak")]
     assert attrs["policy"]["n_per_cpu"] == 5 and attrs["low_fidelity"]["seconds"] == pytest.approx(0.06)
     assert trial.values == pytest.approx([sum(attrs["replications"][k][:2]) / 2 for k in ("reserved_mib", "fallback_cost")])
 

@@ -16,7 +16,8 @@ def family(tmp_path_factory):
     """Two studied members of the vm-2 family, 2 and 4 vCPUs, in one database."""
     db = tmp_path_factory.mktemp("transfer") / "rcutune.db"
     for cpus in (2, 4):
-        result = run_study(db, "--trials", "8", "--study", f"vm-{cpus}cpu", "--set", f"hardware.cpus={cpus}")
+        result = run_study(db, "--trials", "8", "--study", f"vm-{cpus}cpu", "--set", f"hardware.cpus={cpus}",
+                           workloads=("nocb-flood",))
         assert result.exit_code == 0, result.output
     return [load_campaign(url(db), f"vm-{cpus}cpu") for cpus in (2, 4)]
 
@@ -39,7 +40,7 @@ def test_leave_one_profile_out_measures_the_error_of_extrapolating(family):
     # Reserved memory is N x CPUs pages: exact on the held-out profile, whatever the CPU count.
     assert all(e.r2 is None or e.r2 == pytest.approx(1.0) for e in by_metric["reserved_mib"])
     assert all(e.coverage == 1.0 for e in by_metric["reserved_mib"])
-    # Fallback cost is summed over the CPUs and transferred in proportion to their count: on steady
+    # Fallback cost is summed over the CPUs and transferred in proportion to their count: on a flood of
     # frees, halving or doubling the CPUs keeps the trials' ranking and level (printed with -s).
     for e in by_metric["fallback_cost"]:
         print(f"{e.source} -> {e.target}: fallback_cost R² {e.r2:.3f}, coverage {e.coverage:.2f}, "

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import _answer, _simulate, _study
+from . import _answer, _machine, _simulate, _study
 from ._validate import validate_app
 
 app = typer.Typer(
@@ -39,6 +39,7 @@ def main(
 _simulate.register(app)
 _study.register(app)
 _answer.register(app)
+_machine.register(app)
 app.add_typer(validate_app, name="validate")
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ _EXPORTS = {
                     "replication_table"),
     "._pool": ("SimResult", "SimTask", "SimulationPool"),
     "._progress": ("PlainProgress", "ProgressSink", "RichProgress"),
-    "._protocol": ("SAMPLERS", "Planned", "TrialRun", "plan_batch", "raced_best", "trial_protocol"),
+    "._protocol": ("SAMPLERS", "Planned", "TrialRun", "plan_batch", "raced_best", "store_constraints", "trial_protocol"),
     "._space": ("PARAM_NAMES", "Param", "SearchSpace", "build_search_space", "kernel_defaults", "parse_fix"),
     "._study": ("CampaignResult", "StudyRequest", "TrialOutcome", "build_definition", "run_campaign"),
     "._worker": ("WorkerRequest", "WorkerResult", "run_worker"),

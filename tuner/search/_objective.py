@@ -8,12 +8,13 @@ Objectives, per replication, then averaged over the study's seed list:
   for memory left waiting::
 
       fallback_cost = 1000 * (sync_stall_seconds + lock_wait_seconds
-                              + head_fallbacks * (kvfree_ns_per_object - kfree_bulk_ns_per_object) * 1e-9)
+                              + head_extra_cpu_seconds)
                       / sim_seconds
                       + PENDING_PEAK_COST_MS * bytes_pending_peak / (slo_pending_peak_mib * 2**20)
 
   i.e. callers blocked in synchronize_rcu(), spinning on a shared pool lock, and the extra CPU
-  an object freed from the rcu_head list costs over a bulk free; a pending-memory peak equal to the
+  objects freed from the rcu_head list cost over a bulk free (the model's per-object costs by
+  allocator and by where the free runs); a pending-memory peak equal to the
   hardware profile's SLO costs as much as 1 ms of stall per second.
 * ``scalar`` (``--objective scalar``) — ``fallback_cost + MIB_PER_GIB_COST_MS * reserved_mib /
   (memory_mib / 1024)``: reserving 1 MiB per GiB of the machine's memory (0.1 %) weighs as much as
@@ -50,8 +51,7 @@ def objective_values(m: sim.Metrics, hw: sim.HardwareProfile) -> dict[str, float
     """`reserved_mib`, `fallback_cost` and `scalar` of one replication (see the module docstring)."""
     reserved_mib = m.cache_bytes_reserved / 2**20
     seconds = max(m.sim_seconds, 1e-9)
-    head_cost_s = m.head_fallbacks * max(0.0, hw.kvfree_ns_per_object - hw.kfree_bulk_ns_per_object) * 1e-9
-    stall_ms_per_s = 1000.0 * (m.sync_stall_seconds + m.lock_wait_seconds + head_cost_s) / seconds
+    stall_ms_per_s = 1000.0 * (m.sync_stall_seconds + m.lock_wait_seconds + m.head_extra_cpu_seconds) / seconds
     pending = PENDING_PEAK_COST_MS * m.bytes_pending_peak / (hw.slo_pending_peak_mib * 2**20)
     fallback_cost = stall_ms_per_s + pending
     return {"reserved_mib": reserved_mib, "fallback_cost": fallback_cost,

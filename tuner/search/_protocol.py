@@ -25,7 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rcutune import sim
 
 from ._campaign import CampaignDefinition
-from ._objective import OBJECTIVES, constraint_values, feasible, objective_values, replication_table, summary_table
+from ._objective import (CONSTRAINTS, OBJECTIVES, constraint_values, feasible, objective_values, replication_table,
+                         summary_table)
 from ._space import SearchSpace
 
 SAMPLERS = ("tpe", "random")
@@ -239,8 +240,8 @@ def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.Workl
                  simulations: int) -> tuple[TrialState, float | list[float] | None, dict[str, float] | None, bool]:
     """Store what the protocol found; returns (state, values to tell, base-seed means, feasible).
 
-    Constraints are stored with `trial.set_constraint`, so Optuna's own feasibility (and the
-    dashboard) sees them; `user_attrs` keep every replication and its summary.
+    Constraints are stored by `store_constraints`, where Optuna and optuna-dashboard both read
+    them; `user_attrs` keep every replication and its summary.
     """
     hw = d.hardware
     low_values = objective_values(run.low, hw)
@@ -251,8 +252,7 @@ def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.Workl
     })
     trial.set_user_attr("simulations", simulations)
     if run.pruned_by is not None:
-        for name, value in constraint_values([run.low], hw).items():
-            trial.set_constraint(name, value)
+        store_constraints(trial, constraint_values([run.low], hw))
         trial.set_user_attr("pruned_by", run.pruned_by)
         if d.objective == "scalar":
             trial.report(low_values["scalar"], step=0)
@@ -260,8 +260,7 @@ def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.Workl
     r = d.settings.replications
     runs = list(run.runs)
     constraints = constraint_values(runs[:r], hw)
-    for name, value in constraints.items():
-        trial.set_constraint(name, value)
+    store_constraints(trial, constraints)
     table = replication_table(runs, hw)
     trial.set_user_attr("seconds", d.settings.seconds_for(workload))
     trial.set_user_attr("seeds", list(d.seeds[:len(runs)]))
@@ -273,6 +272,23 @@ def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.Workl
     base = means(runs[:r], hw)
     told = base["scalar"] if d.objective == "scalar" else [base[name] for name in OBJECTIVES]
     return TrialState.COMPLETE, told, base, feasible(constraints)
+
+
+def store_constraints(trial: optuna.Trial, constraints: Mapping[str, float]) -> None:
+    """Store a trial's constraints (feasible when every value is <= 0) where both readers look.
+
+    Optuna 5 reads the named system attributes `constraints:<name>` that `set_constraint` writes;
+    optuna-dashboard (0.21) reads only the older positional list `constraints` (its
+    `_serializer.serialize_frozen_trial`), and without it shows `constraints: []` and counts every
+    trial feasible. The list holds the same values in `CONSTRAINTS` order; Optuna reads both forms
+    (the list as keys "0", "1", ...), so its feasibility is unchanged.
+    """
+    for name, value in constraints.items():
+        trial.set_constraint(name, value)
+    storage = trial.storage
+    trial_id = storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name(trial.study.study_name), trial.number)
+    storage.set_trial_system_attr(trial_id, "constraints", [float(constraints[name]) for name in CONSTRAINTS])
 
 
 def fail_trial(trial: optuna.Trial, reason: str, simulations: int) -> None:

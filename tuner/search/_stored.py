@@ -16,7 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rcutune import sim
 
 from ._campaign import CampaignDefinition, study_name
-from ._objective import OBJECTIVES
+from ._objective import CONSTRAINTS, OBJECTIVES
 from ._protocol import directions, params_of, retry_attrs
 
 BUDGET_ATTR = "budget"
@@ -43,7 +43,8 @@ def open_study(rdb: optuna.storages.RDBStorage, d: CampaignDefinition, campaign:
             study.set_metric_names(["scalar"] if d.objective == "scalar" else list(OBJECTIVES))
         for key, value in (("campaign", campaign), ("hardware", d.hardware.name), ("workload", workload.name),
                            ("kernel", d.kernel), ("objective", d.objective),
-                           ("simulator_version", d.simulator_version)):
+                           ("simulator_version", d.simulator_version),
+                           ("constraints", list(CONSTRAINTS))):  # the order of each trial's constraint list
             study.set_user_attr(key, value)
     return study
 

@@ -22,8 +22,9 @@ nothing), then runs scipy's bounded Powell method from the best point. Every eva
 same seeds, so J is a deterministic function of the parameters and the whole fit is repeatable.
 
 Fixed from the guest's build and boot, not fitted: HZ=1000 (CONFIG_HZ_1000), CONFIG_PREEMPT_NONE,
-4 KiB pages, no offloaded CPUs (no RCU_NOCB_CPU), no page cache (initramfs only), grace periods
-bounded below by one jiffy and above by the 21 s RCU CPU stall timeout
+4 KiB pages, no offloaded CPUs (no RCU_NOCB_CPU), no page cache (initramfs only), no boot reserve
+beyond what the guest's `Memory:` line reports (the comparison sets each point's memory in use),
+grace periods bounded below by one jiffy and above by the 21 s RCU CPU stall timeout
 (CONFIG_RCU_CPU_STALL_TIMEOUT=21).
 """
 
@@ -51,7 +52,8 @@ FIXED_KEYS: dict[str, object] = {
     "file_cache_fraction": 0.0,
     "gp_min_ms": 1.0,
     "gp_max_ms": 21_000.0,
-    "preempt_none": True,
+    "preempt": "none",
+    "boot_reserved_mib": 0.0,
 }
 MISSING_PENALTY = math.log(2.0)
 SCAN_POSITIONS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -86,11 +88,11 @@ class FitParameter:
 PARAMETERS: dict[str, FitParameter] = {p.name: p for p in (
     FitParameter("kfree_call_ns", 100.0, 10_000.0),
     FitParameter("kmalloc_ns_per_kib", 1.0, 10_000.0),
-    FitParameter("kvfree_ns_per_object", 5.0, 20_000.0),
-    FitParameter("kfree_bulk_ns_per_object", 1.0, 5_000.0),
+    FitParameter("kfree_slow_ns", 5.0, 20_000.0),
+    FitParameter("kfree_fast_ns", 1.0, 5_000.0),
+    FitParameter("loop_jitter", 0.01, 1.0),
     FitParameter("gp_median_ms", 1.5, 200.0),
     FitParameter("gp_sigma", 0.02, 2.0, log=False),
-    FitParameter("wq_latency_us", 1.0, 100_000.0),
     FitParameter("cb_invoke_us", 1.0, 100_000.0),
     FitParameter("alloc_fast_us", 0.05, 200.0),
     FitParameter("direct_reclaim_ms", 0.01, 200.0),
@@ -112,9 +114,9 @@ class Stage:
 
 ALL_PARTS = ("time", "batches", "footprint", "oom")
 STAGES = (
-    Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kvfree_ns_per_object", "kfree_bulk_ns_per_object"),
+    Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"),
           ("time",), 120),
-    Stage("grace periods and deferred work", ("gp_median_ms", "gp_sigma", "wq_latency_us", "cb_invoke_us"),
+    Stage("grace periods and deferred work", ("loop_jitter", "gp_median_ms", "gp_sigma", "cb_invoke_us"),
           ("time", "batches"), 120),
     Stage("memory", (BOOT_EXTRA, "alloc_fail_softness", "watermark_scale_factor", "direct_reclaim_ms", "alloc_fast_us"),
           ALL_PARTS, 160),

@@ -1,0 +1,262 @@
+"""The CPUs as kernel work sees them: who holds each one, when queued work runs, whose time it takes.
+
+Kernel work items (the kvfree_rcu monitor, kfree_rcu_work(), the page-cache refill, the GP kthread,
+NOCB rcuog/rcuo kthreads) run on a CPU's worker pool one after another, as a per-CPU kworker pool
+runs CPU-bound works (kernel/workqueue.c: one running worker per pool while it does not sleep).
+When a busy kernel loop (an rcuscale kfree thread) holds the CPU, the preemption model decides when
+the queued work gets the CPU (kernel/sched/core.c, include/linux/kernel.h):
+
+- ``none`` (CONFIG_PREEMPT_NONE): only at the loop's explicit cond_resched();
+- ``voluntary`` (CONFIG_PREEMPT_VOLUNTARY): at the next might_sleep(), which every GFP_KERNEL
+  kmalloc() of the loop passes, so at once in this model;
+- ``full`` (CONFIG_PREEMPT): at once.
+
+The loop loses the CPU time the work takes. Every switch from the loop to queued work and back is a
+context switch, the quiescent state of a non-preemptible RCU; the GP engine is told of each.
+Left out: priorities between work items, load balancing, hrtimer/softirq accounting beyond the
+per-callback cost, and the workqueue watchdog's CPU-intensive marking (v6.5).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+
+import simpy
+
+SHORT_WORK_S = 50e-6  # work shorter than this completes at its start: not worth an event of its own
+
+Work = Callable[[float], float]
+"""A work item: called with the time it starts, returns the CPU seconds it takes (it schedules its own
+completion if something must happen at the end)."""
+
+
+class RunQueue:
+    """One CPU: the kernel loop holding it (if any), its worker pool, and its scheduler tick."""
+
+    __slots__ = ("env", "cpu", "preempt", "jiffy", "tick_phase", "wakeup_s", "held", "at_point", "busy_until",
+                 "waiting", "charged", "work_seconds", "_pumping", "_drained", "on_switch", "on_idle", "switches", "at")
+
+    def __init__(self, env: simpy.Environment, cpu: int, preempt: str, hz: int, wakeup_s: float,
+                 on_switch: Callable[[int, float], None]) -> None:
+        self.env = env
+        self.cpu = cpu
+        self.preempt = preempt
+        self.jiffy = 1.0 / hz
+        self.tick_phase = 0.0  # scheduler ticks of all CPUs are aligned (sched_skew_tick=0)
+        self.wakeup_s = wakeup_s
+        self.held = 0  # kernel loops holding this CPU (rcuscale threads inside their loop)
+        self.at_point = False  # the loop is at cond_resched() and lets queued work run
+        self.busy_until = 0.0  # the work started here runs until then
+        self.waiting: deque[Work] = deque()  # work ready to run, waiting for the CPU
+        self.charged = 0.0  # CPU seconds of work a holding loop has not yet paid for (voluntary, full)
+        self.work_seconds = 0.0  # all CPU seconds of kernel work run here
+        self._pumping = False
+        self._drained: simpy.Event | None = None
+        self.on_switch = on_switch
+        self.on_idle: Callable[[int, float], None] | None = None  # the loop left and the CPU went idle
+        self.switches = 0
+        self.at: Callable[[float, Callable[[], None]], None] | None = None  # shared instants (CpuSet.at)
+
+    # Time ------------------------------------------------------------------------------------
+
+    def next_tick(self, t: float) -> float:
+        """The first scheduler tick on this CPU at or after t (softirq work, QS notice and report)."""
+        jiffy = self.jiffy
+        k = math.ceil((t - self.tick_phase) / jiffy - 1e-9)
+        return self.tick_phase + k * jiffy
+
+    # Running work ----------------------------------------------------------------------------
+
+    def can_run_now(self) -> bool:
+        """Queued work gets the CPU now: no loop holds it, the loop is at cond_resched(), or it is preemptible."""
+        return not self.held or self.at_point or self.preempt != "none"
+
+    def idle(self) -> bool:
+        """Nothing holds the CPU and its pool has nothing running: an unbound worker would be placed here."""
+        return not self.held and self.busy_until <= self.env.now and not self.waiting
+
+    def submit(self, work: Work, delay: float = 0.0, wake: bool = False) -> None:
+        """Queue work that is ready after `delay` (plus a kthread wake-up when `wake` and the CPU is not held)."""
+        if wake and not self.held:
+            delay += self.wakeup_s
+        if delay > 0.0:
+            assert self.at is not None
+            self.at(self.env.now + delay, lambda: self._ready(work))
+        else:
+            self._ready(work)
+
+    def run_kthread(self, step: Callable[[float], None]) -> bool:
+        """A woken kthread (the GP kthread, rcuog) takes the CPU for a moment: at once where the CPU lets
+        it run (it preempts a running worker at its next cond_resched()), else first at the loop's next
+        cond_resched(). Returns True if `step` ran now."""
+        if self.can_run_now():
+            if self.held:
+                self.switch(self.env.now)
+            step(self.env.now)
+            return True
+
+        def work(now: float) -> float:
+            step(now)
+            return 0.0
+
+        self.waiting.appendleft(work)  # it slept the longest: the scheduler picks it first
+        return False
+
+    def _ready(self, work: Work) -> None:
+        if (not self._pumping and not self.waiting and self.busy_until <= self.env.now + 1e-12
+                and (not self.held or self.at_point or self.preempt != "none")):
+            self._run(work)  # an idle pool: the common case, without the queue
+            return
+        self.waiting.append(work)
+        if not self._pumping and self.can_run_now():
+            self._pump()
+
+    def _run(self, work: Work) -> None:
+        now = self.env.now
+        if self.held:
+            self.switch(now)
+        cost = work(now)
+        if cost > 0.0:
+            self.busy_until = now + cost
+            self.work_seconds += cost
+            if self.held and not self.at_point:
+                self.charged += cost
+        drained = self._drained
+        if drained is not None and not self.waiting:
+            if self.busy_until <= now + 1e-12:
+                self._drained = None
+                drained.succeed()
+            elif not self._pumping:
+                self._pumping = True
+                self.env.timeout(self.busy_until - now).callbacks.append(self._pump)
+
+    def _pump(self, _event: simpy.Event | None = None) -> None:
+        """Run waiting work one item after another while the CPU lets it run."""
+        self._pumping = False
+        env = self.env
+        waiting = self.waiting
+        while waiting and (not self.held or self.at_point or self.preempt != "none"):
+            now = env.now
+            if self.busy_until > now + 1e-12:
+                self._pumping = True
+                env.timeout(self.busy_until - now).callbacks.append(self._pump)
+                return
+            work = waiting.popleft()
+            if self.held:
+                self.switch(now)  # the loop (or the previous work) is switched out: a context switch
+            cost = work(now)
+            if cost > 0.0:
+                self.busy_until = now + cost
+                self.work_seconds += cost
+                if self.held and not self.at_point:
+                    self.charged += cost  # preemptible loop: it pays for the time at its next chunk
+        drained = self._drained
+        if drained is not None and not waiting:
+            if self.busy_until <= env.now + 1e-12:
+                self._drained = None
+                drained.succeed()
+            else:  # the last item still runs: the loop resumes when it ends
+                self._pumping = True
+                env.timeout(self.busy_until - env.now).callbacks.append(self._pump)
+
+    def softirq(self, cost: float) -> None:
+        """Softirq work on this CPU: it runs at irq exit whatever holds the CPU, which loses the time."""
+        self.work_seconds += cost
+        if self.held and not self.at_point:
+            self.charged += cost
+
+    def switch(self, now: float) -> None:
+        """A context switch on this CPU (rcu_note_context_switch())."""
+        self.switches += 1
+        self.on_switch(self.cpu, now)
+
+    # The holding loop ------------------------------------------------------------------------
+
+    def hold(self) -> None:
+        """A kernel loop starts occupying the CPU."""
+        self.held += 1
+
+    def release(self) -> None:
+        """The loop sleeps or ends: the CPU is free for queued work (a context switch)."""
+        self.held -= 1
+        self.switch(self.env.now)
+        if not self.held:
+            if self.on_idle is not None and not self.waiting:
+                self.on_idle(self.cpu, self.env.now)
+            if self.waiting and not self._pumping:
+                self._pump()
+
+    def take_charge(self) -> float:
+        """CPU seconds of work the (preemptible) loop must now pay for; resets the account."""
+        charged, self.charged = self.charged, 0.0
+        return charged
+
+    def cond_resched(self):
+        """cond_resched() in a PREEMPT_NONE loop: run everything queued here, then return to the loop.
+
+        A generator for the loop's process. Switching to the queued work and back are context
+        switches; with nothing queued there is no switch (rcu_all_qs() may still report an urgent QS,
+        which the GP engine handles through `on_switch` only when a switch happens).
+        """
+        env = self.env
+        if not self.waiting and self.busy_until <= env.now + 1e-12:
+            return
+        self.at_point = True
+        self._drained = drained = env.event()
+        if not self._pumping:
+            self._pump()
+        if not drained.triggered:
+            yield drained
+        self.at_point = False
+        self.switch(env.now)  # back to the loop
+
+
+class CpuSet:
+    """All CPUs; picks where unbound work runs."""
+
+    def __init__(self, env: simpy.Environment, cpus: int, preempt: str, hz: int, wakeup_s: float,
+                 on_switch: Callable[[int, float], None]) -> None:
+        self.env = env
+        self.queues = [RunQueue(env, cpu, preempt, hz, wakeup_s, on_switch) for cpu in range(cpus)]
+        self.preempt = preempt
+        self.any_held = False  # some kernel loop holds a CPU (the rcuscale test)
+        self._due: dict[float, list[Callable[[], None]]] = {}
+        for rq in self.queues:
+            rq.at = self.at
+
+    def at(self, when: float, callback: Callable[[], None]) -> None:
+        """Run `callback` at `when`. Callbacks due at one instant share one event and run in the order
+        they were queued (the batches one grace period ends, the callbacks of one tick)."""
+        now = self.env.now
+        if when < now:
+            when = now
+        due = self._due.get(when)
+        if due is None:
+            due = self._due[when] = []
+            self.env.timeout(when - now).callbacks.append(lambda _e: self._run_due(when))
+        due.append(callback)
+
+    def _run_due(self, when: float) -> None:
+        for callback in self._due.pop(when):
+            callback()
+
+    def __getitem__(self, cpu: int) -> RunQueue:
+        return self.queues[cpu]
+
+    def __len__(self) -> int:
+        return len(self.queues)
+
+    def unbound_target(self, local: int) -> int:
+        """The CPU an unbound workqueue's worker runs on: an idle CPU if any (the scheduler's
+        select_idle_sibling()), the local one otherwise."""
+        if not self.any_held:
+            return local
+        queues = self.queues
+        if queues[local].idle():
+            return local
+        for rq in queues:
+            if rq.idle():
+                return rq.cpu
+        return local
