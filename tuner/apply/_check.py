@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rcutune import sim, storage
+from rcutune import sim
 
 from .._errors import UserError
 from ..capture import CACHE_PARAMS, PARAM_MODULES, Machine
-from ..recommend import Recommendation, answer
+from ..recommend import Recommendation
 
 
 @dataclass(frozen=True)
@@ -130,32 +130,3 @@ def _running_value(machine: Machine, name: str, default: int) -> tuple[int, str]
         return int(value), "from /proc/cmdline"
     return int(default), f"the default: no /sys/module/{machine.behaviour.param_module}/parameters/{name}"
 
-
-def recommendation_for(url: str, hardware: sim.HardwareProfile | None, campaign: str | None) -> Recommendation:
-    """The stored overall answer of a campaign: the one named, else the newest for `hardware`, else
-    the newest in the database.
-
-    Raises:
-        UserError: no database, no such campaign, no campaign at all.
-    """
-    if hardware is None:
-        if not storage.database_exists(url):
-            raise UserError(f"{url} does not exist; give --storage, or run rcutune study first")
-        db = storage.open_database(url, create=False)
-        try:
-            with db.session() as session:
-                campaigns = storage.list_campaigns(session)
-                if campaign is not None:
-                    found = storage.find_campaign(session, campaign)
-                    if found is None:
-                        known = ", ".join(c.name for c in campaigns) or "none"
-                        raise UserError(f"no campaign named '{campaign}' in {url} (campaigns: {known})")
-                elif campaigns:
-                    found = max(campaigns, key=lambda c: c.updated_at)
-                else:
-                    raise UserError(f"no campaign in {url}; run rcutune study --hardware <profile> first")
-                campaign, text = found.name, found.hardware_profile
-        finally:
-            db.close()
-        hardware = sim.profile_from_text("hardware", text)
-    return answer(url, hardware, campaign=campaign).recommendation

@@ -11,10 +11,10 @@ import typer
 from rcutune import storage
 
 from .._errors import UserError
+from ._common import EXIT_FAILURE, QuietOpt, SetOpt, StorageOpt, load_profiles, storage_flag, user_errors
 
 if TYPE_CHECKING:
     from ..recommend import Recommendation
-from ._common import EXIT_FAILURE, HardwareOpt, QuietOpt, SetOpt, StorageOpt, load_profiles, storage_flag, user_errors
 
 ConfidenceOpt = Annotated[float, typer.Option(metavar="P", help="Required probability of meeting every SLO, in [0.5, 1).")]
 ConfirmOpt = Annotated[int, typer.Option(min=0, max=32, metavar="K", help="Fresh seeds confirming the recommendation.")]
@@ -68,12 +68,14 @@ def report(
     if not quiet:
         for line in detail_lines(rec):
             typer.echo(f"  {line}")
-        typer.echo(f"  apply: rcutune recommend --hardware {rec.hardware} --study {rec.campaign} --format grub"
-                   f"{storage_flag(url)} (or cmdline, grubby, tuned)")
+        typer.echo(f"  apply: rcutune recommend --study {rec.campaign} --format grub{storage_flag(url)} "
+                   "(or cmdline, grubby, tuned)")
 
 
 def recommend(
-    hardware: HardwareOpt,
+    hardware: Annotated[Optional[str], typer.Option(
+        "--hardware", "-H", metavar="NAME|FILE", help="Hardware profile name or path to a .toml file (default: the "
+        "one --study was studied on).")] = None,
     workload: Annotated[Optional[str], typer.Option(
         "--workload", "-W", metavar="NAME", help="Only this workload's recommendation.")] = None,
     storage_url: StorageOpt = None,
@@ -88,7 +90,7 @@ def recommend(
     settings: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Print the recommendation for a hardware profile: the kernel command line first.
+    """Print the recommendation for a hardware profile (or a campaign): the kernel command line first.
 
     Reads the answer the last `report` or `recommend` stored while the campaign's trials are
     unchanged; refits otherwise. With --set hardware.<key>=<value> (e.g. hardware.cpus=96) the profile
@@ -100,8 +102,12 @@ def recommend(
     with user_errors():
         if json_out and fmt not in (None, FormatChoice.json):
             raise UserError(f"--json and --format {fmt.value} contradict each other; give one of them")
+        if hardware is None and campaign is None:
+            raise UserError("give --hardware NAME|FILE, or --study NAME for the hardware that campaign studied")
+        if hardware is None and settings:
+            raise UserError("--set changes a hardware profile: give --hardware too")
         url = storage.resolve_url(storage_url)
-        target, _ = load_profiles(hardware, None, settings)
+        target = load_profiles(hardware, None, settings)[0] if hardware is not None else None
         got = answer(url, target, campaign=campaign, workload=workload, confidence=confidence,
                      confirm_seeds=confirm_seeds)
     rec = got.recommendation
@@ -111,7 +117,7 @@ def recommend(
         return
     choice = rec.overall if workload is None else (rec.workload(workload).faithful if rec.workload(workload) else None)
     if choice is None:
-        typer.echo(f"no recommendation for {hardware} (campaign {got.campaign}): {_why_none(rec, workload)}")
+        typer.echo(f"no recommendation for {rec.hardware} (campaign {got.campaign}): {_why_none(rec, workload)}")
         if rec.fix_command:
             typer.echo(f"run: {rec.fix_command}")
         raise typer.Exit(EXIT_FAILURE)

@@ -135,13 +135,13 @@ def check(
     in /sys/module, else /proc/cmdline, else the release's default) against the recommended one,
     under the running release's names. Exit 0 when every value is applied, 1 when not, 2 on bad input."""
     from ..apply import check as check_applied
-    from ..apply import recommendation_for
+    from ..recommend import answer
     from ..capture import read_machine
 
     with user_errors():
         machine = read_machine(root or Path("/"))
         target = sim.load_hardware(hardware) if hardware else None
-        rec = recommendation_for(storage.resolve_url(storage_url), target, campaign)
+        rec = answer(storage.resolve_url(storage_url), target, campaign=campaign).recommendation
         result = check_applied(machine, rec)
     for line in result.lines():
         typer.echo(line)

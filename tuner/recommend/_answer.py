@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from rcutune import sim
 
 from .._errors import UserError
-from ._store import campaign_for, campaign_row, stored_answer
+from ._store import campaign_for, campaign_hardware, campaign_row, stored_answer
 from ._types import CONFIRM_SEEDS, DEFAULT_CONFIDENCE, Recommendation
 
 if TYPE_CHECKING:
@@ -26,9 +26,12 @@ class Answer:
     data: "CampaignData | None" = None  # the fitted campaign, when it was recomputed
 
 
-def answer(url: str, target: sim.HardwareProfile, *, campaign: str | None = None, workload: str | None = None,
-           confidence: float = DEFAULT_CONFIDENCE, confirm_seeds: int = CONFIRM_SEEDS) -> Answer:
+def answer(url: str, target: sim.HardwareProfile | None, *, campaign: str | None = None,
+           workload: str | None = None, confidence: float = DEFAULT_CONFIDENCE,
+           confirm_seeds: int = CONFIRM_SEEDS) -> Answer:
     """The recommendation for `target` from the campaign given (default: the newest for its profile).
+
+    Without a target: for the hardware the campaign was studied on (default: the newest campaign).
 
     While the campaign's stored answer for the same options is current (same told trials, same
     rcutune version) it is read and nothing is written. Otherwise the surrogates are fitted and the
@@ -40,6 +43,8 @@ def answer(url: str, target: sim.HardwareProfile, *, campaign: str | None = None
     """
     if not 0.5 <= confidence < 1.0:
         raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
+    if target is None:
+        campaign, target = campaign_hardware(url, campaign)
     name, extrapolated = (campaign, _differs(url, campaign, target)) if campaign else campaign_for(url, target)
     options = {"workload": workload, "confidence": confidence, "confirm_seeds": confirm_seeds}
     if not extrapolated:

@@ -106,6 +106,29 @@ def campaign_row(url: str, name: str) -> Iterator[tuple[sa.Engine, storage.Campa
         db.close()
 
 
+def campaign_hardware(url: str, name: str | None) -> tuple[str, sim.HardwareProfile]:
+    """The campaign `name`, else the newest in the database, with the hardware profile it was studied on.
+
+    Raises:
+        UserError: no database, no such campaign, no campaign at all.
+    """
+    if name is not None:
+        with campaign_row(url, name) as (_, c):
+            return c.name, sim.profile_from_text("hardware", c.hardware_profile)
+    if not storage.database_exists(url):
+        raise UserError(f"{url} does not exist (run rcutune study first)")
+    db = storage.open_database(url, create=False)
+    try:
+        with db.session() as session:
+            campaigns = storage.list_campaigns(session)
+            if not campaigns:
+                raise UserError(f"no campaign in {url}; run rcutune study --hardware <profile> first")
+            newest = max(campaigns, key=lambda c: c.updated_at)
+            return newest.name, sim.profile_from_text("hardware", newest.hardware_profile)
+    finally:
+        db.close()
+
+
 def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recommendation | None:
     """The campaign's stored answer for these options if it is current, else None; reads only."""
     db = storage.open_database(url, create=False)
