@@ -75,7 +75,7 @@ def report(
 def recommend(
     hardware: Annotated[Optional[str], typer.Option(
         "--hardware", "-H", metavar="NAME|FILE", help="Hardware profile name or path to a .toml file (default: the "
-        "one --study was studied on).")] = None,
+        "one --study was studied on; without either, the newest campaign's).")] = None,
     workload: Annotated[Optional[str], typer.Option(
         "--workload", "-W", metavar="NAME", help="Only this workload's recommendation.")] = None,
     storage_url: StorageOpt = None,
@@ -102,8 +102,6 @@ def recommend(
     with user_errors():
         if json_out and fmt not in (None, FormatChoice.json):
             raise UserError(f"--json and --format {fmt.value} contradict each other; give one of them")
-        if hardware is None and campaign is None:
-            raise UserError("give --hardware NAME|FILE, or --study NAME for the hardware that campaign studied")
         if hardware is None and settings:
             raise UserError("--set changes a hardware profile: give --hardware too")
         url = storage.resolve_url(storage_url)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from rcutune import sim, storage
 
 from .._errors import UserError
-from ..search import DEFAULT_SETTINGS, QUICK_SETTINGS, feasible, make_seeds, objective_values
+from ..search import DEFAULT_SETTINGS, QUICK_SETTINGS, feasible, make_seeds, objective_values, stored_profile
 from ..surrogate import MetricSurrogate
 from ._store import campaign_row
 
@@ -116,8 +116,9 @@ def load_campaign(url: str, name: str) -> CampaignData:
         UserError: no database, no such campaign, or no complete trial in it.
     """
     with campaign_row(url, name) as (_, c):
-        hw = sim.profile_from_text("hardware", c.hardware_profile)
-        studies = [(s.workload_name, s.workload_profile, s.optuna_study_name) for s in c.studies]
+        hw = stored_profile(c, "hardware", c.hardware_profile)
+        studies = [(s.workload_name, stored_profile(c, "workload", s.workload_profile), s.optuna_study_name)
+                   for s in c.studies]
         data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
                             dict(c.search_space), dict(c.settings or {}), c.objective)
     rdb = optuna.storages.RDBStorage(url, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True)
@@ -139,7 +140,7 @@ def load_campaign(url: str, name: str) -> CampaignData:
                                          table_runs(table), feasible(t.constraints),
                                          tuple(t.user_attrs.get("seeds", ()))))
             if points:
-                data.workloads.append(WorkloadData(workload, sim.profile_from_text("workload", text),
+                data.workloads.append(WorkloadData(workload, text,
                                                    seconds, points, optuna_name))
     finally:
         rdb.engine.dispose()

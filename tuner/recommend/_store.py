@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from rcutune import sim, storage
 
 from .._errors import UserError
+from ..search._campaign import stored_profile
 from ._types import Recommendation, json_default
 
 if TYPE_CHECKING:
@@ -83,7 +84,15 @@ def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
     newest = {}
     for updated, name, text in sorted(rows):
         newest[text] = (updated, name)
-    family = [(name, sim.profile_from_text("hardware", text)) for text, (_, name) in newest.items()]
+    family = []
+    for text, (_, name) in newest.items():
+        try:
+            family.append((name, sim.profile_from_text("hardware", text)))
+        except sim.ProfileError:
+            continue  # a campaign of another simulator version is no neighbour
+    if not family:
+        raise UserError(f"no campaign for hardware '{target.name}' in {url} that this rcutune can read; "
+                        f"run rcutune study --hardware {target.name}")
     best = min(family, key=lambda f: (abs(math.log(f[1].cpus / target.cpus)),
                                       abs(math.log(f[1].memory_mib / target.memory_mib))))
     return best[0], True
@@ -114,7 +123,7 @@ def campaign_hardware(url: str, name: str | None) -> tuple[str, sim.HardwareProf
     """
     if name is not None:
         with campaign_row(url, name) as (_, c):
-            return c.name, sim.profile_from_text("hardware", c.hardware_profile)
+            return c.name, stored_profile(c, "hardware", c.hardware_profile)
     if not storage.database_exists(url):
         raise UserError(f"{url} does not exist (run rcutune study first)")
     db = storage.open_database(url, create=False)
@@ -124,7 +133,7 @@ def campaign_hardware(url: str, name: str | None) -> tuple[str, sim.HardwareProf
             if not campaigns:
                 raise UserError(f"no campaign in {url}; run rcutune study --hardware <profile> first")
             newest = max(campaigns, key=lambda c: c.updated_at)
-            return newest.name, sim.profile_from_text("hardware", newest.hardware_profile)
+            return newest.name, stored_profile(newest, "hardware", newest.hardware_profile)
     finally:
         db.close()
 

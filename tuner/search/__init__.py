@@ -13,7 +13,7 @@ from .._lazy import lazy_exports
 # not for Optuna, SciPy and SQLAlchemy.
 _EXPORTS = {
     "._campaign": ("DEFAULT_SETTINGS", "DEFAULT_TRIALS", "QUICK_SETTINGS", "QUICK_TRIALS", "CampaignDefinition",
-                   "Settings", "make_seeds", "stored_definition", "study_name"),
+                   "Settings", "make_seeds", "stored_definition", "stored_profile", "study_name"),
     "._listing": ("CampaignSummary", "StudySummary", "list_studies"),
     "._objective": ("CONSTRAINTS", "OBJECTIVES", "PENDING_PEAK_COST_MS", "MIB_PER_GIB_COST_MS", "constraint_values", "feasible", "mean_ci", "objective_values",
                     "replication_table"),

@@ -128,6 +128,16 @@ class CampaignDefinition:
         return None
 
 
+def stored_profile(campaign: storage.Campaign, kind: str, text: str) -> sim.HardwareProfile | sim.WorkloadProfile:
+    """A profile a campaign stored, or a UserError saying the campaign is from another simulator version."""
+    try:
+        return sim.profile_from_text(kind, text)
+    except sim.ProfileError:
+        raise UserError(f"campaign '{campaign.name}' was made by simulator {campaign.simulator_version} (this rcutune "
+                        f"has {sim.SIMULATOR_VERSION}) and its {kind} profile no longer loads; study it again with "
+                        "--new, or use the rcutune that made it") from None
+
+
 def stored_definition(campaign: storage.Campaign) -> CampaignDefinition:
     """The definition a stored campaign was created with, rebuilt from its stored text.
 
@@ -138,8 +148,8 @@ def stored_definition(campaign: storage.Campaign) -> CampaignDefinition:
     if campaign.simulator_version != sim.SIMULATOR_VERSION:
         raise UserError(f"campaign '{campaign.name}' was created with simulator {campaign.simulator_version}, this "
                         f"rcutune has {sim.SIMULATOR_VERSION}; run it with the rcutune version that created it")
-    hardware = sim.profile_from_text("hardware", campaign.hardware_profile)
-    workloads = tuple(sim.profile_from_text("workload", s.workload_profile) for s in campaign.studies)
+    hardware = stored_profile(campaign, "hardware", campaign.hardware_profile)
+    workloads = tuple(stored_profile(campaign, "workload", s.workload_profile) for s in campaign.studies)
     stored = campaign.search_space
     space = build_search_space(campaign.kernel, int(stored["cpus"]), fixed=dict(stored["fixed"]),
                                faithful=bool(stored["faithful"]))
