@@ -85,7 +85,8 @@ class Model:
             env=env, kernel=kernel, hw=hw, policy=policy, gp=self.gp, alloc=self.alloc, pool=self.pool,
             cpus=self.cpus, pipeline=self.pipeline, costs=costs, stats=self.stats, ledger=self.ledger,
             latency=self.latency, records=self.records, slab_bytes=self.slab_bytes,
-            vmalloc_bytes=float(workload.vmalloc_object_bytes), end=seconds)
+            vmalloc_bytes=float(workload.vmalloc_object_bytes), end=seconds,
+            sheaf_share=workload.sheaf_share, sheaf_capacity=workload.sheaf_capacity)
         schedule = None
         if not self.is_rcuscale and workload.calls_per_s_per_cpu > 0:
             schedule = RateSchedule(workload, hw.cpus, seconds, seed)

@@ -91,6 +91,8 @@ class Collaborators:
     slab_bytes: float  # the kmalloc size class two-argument and headless slab objects occupy
     vmalloc_bytes: float
     end: float  # the run's end
+    sheaf_share: float = 0.0  # slab objects whose cache has per-CPU sheaves (6.18's kfree_rcu_sheaf())
+    sheaf_capacity: int = 32
 
 
 class Placement:
@@ -130,7 +132,9 @@ class KfreeRcuCpu:
         self.head_snap = 0
         self.krw: list[Batch | None] = [None] * KFREE_N_BATCHES
         self.pending_count = 0  # krc_count(): records in blocks plus the rcu_head list
-        self.callbacks = Objs()  # call_rcu() callbacks (5.5, or rcuscale's kfree_by_call_rcu)
+        self.callbacks = Objs()  # call_rcu() callbacks (5.5, rcuscale's kfree_by_call_rcu, full sheaves)
+        self.sheaf = Objs()  # objects in this CPU's rcu_free sheaf, not yet submitted (6.18)
+        self.sheaf_fill = 0
         self.reclaiming = Objs()  # batches whose kfree_rcu_work() is running
         self.reclaiming_blocks = 0
         self.freed_bytes = 0.0  # bytes of this CPU's calls freed so far (their slab slots are free again)
@@ -233,6 +237,15 @@ class KfreeRcuCpu:
                 sync_event = self._synchronize_rcu(headless, headless_slab * slab + headless_vmalloc * vmb, now,
                                                    arrival_mid, base)
             return sync_event
+        if k.sheaves and c.sheaf_share > 0.0 and (two_slab or headless_slab):
+            two_sheaf = self._binomial(two_slab, c.sheaf_share)
+            headless_sheaf = self._binomial(headless_slab, c.sheaf_share)
+            taken = self.kfree_rcu_sheaf(two_sheaf + headless_sheaf, slab, now, arrival_mid)
+            # What the sheaves took, two-argument calls first; the rest takes the batching path.
+            from_two = min(taken, two_sheaf)
+            two_slab -= from_two
+            headless_slab -= taken - from_two
+            c.latency.add(base * 1e9, taken)
         if not k.headless_api:
             # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
             if headless:
@@ -521,6 +534,50 @@ class KfreeRcuCpu:
             self.env.timeout(c.hw.lazy_flush_ms * 1e-3).callbacks.append(lambda _e: queue())
         else:
             queue()
+
+    def kfree_rcu_sheaf(self, count: int, obj_bytes: float, now: float, mid: float) -> int:
+        """6.18's front end for caches with per-CPU sheaves: objects go into this CPU's rcu_free sheaf;
+        a full sheaf is call_rcu()'d and its objects return to the cache after the GP. A new empty
+        sheaf comes with GFP_NOWAIT; when that fails the object takes the batching path.
+
+        Returns how many of the `count` objects the sheaves took.
+        """
+        if not count:
+            return 0
+        c = self.c
+        capacity = c.sheaf_capacity
+        taken = 0
+        room = capacity - self.sheaf_fill
+        while taken < count:
+            if self.sheaf_fill == 0 and c.alloc.success_probability("nowait") < 1.0:
+                if self.rng.random() >= c.alloc.success_probability("nowait"):
+                    break  # no empty sheaf: this and the following objects fall back
+            put = min(count - taken, room)
+            self.sheaf.add(put, put * obj_bytes, now, mid)
+            self.sheaf_fill += put
+            taken += put
+            if self.sheaf_fill >= capacity:
+                self._submit_sheaf()
+            room = capacity - self.sheaf_fill
+        return taken
+
+    def _submit_sheaf(self) -> None:
+        """A full rcu_free sheaf: call_rcu() it; after the GP its objects are reusable (rcu_free_sheaf())."""
+        c = self.c
+        objs, self.sheaf, self.sheaf_fill = self.sheaf, Objs(), 0
+        self.callbacks.absorb(objs)
+        pending = self.callbacks
+
+        def body(run_cpu: int, _t: float) -> float:
+            return objs.count * c.costs.fast  # back into the barn as a full sheaf: no slab frees
+
+        def freed() -> None:
+            pending.count -= objs.count
+            pending.bytes -= objs.bytes
+            self._freed(objs, self.env.now)
+
+        c.pipeline.call_rcu(self.cpu, 1, body, freed,
+                            check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number))
 
     # The monitor ------------------------------------------------------------------------------
 
@@ -1047,4 +1104,4 @@ class KfreeRcuCpu:
     def pending_objects(self) -> int:
         """Objects this CPU holds: blocks, rcu_head list, batches, running reclaim, call_rcu callbacks."""
         in_batches = sum(b.objs.count for b in self.krw if b is not None)
-        return self.pending_count + in_batches + self.reclaiming.count + self.callbacks.count
+        return self.pending_count + in_batches + self.reclaiming.count + self.callbacks.count + self.sheaf.count

@@ -128,6 +128,8 @@ class WorkloadProfile(_Profile):
     vmalloc_fraction: float = _float(0.0, 0.0, 1.0, "share of vmalloc'ed objects (block channel 1)")
     object_bytes: int = Field(default=256, ge=1, le=1 << 30, description="mean slab object size")
     slab_locality: float = _float(0.0, 0.0, 1.0, "share of a slab's objects freed next to each other (1: allocation order)")
+    sheaf_share: float = _float(0.0, 0.0, 1.0, "share of slab objects from caches with per-CPU sheaves (6.18: maple nodes, VMAs; not kmalloc)")
+    sheaf_capacity: int = Field(default=32, ge=1, le=4096, description="objects per sheaf of those caches (kmem_cache_args.sheaf_capacity)")
     vmalloc_object_bytes: int = Field(default=65536, ge=1, le=1 << 34, description="mean vmalloc object size")
     active_cpus_fraction: float = _float(1.0, 0.0, 1.0, "share of CPUs that call at all at a time")
     skew: float = _float(0.0, 0.0, 4.0, "Zipf exponent of call rates across active CPUs")
