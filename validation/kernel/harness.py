@@ -6,7 +6,8 @@ Standard library only, so that it runs on a bare Debian 12 with Python 3.11.
 
 Public functions (used by the CLI and by ``python -m rcutune.validation.kernel``):
 ``build``, ``boot``, ``run_sweep``, ``load_sweep``, ``parse_kfree_line``, ``classify_console``,
-``parse_console``, ``completed_runs``, ``summarize``.
+``parse_console``, ``completed_runs``, ``read_rows``, ``summarize``, ``trace_boot``,
+``count_trace_events``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ from typing import Callable, Iterable
 HERE = Path(__file__).resolve().parent
 FRAGMENT = HERE / "config.fragment"
 INIT_C = HERE / "init.c"
+# Config variants: variants/<name>.fragment is merged after config.fragment; a variant may bring
+# its own PID 1 as variants/<name>.init.c. A sweep chooses its variant set (README).
+VARIANTS_DIR = HERE / "variants"
+BASE_VARIANT = "base"
 SOURCE_TARBALL = Path("/usr/src/linux-source-6.1.tar.xz")
 SOURCE_DIRNAME = "linux-source-6.1"
 DEFAULT_CACHE = Path("~/.cache/rcutune/kernel-6.1")
@@ -50,6 +55,111 @@ APT_PACKAGES = (
 
 MODES = ("single", "double", "mixed")
 STATUSES = ("ok", "oom", "timeout", "emulation_failure", "panic", "no_result")
+# The kvfree_rcu() trace events of include/trace/events/rcu.h (compiled in with CONFIG_RCU_TRACE).
+KVFREE_TRACE_EVENTS = ("rcu:rcu_invoke_kfree_bulk_callback", "rcu:rcu_invoke_kvfree_callback",
+                       "rcu:rcu_kvfree_callback")
+
+
+# --------------------------------------------------------------------------------------------
+# Config variants
+# --------------------------------------------------------------------------------------------
+
+def available_variants() -> tuple[str, ...]:
+    """Names of the committed config variants (variants/*.fragment)."""
+    return tuple(sorted(p.name[: -len(".fragment")] for p in VARIANTS_DIR.glob("*.fragment")))
+
+
+def normalize_variants(value) -> tuple[str, ...]:
+    """A variant set from None, "base", "a", "a+b" or ["a", "b"]: sorted, no duplicates, no base.
+
+    Raises ValueError naming an unknown variant. The set is what a build is keyed on, so the
+    order in which a sweep lists variants does not matter.
+    """
+    if value is None:
+        return ()
+    items = value.split("+") if isinstance(value, str) else list(value)
+    names = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"config variant names are strings, got {item!r}")
+        item = item.strip()
+        if item and item != BASE_VARIANT:
+            names.add(item)
+    known = available_variants()
+    unknown = sorted(names - set(known))
+    if unknown:
+        raise ValueError(f"unknown config variant(s) {', '.join(unknown)}; "
+                         f"known: {', '.join((BASE_VARIANT,) + known)}")
+    return tuple(sorted(names))
+
+
+def variant_label(variants: Iterable[str]) -> str:
+    """The CSV's config_variant value: 'base', or the variant names joined with '+'."""
+    variants = tuple(variants)
+    return "+".join(variants) if variants else BASE_VARIANT
+
+
+def variant_fragments(variants: Iterable[str]) -> list[Path]:
+    """The fragments merged for a variant set, base first."""
+    return [FRAGMENT] + [VARIANTS_DIR / f"{v}.fragment" for v in variants]
+
+
+def variant_init(variants: Iterable[str]) -> Path:
+    """The PID 1 source for a variant set: a variant's own init.c, or the base one."""
+    own = [VARIANTS_DIR / f"{v}.init.c" for v in variants if (VARIANTS_DIR / f"{v}.init.c").exists()]
+    if len(own) > 1:
+        raise ValueError(f"config variants {', '.join(p.name for p in own)} each bring an init")
+    return own[0] if own else INIT_C
+
+
+def wanted_config(variants: Iterable[str] = ()) -> dict[str, str]:
+    """The options the merged fragments ask for (later fragments override the base).
+
+    Two variants that set one option differently cannot be combined (ValueError).
+    """
+    variants = tuple(variants)
+    want = read_kconfig(FRAGMENT)
+    by_variant: dict[str, tuple[str, str]] = {}
+    for v in variants:
+        for k, val in read_kconfig(VARIANTS_DIR / f"{v}.fragment").items():
+            if k in by_variant and by_variant[k][1] != val:
+                raise ValueError(f"config variants {by_variant[k][0]} and {v} disagree on {k}")
+            by_variant[k] = (v, val)
+            want[k] = val
+    return want
+
+
+def preempt_model(config: dict[str, str]) -> str:
+    """none / voluntary / full / dynamic / rt, from a .config's options."""
+    if config.get("CONFIG_PREEMPT_RT") == "y":
+        return "rt"
+    if config.get("CONFIG_PREEMPT_DYNAMIC") == "y":
+        return "dynamic"
+    if config.get("CONFIG_PREEMPT") == "y":
+        return "full"
+    if config.get("CONFIG_PREEMPT_VOLUNTARY") == "y":
+        return "voluntary"
+    return "none"
+
+
+_CPULIST_RE = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+def resolve_cpulist(spec: str, guest_cpus: int) -> str:
+    """rcu_nocbs as passed to the kernel: '' (none), 'all' -> '0-<cpus-1>', or a cpulist."""
+    spec = spec.strip()
+    if spec == "all":
+        return "0" if guest_cpus == 1 else f"0-{guest_cpus - 1}"
+    return spec
+
+
+def cpulist_cpus(cpulist: str) -> set[int]:
+    """The CPU numbers of a kernel cpulist such as '0-3' or '0,2-3'."""
+    cpus: set[int] = set()
+    for part in filter(None, cpulist.split(",")):
+        lo, _, hi = part.partition("-")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    return cpus
 
 
 # --------------------------------------------------------------------------------------------
@@ -67,6 +177,12 @@ class BuildResult:
     build_key: str
     build_seconds: float  # time the (possibly earlier) full build took
     cached: bool  # True if this call found everything already built
+    variants: tuple[str, ...] = ()  # config variants layered on the base fragment
+    preempt_model: str = "none"  # from the built .config
+
+    @property
+    def config_variant(self) -> str:
+        return variant_label(self.variants)
 
 
 @dataclass(frozen=True)
@@ -83,6 +199,18 @@ class BootParams:
     kfree_mult: int = 1
     kfree_rcu_test_single: int = 0
     kfree_rcu_test_double: int = 0
+    # Not rcuscale/rcutree knobs, and CSV columns after the original ones (EXTRA_COLUMNS):
+    rcu_nocbs: str = ""  # '' (none), 'all' (every guest CPU) or a cpulist such as '0-1'
+    config_variant: str = BASE_VARIANT  # the kernel build this point needs ('base', 'nocb', ...)
+
+    @property
+    def nocb_cpulist(self) -> str:
+        """The rcu_nocbs= value on the kernel command line ('' when not offloading)."""
+        return resolve_cpulist(self.rcu_nocbs, self.guest_cpus)
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return normalize_variants(self.config_variant)
 
     @property
     def mode(self) -> str:
@@ -112,14 +240,25 @@ class BootParams:
         mode = self.mode
         if mode == "mixed" and self.kfree_rcu_test_single:
             mode = "mixed11"
+        # Points of the base build without offloading keep the ids of the first committed data;
+        # offloading and other builds add suffixes, so ids stay unique across all CSVs.
+        nocbs = f"-nocbs{self.nocb_cpulist}" if self.nocb_cpulist else ""
+        variant = f"@{self.config_variant}" if self.config_variant != BASE_VARIANT else ""
         return (f"c{self.guest_cpus}-m{self.guest_mem_mib}-n{self.rcu_min_cached_objs}"
                 f"-d{self.rcu_delay_page_cache_fill_msec}-t{self.kfree_nthreads}"
-                f"-a{self.kfree_alloc_num}-l{self.kfree_loops}-x{self.kfree_mult}-{mode}")
+                f"-a{self.kfree_alloc_num}-l{self.kfree_loops}-x{self.kfree_mult}-{mode}"
+                f"{nocbs}{variant}")
 
-    def kernel_cmdline(self) -> str:
-        """The boot parameters: the test powers the guest off; a panic (e.g. OOM) ends qemu."""
+    def kernel_cmdline(self, shutdown: bool = True, extra: Iterable[str] = ()) -> str:
+        """The boot parameters: the test powers the guest off; a panic (e.g. OOM) ends qemu.
+
+        shutdown=False leaves the power-off to PID 1 (the trace variant's init); extra
+        parameters (e.g. trace_event=...) go last.
+        """
+        nocbs = [f"rcu_nocbs={self.nocb_cpulist}"] if self.nocb_cpulist else []
         return " ".join([
-            "console=ttyS0", "panic=-1", "rcuscale.kfree_rcu_test=1", "rcuscale.shutdown=1",
+            "console=ttyS0", "panic=-1", "rcuscale.kfree_rcu_test=1",
+            f"rcuscale.shutdown={int(shutdown)}",
             f"rcutree.rcu_min_cached_objs={self.rcu_min_cached_objs}",
             f"rcutree.rcu_delay_page_cache_fill_msec={self.rcu_delay_page_cache_fill_msec}",
             f"rcuscale.kfree_nthreads={self.kfree_nthreads}",
@@ -128,6 +267,7 @@ class BootParams:
             f"rcuscale.kfree_mult={self.kfree_mult}",
             f"rcuscale.kfree_rcu_test_single={self.kfree_rcu_test_single}",
             f"rcuscale.kfree_rcu_test_double={self.kfree_rcu_test_double}",
+            *nocbs, *extra,
         ])
 
 
@@ -155,6 +295,9 @@ class ConsoleFacts:
     guest_mem_total_kib: int | None = None
     oom_seen: bool = False
     hypervisor: str = ""
+    # "Offload RCU callbacks from CPUs: <list>." at boot (kernels with CONFIG_RCU_NOCB_CPU, when
+    # rcu_nocbs= or nohz_full= asked for offloading); '' when the guest printed no such line.
+    nocb_offloaded_cpus: str = ""
 
 
 @dataclass
@@ -196,6 +339,7 @@ _OBJ_SIZE_RE = re.compile(r"kfree object size=(\d+)")
 _VERSION_RE = re.compile(r"Linux version (\S+)")
 _MEMORY_RE = re.compile(r"Memory: (\d+)K/(\d+)K available")
 _HYPERVISOR_RE = re.compile(r"Hypervisor detected: (\S+)")
+_NOCB_RE = re.compile(r"Offload RCU callbacks from CPUs: (.*?)\.?\s*$")
 
 OOM_MARKERS = ("invoked oom-killer", "Out of memory", "page allocation failure",
                "rcu-scale!!! out of memory")
@@ -251,6 +395,9 @@ def parse_console(text: str) -> ConsoleFacts:
         m = _HYPERVISOR_RE.search(line)
         if m and not facts.hypervisor:
             facts.hypervisor = m.group(1)
+        m = _NOCB_RE.search(line)
+        if m and not facts.nocb_offloaded_cpus:
+            facts.nocb_offloaded_cpus = m.group(1).strip()
         if any(k in line for k in OOM_MARKERS):
             facts.oom_seen = True
     return facts
@@ -329,12 +476,26 @@ def cache_root(cache_dir: Path | str | None = None) -> Path:
     return Path(cache_dir).expanduser().resolve()
 
 
-def build_key() -> str:
-    """Hash of what defines the guest image, so an edited fragment or init triggers a rebuild."""
+def build_key(variants: Iterable[str] = ()) -> str:
+    """Hash of what defines the guest image, so an edited fragment or init triggers a rebuild.
+
+    The key covers the set of fragments (base + variants, by name and content) and the init
+    program used. The base build's key is computed as before variants existed, so it matches the
+    `build_key` column of the data taken then.
+    """
+    variants = tuple(variants)
     h = hashlib.sha256()
     h.update(BUILD_RECIPE_VERSION.encode())
     h.update(FRAGMENT.read_bytes())
-    h.update(INIT_C.read_bytes())
+    if not variants:
+        h.update(INIT_C.read_bytes())
+        return h.hexdigest()[:12]
+    for v in variants:
+        h.update(f"\0variant {v}\0".encode())
+        h.update((VARIANTS_DIR / f"{v}.fragment").read_bytes())
+    init = variant_init(variants)
+    h.update(f"\0init {init.name}\0".encode())
+    h.update(init.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -389,9 +550,10 @@ def read_kconfig(path: Path) -> dict[str, str]:
     return values
 
 
-def config_mismatches(fragment: Path, config: Path) -> list[str]:
-    """Options of the fragment that the final .config does not have (dropped by Kconfig)."""
-    want = read_kconfig(fragment)
+def config_mismatches(fragment: Path | dict[str, str], config: Path) -> list[str]:
+    """Options of the fragment (or merged fragments) that the final .config does not have
+    (dropped by Kconfig)."""
+    want = fragment if isinstance(fragment, dict) else read_kconfig(fragment)
     have = read_kconfig(config)
     return [f"{k}: wanted {v}, got {have.get(k, 'n (absent)')}"
             for k, v in want.items() if have.get(k, "n") != v]
@@ -432,9 +594,11 @@ def _pack_initramfs(init_bin: Path, out: Path, log: Path) -> None:
         fh.write(f"\n[initramfs] {out} {out.stat().st_size} bytes\n")
 
 
-def find_build(cache_dir: Path | str | None = None) -> BuildResult | None:
-    """The cached build for the current fragment and init.c, or None if it must be built."""
-    out = cache_root(cache_dir) / "builds" / build_key()
+def find_build(cache_dir: Path | str | None = None,
+               variants: Iterable[str] = ()) -> BuildResult | None:
+    """The cached build for the current fragments and init, or None if it must be built."""
+    variants = normalize_variants(variants)
+    out = cache_root(cache_dir) / "builds" / build_key(variants)
     meta = out / "build.json"
     if not meta.exists():
         return None
@@ -442,43 +606,49 @@ def find_build(cache_dir: Path | str | None = None) -> BuildResult | None:
     image, initrd = out / "bzImage", out / "initramfs.cpio.gz"
     if not (image.exists() and initrd.exists()):
         return None
+    model = info.get("preempt_model") or preempt_model(read_kconfig(out / "config"))
     return BuildResult(image, initrd, out / "config", info["kernel_version"], info["build_key"],
-                       info["build_seconds"], cached=True)
+                       info["build_seconds"], cached=True, variants=variants,
+                       preempt_model=model)
 
 
-def build(cache_dir: Path | str | None = None, jobs: int = 2) -> BuildResult:
-    """Build bzImage and initramfs from the committed fragment, reusing the cache if current.
+def build(cache_dir: Path | str | None = None, jobs: int = 2,
+          variants: Iterable[str] = ()) -> BuildResult:
+    """Build bzImage and initramfs from the committed fragments, reusing the cache if current.
 
-    tinyconfig + fragment keeps the build to a few minutes on 2 cores; the cache is keyed by a
-    hash of the fragment and init.c so that results always match the committed recipe.
+    tinyconfig + config.fragment (+ the variants' fragments, in name order) keeps the build to a
+    few minutes on 2 cores; the cache is keyed by a hash of the fragment set and the init program
+    so that results always match the committed recipe.
     """
     t0 = time.monotonic()
+    variants = normalize_variants(variants)
+    want = wanted_config(variants)
     ensure_packages()
-    found = find_build(cache_dir)
+    found = find_build(cache_dir, variants)
     if found is not None:
-        print(f"[build] cached {found.build_key}: Linux {found.kernel_version} "
-              f"(built in {found.build_seconds:.0f} s earlier)", flush=True)
+        print(f"[build] cached {found.build_key} ({found.config_variant}): Linux "
+              f"{found.kernel_version} (built in {found.build_seconds:.0f} s earlier)", flush=True)
         return found
 
     root = cache_root(cache_dir)
-    key = build_key()
+    key = build_key(variants)
     out = root / "builds" / key
     obj = out / "obj"
     out.mkdir(parents=True, exist_ok=True)
     log = out / "build.log"
-    log.write_text(f"rcutune kernel build {key}\n")
-    print(f"[build] key {key}, cache {root}, log {log}", flush=True)
+    log.write_text(f"rcutune kernel build {key} ({variant_label(variants)})\n")
+    print(f"[build] key {key} ({variant_label(variants)}), cache {root}, log {log}", flush=True)
 
     src = _extract_source(root, log)
     make = ["make", "-C", str(src), f"O={obj}", "ARCH=x86_64"]
     t_cfg = time.monotonic()
     _run_logged(make + ["tinyconfig"], log)
     _run_logged([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-                 str(obj / ".config"), str(FRAGMENT)], log, cwd=src)
+                 str(obj / ".config"), *map(str, variant_fragments(variants))], log, cwd=src)
     _run_logged(make + ["olddefconfig"], log)
-    bad = config_mismatches(FRAGMENT, obj / ".config")
+    bad = config_mismatches(want, obj / ".config")
     if bad:
-        raise RuntimeError("options of config.fragment did not survive olddefconfig "
+        raise RuntimeError("options of the config fragments did not survive olddefconfig "
                            "(missing dependencies?):\n  " + "\n  ".join(bad))
     print(f"[build] configured in {time.monotonic() - t_cfg:.0f} s; make -j{jobs} bzImage",
           flush=True)
@@ -489,20 +659,24 @@ def build(cache_dir: Path | str | None = None, jobs: int = 2) -> BuildResult:
                              check=True).stdout.strip().splitlines()[-1]
 
     init_bin = out / "init"
-    _run_logged(["gcc", "-static", "-O2", "-s", "-o", str(init_bin), str(INIT_C)], log)
+    _run_logged(["gcc", "-static", "-O2", "-s", "-o", str(init_bin), str(variant_init(variants))],
+                log)
     _pack_initramfs(init_bin, out / "initramfs.cpio.gz", log)
     shutil.copy2(obj / "arch/x86/boot/bzImage", out / "bzImage")
     shutil.copy2(obj / ".config", out / "config")
 
     seconds = time.monotonic() - t0
+    model = preempt_model(read_kconfig(out / "config"))
     (out / "build.json").write_text(json.dumps({
         "build_key": key, "kernel_version": release, "build_seconds": round(seconds, 1),
         "jobs": jobs, "host_cpu": host_cpu_model(), "host_cores": os.cpu_count(),
         "built_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "variants": list(variants), "preempt_model": model,
     }, indent=2) + "\n")
-    print(f"[build] done: Linux {release} in {seconds:.0f} s", flush=True)
+    print(f"[build] done: Linux {release} ({variant_label(variants)}, preempt {model}) "
+          f"in {seconds:.0f} s", flush=True)
     return BuildResult(out / "bzImage", out / "initramfs.cpio.gz", out / "config", release, key,
-                       round(seconds, 1), cached=False)
+                       round(seconds, 1), cached=False, variants=variants, preempt_model=model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,23 +695,48 @@ def accel_facts(accel: str) -> tuple[str, str]:
     return "tcg", threads
 
 
-def qemu_command(params: BootParams, kernel: BuildResult, accel: str = DEFAULT_ACCEL) -> list[str]:
+def qemu_command(params: BootParams, kernel: BuildResult, accel: str = DEFAULT_ACCEL,
+                 cmdline: str | None = None) -> list[str]:
     """TCG only: the nested KVM here dies on cmpxchg16b/xrstor, and -icount distorts timing."""
     return [QEMU, "-accel", accel, "-smp", str(params.guest_cpus),
             "-m", f"{params.guest_mem_mib}M", "-nographic", "-no-reboot",
             "-kernel", str(kernel.kernel_image), "-initrd", str(kernel.initramfs),
-            "-append", params.kernel_cmdline()]
+            "-append", params.kernel_cmdline() if cmdline is None else cmdline]
+
+
+def _build_hint(variants: tuple[str, ...]) -> str:
+    opt = f" --variant {variant_label(variants)}" if variants else ""
+    return f"`python -m rcutune.validation.kernel build{opt}`"
+
+
+def kernel_for(variants: Iterable[str], kernel: BuildResult | None = None,
+               build_missing: bool = False) -> BuildResult:
+    """The build a point or sweep needs: `kernel` if it is that variant set, else the cached one,
+    else (build_missing) a new build; RuntimeError when none is available."""
+    variants = normalize_variants(variants)
+    if kernel is not None and tuple(kernel.variants) == variants:
+        return kernel
+    found = find_build(variants=variants)
+    if found is not None:
+        return found
+    if build_missing:
+        return build(variants=variants)
+    raise RuntimeError(f"no kernel built for config variant {variant_label(variants)}; "
+                       f"run {_build_hint(variants)} first")
 
 
 def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | None = None,
-         accel: str = DEFAULT_ACCEL) -> BootResult:
-    """Boot one guest and classify it; the timeout backstops runs whose shutdown never comes."""
+         accel: str = DEFAULT_ACCEL, cmdline: str | None = None) -> BootResult:
+    """Boot one guest and classify it; the timeout backstops runs whose shutdown never comes.
+
+    The kernel must be the build of the point's config variant (found in the cache if None).
+    """
     if kernel is None:
-        kernel = find_build()
-        if kernel is None:
-            raise RuntimeError("no kernel built for the current fragment; run "
-                               "`python -m rcutune.validation.kernel build` first")
-    cmd = qemu_command(params, kernel, accel)
+        kernel = kernel_for(params.variants)
+    elif tuple(kernel.variants) != params.variants:
+        raise RuntimeError(f"point {params.point_id} needs the {params.config_variant} build, "
+                           f"got {kernel.config_variant} ({kernel.build_key})")
+    cmd = qemu_command(params, kernel, accel, cmdline)
     t0 = time.monotonic()
     timed_out = False
     try:
@@ -562,9 +761,17 @@ def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | Non
 # Sweep files
 # --------------------------------------------------------------------------------------------
 
-PARAM_FIELDS = tuple(f.name for f in dataclasses.fields(BootParams))
-_GRID_KEYS = set(PARAM_FIELDS) | {"mode", "repetitions"}
-_SWEEP_KEYS = {"name", "seed", "repetitions", "timeout_s", "accel", "description"}
+# The integer knobs, in the order of the CSV's first columns (the original format).
+PARAM_FIELDS = (
+    "guest_cpus", "guest_mem_mib", "rcu_min_cached_objs", "rcu_delay_page_cache_fill_msec",
+    "kfree_nthreads", "kfree_alloc_num", "kfree_loops", "kfree_mult", "kfree_rcu_test_single",
+    "kfree_rcu_test_double",
+)
+assert set(PARAM_FIELDS) | {"rcu_nocbs", "config_variant"} == {
+    f.name for f in dataclasses.fields(BootParams)}
+_GRID_KEYS = set(PARAM_FIELDS) | {"mode", "repetitions", "rcu_nocbs"}
+_SWEEP_KEYS = {"name", "seed", "repetitions", "timeout_s", "accel", "description",
+               "config_variant"}
 
 
 @dataclass(frozen=True)
@@ -584,6 +791,11 @@ class Sweep:
     timeout_s: float
     points: tuple[SweepPoint, ...]
     accel: str = DEFAULT_ACCEL
+    variants: tuple[str, ...] = ()  # config variants of the kernel every point boots
+
+    @property
+    def config_variant(self) -> str:
+        return variant_label(self.variants)
 
     def runs(self) -> list[tuple[SweepPoint, int]]:
         """All (point, rep) boots in a seeded random order, so host drift is not confounded
@@ -602,9 +814,10 @@ def _check_int(where: str, key: str, v, lo: int | None = None, hi: int | None = 
     return v
 
 
-def validate_params(where: str, values: dict) -> BootParams:
+def validate_params(where: str, values: dict, variants: Iterable[str] = ()) -> BootParams:
     """Reject values the kernel would clamp, ignore or crash on, before spending boots on them."""
     v = dict(values)
+    variants = tuple(variants)
     mode = v.pop("mode", None)
     if mode is not None:
         if mode not in MODES:
@@ -633,7 +846,25 @@ def validate_params(where: str, values: dict) -> BootParams:
             _check_int(where, key, v[key], lo, hi)
     if v.get("kfree_nthreads") == 0:
         raise SweepError(f"{where}: kfree_nthreads = 0 is not meaningful (use -1 for one per CPU)")
-    params = BootParams(**v)
+    if "rcu_nocbs" in v:
+        nocbs = v["rcu_nocbs"]
+        if not isinstance(nocbs, str):
+            raise SweepError(f"{where}: rcu_nocbs must be a string ('', 'all' or a cpulist such "
+                             f"as '0-1'), got {nocbs!r}")
+        nocbs = v["rcu_nocbs"] = nocbs.strip()
+        if nocbs:
+            cpus = v.get("guest_cpus", BootParams.guest_cpus)
+            resolved = resolve_cpulist(nocbs, cpus)
+            if not _CPULIST_RE.match(resolved):
+                raise SweepError(f"{where}: rcu_nocbs = {nocbs!r} is not 'all' or a cpulist "
+                                 "such as '0-1' or '0,2'")
+            if max(cpulist_cpus(resolved)) >= cpus:
+                raise SweepError(f"{where}: rcu_nocbs = {nocbs!r} names CPUs the guest "
+                                 f"({cpus} CPUs) does not have")
+            if wanted_config(variants).get("CONFIG_RCU_NOCB_CPU") != "y":
+                raise SweepError(f"{where}: rcu_nocbs needs a kernel with CONFIG_RCU_NOCB_CPU; "
+                                 f"set [sweep] config_variant to one that has it (e.g. 'nocb')")
+    params = BootParams(**v, config_variant=variant_label(variants))
     if mode is not None and params.mode != mode:
         raise SweepError(f"{where}: mode = {mode!r} contradicts kfree_rcu_test_single = "
                          f"{params.kfree_rcu_test_single}, kfree_rcu_test_double = "
@@ -661,6 +892,11 @@ def load_sweep(path: Path | str) -> Sweep:
     if bad:
         raise SweepError(f"{path}: [sweep]: unknown keys {sorted(bad)}")
     name = str(head.get("name", path.stem))
+    try:
+        variants = normalize_variants(head.get("config_variant"))
+        wanted_config(variants)
+    except ValueError as e:
+        raise SweepError(f"{path}: [sweep]: config_variant: {e}") from None
     seed = _check_int(f"{path}: [sweep]", "seed", head.get("seed", 1))
     reps_default = _check_int(f"{path}: [sweep]", "repetitions", head.get("repetitions", 4), 1)
     timeout = head.get("timeout_s", 120)
@@ -694,7 +930,7 @@ def load_sweep(path: Path | str) -> Sweep:
                 raise SweepError(f"{where}: {key} is an empty list")
             axes.append([(key, x) for x in vals])
         for combo in itertools.product(*axes):
-            params = validate_params(where, dict(combo))
+            params = validate_params(where, dict(combo), variants)
             pid = params.point_id
             old = points.get(pid)
             # Overlapping blocks share a point; it runs with the larger repetition count.
@@ -704,14 +940,15 @@ def load_sweep(path: Path | str) -> Sweep:
     if not isinstance(accel, str) or not accel.startswith(("tcg", "kvm")):
         raise SweepError(f"{path}: [sweep]: accel must be a qemu -accel value such as "
                          f"'tcg' or '{DEFAULT_ACCEL}', got {accel!r}")
-    return Sweep(name, seed, float(timeout), tuple(points.values()), accel)
+    return Sweep(name, seed, float(timeout), tuple(points.values()), accel, variants)
 
 
 # --------------------------------------------------------------------------------------------
 # CSV
 # --------------------------------------------------------------------------------------------
 
-CSV_COLUMNS = (
+# The columns of the first committed CSVs (main, pressure), which are kept byte for byte.
+LEGACY_COLUMNS = (
     "point_id", "rep", *PARAM_FIELDS, "mode", "kfree_threads_effective", "object_size_bytes",
     "status", "failure_detail", "total_time_ns", "loops", "batches", "footprint_mb",
     "boot_wall_s", "kernel_ts_test_start_s", "kernel_ts_result_s", "kernel_ts_last_s",
@@ -720,6 +957,16 @@ CSV_COLUMNS = (
     "host_load1",
     "sweep", "seed", "boot_index", "started_utc", "build_key",
 )
+# Columns added with config variants and callback offloading, after all the original ones; a
+# file with the legacy header reads as having these defaults (it was all base builds,
+# PREEMPT_NONE, nothing offloaded).
+EXTRA_COLUMN_DEFAULTS = {
+    "config_variant": BASE_VARIANT,  # 'base', or the variants layered on it ('voluntary', 'nocb')
+    "preempt_model": "none",  # from the build's .config: none / voluntary / full / dynamic
+    "rcu_nocbs": "",  # the rcu_nocbs= cpulist on the kernel command line ('' = not given)
+    "nocb_offloaded_cpus": "",  # what the guest printed: "Offload RCU callbacks from CPUs: ..."
+}
+CSV_COLUMNS = LEGACY_COLUMNS + tuple(EXTRA_COLUMN_DEFAULTS)
 
 
 def _fmt(v) -> str:
@@ -750,34 +997,57 @@ def result_row(res: BootResult, *, rep: int, context: dict) -> dict[str, str]:
         guest_mem_total_kib=f.guest_mem_total_kib, oom_seen=f.oom_seen,
         kernel_version=f.kernel_version or context.get("kernel_version", ""),
         accelerator=res.accelerator, tcg_threads=res.tcg_threads,
+        config_variant=p.config_variant, rcu_nocbs=p.nocb_cpulist,
+        nocb_offloaded_cpus=f.nocb_offloaded_cpus,
     )
     for k in ("qemu_version", "host_cpu", "host_cores", "host_load1", "sweep", "seed",
-              "boot_index", "started_utc", "build_key"):
+              "boot_index", "started_utc", "build_key", "preempt_model"):
         row.setdefault(k, context.get(k))
     return {k: _fmt(row.get(k)) for k in CSV_COLUMNS}
+
+
+def _csv_header(csv_path: Path) -> tuple[str, ...] | None:
+    """The header of an existing CSV (None if empty or absent); CsvMismatchError if not ours."""
+    if not csv_path.exists() or csv_path.stat().st_size == 0:
+        return None
+    with csv_path.open(newline="") as fh:
+        header = next(csv.reader(fh), None)
+    if header is None:
+        return None
+    header = tuple(header)
+    if header not in (CSV_COLUMNS, LEGACY_COLUMNS):
+        raise CsvMismatchError(
+            f"{csv_path}: header differs from this harness's columns; write to a new file")
+    return header
+
+
+def read_rows(csv_path: Path | str) -> list[dict[str, str]]:
+    """Every complete row of a harness CSV as a dict with all CSV_COLUMNS.
+
+    Files with the legacy header (before config variants) get the EXTRA_COLUMN_DEFAULTS; a row
+    cut short by an interruption is left out.
+    """
+    csv_path = Path(csv_path)
+    header = _csv_header(csv_path)
+    if header is None:
+        return []
+    rows = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.reader(fh)
+        next(reader)
+        for row in reader:
+            if len(row) != len(header):
+                continue  # a row cut short by an interruption: run that boot again
+            rec = dict(EXTRA_COLUMN_DEFAULTS)
+            rec.update(zip(header, row))
+            rows.append(rec)
+    return rows
 
 
 def completed_runs(csv_path: Path | str) -> set[tuple[str, int]]:
     """(point_id, rep) pairs already in the CSV, failed boots included: a failure is a result,
     and re-running it until it passes would bias the OOM probability."""
-    csv_path = Path(csv_path)
-    if not csv_path.exists() or csv_path.stat().st_size == 0:
-        return set()
-    with csv_path.open(newline="") as fh:
-        reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None:
-            return set()
-        if tuple(header) != CSV_COLUMNS:
-            raise CsvMismatchError(
-                f"{csv_path}: header differs from this harness's columns; write to a new file")
-        done = set()
-        for row in reader:
-            if len(row) != len(CSV_COLUMNS):
-                continue  # a row cut short by an interruption: run that boot again
-            rec = dict(zip(CSV_COLUMNS, row))
-            done.add((rec["point_id"], int(rec["rep"])))
-        return done
+    return {(r["point_id"], int(r["rep"])) for r in read_rows(csv_path)}
 
 
 def _repair_tail(csv_path: Path) -> None:
@@ -788,12 +1058,25 @@ def _repair_tail(csv_path: Path) -> None:
 
 
 def append_row(csv_path: Path, row: dict[str, str]) -> None:
-    """Append and fsync each row at once: an interrupted sweep keeps every finished boot."""
-    new = not csv_path.exists() or csv_path.stat().st_size == 0
+    """Append and fsync each row at once: an interrupted sweep keeps every finished boot.
+
+    A file with the legacy header gets legacy rows, which is possible only for base-build rows
+    without offloading (the new columns at their defaults); anything else is CsvMismatchError.
+    """
+    header = _csv_header(csv_path)
+    new = header is None
+    columns = header or CSV_COLUMNS
+    if columns == LEGACY_COLUMNS:
+        differ = {k: row.get(k, "") for k, v in EXTRA_COLUMN_DEFAULTS.items()
+                  if k != "nocb_offloaded_cpus" and row.get(k, v) != v}
+        if differ:
+            raise CsvMismatchError(f"{csv_path}: has the columns of the base build only; rows "
+                                   f"with {differ} go to a new file")
+        row = {k: row[k] for k in LEGACY_COLUMNS}
     if not new:
         _repair_tail(csv_path)
     with csv_path.open("a", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        w = csv.DictWriter(fh, fieldnames=columns, lineterminator="\n")
         if new:
             w.writeheader()
         w.writerow(row)
@@ -823,15 +1106,21 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
     Boots run sequentially (the host has 2 cores, and parallel guests would perturb each other's
     timings); rows already in out_csv are skipped, so rerunning the same command resumes.
     Console logs go to the cache (outside the repository) for diagnosing failed boots.
+
+    The sweep's config variant picks the kernel: `kernel` if it is that build, else the cached
+    build of the variant; if `kernel` is another variant's build (the caller builds), the
+    sweep's variant is built too; with no kernel and no cached build, RuntimeError.
     """
     sweep = load_sweep(sweep_file)
     out_csv = Path(out_csv)
     done = completed_runs(out_csv)
-    if kernel is None:
-        kernel = find_build()
-        if kernel is None:
-            raise RuntimeError("no kernel built for the current fragment; run "
-                               "`python -m rcutune.validation.kernel build` first")
+    if _csv_header(out_csv) == LEGACY_COLUMNS and (
+            sweep.variants or any(p.params.nocb_cpulist for p in sweep.points)):
+        raise CsvMismatchError(f"{out_csv}: has the columns of the base build only; sweep "
+                               f"{sweep.name} ({sweep.config_variant}) goes to a new file")
+    if not all(p.params.variants == sweep.variants for p in sweep.points):
+        raise SweepError(f"{sweep_file}: points of another config variant than the sweep's")
+    kernel = kernel_for(sweep.variants, kernel, build_missing=kernel is not None)
     timeout = timeout_s or sweep.timeout_s
     logs = Path(log_dir) if log_dir else cache_root() / "logs" / out_csv.stem
     logs.mkdir(parents=True, exist_ok=True)
@@ -844,10 +1133,12 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
         todo = todo[:limit]
     context = {"qemu_version": qemu_version(), "host_cpu": host_cpu_model(),
                "host_cores": os.cpu_count(), "sweep": sweep.name, "seed": sweep.seed,
-               "build_key": kernel.build_key, "kernel_version": kernel.kernel_version}
+               "build_key": kernel.build_key, "kernel_version": kernel.kernel_version,
+               "preempt_model": kernel.preempt_model}
     progress(f"[sweep] {sweep.name}: {len(sweep.points)} points, {len(runs)} boots planned, "
              f"{skipped} already in {out_csv.name}, {len(todo)} to run "
-             f"(accel {sweep.accel}, timeout {timeout:.0f} s)")
+             f"(build {kernel.build_key} {kernel.config_variant}, accel {sweep.accel}, "
+             f"timeout {timeout:.0f} s)")
     t0 = time.monotonic()
     by_status: dict[str, int] = {}
     for n, (index, point, rep) in enumerate(todo, 1):
@@ -870,6 +1161,84 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
     return SweepSummary(len(runs), skipped, len(todo), by_status, round(seconds, 1))
 
 
+# --------------------------------------------------------------------------------------------
+# Trace boot: the kvfree_rcu() trace events of one rcuscale run, on the console
+# --------------------------------------------------------------------------------------------
+
+TRACE_VARIANT = "trace"
+# One line of tracefs's `trace` / `trace_pipe` (and of `trace-cmd report`, which prints the same
+# fields): task-pid, [cpu], the flags column (absent in some trace-cmd versions), timestamp,
+# event name, the event's own fields.
+TRACE_LINE_RE = re.compile(
+    r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<fields>.*?)\r?$")
+_OVERRUN_RE = re.compile(r"^overrun:\s*(\d+)")
+
+
+@dataclass
+class TraceSummary:
+    """What a trace console holds: events by name and by CPU, and events the buffer lost."""
+
+    events: dict[str, int]
+    events_by_cpu: dict[int, int]
+    overrun: int | None  # sum of the per-CPU 'overrun:' stats printed after the trace
+    first_ts_s: float | None
+    last_ts_s: float | None
+
+
+def count_trace_events(text: str) -> TraceSummary:
+    """Count the trace lines of a console (or of trace_pipe / trace-cmd report output)."""
+    events: dict[str, int] = {}
+    by_cpu: dict[int, int] = {}
+    overrun = None
+    first = last = None
+    for line in text.splitlines():
+        line = line.rstrip("\r")
+        m = TRACE_LINE_RE.match(line)
+        if m:
+            events[m["event"]] = events.get(m["event"], 0) + 1
+            cpu = int(m["cpu"])
+            by_cpu[cpu] = by_cpu.get(cpu, 0) + 1
+            ts = float(m["ts"])
+            first = ts if first is None else min(first, ts)
+            last = ts if last is None else max(last, ts)
+            continue
+        o = _OVERRUN_RE.match(line)
+        if o:
+            overrun = (overrun or 0) + int(o.group(1))
+    return TraceSummary(events, dict(sorted(by_cpu.items())), overrun, first, last)
+
+
+def trace_cmdline(params: BootParams, events: Iterable[str] = KVFREE_TRACE_EVENTS,
+                  quiet_ms: int = 6000, buf_size: str = "4M") -> str:
+    """Boot parameters of a trace boot: the events enabled from boot, rcuscale leaving the
+    power-off to the trace variant's PID 1, which dumps the trace once it is quiet.
+
+    trace_clock=global is the clock the kernel switches to by itself on this guest ("Unstable
+    clock detected") at late_initcall_sync, but that switch empties the ring buffer and so
+    drops the events of rcuscale, which runs earlier (device_initcall); naming it avoids that.
+    """
+    return params.kernel_cmdline(shutdown=False, extra=[
+        f"trace_event={','.join(events)}", f"trace_buf_size={buf_size}", "trace_clock=global",
+        f"rcutune_quiet_ms={quiet_ms}"])
+
+
+def trace_boot(params: BootParams, out: Path | str, *, kernel: BuildResult | None = None,
+               events: Iterable[str] = KVFREE_TRACE_EVENTS, quiet_ms: int = 6000,
+               timeout_s: float = 300.0, accel: str = DEFAULT_ACCEL,
+               ) -> tuple[BootResult, TraceSummary]:
+    """Boot the trace build once and write its console, exactly as qemu printed it, to `out`."""
+    params = dataclasses.replace(params, config_variant=TRACE_VARIANT)
+    kernel = kernel_for(params.variants, kernel)
+    res = boot(params, timeout_s, kernel, accel,
+               cmdline=trace_cmdline(params, events, quiet_ms))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        fh.write(res.console)
+    return res, count_trace_events(res.console)
+
+
 def summarize(csv_path: Path | str) -> list[dict]:
     """Per point: boots, OK boots, OOM fraction and medians of the figures.
 
@@ -878,9 +1247,8 @@ def summarize(csv_path: Path | str) -> list[dict]:
     import statistics
 
     groups: dict[str, list[dict]] = {}
-    with Path(csv_path).open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            groups.setdefault(row["point_id"], []).append(row)
+    for row in read_rows(csv_path):
+        groups.setdefault(row["point_id"], []).append(row)
 
     def med(rows, key):
         vals = [float(r[key]) for r in rows if r[key] != ""]
@@ -913,23 +1281,41 @@ def _print_summary(rows: list[dict]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m rcutune.validation.kernel build | boot ... | sweep FILE --out CSV | measure | summary CSV`."""
+    """`python -m rcutune.validation.kernel build | boot ... | sweep FILE --out CSV | measure |
+    summary CSV | trace ... --out FILE`."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m rcutune.validation.kernel",
                                  description="Build/boot Linux 6.1 rcuscale guests under qemu TCG.")
     sub = ap.add_subparsers(dest="cmd", required=True)
+    variant_help = (f"config variant(s) layered on the base fragment: "
+                    f"{', '.join((BASE_VARIANT,) + available_variants())}; 'a+b' combines")
     b = sub.add_parser("build", help="install packages and build kernel + initramfs (cached)")
     b.add_argument("--cache-dir")
     b.add_argument("--jobs", type=int, default=2)
+    b.add_argument("--variant", default=BASE_VARIANT, help=variant_help)
+
+    def point_args(o, defaults: BootParams) -> None:
+        for name in PARAM_FIELDS:
+            o.add_argument("--" + name.replace("_", "-"), type=int,
+                           default=getattr(defaults, name))
+        o.add_argument("--mode", choices=MODES)
+        o.add_argument("--accel", default=DEFAULT_ACCEL, help="qemu -accel value")
+
     o = sub.add_parser("boot", help="one boot with the given parameters; prints the figures")
-    for name in PARAM_FIELDS:
-        o.add_argument("--" + name.replace("_", "-"), type=int,
-                       default=getattr(BootParams(), name))
-    o.add_argument("--mode", choices=MODES)
+    point_args(o, BootParams())
+    o.add_argument("--variant", default=BASE_VARIANT, help=variant_help)
+    o.add_argument("--rcu-nocbs", default="",
+                   help="offload callbacks of these guest CPUs ('all' or a cpulist; needs nocb)")
     o.add_argument("--timeout", type=float, default=120)
-    o.add_argument("--accel", default=DEFAULT_ACCEL, help="qemu -accel value")
     o.add_argument("--console", action="store_true", help="print the guest console")
+    t = sub.add_parser("trace", help="boot the trace build once and write its console (the "
+                                     "kvfree_rcu() trace events of one rcuscale run) to a file")
+    point_args(t, BootParams(kfree_loops=4, kfree_alloc_num=100))
+    t.add_argument("--out", required=True, help="console file to write")
+    t.add_argument("--quiet-ms", type=int, default=6000,
+                   help="dump the trace once no event came for this long after the result")
+    t.add_argument("--timeout", type=float, default=300)
     s = sub.add_parser("sweep", help="run a sweep file, appending to (and resuming) a CSV")
     s.add_argument("file")
     s.add_argument("--out", required=True)
@@ -946,31 +1332,46 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     try:
-        if a.cmd == "build":
-            build(a.cache_dir, a.jobs)
-        elif a.cmd == "boot":
+        def cli_params(variants: tuple[str, ...], nocbs: str = "") -> BootParams:
             vals = {k: getattr(a, k) for k in PARAM_FIELDS}
             if a.mode:
                 vals.pop("kfree_rcu_test_single")
                 vals.pop("kfree_rcu_test_double")
                 vals["mode"] = a.mode
-            params = validate_params("command line", vals)
+            if nocbs:
+                vals["rcu_nocbs"] = nocbs
+            return validate_params("command line", vals, variants)
+
+        if a.cmd == "build":
+            build(a.cache_dir, a.jobs, normalize_variants(a.variant))
+        elif a.cmd == "trace":
+            params = cli_params((TRACE_VARIANT,))
+            res, tr = trace_boot(params, a.out, quiet_ms=a.quiet_ms, timeout_s=a.timeout,
+                                 accel=a.accel)
+            print(f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
+                  f"console={a.out} ({Path(a.out).stat().st_size} bytes)")
+            print(f"  events: {tr.events or 'none'}; by CPU: {tr.events_by_cpu}; "
+                  f"overrun: {tr.overrun}; span: {tr.first_ts_s}-{tr.last_ts_s} s")
+            return 0 if res.status == "ok" and tr.events else 1
+        elif a.cmd == "boot":
+            params = cli_params(normalize_variants(a.variant), a.rcu_nocbs)
             res = boot(params, a.timeout, accel=a.accel)
             if a.console:
                 print(res.console)
             r, f = res.result, res.facts
             print(f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
                   f"accel={res.accelerator} kernel={f.kernel_version} "
-                  f"test_start={f.kernel_ts_test_start_s} result_at={f.kernel_ts_result_s}")
+                  f"test_start={f.kernel_ts_test_start_s} result_at={f.kernel_ts_result_s}"
+                  + (f" offloaded={f.nocb_offloaded_cpus}" if f.nocb_offloaded_cpus else ""))
             if r:
                 print(f"  total_time_ns={r.total_time_ns} batches={r.batches} "
                       f"footprint_mb={r.footprint_mb}")
             else:
                 print(f"  {res.failure_detail}")
         elif a.cmd == "measure":
-            kernel = build(jobs=a.jobs)
             for sweep_file in sorted((HERE.parent / "sweeps").glob("*.toml")):
                 out = Path(a.out_dir) / f"rcuscale-6.1-{sweep_file.stem}.csv"
+                kernel = build(jobs=a.jobs, variants=load_sweep(sweep_file).variants)
                 run_sweep(sweep_file, out, kernel=kernel)
         elif a.cmd == "summary":
             _print_summary(summarize(a.csv))
@@ -980,11 +1381,12 @@ def main(argv: list[str] | None = None) -> int:
                 runs = sw.runs()
                 for p in sw.points:
                     print(f"{p.point_id} x{p.repetitions}")
-                print(f"{len(sw.points)} points, {len(runs)} boots, seed {sw.seed}")
+                print(f"{len(sw.points)} points, {len(runs)} boots, seed {sw.seed}, "
+                      f"config variant {sw.config_variant}")
                 return 0
-            kernel = build() if a.build else None
+            kernel = build(variants=load_sweep(a.file).variants) if a.build else None
             run_sweep(a.file, a.out, kernel=kernel, timeout_s=a.timeout, limit=a.limit)
-    except (SweepError, CsvMismatchError, RuntimeError) as e:
+    except (SweepError, CsvMismatchError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

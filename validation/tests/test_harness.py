@@ -292,3 +292,320 @@ def test_run_sweep_skips_done_rows(tmp_path, monkeypatch):
     assert {r["boot_index"] for r in rows} == {str(i) for i in range(26)}
     s3 = h.run_sweep(sweep, out, kernel=kernel, log_dir=logs, progress=lambda s: None)
     assert s3.ran == 0
+
+
+# --- config variants and the kernel build cache ------------------------------------------------
+
+def test_base_build_key_is_the_one_of_the_committed_data():
+    """The base key is computed as before variants existed: it is the CSVs' build_key."""
+    root = Path(h.__file__).resolve().parents[1] / "data"
+    keys = {r["build_key"] for f in ("rcuscale-6.1-main.csv", "rcuscale-6.1-pressure.csv")
+            for r in h.read_rows(root / f)}
+    assert keys == {h.build_key()} == {h.build_key(())}
+
+
+def test_build_key_follows_the_fragment_set(tmp_path, monkeypatch):
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    (variants / "a.fragment").write_text("CONFIG_PREEMPT_VOLUNTARY=y\n")
+    (variants / "b.fragment").write_text("CONFIG_RCU_EXPERT=y\n")
+    monkeypatch.setattr(h, "VARIANTS_DIR", variants)
+    base, a, b = h.build_key(), h.build_key(("a",)), h.build_key(("b",))
+    ab = h.build_key(h.normalize_variants("b+a"))
+    assert len({base, a, b, ab}) == 4
+    assert h.normalize_variants(["b", "a", "base"]) == ("a", "b") == h.normalize_variants("a+b")
+    assert h.build_key(h.normalize_variants(["b", "a"])) == ab
+    (variants / "a.fragment").write_text("CONFIG_PREEMPT_VOLUNTARY=y\nCONFIG_HZ_250=y\n")
+    assert h.build_key(("a",)) != a and h.build_key(("b",)) == b and h.build_key() == base
+    (variants / "a.init.c").write_text("int main(void) { return 0; }\n")
+    assert h.variant_init(("a",)) == variants / "a.init.c"
+    assert h.variant_init(("b",)) == h.INIT_C
+    assert h.build_key(("a",)) != a
+
+
+def test_variant_names_are_checked():
+    assert h.normalize_variants(None) == () == h.normalize_variants("base")
+    assert set(h.available_variants()) >= {"voluntary", "nocb", "trace"}
+    with pytest.raises(ValueError, match="unknown config variant.*preempt_rt"):
+        h.normalize_variants("preempt_rt")
+    assert h.variant_label(()) == "base" and h.variant_label(("nocb", "voluntary")) == \
+        "nocb+voluntary"
+
+
+def test_committed_variants_ask_for_what_the_blocks_need():
+    vol = h.wanted_config(("voluntary",))
+    assert vol["CONFIG_PREEMPT_VOLUNTARY"] == "y" and vol["CONFIG_PREEMPT_NONE"] == "n"
+    assert vol["CONFIG_RCU_SCALE_TEST"] == "y"  # the base fragment is still there
+    assert h.preempt_model(vol) == "voluntary"
+    assert h.preempt_model(h.wanted_config()) == "none"
+    nocb = h.wanted_config(("nocb",))
+    assert nocb["CONFIG_RCU_NOCB_CPU"] == "y" and nocb["CONFIG_RCU_EXPERT"] == "y"
+    tr = h.wanted_config(("trace",))
+    assert tr["CONFIG_RCU_TRACE"] == "y" and tr["CONFIG_FTRACE"] == "y"
+    assert h.variant_init(("trace",)).name == "trace.init.c"
+
+
+def test_variants_that_disagree_cannot_be_combined(tmp_path, monkeypatch):
+    variants = tmp_path / "variants"
+    variants.mkdir()
+    (variants / "a.fragment").write_text("CONFIG_HZ_1000=y\n")
+    (variants / "b.fragment").write_text("# CONFIG_HZ_1000 is not set\n")
+    monkeypatch.setattr(h, "VARIANTS_DIR", variants)
+    with pytest.raises(ValueError, match="disagree on CONFIG_HZ_1000"):
+        h.wanted_config(("a", "b"))
+
+
+def test_config_mismatches_checks_the_merged_fragments(tmp_path):
+    cfg = tmp_path / ".config"
+    cfg.write_text("CONFIG_PREEMPT_NONE=y\n# CONFIG_PREEMPT_VOLUNTARY is not set\n")
+    bad = h.config_mismatches(h.wanted_config(("voluntary",)), cfg)
+    assert any("CONFIG_PREEMPT_VOLUNTARY: wanted y, got n" in b for b in bad)
+    assert h.preempt_model(h.read_kconfig(cfg)) == "none"
+
+
+def test_preempt_model_names():
+    assert h.preempt_model({"CONFIG_PREEMPT": "y", "CONFIG_PREEMPT_DYNAMIC": "y"}) == "dynamic"
+    assert h.preempt_model({"CONFIG_PREEMPT": "y"}) == "full"
+    assert h.preempt_model({"CONFIG_PREEMPT_RT": "y"}) == "rt"
+
+
+# --- offloading: parameters, point ids, console -------------------------------------------------
+
+NOCB_LOG = """\
+[    0.000000] Linux version 6.1.192 (root@builder) #1 SMP
+[    0.000000] rcu: Hierarchical RCU implementation.
+[    0.000000] rcu: \tRCU restricting CPUs from NR_CPUS=16 to nr_cpu_ids=4.
+[    0.000000] rcu: \tOffload RCU callbacks from CPUs: 0-3.
+[    0.543176] kfree object size=768
+[    1.654165] Total time taken by all kfree'ers: 1097675810 ns, loops: 100, batches: 40, memory footprint: 61MB
+"""
+
+
+def test_nocb_point_ids_and_cmdline():
+    base = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1)
+    assert base.point_id == "c4-m512-n5-d5000-t-1-a8000-l50-x1-double"  # as in the old CSVs
+    assert "rcu_nocbs" not in base.kernel_cmdline()
+    off = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1, rcu_nocbs="all",
+                       config_variant="nocb")
+    assert off.nocb_cpulist == "0-3"
+    assert off.point_id == "c4-m512-n5-d5000-t-1-a8000-l50-x1-double-nocbs0-3@nocb"
+    assert off.kernel_cmdline().split()[-1] == "rcu_nocbs=0-3"
+    ctl = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1,
+                       config_variant="nocb")
+    assert ctl.point_id == "c4-m512-n5-d5000-t-1-a8000-l50-x1-double@nocb"
+    assert h.BootParams(guest_cpus=1, rcu_nocbs="all").nocb_cpulist == "0"
+    assert "rcuscale.shutdown=0" in base.kernel_cmdline(shutdown=False, extra=["x=1"])
+    assert base.kernel_cmdline(extra=["x=1"]).endswith(" x=1")
+
+
+def test_parse_console_reads_the_offloaded_cpus():
+    f = h.parse_console(NOCB_LOG.replace("\n", "\r\n"))
+    assert f.nocb_offloaded_cpus == "0-3"
+    assert f.result.footprint_mb == 61
+    assert h.parse_console(OK_LOG).nocb_offloaded_cpus == ""
+    none = "[    0.0] rcu: \tOffload RCU callbacks from CPUs: (none).\n"
+    assert h.parse_console(none).nocb_offloaded_cpus == "(none)"
+
+
+def test_cpulists():
+    assert h.cpulist_cpus("0-3") == {0, 1, 2, 3}
+    assert h.cpulist_cpus("0,2-3") == {0, 2, 3}
+    assert h.resolve_cpulist("all", 2) == "0-1" and h.resolve_cpulist("", 4) == ""
+
+
+NOCB_SWEEP = """
+[sweep]
+name = "n"
+config_variant = "nocb"
+repetitions = 4
+
+[defaults]
+mode = "double"
+
+[[grid]]
+guest_cpus = [2, 4]
+rcu_nocbs = ["", "all"]
+rcu_min_cached_objs = [0, 64]
+"""
+
+
+def test_sweep_with_a_config_variant(tmp_path):
+    sw = h.load_sweep(write(tmp_path, NOCB_SWEEP))
+    assert sw.variants == ("nocb",) and sw.config_variant == "nocb"
+    assert len(sw.points) == 8
+    assert all(p.params.config_variant == "nocb" for p in sw.points)
+    lists = sorted({p.params.nocb_cpulist for p in sw.points})
+    assert lists == ["", "0-1", "0-3"]
+    assert all(p.point_id.endswith("@nocb") for p in sw.points)
+    assert h.load_sweep(write(tmp_path, GOOD)).variants == ()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[sweep]\nconfig_variant = \"rt\"\n[[grid]]\nguest_cpus = 2\n", "unknown config variant"),
+    ("[[grid]]\nrcu_nocbs = \"all\"\n", "needs a kernel with CONFIG_RCU_NOCB_CPU"),
+    ("[sweep]\nconfig_variant = \"voluntary\"\n[[grid]]\nrcu_nocbs = \"all\"\n",
+     "needs a kernel with CONFIG_RCU_NOCB_CPU"),
+    ("[sweep]\nconfig_variant = \"nocb\"\n[[grid]]\nrcu_nocbs = \"0-3\"\nguest_cpus = 2\n",
+     "names CPUs the guest"),
+    ("[sweep]\nconfig_variant = \"nocb\"\n[[grid]]\nrcu_nocbs = \"some\"\n", "cpulist"),
+    ("[sweep]\nconfig_variant = \"nocb\"\n[[grid]]\nrcu_nocbs = 1\n", "must be a string"),
+])
+def test_bad_variant_sweeps(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(h.SweepError) as e:
+        h.load_sweep(path)
+    assert message in str(e.value) and str(path) in str(e.value)
+
+
+# --- CSV: the new columns, and the files written before them ------------------------------------
+
+DATA = Path(h.__file__).resolve().parents[1] / "data"
+
+
+def test_new_columns_come_after_the_original_ones():
+    assert h.CSV_COLUMNS[: len(h.LEGACY_COLUMNS)] == h.LEGACY_COLUMNS
+    assert h.CSV_COLUMNS[len(h.LEGACY_COLUMNS):] == (
+        "config_variant", "preempt_model", "rcu_nocbs", "nocb_offloaded_cpus")
+
+
+def test_legacy_csvs_read_with_defaults():
+    rows = h.read_rows(DATA / "rcuscale-6.1-main.csv")
+    assert len(rows) == 408
+    assert {(r["config_variant"], r["preempt_model"], r["rcu_nocbs"]) for r in rows} == {
+        ("base", "none", "")}
+    assert len(h.completed_runs(DATA / "rcuscale-6.1-pressure.csv")) == 198
+    assert {r["point_id"] for r in h.summarize(DATA / "rcuscale-6.1-pressure.csv")}
+
+
+def test_variant_row_has_the_new_columns():
+    p = h.BootParams(guest_cpus=4, kfree_rcu_test_double=1, rcu_nocbs="all",
+                     config_variant="nocb")
+    row = h.result_row(fake_result(p, NOCB_LOG, "ok"), rep=0,
+                       context={"preempt_model": "none"})
+    assert tuple(row) == h.CSV_COLUMNS
+    assert (row["config_variant"], row["preempt_model"], row["rcu_nocbs"],
+            row["nocb_offloaded_cpus"]) == ("nocb", "none", "0-3", "0-3")
+
+
+def test_appending_to_a_legacy_file_keeps_its_format(tmp_path):
+    old = tmp_path / "old.csv"
+    src = (DATA / "rcuscale-6.1-main.csv").read_bytes()
+    old.write_bytes(src)
+    p = h.BootParams(kfree_loops=10)
+    h.append_row(old, h.result_row(fake_result(p, OK_LOG, "ok"), rep=0,
+                                   context={"preempt_model": "none"}))
+    data = old.read_bytes()
+    assert data.startswith(src)
+    last = data.decode().splitlines()[-1]
+    assert last.count(",") == len(h.LEGACY_COLUMNS) - 1
+    assert (p.point_id, 0) in h.completed_runs(old)
+    v = h.BootParams(kfree_loops=10, config_variant="voluntary")
+    with pytest.raises(h.CsvMismatchError, match="new file"):
+        h.append_row(old, h.result_row(fake_result(v, OK_LOG, "ok"), rep=0,
+                                       context={"preempt_model": "voluntary"}))
+
+
+def kernel_of(variants=(), model="none", key="k"):
+    return h.BuildResult(Path("bz"), Path("rd"), Path("cfg"), "6.1.192", key, 1.0, True,
+                         tuple(variants), model)
+
+
+def test_run_sweep_boots_the_build_of_the_sweeps_variant(tmp_path, monkeypatch):
+    sweep = write(tmp_path, NOCB_SWEEP)
+    out = tmp_path / "out.csv"
+    kernels = []
+
+    def fake_boot(params, timeout_s, kernel=None, accel=h.DEFAULT_ACCEL):
+        kernels.append(kernel.build_key)
+        return fake_result(params, NOCB_LOG if params.nocb_cpulist else OK_LOG, "ok")
+
+    built = []
+
+    def fake_build(cache_dir=None, jobs=2, variants=()):
+        built.append(tuple(variants))
+        return kernel_of(variants, key="nocb-key")
+
+    monkeypatch.setattr(h, "boot", fake_boot)
+    monkeypatch.setattr(h, "build", fake_build)
+    monkeypatch.setattr(h, "find_build", lambda cache_dir=None, variants=(): None)
+    monkeypatch.setattr(h, "qemu_version", lambda: "7.2.0")
+    # No kernel given and none cached: a clear error naming the build command.
+    with pytest.raises(RuntimeError, match="build --variant nocb"):
+        h.run_sweep(sweep, out, log_dir=tmp_path / "logs", progress=lambda s: None)
+    # The base build given (as `measure` or `validate kernel --build` do): the variant is built.
+    s = h.run_sweep(sweep, out, kernel=kernel_of(), log_dir=tmp_path / "logs",
+                    progress=lambda s: None)
+    assert s.ran == 32 and built == [("nocb",)] and set(kernels) == {"nocb-key"}
+    rows = h.read_rows(out)
+    assert {r["config_variant"] for r in rows} == {"nocb"}
+    assert {r["nocb_offloaded_cpus"] for r in rows if r["rcu_nocbs"]} == {"0-3"}
+    assert {r["build_key"] for r in rows} == {"nocb-key"}
+
+
+def test_a_variant_sweep_does_not_go_into_a_legacy_file(tmp_path):
+    old = tmp_path / "old.csv"
+    old.write_bytes((DATA / "rcuscale-6.1-main.csv").read_bytes())
+    with pytest.raises(h.CsvMismatchError, match="new file"):
+        h.run_sweep(write(tmp_path, NOCB_SWEEP), old, kernel=kernel_of(("nocb",)),
+                    progress=lambda s: None)
+
+
+def test_boot_refuses_another_variants_kernel():
+    p = h.BootParams(config_variant="voluntary")
+    with pytest.raises(RuntimeError, match="needs the voluntary build"):
+        h.boot(p, 1.0, kernel_of())
+
+
+# --- trace boot --------------------------------------------------------------------------------
+
+TRACES = Path(h.__file__).resolve().parents[2] / "tests" / "data" / "traces"
+
+TRACE_CMD_REPORT = """\
+cpus=2
+     kworker/0:1-13    [000]     0.426883: rcu_invoke_kfree_bulk_callback: rcu_sched bulk=0x00000000a1b2c3d4 nr_records=190
+     kworker/1:1-24    [001]     0.406114: rcu_invoke_kvfree_callback: rcu_sched rhp=0000000012345678 func=8
+"""
+
+
+def test_trace_lines_of_tracefs_and_trace_cmd_are_counted():
+    tr = h.count_trace_events(TRACE_CMD_REPORT)
+    assert tr.events == {"rcu_invoke_kfree_bulk_callback": 1, "rcu_invoke_kvfree_callback": 1}
+    assert tr.events_by_cpu == {0: 1, 1: 1}
+    assert (tr.first_ts_s, tr.last_ts_s) == (0.406114, 0.426883)
+    assert tr.overrun is None
+    line = ("     kworker/1:1-24      [001] .....     0.406114: rcu_invoke_kvfree_callback: "
+            "rcu_sched rhp=(____ptrval____) func=8\r")
+    m = h.TRACE_LINE_RE.match(line)
+    assert m and m["task"] == "kworker/1:1" and m["flags"] == "....." and m["fields"].endswith("func=8")
+    # Kernel log lines and the trace header are not events.
+    assert h.count_trace_events(OK_LOG + "# tracer: nop\n#  TASK-PID CPU#\n").events == {}
+
+
+def test_trace_cmdline_enables_the_events_and_leaves_the_power_off_to_init():
+    cmd = h.trace_cmdline(h.BootParams(kfree_loops=8, kfree_alloc_num=100,
+                                       kfree_rcu_test_double=1))
+    assert "rcuscale.shutdown=0" in cmd and "trace_clock=global" in cmd
+    assert ("trace_event=rcu:rcu_invoke_kfree_bulk_callback,rcu:rcu_invoke_kvfree_callback,"
+            "rcu:rcu_kvfree_callback") in cmd
+    assert "rcutune_quiet_ms=6000" in cmd  # no dot: reaches PID 1 as an environment variable
+
+
+@pytest.mark.parametrize("mode, events", [
+    ("double", {"rcu_invoke_kvfree_callback": 900, "rcu_invoke_kfree_bulk_callback": 2}),
+    ("single", {"rcu_invoke_kfree_bulk_callback": 160}),
+])
+def test_committed_trace_captures(mode, events):
+    path = TRACES / f"rcuscale-6.1-{mode}.console.txt"
+    data = path.read_bytes()
+    assert len(data) <= 200_000
+    text = data.decode("utf-8")
+    tr = h.count_trace_events(text)
+    assert tr.events == events  # rcu_kvfree_callback never fires on 6.1 Tree RCU
+    assert tr.overrun == 0 and set(tr.events_by_cpu) == {0, 1}
+    facts = h.parse_console(text)
+    assert facts.result is not None and facts.kernel_version == "6.1.192"
+    assert f"rcuscale.kfree_rcu_test_{mode}=1" in text
+    records = sum(int(line.rsplit("=", 1)[1]) for line in text.splitlines()
+                  if "rcu_invoke_kfree_bulk_callback:" in line and "nr_records=" in line)
+    kvfree = events.get("rcu_invoke_kvfree_callback", 0)
+    assert records + kvfree == {"double": 2 * 8 * 100, "single": 2 * 20 * 2000}[mode]
