@@ -70,7 +70,8 @@ class Model:
         self.stats = Stats()
         self.latency = LatencyHistogram()
         self.cpus = CpuSet(env, hw.cpus, hw.preempt, hw.hz, hw.wq_latency_us * 1e-6,
-                           on_switch=lambda cpu, now: self.gp.context_switch(cpu, now))
+                           on_switch=lambda cpu, now: self.gp.context_switch(cpu, now),
+                           switch_s=hw.context_switch_us * 1e-6)
         self.gp = GraceEngine(env, hw, kernel, self.cpus, stream(seed, "grace_periods"), stream(seed, "expedited"))
         for rq in self.cpus.queues:
             rq.on_idle = self.gp.cpu_idle

@@ -205,11 +205,11 @@ class KfreeRcuCpu:
 
     def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
              by_call_rcu: bool = False, first_call: Callable[[], float] | None = None,
-             first_after: float = -math.inf) -> simpy.Event | None:
+             first_after: float = -math.inf, chunk: bool = False) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
-        synchronize_rcu(), else None.
+        synchronize_rcu(), else None. `chunk`: a kernel loop's calls, spread over the span before now.
         """
         c = self.c
         k = c.kernel
@@ -223,7 +223,7 @@ class KfreeRcuCpu:
         st.calls_headless += headless_slab + headless_vmalloc
         self.last_call = now
         c.ledger.add_pending((two_slab + headless_slab) * slab + (two_vmalloc + headless_vmalloc) * vmb, now,
-                             arrival_mid)
+                             arrival_mid, span_peak=chunk)
         base = self._call_s
         sync_event = None
         headless = headless_slab + headless_vmalloc
@@ -904,8 +904,8 @@ class KfreeRcuCpu:
         if in_flight > st.batches_in_flight_peak:
             st.batches_in_flight_peak = in_flight
         # queue_rcu_work() is call_rcu_hurry() on the CPU running the monitor: never lazy.
-        batch.target = c.pipeline.queue_rcu_work(
-            run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay))
+        c.pipeline.queue_rcu_work(run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay),
+                                  batch)
         return True
 
     def _rcu_work_rcufn(self, batch: Batch, invoked_on: int, delay: float) -> None:

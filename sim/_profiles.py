@@ -77,6 +77,7 @@ class HardwareProfile(_Profile):
     cb_invoke_us: float = _float(50.0, 0.0, 1e6, "CPU time of invoking one RCU callback (softirq or rcuo)")
     nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "rcuog and rcuo wake-ups together, on CPUs no kernel loop holds")
     wq_latency_us: float = _float(30.0, 0.0, 1e6, "a woken kworker starts on a CPU no kernel loop holds")
+    context_switch_us: float = _float(2.0, 0.0, 1e5, "CPU time of a switch between a kernel loop and queued work, each way")
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
     preempt: Literal["none", "voluntary", "full"] = Field(
         default="voluntary", description="the preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or PREEMPT (preemptible RCU)")

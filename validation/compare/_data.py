@@ -240,8 +240,9 @@ def pressure_siblings(files: list[Path]) -> list[Path]:
 def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = None) -> Measured:
     """The parameter points of every boot in the CSVs, sorted by point id.
 
-    When none of the CSVs holds a pressure block, the pressure-sweep rows of their siblings (see
-    `pressure_siblings`) are added, so that the main CSV alone gives the whole comparison.
+    Unless files are named as the OOM block, the rows of the other blocks of the same measurement
+    (siblings, see `pressure_siblings`, whose sweep has a committed sweep file) are added, so that the
+    main CSV alone gives the whole comparison.
 
     Args:
         paths: CSV files or directories of them.
@@ -255,7 +256,8 @@ def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = N
         boots.extend(read_boots(f, pressure=f in marked))
     found: list[Path] = []
     have = {b.sweep for b in boots}
-    for f in pressure_siblings(files + pressure_files):
+    # Files named as the OOM block choose the blocks themselves; else bring the measurement's others.
+    for f in ([] if pressure_files or marked else pressure_siblings(files + pressure_files)):
         # The other blocks of the same measurement: sweeps with a committed sweep file (so a
         # probe sweep's rows are not), and not already given.
         rows = [b for b in read_boots(f)
