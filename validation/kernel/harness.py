@@ -1227,9 +1227,10 @@ def trace_boot(params: BootParams, out: Path | str, *, kernel: BuildResult | Non
                events: Iterable[str] = KVFREE_TRACE_EVENTS, quiet_ms: int = 6000,
                timeout_s: float = 300.0, accel: str = DEFAULT_ACCEL,
                ) -> tuple[BootResult, TraceSummary]:
-    """Boot the trace build once and write its console, exactly as qemu printed it, to `out`."""
+    """Boot the trace build once (building it first if the cache lacks it) and write its
+    console, exactly as qemu printed it, to `out`."""
     params = dataclasses.replace(params, config_variant=TRACE_VARIANT)
-    kernel = kernel_for(params.variants, kernel)
+    kernel = kernel_for(params.variants, kernel, build_missing=True)
     res = boot(params, timeout_s, kernel, accel,
                cmdline=trace_cmdline(params, events, quiet_ms))
     out = Path(out)
