@@ -208,7 +208,9 @@ class RunQueue:
         self.held -= 1
         self.switch(self.env.now)
         if not self.held:
-            if self.on_idle is not None and not self.waiting:
+            if self.on_idle is not None:
+                # Idle, or idle once the queued work is done: either way no loop holds it any more
+                # and the next FQS scan finds its QS (a switch to the work would be one too).
                 self.on_idle(self.cpu, self.env.now)
             if self.waiting and not self._pumping:
                 self._pump()

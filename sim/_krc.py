@@ -153,7 +153,12 @@ class KfreeRcuCpu:
         # Per-CPU caches only: a shared pool's lock is taken when a call takes its page.
         self._reserve_at_reclaim = (c.pool.layout == "per-cpu" and c.kernel.batching and c.kernel.headless_api)
         self._jiffy = 1.0 / c.hw.hz
-        self._refills = c.kernel.refill_worker and c.policy.n_per_cpu > 0  # a miss kicks the refill
+        self._refills = c.kernel.refill_worker and c.policy.n_per_cpu > 0  # a miss kicks a refill that brings pages
+        # A miss kicks the refill work, even an empty one (N=0 before v6.5).
+        self._kicks = self._refills or (c.kernel.refill_worker and c.kernel.refill_when_disabled)
+        self._kick_gap_s = c.hw.hrtimer_latency_us * 1e-6
+        self._prompt_span = 0.0
+        self._booked_calls = 0
         self._adaptive = c.kernel.adaptive_drain
         self._call_s = c.hw.kfree_call_ns * 1e-9
         self._bulk_local = c.costs.bulk(True)  # kfree_bulk() per record when the work runs on this CPU
@@ -227,6 +232,11 @@ class KfreeRcuCpu:
         base = self._call_s
         sync_event = None
         headless = headless_slab + headless_vmalloc
+        # A preemptible loop's chunk: the refill work it kicks runs between its calls (see
+        # _refill_between_calls); with PREEMPT_NONE it waits for the loop's cond_resched().
+        self._prompt_span = (2.0 * (now - arrival_mid) if chunk and self._kicks and self.rq.preempt != "none"
+                             else 0.0)
+        self._booked_calls = total
         if by_call_rcu or not k.batching:
             # call_rcu() per object; lazy (v6.2+, CONFIG_RCU_LAZY) unless it is a kvfree batch.
             lazy = by_call_rcu and k.lazy_rcu and c.hw.rcu_lazy
@@ -291,6 +301,8 @@ class KfreeRcuCpu:
         self._fill_current_block(ch, step, obj_bytes, now, mid, snap)
         if step.left:
             self._take_cached_pages(step, now)
+        if step.left and self._prompt_span > 0.0:
+            self._refill_between_calls(step, now)
         sync_count = 0
         if step.left:
             sync_count = self._allocate_or_fall_back(step, headless / calls, obj_bytes, now, mid, snap, base)
@@ -343,6 +355,56 @@ class KfreeRcuCpu:
         low = c.policy.refill_low_watermark
         if low and pool.available(self.cpu) <= low:
             self.run_page_cache_worker(now)
+
+    def _refill_between_calls(self, step: Placement, now: float) -> None:
+        """The cache ran dry inside a preemptible loop's chunk (PREEMPT_VOLUNTARY or PREEMPT).
+
+        In the kernel the miss arms the refill's hrtimer; when it fires the high-priority kworker is
+        woken and the loop switches to it at its next kmalloc(GFP_KERNEL) (might_resched()) or at once,
+        so the calls arriving meanwhile fall back and then the cache holds N pages again (none with
+        N=0 before v6.5: the work fills nothing and the next miss kicks it again). Cycle by cycle:
+        `gap` calls fall back, the refill's pages take the calls that follow. Each kick costs the loop
+        two context switches and the refill's allocations. The calls left without a block stay in
+        `step` for `_allocate_or_fall_back()`, whose own miss kicks the next refill.
+        """
+        if self.work_in_progress or self.backoff:
+            return
+        c = self.c
+        span = self._prompt_span
+        t_call = span / max(1, self._booked_calls)
+        gap = 1 + int(self._kick_gap_s / t_call) if t_call > 0.0 else step.left
+        n = c.policy.n_per_cpu if self._refills else 0
+        records = c.records
+        left = step.left
+        fell_back = kicks = used = 0
+        cost = 0.0
+        if n == 0:  # every kick's work fills nothing: the calls all fall back
+            kicks = (left - 1) // gap
+        while n and left > gap:
+            kicks += 1
+            fell_back += gap
+            left -= gap
+            got, _, alloc_cost = self._refill_pages(n)
+            cost += alloc_cost
+            if got == 0:
+                break  # the allocator failed: the rest fall back and the next miss kicks again
+            use = min(got, -(-left // records))
+            placed = min(left, use * records)
+            left -= placed
+            used += use
+            step.new_records += placed
+            if use < got:
+                self.c.pool.fill(self.cpu, got - use)
+        if not kicks:
+            return
+        step.new_blocks += used
+        c.stats.blocks_from_cache += used
+        step.left = left + fell_back
+        rq = self.rq
+        rq.switches += 2 * kicks
+        rq.charged += cost + 2 * kicks * rq.switch_s
+        rq.work_seconds += cost
+        c.gp.context_switch(self.cpu, now)
 
     def _allocate_or_fall_back(self, step: Placement, headless_share: float, obj_bytes: float, now: float,
                                mid: float, snap: int, base: float) -> int:
@@ -1001,7 +1063,7 @@ class KfreeRcuCpu:
         """Kick the refill: an hrtimer, then work on this CPU's system_highpri_wq pool; or, backing off,
         delayed work on the release's workqueue after rcu_delay_page_cache_fill_msec."""
         c = self.c
-        if not c.kernel.refill_worker or c.policy.n_per_cpu == 0 or self.work_in_progress:
+        if not self._kicks or self.work_in_progress:
             return
         self.work_in_progress = True
         if self.backoff:
@@ -1014,7 +1076,6 @@ class KfreeRcuCpu:
         """The refill work: allocate pages up to N (1 while backing off), stopping at the first
         failure from 6.1. Returns the CPU seconds the allocations take."""
         c = self.c
-        alloc = c.alloc
         pool = c.pool
         self.advance(now)
         target = 1 if self.backoff else c.policy.n_per_cpu
@@ -1022,31 +1083,9 @@ class KfreeRcuCpu:
             want = min(target, pool.room(self.cpu))
         else:
             want = max(0, min(target, pool.local_cap) - pool.local_pages(self.cpu))
-        gfp = c.kernel.refill_gfp
-        got = attempts = 0
-        cost = 0.0
-        if want:
-            if gfp == "kernel":
-                for _ in range(want):
-                    alloc.allocate_kernel_page()
-                got = attempts = want
-            else:
-                p = alloc.success_probability(gfp)
-                if c.kernel.refill_stops_at_failure:
-                    got = want if p >= 1.0 else min(want, int(self.refill_rng.geometric(1.0 - p)) - 1)
-                    attempts = got + (1 if got < want else 0)
-                else:
-                    got = int(self.refill_rng.binomial(want, p))
-                    attempts = want
-            cost = attempts * alloc.latency(gfp)
-        st = c.stats
-        st.page_alloc_attempts += attempts
-        st.page_alloc_failures += attempts - got
+        got, _, cost = self._refill_pages(want)
         if got:
             pool.fill(self.cpu, got)
-            st.pages_allocated += got
-            st.refill_allocations += got
-            alloc.block_pages += got
         self.work_in_progress = False
         self.backoff = False
         if self.stream is not None and self._wake_at is not None and self.proc is not None:
@@ -1055,6 +1094,35 @@ class KfreeRcuCpu:
             self._wake_at = None
             self.proc.interrupt()
         return cost
+
+    def _refill_pages(self, want: int) -> tuple[int, int, float]:
+        """fill_page_cache_func()'s allocations of `want` pages: (pages got, attempts, CPU seconds).
+        The caller puts the pages where they go."""
+        if want <= 0:
+            return 0, 0, 0.0
+        c = self.c
+        alloc = c.alloc
+        gfp = c.kernel.refill_gfp
+        if gfp == "kernel":
+            for _ in range(want):
+                alloc.allocate_kernel_page()
+            got = attempts = want
+        else:
+            p = alloc.success_probability(gfp)
+            if c.kernel.refill_stops_at_failure:
+                got = want if p >= 1.0 else min(want, int(self.refill_rng.geometric(1.0 - p)) - 1)
+                attempts = got + (1 if got < want else 0)
+            else:
+                got = int(self.refill_rng.binomial(want, p))
+                attempts = want
+        st = c.stats
+        st.page_alloc_attempts += attempts
+        st.page_alloc_failures += attempts - got
+        if got:
+            st.pages_allocated += got
+            st.refill_allocations += got
+            alloc.block_pages += got
+        return got, attempts, attempts * alloc.latency(gfp)
 
     # Shrinker ---------------------------------------------------------------------------------
 

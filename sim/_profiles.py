@@ -78,6 +78,7 @@ class HardwareProfile(_Profile):
     nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "rcuog and rcuo wake-ups together, on CPUs no kernel loop holds")
     wq_latency_us: float = _float(30.0, 0.0, 1e6, "a woken kworker starts on a CPU no kernel loop holds")
     context_switch_us: float = _float(2.0, 0.0, 1e5, "CPU time of a switch between a kernel loop and queued work, each way")
+    hrtimer_latency_us: float = _float(5.0, 0.0, 1e6, "hrtimer_start(0) to a woken kworker being runnable (the refill kick)")
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
     preempt: Literal["none", "voluntary", "full"] = Field(
         default="voluntary", description="the preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or PREEMPT (preemptible RCU)")

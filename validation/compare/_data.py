@@ -99,6 +99,8 @@ class Point:
         return self.oom / decided if decided else 0.0
 
     block: str = "main"  # the sweep the point was measured in
+    times_ms: tuple[float, ...] = ()  # each ok boot's loop time (for intervals of ratios)
+    batches_each: tuple[float, ...] = ()  # each ok boot's GPs
 
     @property
     def stratum(self) -> tuple:
@@ -301,6 +303,8 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
             footprint_mb=_median([b.footprint_mb for b in ok if b.footprint_mb is not None]),
             guest_mem_available_kib=int(statistics.median(avail)), guest_mem_total_kib=int(statistics.median(total)),
             block=PRESSURE_SWEEP if first.sweep == PRESSURE_SWEEP else first.sweep,
+            times_ms=tuple(b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None),
+            batches_each=tuple(float(b.batches) for b in ok if b.batches is not None),
         ))
     return points
 

@@ -14,12 +14,13 @@ in the pressure block is about twice the kernel's whatever the parameters (READM
 against a real kernel"), and at full weight that error would pull the memory parameters away from
 the OOM boundary, which is a target.
 
-The search runs in stages, each over the parameters that drive one part of J most, then over all
-of them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'
-jitter, context switches and callback invocation (time, batches), memory (all of J). Grace-period
-durations are not fitted: every guest CPU runs a kfree thread, so every quiescent state comes
-from the model's mechanism (the profile's GP distribution only speaks for CPUs no loop holds). A stage first scans each of its parameters over five points of its range (the OOM part is
-a step function of the memory parameters, flat between steps, where a line search finds
+The search runs in stages, each over the parameters that drive one part of J most, then over all of
+them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'
+jitter, context switches, the refill kick's latency and callback invocation (time, batches), memory
+(all of J). Grace-period durations are not fitted: every guest CPU runs a kfree thread, so every
+quiescent state comes from the model's mechanism (the profile's GP distribution only speaks for CPUs
+no loop holds). A stage first scans each of its parameters over five points of its range (the OOM
+part is a step function of the memory parameters, flat between steps, where a line search finds
 nothing), then runs scipy's bounded Powell method from the best point. Every evaluation uses the
 same seeds, so J is a deterministic function of the parameters and the whole fit is repeatable.
 
@@ -95,6 +96,7 @@ PARAMETERS: dict[str, FitParameter] = {p.name: p for p in (
     FitParameter("kfree_fast_ns", 1.0, 5_000.0),
     FitParameter("loop_jitter", 0.01, 1.0),
     FitParameter("context_switch_us", 0.1, 1000.0),
+    FitParameter("hrtimer_latency_us", 0.5, 10_000.0),
     FitParameter("cb_invoke_us", 1.0, 100_000.0),
     FitParameter("alloc_fast_us", 0.05, 200.0),
     FitParameter("direct_reclaim_ms", 0.01, 200.0),
@@ -118,7 +120,7 @@ ALL_PARTS = ("time", "batches", "footprint", "oom")
 STAGES = (
     Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"),
           ("time",), 80),
-    Stage("grace periods and deferred work", ("loop_jitter", "context_switch_us", "cb_invoke_us"),
+    Stage("grace periods and deferred work", ("loop_jitter", "context_switch_us", "hrtimer_latency_us", "cb_invoke_us"),
           ("time", "batches"), 80),
     Stage("memory", (BOOT_EXTRA, "alloc_fail_softness", "watermark_scale_factor", "direct_reclaim_ms", "alloc_fast_us"),
           ALL_PARTS, 100),
