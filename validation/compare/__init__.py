@@ -167,7 +167,7 @@ def compare(paths: list[Path | str], pressure: list[Path | str] | None = None, *
 def report_lines(result: Comparison) -> list[str]:
     """What `rcutune validate kernel --compare` prints: the blocks found, per-point table, the figures
     overall and per block, the N effect per group, the N-effect line, and last the agreement line."""
-    lines = [f"block found with the CSVs given: {found}" for found in result.measured.found_pressure]
+    lines = [f"block found with the CSVs given: {_relative(found)}" for found in result.measured.found_pressure]
     half = "held-out half" if result.held_out_only else "all points"
     lines.append(f"{half}: {len(result.points)} points, {result.agreement.rows} boots; kernel 6.1; "
                  f"{result.seeds} runs per point, {result.oom_seeds} per OOM-block point")
