@@ -41,7 +41,7 @@ def kernel(
 ) -> None:
     """Measure a real kernel (--build, --sweep), calibrate the guest profiles (--calibrate) or compare (--compare).
 
-    --compare prints a per-point table, the figures per block and overall (Spearman rank correlation, median relative error over the held-out points), per configuration group the measured and simulated N=64/N=0 ratios of loop time and of GPs, the line n_effect_time_abs_err=<f> n_effect_gp_abs_err=<f> (median absolute error of those ratios over the held-out groups), and last the line: rows=<int> time_spearman=<f> batches_spearman=<f> footprint_spearman=<f> oom_accuracy=<f> time_median_rel_err=<f>
+    --compare prints a per-point table, the figures per block and overall (Spearman rank correlation, median relative error over the held-out points), per configuration group the measured N=64/N=0 ratios of loop time and of GPs (with bootstrap 90% intervals) and the simulated ones, the line n_effect_time_abs_err=<f> n_effect_gp_abs_err=<f> (median absolute error of those ratios over the held-out groups whose boots all finished), and last the line: rows=<int> time_spearman=<f> batches_spearman=<f> footprint_spearman=<f> oom_accuracy=<f> time_median_rel_err=<f>
     """
     with user_errors():
         chosen = [name for name, on in (("--build/--sweep", build or sweep is not None),
