@@ -36,7 +36,8 @@ class RunQueue:
     """One CPU: the kernel loop holding it (if any), its worker pool, and its scheduler tick."""
 
     __slots__ = ("env", "cpu", "preempt", "jiffy", "tick_phase", "wakeup_s", "held", "at_point", "busy_until",
-                 "waiting", "charged", "work_seconds", "_pumping", "_drained", "on_switch", "on_idle", "switches", "at")
+                 "waiting", "charged", "work_seconds", "_pumping", "_drained", "on_switch", "on_idle", "switches", "at", "switch_s",
+                 "incoming")
 
     def __init__(self, env: simpy.Environment, cpu: int, preempt: str, hz: int, wakeup_s: float,
                  on_switch: Callable[[int, float], None]) -> None:
@@ -51,10 +52,12 @@ class RunQueue:
         self.busy_until = 0.0  # the work started here runs until then
         self.waiting: deque[Work] = deque()  # work ready to run, waiting for the CPU
         self.charged = 0.0  # CPU seconds of work a holding loop has not yet paid for (voluntary, full)
+        self.incoming = 0  # work on its way here (a wake-up in flight): the CPU is no longer idle
         self.work_seconds = 0.0  # all CPU seconds of kernel work run here
         self._pumping = False
         self._drained: simpy.Event | None = None
         self.on_switch = on_switch
+        self.switch_s = 0.0  # CPU time of one context switch, paid by the loop holding the CPU
         self.on_idle: Callable[[int, float], None] | None = None  # the loop left and the CPU went idle
         self.switches = 0
         self.at: Callable[[float, Callable[[], None]], None] | None = None  # shared instants (CpuSet.at)
@@ -67,6 +70,11 @@ class RunQueue:
         k = math.ceil((t - self.tick_phase) / jiffy - 1e-9)
         return self.tick_phase + k * jiffy
 
+    def tick_after(self, t: float) -> float:
+        """The first scheduler tick strictly after t."""
+        tick = self.next_tick(t)
+        return tick + self.jiffy if tick <= t + 1e-12 else tick
+
     # Running work ----------------------------------------------------------------------------
 
     def can_run_now(self) -> bool:
@@ -74,18 +82,33 @@ class RunQueue:
         return not self.held or self.at_point or self.preempt != "none"
 
     def idle(self) -> bool:
-        """Nothing holds the CPU and its pool has nothing running: an unbound worker would be placed here."""
-        return not self.held and self.busy_until <= self.env.now and not self.waiting
+        """Nothing holds the CPU, its pool has nothing running and nothing is on its way: an unbound
+        worker would be placed here."""
+        return not self.held and self.busy_until <= self.env.now and not self.waiting and not self.incoming
 
-    def submit(self, work: Work, delay: float = 0.0, wake: bool = False) -> None:
-        """Queue work that is ready after `delay` (plus a kthread wake-up when `wake` and the CPU is not held)."""
+    def claim(self) -> None:
+        """Something was just placed here and will arrive after a wake-up (see `submit(claimed=True)`)."""
+        self.incoming += 1
+
+    def submit(self, work: Work, delay: float = 0.0, wake: bool = False, claimed: bool = False) -> None:
+        """Queue work that is ready after `delay` (plus a kthread wake-up when `wake` and the CPU is not held).
+
+        `claimed`: the CPU was claimed for it already (`claim()`)."""
         if wake and not self.held:
             delay += self.wakeup_s
         if delay > 0.0:
             assert self.at is not None
-            self.at(self.env.now + delay, lambda: self._ready(work))
+            if not claimed:
+                self.incoming += 1
+            self.at(self.env.now + delay, lambda: self._arrive(work))
         else:
+            if claimed:
+                self.incoming -= 1
             self._ready(work)
+
+    def _arrive(self, work: Work) -> None:
+        self.incoming -= 1
+        self._ready(work)
 
     def run_kthread(self, step: Callable[[float], None]) -> bool:
         """A woken kthread (the GP kthread, rcuog) takes the CPU for a moment: at once where the CPU lets
@@ -168,8 +191,10 @@ class RunQueue:
             self.charged += cost
 
     def switch(self, now: float) -> None:
-        """A context switch on this CPU (rcu_note_context_switch())."""
+        """A context switch on this CPU (rcu_note_context_switch()); the loop holding it pays for it."""
         self.switches += 1
+        if self.held:
+            self.charged += self.switch_s
         self.on_switch(self.cpu, now)
 
     # The holding loop ------------------------------------------------------------------------
@@ -183,7 +208,9 @@ class RunQueue:
         self.held -= 1
         self.switch(self.env.now)
         if not self.held:
-            if self.on_idle is not None and not self.waiting:
+            if self.on_idle is not None:
+                # Idle, or idle once the queued work is done: either way no loop holds it any more
+                # and the next FQS scan finds its QS (a switch to the work would be one too).
                 self.on_idle(self.cpu, self.env.now)
             if self.waiting and not self._pumping:
                 self._pump()
@@ -217,9 +244,11 @@ class CpuSet:
     """All CPUs; picks where unbound work runs."""
 
     def __init__(self, env: simpy.Environment, cpus: int, preempt: str, hz: int, wakeup_s: float,
-                 on_switch: Callable[[int, float], None]) -> None:
+                 on_switch: Callable[[int, float], None], switch_s: float = 0.0) -> None:
         self.env = env
         self.queues = [RunQueue(env, cpu, preempt, hz, wakeup_s, on_switch) for cpu in range(cpus)]
+        for rq in self.queues:
+            rq.switch_s = switch_s
         self.preempt = preempt
         self.any_held = False  # some kernel loop holds a CPU (the rcuscale test)
         self._due: dict[float, list[Callable[[], None]]] = {}

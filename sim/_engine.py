@@ -70,7 +70,8 @@ class Model:
         self.stats = Stats()
         self.latency = LatencyHistogram()
         self.cpus = CpuSet(env, hw.cpus, hw.preempt, hw.hz, hw.wq_latency_us * 1e-6,
-                           on_switch=lambda cpu, now: self.gp.context_switch(cpu, now))
+                           on_switch=lambda cpu, now: self.gp.context_switch(cpu, now),
+                           switch_s=hw.context_switch_us * 1e-6)
         self.gp = GraceEngine(env, hw, kernel, self.cpus, stream(seed, "grace_periods"), stream(seed, "expedited"))
         for rq in self.cpus.queues:
             rq.on_idle = self.gp.cpu_idle
@@ -85,7 +86,8 @@ class Model:
             env=env, kernel=kernel, hw=hw, policy=policy, gp=self.gp, alloc=self.alloc, pool=self.pool,
             cpus=self.cpus, pipeline=self.pipeline, costs=costs, stats=self.stats, ledger=self.ledger,
             latency=self.latency, records=self.records, slab_bytes=self.slab_bytes,
-            vmalloc_bytes=float(workload.vmalloc_object_bytes), end=seconds)
+            vmalloc_bytes=float(workload.vmalloc_object_bytes), end=seconds,
+            sheaf_share=workload.sheaf_share, sheaf_capacity=workload.sheaf_capacity)
         schedule = None
         if not self.is_rcuscale and workload.calls_per_s_per_cpu > 0:
             schedule = RateSchedule(workload, hw.cpus, seconds, seed)

@@ -156,7 +156,7 @@ class GraceEngine:
     def _report(self, cpu: int, now: float, report: float | None = None) -> None:
         del self._holdouts[cpu]
         if report is None:
-            report = self.cpus[cpu].next_tick(now)  # rcu_core() reports it from the next tick's softirq
+            report = self.cpus[cpu].tick_after(now)  # rcu_core() reports it from the next tick's softirq
         if report > self._last_report:
             self._last_report = report
         if not self._holdouts and self._all_qs is not None and not self._all_qs.triggered:
@@ -210,7 +210,16 @@ class GraceEngine:
         cpus = self.cpus
         self.in_progress = True
         self.start_of.append(now)
-        self._base_end = now + self._duration()
+        # The profile's distribution stands for the CPUs no loop holds; with every CPU held, all
+        # quiescent states come from the mechanism below.
+        every_held = cpus.any_held and all(rq.held for rq in cpus.queues)
+        self._base_end = now if every_held else now + self._duration()
+        if cpus.any_held and self.tick_qs:
+            # A held CPU reporting at its tick: the first tick notices the GP (rcu_core() resets its
+            # QS need), the second one's rcu_qs() counts and is reported.
+            second = cpus[0].tick_after(now) + cpus[0].jiffy
+            if second > self._base_end:
+                self._base_end = second
         self._last_report = now
         self._holdouts = {}
         self._urgent_at = math.inf
@@ -219,7 +228,7 @@ class GraceEngine:
             for rq in cpus.queues:
                 if rq.held:
                     # The kthread's own CPU noticed the GP in rcu_gp_init(); the others at their next tick.
-                    self._holdouts[rq.cpu] = now if rq.cpu == me else rq.next_tick(now)
+                    self._holdouts[rq.cpu] = now if rq.cpu == me else rq.tick_after(now)
             if me in self._holdouts:
                 self._report(me, now)  # it switches back from the kthread: its QS
             if self._holdouts:

@@ -56,6 +56,9 @@ class KernelBehaviour:
     sheaves: bool = False  # kfree_rcu_sheaf() front end for caches with per-CPU sheaves (v6.18)
     tick_qs_preempt_count: bool = False  # tick reports a QS with PREEMPT_COUNT and PREEMPT_RCU=n (v6.15)
     qovld: bool = True  # rcutree.qovld and the rcu_do_batch() time limit (b2b00ddf193b, v5.7)
+    # run_page_cache_worker() arms its hrtimer even with rcu_min_cached_objs=0, for a work that fills
+    # nothing; from 021a5ff84743 (v6.5, "Do not run a page work if a cache is disabled") it bails out.
+    refill_when_disabled: bool = False
 
     def boot_param(self, name: str) -> str:
         """The command-line name of a kvfree_rcu() parameter on this release, e.g. rcutree.rcu_min_cached_objs."""
@@ -147,32 +150,33 @@ KERNELS: dict[str, KernelBehaviour] = {
             batching=True, block_header_bytes=16, default_n=5, n_tunable=True, block_channels=2,
             headless_api=True, two_arg_inline_gfp="none", headless_inline_gfp="none", prealloc_at_boot=False,
             refill_worker=True, refill_gfp="kernel", refill_stops_at_failure=False, shrinker=True,
-            shrinker_drains_cache=False, **_OLD,
+            shrinker_drains_cache=False, refill_when_disabled=True, **_OLD,
         ),
         KernelBehaviour(
             "5.13", "148e3731d124 + b01b405092b7 (headless inline GFP_KERNEL|NORETRY|NOMEMALLOC), ee6ddf58475c "
             "(refill flags), 686fe1bf6bcc (rcuscale single/double)",
             block_header_bytes=16, default_n=5, refill_stops_at_failure=False, shrinker_drains_cache=False,
-            **_NEW, **_OLD,
+            refill_when_disabled=True, **_NEW, **_OLD,
         ),
         KernelBehaviour(
             "5.14", "d0bfa8b3c411 (shrinker drains the page cache; backoff; rcu_delay_page_cache_fill_msec)",
             block_header_bytes=16, default_n=5, refill_stops_at_failure=False, shrinker_drains_cache=True,
-            **_NEW, **_OLD,
+            refill_when_disabled=True, **_NEW, **_OLD,
         ),
         KernelBehaviour(
             "6.1", "51824b780b71 (adaptive drain), 5164c862c6 (refill stops at a failure), cd011b5fdbba",
             block_header_bytes=16, default_n=5, refill_stops_at_failure=True, shrinker_drains_cache=True,
-            adaptive_drain=True, polled_gp_per_block=False, **_NEW,
+            adaptive_drain=True, polled_gp_per_block=False, refill_when_disabled=True, **_NEW,
         ),
         KernelBehaviour(
             "6.3", "cc37d52076a9 (polled GP per block, kvfree_rcu_drain_ready()), 04a522b7da3d (list_head "
             "blocks, 508 records)",
-            block_header_bytes=32, default_n=5, **_POLLED,
+            block_header_bytes=32, default_n=5, refill_when_disabled=True, **_POLLED,
         ),
         KernelBehaviour(
             "6.6", "v6.5 rcu/kvfree series (gp_snap is struct rcu_gp_oldstate: 507 records), "
-            "need_wait_for_krwp_work() (Ziwei Dai, v6.4); kernel/rcu/tree.c, system_wq",
+            "need_wait_for_krwp_work() (Ziwei Dai, v6.4), 021a5ff84743 (no refill work with N=0); "
+            "kernel/rcu/tree.c, system_wq",
             block_header_bytes=40, default_n=5, **_POLLED,
         ),
         KernelBehaviour(

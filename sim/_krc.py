@@ -91,6 +91,8 @@ class Collaborators:
     slab_bytes: float  # the kmalloc size class two-argument and headless slab objects occupy
     vmalloc_bytes: float
     end: float  # the run's end
+    sheaf_share: float = 0.0  # slab objects whose cache has per-CPU sheaves (6.18's kfree_rcu_sheaf())
+    sheaf_capacity: int = 32
 
 
 class Placement:
@@ -130,7 +132,9 @@ class KfreeRcuCpu:
         self.head_snap = 0
         self.krw: list[Batch | None] = [None] * KFREE_N_BATCHES
         self.pending_count = 0  # krc_count(): records in blocks plus the rcu_head list
-        self.callbacks = Objs()  # call_rcu() callbacks (5.5, or rcuscale's kfree_by_call_rcu)
+        self.callbacks = Objs()  # call_rcu() callbacks (5.5, rcuscale's kfree_by_call_rcu, full sheaves)
+        self.sheaf = Objs()  # objects in this CPU's rcu_free sheaf, not yet submitted (6.18)
+        self.sheaf_fill = 0
         self.reclaiming = Objs()  # batches whose kfree_rcu_work() is running
         self.reclaiming_blocks = 0
         self.freed_bytes = 0.0  # bytes of this CPU's calls freed so far (their slab slots are free again)
@@ -149,7 +153,12 @@ class KfreeRcuCpu:
         # Per-CPU caches only: a shared pool's lock is taken when a call takes its page.
         self._reserve_at_reclaim = (c.pool.layout == "per-cpu" and c.kernel.batching and c.kernel.headless_api)
         self._jiffy = 1.0 / c.hw.hz
-        self._refills = c.kernel.refill_worker and c.policy.n_per_cpu > 0  # a miss kicks the refill
+        self._refills = c.kernel.refill_worker and c.policy.n_per_cpu > 0  # a miss kicks a refill that brings pages
+        # A miss kicks the refill work, even an empty one (N=0 before v6.5).
+        self._kicks = self._refills or (c.kernel.refill_worker and c.kernel.refill_when_disabled)
+        self._kick_gap_s = c.hw.hrtimer_latency_us * 1e-6
+        self._prompt_span = 0.0
+        self._booked_calls = 0
         self._adaptive = c.kernel.adaptive_drain
         self._call_s = c.hw.kfree_call_ns * 1e-9
         self._bulk_local = c.costs.bulk(True)  # kfree_bulk() per record when the work runs on this CPU
@@ -201,11 +210,11 @@ class KfreeRcuCpu:
 
     def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
              by_call_rcu: bool = False, first_call: Callable[[], float] | None = None,
-             first_after: float = -math.inf) -> simpy.Event | None:
+             first_after: float = -math.inf, chunk: bool = False) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
-        synchronize_rcu(), else None.
+        synchronize_rcu(), else None. `chunk`: a kernel loop's calls, spread over the span before now.
         """
         c = self.c
         k = c.kernel
@@ -219,10 +228,15 @@ class KfreeRcuCpu:
         st.calls_headless += headless_slab + headless_vmalloc
         self.last_call = now
         c.ledger.add_pending((two_slab + headless_slab) * slab + (two_vmalloc + headless_vmalloc) * vmb, now,
-                             arrival_mid)
+                             arrival_mid, span_peak=chunk)
         base = self._call_s
         sync_event = None
         headless = headless_slab + headless_vmalloc
+        # A preemptible loop's chunk: the refill work it kicks runs between its calls (see
+        # _refill_between_calls); with PREEMPT_NONE it waits for the loop's cond_resched().
+        self._prompt_span = (2.0 * (now - arrival_mid) if chunk and self._kicks and self.rq.preempt != "none"
+                             else 0.0)
+        self._booked_calls = total
         if by_call_rcu or not k.batching:
             # call_rcu() per object; lazy (v6.2+, CONFIG_RCU_LAZY) unless it is a kvfree batch.
             lazy = by_call_rcu and k.lazy_rcu and c.hw.rcu_lazy
@@ -233,6 +247,15 @@ class KfreeRcuCpu:
                 sync_event = self._synchronize_rcu(headless, headless_slab * slab + headless_vmalloc * vmb, now,
                                                    arrival_mid, base)
             return sync_event
+        if k.sheaves and c.sheaf_share > 0.0 and (two_slab or headless_slab):
+            two_sheaf = self._binomial(two_slab, c.sheaf_share)
+            headless_sheaf = self._binomial(headless_slab, c.sheaf_share)
+            taken = self.kfree_rcu_sheaf(two_sheaf + headless_sheaf, slab, now, arrival_mid)
+            # What the sheaves took, two-argument calls first; the rest takes the batching path.
+            from_two = min(taken, two_sheaf)
+            two_slab -= from_two
+            headless_slab -= taken - from_two
+            c.latency.add(base * 1e9, taken)
         if not k.headless_api:
             # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
             if headless:
@@ -278,6 +301,8 @@ class KfreeRcuCpu:
         self._fill_current_block(ch, step, obj_bytes, now, mid, snap)
         if step.left:
             self._take_cached_pages(step, now)
+        if step.left and self._prompt_span > 0.0:
+            self._refill_between_calls(step, now)
         sync_count = 0
         if step.left:
             sync_count = self._allocate_or_fall_back(step, headless / calls, obj_bytes, now, mid, snap, base)
@@ -330,6 +355,56 @@ class KfreeRcuCpu:
         low = c.policy.refill_low_watermark
         if low and pool.available(self.cpu) <= low:
             self.run_page_cache_worker(now)
+
+    def _refill_between_calls(self, step: Placement, now: float) -> None:
+        """The cache ran dry inside a preemptible loop's chunk (PREEMPT_VOLUNTARY or PREEMPT).
+
+        In the kernel the miss arms the refill's hrtimer; when it fires the high-priority kworker is
+        woken and the loop switches to it at its next kmalloc(GFP_KERNEL) (might_resched()) or at once,
+        so the calls arriving meanwhile fall back and then the cache holds N pages again (none with
+        N=0 before v6.5: the work fills nothing and the next miss kicks it again). Cycle by cycle:
+        `gap` calls fall back, the refill's pages take the calls that follow. Each kick costs the loop
+        two context switches and the refill's allocations. The calls left without a block stay in
+        `step` for `_allocate_or_fall_back()`, whose own miss kicks the next refill.
+        """
+        if self.work_in_progress or self.backoff:
+            return
+        c = self.c
+        span = self._prompt_span
+        t_call = span / max(1, self._booked_calls)
+        gap = 1 + int(self._kick_gap_s / t_call) if t_call > 0.0 else step.left
+        n = c.policy.n_per_cpu if self._refills else 0
+        records = c.records
+        left = step.left
+        fell_back = kicks = used = 0
+        cost = 0.0
+        if n == 0:  # every kick's work fills nothing: the calls all fall back
+            kicks = (left - 1) // gap
+        while n and left > gap:
+            kicks += 1
+            fell_back += gap
+            left -= gap
+            got, _, alloc_cost = self._refill_pages(n)
+            cost += alloc_cost
+            if got == 0:
+                break  # the allocator failed: the rest fall back and the next miss kicks again
+            use = min(got, -(-left // records))
+            placed = min(left, use * records)
+            left -= placed
+            used += use
+            step.new_records += placed
+            if use < got:
+                self.c.pool.fill(self.cpu, got - use)
+        if not kicks:
+            return
+        step.new_blocks += used
+        c.stats.blocks_from_cache += used
+        step.left = left + fell_back
+        rq = self.rq
+        rq.switches += 2 * kicks
+        rq.charged += cost + 2 * kicks * rq.switch_s
+        rq.work_seconds += cost
+        c.gp.context_switch(self.cpu, now)
 
     def _allocate_or_fall_back(self, step: Placement, headless_share: float, obj_bytes: float, now: float,
                                mid: float, snap: int, base: float) -> int:
@@ -521,6 +596,50 @@ class KfreeRcuCpu:
             self.env.timeout(c.hw.lazy_flush_ms * 1e-3).callbacks.append(lambda _e: queue())
         else:
             queue()
+
+    def kfree_rcu_sheaf(self, count: int, obj_bytes: float, now: float, mid: float) -> int:
+        """6.18's front end for caches with per-CPU sheaves: objects go into this CPU's rcu_free sheaf;
+        a full sheaf is call_rcu()'d and its objects return to the cache after the GP. A new empty
+        sheaf comes with GFP_NOWAIT; when that fails the object takes the batching path.
+
+        Returns how many of the `count` objects the sheaves took.
+        """
+        if not count:
+            return 0
+        c = self.c
+        capacity = c.sheaf_capacity
+        taken = 0
+        room = capacity - self.sheaf_fill
+        while taken < count:
+            if self.sheaf_fill == 0 and c.alloc.success_probability("nowait") < 1.0:
+                if self.rng.random() >= c.alloc.success_probability("nowait"):
+                    break  # no empty sheaf: this and the following objects fall back
+            put = min(count - taken, room)
+            self.sheaf.add(put, put * obj_bytes, now, mid)
+            self.sheaf_fill += put
+            taken += put
+            if self.sheaf_fill >= capacity:
+                self._submit_sheaf()
+            room = capacity - self.sheaf_fill
+        return taken
+
+    def _submit_sheaf(self) -> None:
+        """A full rcu_free sheaf: call_rcu() it; after the GP its objects are reusable (rcu_free_sheaf())."""
+        c = self.c
+        objs, self.sheaf, self.sheaf_fill = self.sheaf, Objs(), 0
+        self.callbacks.absorb(objs)
+        pending = self.callbacks
+
+        def body(run_cpu: int, _t: float) -> float:
+            return objs.count * c.costs.fast  # back into the barn as a full sheaf: no slab frees
+
+        def freed() -> None:
+            pending.count -= objs.count
+            pending.bytes -= objs.bytes
+            self._freed(objs, self.env.now)
+
+        c.pipeline.call_rcu(self.cpu, 1, body, freed,
+                            check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number))
 
     # The monitor ------------------------------------------------------------------------------
 
@@ -847,8 +966,8 @@ class KfreeRcuCpu:
         if in_flight > st.batches_in_flight_peak:
             st.batches_in_flight_peak = in_flight
         # queue_rcu_work() is call_rcu_hurry() on the CPU running the monitor: never lazy.
-        batch.target = c.pipeline.queue_rcu_work(
-            run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay))
+        c.pipeline.queue_rcu_work(run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay),
+                                  batch)
         return True
 
     def _rcu_work_rcufn(self, batch: Batch, invoked_on: int, delay: float) -> None:
@@ -944,7 +1063,7 @@ class KfreeRcuCpu:
         """Kick the refill: an hrtimer, then work on this CPU's system_highpri_wq pool; or, backing off,
         delayed work on the release's workqueue after rcu_delay_page_cache_fill_msec."""
         c = self.c
-        if not c.kernel.refill_worker or c.policy.n_per_cpu == 0 or self.work_in_progress:
+        if not self._kicks or self.work_in_progress:
             return
         self.work_in_progress = True
         if self.backoff:
@@ -957,7 +1076,6 @@ class KfreeRcuCpu:
         """The refill work: allocate pages up to N (1 while backing off), stopping at the first
         failure from 6.1. Returns the CPU seconds the allocations take."""
         c = self.c
-        alloc = c.alloc
         pool = c.pool
         self.advance(now)
         target = 1 if self.backoff else c.policy.n_per_cpu
@@ -965,31 +1083,9 @@ class KfreeRcuCpu:
             want = min(target, pool.room(self.cpu))
         else:
             want = max(0, min(target, pool.local_cap) - pool.local_pages(self.cpu))
-        gfp = c.kernel.refill_gfp
-        got = attempts = 0
-        cost = 0.0
-        if want:
-            if gfp == "kernel":
-                for _ in range(want):
-                    alloc.allocate_kernel_page()
-                got = attempts = want
-            else:
-                p = alloc.success_probability(gfp)
-                if c.kernel.refill_stops_at_failure:
-                    got = want if p >= 1.0 else min(want, int(self.refill_rng.geometric(1.0 - p)) - 1)
-                    attempts = got + (1 if got < want else 0)
-                else:
-                    got = int(self.refill_rng.binomial(want, p))
-                    attempts = want
-            cost = attempts * alloc.latency(gfp)
-        st = c.stats
-        st.page_alloc_attempts += attempts
-        st.page_alloc_failures += attempts - got
+        got, _, cost = self._refill_pages(want)
         if got:
             pool.fill(self.cpu, got)
-            st.pages_allocated += got
-            st.refill_allocations += got
-            alloc.block_pages += got
         self.work_in_progress = False
         self.backoff = False
         if self.stream is not None and self._wake_at is not None and self.proc is not None:
@@ -998,6 +1094,35 @@ class KfreeRcuCpu:
             self._wake_at = None
             self.proc.interrupt()
         return cost
+
+    def _refill_pages(self, want: int) -> tuple[int, int, float]:
+        """fill_page_cache_func()'s allocations of `want` pages: (pages got, attempts, CPU seconds).
+        The caller puts the pages where they go."""
+        if want <= 0:
+            return 0, 0, 0.0
+        c = self.c
+        alloc = c.alloc
+        gfp = c.kernel.refill_gfp
+        if gfp == "kernel":
+            for _ in range(want):
+                alloc.allocate_kernel_page()
+            got = attempts = want
+        else:
+            p = alloc.success_probability(gfp)
+            if c.kernel.refill_stops_at_failure:
+                got = want if p >= 1.0 else min(want, int(self.refill_rng.geometric(1.0 - p)) - 1)
+                attempts = got + (1 if got < want else 0)
+            else:
+                got = int(self.refill_rng.binomial(want, p))
+                attempts = want
+        st = c.stats
+        st.page_alloc_attempts += attempts
+        st.page_alloc_failures += attempts - got
+        if got:
+            st.pages_allocated += got
+            st.refill_allocations += got
+            alloc.block_pages += got
+        return got, attempts, attempts * alloc.latency(gfp)
 
     # Shrinker ---------------------------------------------------------------------------------
 
@@ -1047,4 +1172,4 @@ class KfreeRcuCpu:
     def pending_objects(self) -> int:
         """Objects this CPU holds: blocks, rcu_head list, batches, running reclaim, call_rcu callbacks."""
         in_batches = sum(b.objs.count for b in self.krw if b is not None)
-        return self.pending_count + in_batches + self.reclaiming.count + self.callbacks.count
+        return self.pending_count + in_batches + self.reclaiming.count + self.callbacks.count + self.sheaf.count

@@ -17,26 +17,36 @@ class LatencyHistogram:
     """Counts of call latencies in log bins; many calls at one latency are one `add`."""
 
     def __init__(self) -> None:
-        self.counts = np.zeros(_NBINS, dtype=np.int64)
+        self._counts = [0] * _NBINS  # a list: one bump per booking is cheaper than numpy indexing
+        self._bin: dict[float, int] = {}  # latency -> bin (most bookings repeat the fast-path cost)
         self.max_ns = 0.0
+
+    @property
+    def counts(self) -> np.ndarray:
+        return np.array(self._counts, dtype=np.int64)
 
     def add(self, latency_ns: float, count: int = 1) -> None:
         if count <= 0:
             return
-        i = 0 if latency_ns <= _LO_NS else min(_NBINS - 1, int(math.log10(latency_ns / _LO_NS) * _BINS_PER_DECADE))
-        self.counts[i] += count
+        i = self._bin.get(latency_ns)
+        if i is None:
+            i = 0 if latency_ns <= _LO_NS else min(_NBINS - 1, int(math.log10(latency_ns / _LO_NS) * _BINS_PER_DECADE))
+            if len(self._bin) < 4096:
+                self._bin[latency_ns] = i
+        self._counts[i] += count
         if latency_ns > self.max_ns:
             self.max_ns = latency_ns
 
     def quantile_us(self, q: float) -> float:
-        total = int(self.counts.sum())
+        counts = self.counts
+        total = int(counts.sum())
         if total == 0:
             return 0.0
         rank = q * total
-        cum = np.cumsum(self.counts)
+        cum = np.cumsum(counts)
         i = int(np.searchsorted(cum, rank, side="left"))
         before = cum[i - 1] if i else 0
-        frac = (rank - before) / max(1, self.counts[i])
+        frac = (rank - before) / max(1, counts[i])
         ns = _LO_NS * 10 ** ((i + min(1.0, max(0.0, frac))) / _BINS_PER_DECADE)
         return float(min(ns, self.max_ns)) / 1000.0
 

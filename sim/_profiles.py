@@ -77,6 +77,8 @@ class HardwareProfile(_Profile):
     cb_invoke_us: float = _float(50.0, 0.0, 1e6, "CPU time of invoking one RCU callback (softirq or rcuo)")
     nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "rcuog and rcuo wake-ups together, on CPUs no kernel loop holds")
     wq_latency_us: float = _float(30.0, 0.0, 1e6, "a woken kworker starts on a CPU no kernel loop holds")
+    context_switch_us: float = _float(2.0, 0.0, 1e5, "CPU time of a switch between a kernel loop and queued work, each way")
+    hrtimer_latency_us: float = _float(5.0, 0.0, 1e6, "hrtimer_start(0) to a woken kworker being runnable (the refill kick)")
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
     preempt: Literal["none", "voluntary", "full"] = Field(
         default="voluntary", description="the preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or PREEMPT (preemptible RCU)")
@@ -128,6 +130,8 @@ class WorkloadProfile(_Profile):
     vmalloc_fraction: float = _float(0.0, 0.0, 1.0, "share of vmalloc'ed objects (block channel 1)")
     object_bytes: int = Field(default=256, ge=1, le=1 << 30, description="mean slab object size")
     slab_locality: float = _float(0.0, 0.0, 1.0, "share of a slab's objects freed next to each other (1: allocation order)")
+    sheaf_share: float = _float(0.0, 0.0, 1.0, "share of slab objects from caches with per-CPU sheaves (6.18: maple nodes, VMAs; not kmalloc)")
+    sheaf_capacity: int = Field(default=32, ge=1, le=4096, description="objects per sheaf of those caches (kmem_cache_args.sheaf_capacity)")
     vmalloc_object_bytes: int = Field(default=65536, ge=1, le=1 << 34, description="mean vmalloc object size")
     active_cpus_fraction: float = _float(1.0, 0.0, 1.0, "share of CPUs that call at all at a time")
     skew: float = _float(0.0, 0.0, 4.0, "Zipf exponent of call rates across active CPUs")

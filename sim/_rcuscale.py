@@ -52,6 +52,7 @@ class RcuscaleTest:
         self._threads_started = 0
         self._gp_at_start = 0
         cpus.any_held = True
+        alloc.pending.track_spans = True  # chunks are booked spread over their span (Ledger.add_pending)
         for i in range(n):
             env.process(self.kfree_scale_thread(i))
 
@@ -128,20 +129,21 @@ class RcuscaleTest:
                 single = k if single_only else 0
             counts = (k - single, 0, single, 0)
             busy = rq.take_charge()
+            calls_s = k * per_call
             if jitter:
-                busy += k * per_call * (math.exp(jitter * rng.standard_normal() - 0.5 * jitter * jitter) - 1.0)
+                calls_s *= math.exp(jitter * rng.standard_normal() - 0.5 * jitter * jitter)
             if preempt_none:
                 # The chunk is booked at its start, so that the monitor's timer fires inside the loop,
                 # as it does in the kernel (its work then waits for the loop's end).
                 event = krc.book(env.now, counts, env.now, by_call_rcu=w.kfree_by_call_rcu)
                 done += k
-                yield env.timeout(k * per_call + busy)
+                yield env.timeout(calls_s + busy)
             else:
-                yield env.timeout(k * per_call + busy)
+                yield env.timeout(calls_s + busy)
                 if self.all_done.triggered:
                     break
                 now = env.now
-                event = krc.book(now, counts, now - 0.5 * k * per_call, by_call_rcu=w.kfree_by_call_rcu)
+                event = krc.book(now, counts, now - 0.5 * calls_s, by_call_rcu=w.kfree_by_call_rcu, chunk=True)
                 done += k
             alloc.note_free()
             if event is not None:

@@ -50,20 +50,22 @@ class ReclaimPipeline:
         self.cb_cost = hw.cb_invoke_us * 1e-6
         self.nocb_wake = hw.nocb_invoke_ms * 1e-3 * 0.5  # each of the rcuog and rcuo wake-ups
         self.callbacks = [0] * hw.cpus  # per CPU: callbacks queued (for qovld)
+        self.awaiting_rcuog: dict[int, list[tuple[Callable[[], None], Callable[[int], None]]]] = {}
 
     def offloaded(self, cpu: int) -> bool:
         return cpu < self.nocb_cpus
 
     def rcuo_cpu(self, cpu: int) -> int:
-        """Where CPU `cpu`'s rcuo kthread runs."""
+        """Where CPU `cpu`'s rcuo kthread runs: a housekeeping CPU when some are not offloaded; else,
+        an unbound kthread, where the scheduler finds an idle CPU (its own CPU when none is)."""
         hk = self.housekeeping
-        return hk[cpu % len(hk)] if hk else cpu
+        return hk[cpu % len(hk)] if hk else self.cpus.unbound_target(cpu)
 
     def rcuog_cpu(self, cpu: int) -> int:
-        """Where the rcuog kthread of `cpu`'s group runs."""
+        """Where the rcuog kthread of `cpu`'s group runs (as the rcuo kthreads)."""
         leader = cpu - cpu % self.stride
         hk = self.housekeeping
-        return hk[leader % len(hk)] if hk else leader
+        return hk[leader % len(hk)] if hk else self.cpus.unbound_target(leader)
 
     def work_cpu(self, invoked_on: int) -> int:
         """The CPU kfree_rcu_work() runs on when rcu_work_rcufn() runs on `invoked_on`."""
@@ -74,10 +76,10 @@ class ReclaimPipeline:
     # call_rcu() and what comes after the GP -----------------------------------------------------
 
     def call_rcu(self, cpu: int, count: int, body: Callable[[int, float], float], done: Callable[[], None],
-                 check: Callable[[int], None] | None = None) -> int:
+                 check: Callable[[int], None] | None = None) -> None:
         """call_rcu() of `count` callbacks on `cpu`; after their GP, `body(run_cpu, now)` runs where they
         are invoked and returns its CPU seconds; `done()` runs when the invocation ends.
-        `check(gp_number)` is called at the GP's end (the safety check). Returns the GP number."""
+        `check(gp_number)` is called at the GP's end (the safety check)."""
         self._count(cpu, count)
         holder: list[int] = []
 
@@ -86,14 +88,38 @@ class ReclaimPipeline:
                 check(holder[0])
             self.invoke(cpu, count, body, done)
 
-        holder.append(self.gp.request(gp_end))
-        return holder[0]
+        self._request(cpu, gp_end, holder.append)
 
-    def queue_rcu_work(self, cpu: int, rcufn: Callable[[int, float], None]) -> int:
+    def queue_rcu_work(self, cpu: int, rcufn: Callable[[int, float], None], work) -> None:
         """queue_rcu_work() from `cpu`: after a GP, `rcufn(invoked_on, delay)` (rcu_work_rcufn()) runs where
-        the callback is invoked, `delay` before it would really run. Returns the GP number. (Two of these
-        per CPU at most: never near qovld.)"""
-        return self.gp.request(lambda: self._invoke_rcu_work(cpu, rcufn))
+        the callback is invoked, `delay` before it would really run; `work.target` learns the GP it
+        waits for. (Two of these per CPU at most: never near qovld.)"""
+        if cpu >= self.nocb_cpus:
+            work.target = self.gp.request(lambda: self._invoke_rcu_work(cpu, rcufn))
+            return
+        self._request(cpu, lambda: self._invoke_rcu_work(cpu, rcufn), lambda gp_number: setattr(work, "target", gp_number))
+
+    def _request(self, cpu: int, gp_end: Callable[[], None], on_target: Callable[[int], None]) -> None:
+        """The callback asks for a GP: from call_rcu() itself on a CPU that is not offloaded; on an
+        offloaded one the first callback on an empty list wakes the group's rcuog kthread, which
+        advances the callbacks and asks for the GP when it runs (nocb_gp_wait())."""
+        if not self.offloaded(cpu):
+            on_target(self.gp.request(gp_end))
+            return
+        waiting = self.awaiting_rcuog.setdefault(cpu, [])
+        waiting.append((gp_end, on_target))
+        if len(waiting) > 1:
+            return  # rcuog is on its way already
+
+        def rcuog(_t: float) -> None:
+            for end, target in self.awaiting_rcuog.pop(cpu, []):
+                target(self.gp.request(end))
+
+        og = self.cpus[self.rcuog_cpu(cpu)]
+        if og.held:
+            og.run_kthread(rcuog)
+        else:
+            self.cpus.at(self.env.now + self.nocb_wake, lambda: rcuog(self.env.now))
 
     def _invoke_rcu_work(self, cpu: int, rcufn: Callable[[int, float], None]) -> None:
         if self.offloaded(cpu):
@@ -101,7 +127,7 @@ class ReclaimPipeline:
             return
         rq = self.cpus.queues[cpu]
         now = self.env.now
-        tick = rq.next_tick(now + 1e-12)
+        tick = rq.tick_after(now)
         if not rq.held:
             # Nothing on this CPU depends on the softirq's moment: let the work it queues carry the delay.
             rq.work_seconds += self.cb_cost
@@ -133,11 +159,13 @@ class ReclaimPipeline:
                 cost = self.cb_cost * count + body(cpu, t)
                 self._softirq_time(cpu, cost, count, done)
 
-            cpus.at(rq.next_tick(now + 1e-12), softirq)
+            cpus.at(rq.tick_after(now), softirq)
             return
 
+        run_on = self.rcuo_cpu(cpu)
+        cpus[run_on].claim()
+
         def rcuo(t: float) -> float:
-            run_on = self.rcuo_cpu(cpu)
             cost = self.cb_cost * count + body(run_on, t)
             self._count(cpu, -count)
             if cost < 50e-6:
@@ -147,7 +175,8 @@ class ReclaimPipeline:
             return cost
 
         def rcuog(_t: float) -> None:
-            cpus[self.rcuo_cpu(cpu)].submit(rcuo, delay=0.0 if cpus[self.rcuo_cpu(cpu)].held else self.nocb_wake)
+            rq = cpus[run_on]
+            rq.submit(rcuo, delay=0.0 if rq.held else self.nocb_wake, claimed=True)
 
         og = cpus[self.rcuog_cpu(cpu)]
         if og.held:
@@ -162,7 +191,7 @@ class ReclaimPipeline:
         if cost > self.resched_limit:
             rq.softirq(self.resched_limit)
             rest = cost - self.resched_limit
-            self.cpus.at(rq.next_tick(now + 1e-12), lambda: self._softirq_time(cpu, rest, count, done))
+            self.cpus.at(rq.tick_after(now), lambda: self._softirq_time(cpu, rest, count, done))
             return
         rq.softirq(cost)
         self._count(cpu, -count)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import deque
 
 
 class Stats:
@@ -63,6 +64,8 @@ class Ledger:
         self.blocked_callers = 0  # headless callers inside the synchronize_rcu() fallback
         self._integral = 0.0
         self._last_change = 0.0
+        self._history: deque[tuple[float, float]] = deque()  # (time, pending bytes after a change)
+        self.track_spans = False  # keep that history (kernel loops book spread chunks; see add_pending)
 
     def integrate(self, now: float) -> None:
         if now > self._last_change:
@@ -72,15 +75,42 @@ class Ledger:
     def mean(self, duration: float) -> float:
         return self._integral / duration
 
-    def add_pending(self, nbytes: float, now: float, arrival_mid: float) -> None:
-        """Objects entered the path; they have been waiting since about `arrival_mid`."""
+    def add_pending(self, nbytes: float, now: float, arrival_mid: float, span_peak: bool = False) -> None:
+        """Objects entered the path; they have been waiting since about `arrival_mid`.
+
+        `span_peak`: they arrived spread over [2 arrival_mid - now, now] while frees may have lowered
+        the pending set (a kernel loop's chunk): the peak then accounts for the highest level in
+        that span (open-loop bookings, whose spans are long, leave it out)."""
         if nbytes <= 0:
             return
         self.integrate(now)
+        high = 0.0
+        if span_peak and arrival_mid < now:
+            # Objects booked together arrived over [2 mid - now, now]; frees may have lowered the
+            # pending set meanwhile: its highest level in that span plus these bounds the span's peak.
+            start = 2.0 * arrival_mid - now
+            history = self._history
+            level = self.bytes_pending
+            for i in range(len(history) - 1, -1, -1):
+                t, value = history[i]
+                if value > level:
+                    level = value
+                if t < start:
+                    break
+            high = level + nbytes
         self.bytes_pending += nbytes
+        if self.track_spans:
+            self._note(now)
         self._integral += nbytes * max(0.0, now - arrival_mid)
-        if self.bytes_pending > self.bytes_peak:
-            self.bytes_peak = self.bytes_pending
+        peak = self.bytes_pending if self.bytes_pending > high else high
+        if peak > self.bytes_peak:
+            self.bytes_peak = peak
+
+    def _note(self, now: float) -> None:
+        history = self._history
+        history.append((now, self.bytes_pending))
+        if len(history) > 256:
+            history.popleft()
 
     def note_peak(self, nbytes: float) -> None:
         """Bytes about to be booked count toward the peak now (see KfreeRcuCpu._reserve_for_unbooked)."""
@@ -93,6 +123,8 @@ class Ledger:
             return
         self.integrate(now)
         self.bytes_pending = max(0.0, self.bytes_pending - objs.bytes)
+        if self.track_spans:
+            self._note(now)
         self.objects_freed += objs.count
         self.residency_sum += objs.count * now - objs.arrival_sum
 

@@ -74,7 +74,10 @@ def test_polled_grace_periods_free_ready_blocks_in_a_nocb_flood():
     assert old.drained_ready_blocks == 0
     assert new.drained_ready_blocks > 100
     assert new.bytes_pending_mean < 0.8 * old.bytes_pending_mean
-    assert new.grace_periods >= 0.95 * old.grace_periods
+    # GPs do not fall: summed over six seeds (one run's count moves by a tenth with the GPs' timing).
+    gps = {k: sum(run("phone-8", "nocb-flood", kernel=k, seed=s, **kw).grace_periods for s in range(6))
+           for k in ("6.1", "6.3")}
+    assert gps["6.3"] >= 0.95 * gps["6.1"]
 
 
 # 5 -----------------------------------------------------------------------------------------------

@@ -37,10 +37,11 @@ def kernel(
     jobs: Annotated[int, typer.Option(min=1, max=256, help="Worker processes for the simulations.")] = 2,
     all_points: Annotated[bool, typer.Option("--all-points", help="--compare: every point, training half included (not a test of the fit).")] = False,
     calibration: Annotated[Optional[Path], typer.Option(metavar="FILE", help="Calibration file (default validation/calibration-6.1.toml).")] = None,
+    record: Annotated[Optional[Path], typer.Option("--record", metavar="FILE", help="--compare: also write the output to FILE (e.g. validation/results/compare-6.1.txt).")] = None,
 ) -> None:
     """Measure a real kernel (--build, --sweep), calibrate the guest profiles (--calibrate) or compare (--compare).
 
-    --compare prints a per-point table, then per figure the Spearman rank correlation and the median relative error over the held-out points, and last the line: rows=<int> time_spearman=<f> batches_spearman=<f> footprint_spearman=<f> oom_accuracy=<f> time_median_rel_err=<f>
+    --compare prints a per-point table, the figures per block and overall (Spearman rank correlation, median relative error over the held-out points), per configuration group the measured N=64/N=0 ratios of loop time and of GPs (with bootstrap 90% intervals) and the simulated ones, the line n_effect_time_abs_err=<f> n_effect_gp_abs_err=<f> (median absolute error of those ratios over the held-out groups whose boots all finished), and last the line: rows=<int> time_spearman=<f> batches_spearman=<f> footprint_spearman=<f> oom_accuracy=<f> time_median_rel_err=<f>
     """
     with user_errors():
         chosen = [name for name, on in (("--build/--sweep", build or sweep is not None),
@@ -52,12 +53,14 @@ def kernel(
             raise UserError("--out goes with --sweep FILE")
         if pressure and not (calibrate or compare):
             raise UserError("--pressure goes with --calibrate or --compare")
+        if record is not None and not compare:
+            raise UserError("--record goes with --compare")
         if build or sweep is not None:
             _measure(build, sweep, out)
         elif calibrate:
             _calibrate(calibrate, pressure, seeds, oom_seeds, jobs, calibration)
         else:
-            _compare(compare or [], pressure, seeds, oom_seeds, jobs, all_points, calibration)
+            _compare(compare or [], pressure, seeds, oom_seeds, jobs, all_points, calibration, record)
 
 
 def _measure(build: bool, sweep: Path | None, out: Path | None) -> None:
@@ -106,24 +109,27 @@ def _calibrate(paths: list[Path], pressure: list[Path] | None, seeds: int | None
 
 
 def _compare(paths: list[Path], pressure: list[Path] | None, seeds: int | None, oom_seeds: int | None,
-             jobs: int, all_points: bool, calibration: Path | None) -> None:
+             jobs: int, all_points: bool, calibration: Path | None, record: Path | None) -> None:
     from rcutune.validation import compare as agreement
 
     kwargs = {} if calibration is None else {"calibration_file": calibration}
+    if record is not None and not record.parent.is_dir():
+        raise UserError(f"--record {record}: no directory {record.parent}")
     try:
         result = agreement.compare(paths, pressure, held_out_only=not all_points,
                                    seeds=seeds or agreement.DEFAULT_SEEDS,
                                    oom_seeds=oom_seeds or agreement.DEFAULT_OOM_SEEDS, jobs=jobs, **kwargs)
     except agreement.DataError as err:
         raise UserError(str(err)) from None
-    for found in result.measured.found_pressure:
-        typer.echo(f"pressure block: {found} (measured with the CSV given)")
-    half = "all points" if all_points else "held-out half"
-    typer.echo(f"{half}: {len(result.points)} points, {result.agreement.rows} boots; kernel 6.1; "
-               f"{seeds or agreement.DEFAULT_SEEDS} runs per point, "
-               f"{oom_seeds or agreement.DEFAULT_OOM_SEEDS} per pressure point; {result.seconds:.0f} s")
-    for line in agreement.point_table(result.points, result.simulated):
+    lines = agreement.report_lines(result)
+    for line in lines:
         typer.echo(line)
-    for line in agreement.summary_lines(result.agreement):
-        typer.echo(line)
-    typer.echo(result.agreement.last_line())
+    if record is not None:
+        from rcutune.validation.compare import write_atomic
+
+        words = ["rcutune", "validate", "kernel", *(w for p in paths for w in ("--compare", str(p))),
+                 *(w for p in pressure or [] for w in ("--pressure", str(p))),
+                 *(["--seeds", str(seeds)] if seeds else []), *(["--oom-seeds", str(oom_seeds)] if oom_seeds else []),
+                 *(["--all-points"] if all_points else []),
+                 *(["--calibration", str(calibration)] if calibration else []), "--record", str(record)]
+        write_atomic(record, "\n".join([f"# {shlex.join(words)}", *lines]) + "\n")

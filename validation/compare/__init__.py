@@ -22,8 +22,9 @@ from pathlib import Path
 
 from rcutune import sim
 
-from ._agreement import Agreement, FigureAgreement, agreement, oom_side, point_table, spearman, summary_lines
-from ._data import (Boot, DataError, Measured, Point, PointParams, csv_files, load_measured, load_points,
+from ._agreement import (Agreement, FigureAgreement, NEffect, agreement, block_lines, n_effect_line, n_effect_pairs,
+                         n_effect_table, n_effects, oom_side, point_table, spearman, summary_lines)
+from ._data import (OOM_SWEEPS, Boot, DataError, Measured, Point, PointParams, csv_files, load_measured, load_points,
                     points_from_boots, pressure_siblings, read_boots)
 from ._fit import STAGES, GuestFit, Loss, Stage, calibration_text, fit_guest, profile_text, write_atomic
 from ._run import GuestModel, Runner, SimPoint, anon_fraction, point_inputs, profile_name
@@ -41,10 +42,11 @@ CALIBRATION_OOM_SEEDS = 8
 __all__ = [
     "Agreement", "Boot", "CALIBRATION_FILE", "CALIBRATION_OOM_SEEDS", "CALIBRATION_SEEDS", "Calibrated",
     "Calibration", "Comparison", "DATA_DIR", "DEFAULT_OOM_SEEDS", "DEFAULT_SEEDS", "DataError", "FigureAgreement",
-    "GuestFit", "GuestModel", "Loss", "Measured", "Point", "PointParams", "STAGES", "SimPoint", "Stage", "agreement",
-    "anon_fraction", "calibrate", "compare", "csv_files", "load_calibration", "load_measured", "load_points",
-    "oom_side", "point_inputs", "point_table", "points_from_boots", "pressure_siblings", "profile_name",
-    "read_boots", "spearman", "split_points", "summary_lines",
+    "GuestFit", "GuestModel", "Loss", "Measured", "NEffect", "OOM_SWEEPS", "Point", "PointParams", "STAGES", "SimPoint",
+    "Stage", "agreement", "anon_fraction", "block_lines", "calibrate", "compare", "csv_files", "load_calibration",
+    "load_measured", "load_points", "n_effect_line", "n_effect_pairs", "n_effect_table", "n_effects", "oom_side",
+    "point_inputs", "point_table", "points_from_boots", "pressure_siblings", "profile_name", "read_boots", "report_lines",
+    "spearman", "split_points", "summary_lines",
 ]
 
 
@@ -54,9 +56,13 @@ class Comparison:
 
     measured: Measured
     points: list[Point]  # the compared ones
-    simulated: dict[str, SimPoint]
+    simulated: dict[str, SimPoint]  # the compared points and the other ends of their N-effect groups
     agreement: Agreement
     seconds: float
+    n_effects: list[NEffect]
+    seeds: int
+    oom_seeds: int
+    held_out_only: bool
 
 
 @dataclass(frozen=True)
@@ -141,12 +147,37 @@ def compare(paths: list[Path | str], pressure: list[Path | str] | None = None, *
     """
     t0 = time.monotonic()
     measured = load_measured(list(paths), pressure)
-    points = split_points(measured.points)[1] if held_out_only else measured.points
+    held_out = split_points(measured.points)[1]
+    points = held_out if held_out_only else measured.points
     calibrated = load_calibration(calibration_file)
     _check(points, calibrated, held_out_only)
+    # The N effect needs both ends of a group: simulate the end the comparison does not (such a
+    # group is marked "training" and does not count in the N-effect line).
+    pairs = n_effect_pairs(measured.points)
+    compared = {p.point_id for p in points}
+    extra = [p for pair in pairs for p in pair if p.point_id not in compared]
+    _check(extra, calibrated, held_out_only=False)
     with Runner(jobs) as runner:
-        simulated = runner.simulate(points, calibrated.guests, seeds=seeds, oom_seeds=oom_seeds)
-    return Comparison(measured, points, simulated, agreement(points, simulated), time.monotonic() - t0)
+        simulated = runner.simulate(points + extra, calibrated.guests, seeds=seeds, oom_seeds=oom_seeds)
+    effects = n_effects(pairs, simulated, {p.point_id for p in held_out})
+    return Comparison(measured, points, simulated, agreement(points, simulated), time.monotonic() - t0, effects,
+                      seeds, oom_seeds, held_out_only)
+
+
+def report_lines(result: Comparison) -> list[str]:
+    """What `rcutune validate kernel --compare` prints: the blocks found, per-point table, the figures
+    overall and per block, the N effect per group, the N-effect line, and last the agreement line."""
+    lines = [f"block found with the CSVs given: {_relative(found)}" for found in result.measured.found_pressure]
+    half = "held-out half" if result.held_out_only else "all points"
+    lines.append(f"{half}: {len(result.points)} points, {result.agreement.rows} boots; kernel 6.1; "
+                 f"{result.seeds} runs per point, {result.oom_seeds} per OOM-block point")
+    lines += point_table(result.points, result.simulated)
+    lines += block_lines(result.points, result.simulated)
+    lines += summary_lines(result.agreement)
+    lines += n_effect_table(result.n_effects)
+    lines.append(n_effect_line(result.n_effects))
+    lines.append(result.agreement.last_line())
+    return lines
 
 
 def calibrate(paths: list[Path | str], pressure: list[Path | str] | None = None, *,

@@ -24,6 +24,11 @@ _INT_PARAMS = (
 )
 PRESSURE_SWEEP = "pressure"
 """Points of a sweep with this name (or of a file given with --pressure) make up the OOM block."""
+OOM_SWEEPS = (PRESSURE_SWEEP, "oom")
+"""Sweeps whose points are judged by their OOM fraction (the pressure block and the OOM boundary)."""
+SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
+OPTIONAL_COLUMNS = {"config_variant": "base", "preempt_model": "none", "rcu_nocbs": "", "nocb_offloaded_cpus": ""}
+"""Columns the harness added later; files written before them read with these values."""
 
 
 class DataError(ValueError):
@@ -46,6 +51,9 @@ class PointParams:
     kfree_rcu_test_double: int
     mode: str
     accelerator: str
+    preempt_model: str = "none"  # the guest build's preemption model (PREEMPT_NONE for the base build)
+    nocb_cpus: int = 0  # guest CPUs whose callbacks were offloaded (rcu_nocbs=)
+    config_variant: str = "base"
 
 
 @dataclass(frozen=True)
@@ -90,11 +98,23 @@ class Point:
         decided = self.ok + self.oom
         return self.oom / decided if decided else 0.0
 
+    block: str = "main"  # the sweep the point was measured in
+    times_ms: tuple[float, ...] = ()  # each ok boot's loop time (for intervals of ratios)
+    batches_each: tuple[float, ...] = ()  # each ok boot's GPs
+
     @property
     def stratum(self) -> tuple:
-        """What the split keeps balanced: block, CPUs, mode, loops, object size."""
+        """What the split keeps balanced: block, CPUs, mode, loops, object size (and the build and
+        offloading, which differ only between blocks)."""
         p = self.params
-        return (self.pressure, p.guest_cpus, p.mode, p.kfree_loops, p.kfree_mult)
+        return (self.block, p.guest_cpus, p.mode, p.kfree_loops, p.kfree_mult, p.preempt_model, p.nocb_cpus)
+
+    @property
+    def group(self) -> tuple:
+        """The configuration group an N effect is measured in: the stratum at one memory size and
+        refill delay (N is what varies)."""
+        p = self.params
+        return (*self.stratum, p.guest_mem_mib, p.rcu_delay_page_cache_fill_msec, p.kfree_alloc_num, p.kfree_nthreads)
 
     @property
     def order_key(self) -> tuple:
@@ -113,6 +133,23 @@ def _int(value: str, where: str, column: str) -> int:
 
 def _opt_int(value: str, where: str, column: str) -> int | None:
     return None if value == "" else _int(value, where, column)
+
+
+def _nocb_count(cpulist: str, cpus: int, where: str) -> int:
+    """How many guest CPUs a cpulist ('0-3', '1,3', 'all') offloads."""
+    text = cpulist.strip().rstrip(".")
+    if not text:
+        return 0
+    if text == "all":
+        return cpus
+    count = 0
+    for part in text.split(","):
+        lo, dash, hi = part.partition("-")
+        try:
+            count += (int(hi) - int(lo) + 1) if dash else 1
+        except ValueError:
+            raise DataError(f"{where}: cannot read the offloaded CPUs {cpulist!r}") from None
+    return min(count, cpus)
 
 
 def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
@@ -139,7 +176,12 @@ def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
             ints = {c: _int(row[c], where, c) for c in _INT_PARAMS}
-            params = PointParams(**ints, mode=row["mode"], accelerator=row["accelerator"] or "tcg")
+            extra = {c: (row.get(c) or default) for c, default in OPTIONAL_COLUMNS.items()}
+            params = PointParams(**ints, mode=row["mode"], accelerator=row["accelerator"] or "tcg",
+                                 preempt_model=extra["preempt_model"],
+                                 nocb_cpus=_nocb_count(extra["nocb_offloaded_cpus"] or extra["rcu_nocbs"],
+                                                       ints["guest_cpus"], where),
+                                 config_variant=extra["config_variant"])
             sweep = PRESSURE_SWEEP if pressure else row["sweep"]
             boots.append(Boot(
                 point_id=row["point_id"], rep=_int(row["rep"], where, "rep"), params=params, sweep=sweep,
@@ -200,8 +242,9 @@ def pressure_siblings(files: list[Path]) -> list[Path]:
 def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = None) -> Measured:
     """The parameter points of every boot in the CSVs, sorted by point id.
 
-    When none of the CSVs holds a pressure block, the pressure-sweep rows of their siblings (see
-    `pressure_siblings`) are added, so that the main CSV alone gives the whole comparison.
+    Unless files are named as the OOM block, the rows of the other blocks of the same measurement
+    (siblings, see `pressure_siblings`, whose sweep has a committed sweep file) are added, so that the
+    main CSV alone gives the whole comparison.
 
     Args:
         paths: CSV files or directories of them.
@@ -214,12 +257,16 @@ def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = N
     for f in files + pressure_files:
         boots.extend(read_boots(f, pressure=f in marked))
     found: list[Path] = []
-    if not any(b.sweep == PRESSURE_SWEEP for b in boots):
-        for f in pressure_siblings(files + pressure_files):
-            rows = [b for b in read_boots(f) if b.sweep == PRESSURE_SWEEP]
-            if rows:
-                boots.extend(rows)
-                found.append(f)
+    have = {b.sweep for b in boots}
+    # Files named as the OOM block choose the blocks themselves; else bring the measurement's others.
+    for f in ([] if pressure_files or marked else pressure_siblings(files + pressure_files)):
+        # The other blocks of the same measurement: sweeps with a committed sweep file (so a
+        # probe sweep's rows are not), and not already given.
+        rows = [b for b in read_boots(f)
+                if b.sweep not in have and (b.sweep == PRESSURE_SWEEP or (SWEEPS_DIR / f"{b.sweep}.toml").exists())]
+        if rows:
+            boots.extend(rows)
+            found.append(f)
     return Measured(points_from_boots(boots), files, pressure_files, found)
 
 
@@ -249,12 +296,15 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
         if not avail or not total:
             raise DataError(f"{first.source}: point {pid} has no guest_mem_available_kib/guest_mem_total_kib")
         points.append(Point(
-            point_id=pid, params=first.params, pressure=any(b.sweep == PRESSURE_SWEEP for b in group),
+            point_id=pid, params=first.params, pressure=any(b.sweep in OOM_SWEEPS for b in group),
             boots=len(group), ok=len(ok), oom=sum(b.status == "oom" for b in group),
             time_ms=_median([b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None]),
             batches=_median([b.batches for b in ok if b.batches is not None]),
             footprint_mb=_median([b.footprint_mb for b in ok if b.footprint_mb is not None]),
             guest_mem_available_kib=int(statistics.median(avail)), guest_mem_total_kib=int(statistics.median(total)),
+            block=PRESSURE_SWEEP if first.sweep == PRESSURE_SWEEP else first.sweep,
+            times_ms=tuple(b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None),
+            batches_each=tuple(float(b.batches) for b in ok if b.batches is not None),
         ))
     return points
 

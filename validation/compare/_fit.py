@@ -14,15 +14,19 @@ in the pressure block is about twice the kernel's whatever the parameters (READM
 against a real kernel"), and at full weight that error would pull the memory parameters away from
 the OOM boundary, which is a target.
 
-The search runs in stages, each over the parameters that drive one part of J most, then over all
-of them together: CPU costs (time), grace periods and deferred work (time, batches), memory (all
-of J). A stage first scans each of its parameters over five points of its range (the OOM part is
-a step function of the memory parameters, flat between steps, where a line search finds
+The search runs in stages, each over the parameters that drive one part of J most, then over all of
+them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'
+jitter, context switches, the refill kick's latency and callback invocation (time, batches), memory
+(all of J). Grace-period durations are not fitted: every guest CPU runs a kfree thread, so every
+quiescent state comes from the model's mechanism (the profile's GP distribution only speaks for CPUs
+no loop holds). A stage first scans each of its parameters over five points of its range (the OOM
+part is a step function of the memory parameters, flat between steps, where a line search finds
 nothing), then runs scipy's bounded Powell method from the best point. Every evaluation uses the
 same seeds, so J is a deterministic function of the parameters and the whole fit is repeatable.
 
-Fixed from the guest's build and boot, not fitted: HZ=1000 (CONFIG_HZ_1000), CONFIG_PREEMPT_NONE,
-4 KiB pages, no offloaded CPUs (no RCU_NOCB_CPU), no page cache (initramfs only), no boot reserve
+Fixed from the guest's build and boot, not fitted: HZ=1000 (CONFIG_HZ_1000), CONFIG_PREEMPT_NONE
+(each point's own build's model: the voluntary block's is PREEMPT_VOLUNTARY), 4 KiB pages, no
+offloaded CPUs (each point's own rcu_nocbs=), no page cache (initramfs only), no boot reserve
 beyond what the guest's `Memory:` line reports (the comparison sets each point's memory in use),
 grace periods bounded below by one jiffy and above by the 21 s RCU CPU stall timeout
 (CONFIG_RCU_CPU_STALL_TIMEOUT=21).
@@ -91,8 +95,8 @@ PARAMETERS: dict[str, FitParameter] = {p.name: p for p in (
     FitParameter("kfree_slow_ns", 5.0, 20_000.0),
     FitParameter("kfree_fast_ns", 1.0, 5_000.0),
     FitParameter("loop_jitter", 0.01, 1.0),
-    FitParameter("gp_median_ms", 1.5, 200.0),
-    FitParameter("gp_sigma", 0.02, 2.0, log=False),
+    FitParameter("context_switch_us", 0.1, 1000.0),
+    FitParameter("hrtimer_latency_us", 0.5, 10_000.0),
     FitParameter("cb_invoke_us", 1.0, 100_000.0),
     FitParameter("alloc_fast_us", 0.05, 200.0),
     FitParameter("direct_reclaim_ms", 0.01, 200.0),
@@ -115,12 +119,12 @@ class Stage:
 ALL_PARTS = ("time", "batches", "footprint", "oom")
 STAGES = (
     Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"),
-          ("time",), 120),
-    Stage("grace periods and deferred work", ("loop_jitter", "gp_median_ms", "gp_sigma", "cb_invoke_us"),
-          ("time", "batches"), 120),
+          ("time",), 80),
+    Stage("grace periods and deferred work", ("loop_jitter", "context_switch_us", "hrtimer_latency_us", "cb_invoke_us"),
+          ("time", "batches"), 80),
     Stage("memory", (BOOT_EXTRA, "alloc_fail_softness", "watermark_scale_factor", "direct_reclaim_ms", "alloc_fast_us"),
-          ALL_PARTS, 160),
-    Stage("all together", tuple(PARAMETERS), ALL_PARTS, 400),
+          ALL_PARTS, 100),
+    Stage("all together", tuple(PARAMETERS), ALL_PARTS, 160),
 )
 
 
@@ -161,7 +165,7 @@ def initial_values(points: list[Point], start: sim.HardwareProfile) -> dict[str,
     """Where the search starts: moments of the training data where one exists, else `start`'s values.
 
     kfree_call_ns: median time per call of the 24-byte points; kmalloc_ns_per_kib: median extra
-    time per call and KiB of the larger objects; gp_median_ms: median time per batch.
+    time per call and KiB of the larger objects.
     """
     values = {name: float(getattr(start, name)) for name in PARAMETERS if name != BOOT_EXTRA}
     values[BOOT_EXTRA] = 0.0
@@ -174,9 +178,6 @@ def initial_values(points: list[Point], start: sim.HardwareProfile) -> dict[str,
         values["kmalloc_ns_per_kib"] = statistics.median(
             (p.time_ms * 1e6 / (p.params.kfree_loops * p.params.kfree_alloc_num) - values["kfree_call_ns"])
             / (_slab_kib(p.params.kfree_mult)) for p in large)
-    with_batches = [p for p in points if p.time_ms and p.batches]
-    if with_batches:
-        values["gp_median_ms"] = statistics.median(p.time_ms / p.batches for p in with_batches)
     return {k: min(PARAMETERS[k].high, max(PARAMETERS[k].low, v)) for k, v in values.items()}
 
 
@@ -192,7 +193,6 @@ def guest_from(values: dict[str, float], name: str, cpus: int, memory_mib: int) 
         if key == BOOT_EXTRA:
             continue
         data[key] = int(v) if PARAMETERS[key].integer else float(v)
-    data["gp_min_ms"] = min(float(data["gp_min_ms"]), float(data["gp_median_ms"]))  # type: ignore[arg-type]
     return GuestModel(sim.HardwareProfile.model_validate(data), float(values[BOOT_EXTRA]))
 
 

@@ -21,6 +21,9 @@ from ._data import Point
 
 KERNEL = "6.1"
 TIME_CAP_S = 120.0  # the harness's boot timeout; a simulated run never needs more
+PREEMPT_MODELS = {"none": ("none", False), "voluntary": ("voluntary", False), "full": ("full", False),
+                  "dynamic": ("voluntary", True), "rt": ("full", False)}
+"""The harness's preempt_model column -> the hardware profile's (preempt, preempt_dynamic)."""
 
 
 def profile_name(accelerator: str, cpus: int) -> str:
@@ -74,7 +77,10 @@ def anon_fraction(point: Point, boot_extra_mib: float) -> float:
 def point_inputs(point: Point, guest: GuestModel) -> tuple[sim.HardwareProfile, sim.WorkloadProfile, sim.Policy]:
     """The simulator's inputs for one measured point."""
     p = point.params
-    hw = guest.hardware.model_copy(update={"memory_mib": p.guest_mem_mib, "cpus": p.guest_cpus})
+    # The build's preemption model and the offloaded CPUs are the point's, not the fit's.
+    preempt, dynamic = PREEMPT_MODELS.get(p.preempt_model, ("none", False))
+    hw = guest.hardware.model_copy(update={"memory_mib": p.guest_mem_mib, "cpus": p.guest_cpus, "preempt": preempt,
+                                           "preempt_dynamic": dynamic, "nocb_cpus": p.nocb_cpus})
     wl = sim.load_workload("rcuscale", {
         "kfree_nthreads": str(p.kfree_nthreads),
         "kfree_alloc_num": str(p.kfree_alloc_num),
