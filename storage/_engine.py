@@ -11,12 +11,21 @@ from ._url import StorageError, sqlite_path
 
 BUSY_TIMEOUT_S = 60.0
 """How long a SQLite connection waits for a lock before failing (the single writer may be busy)."""
+SERVER_CONNECT_TIMEOUT_S = 10
+"""How long opening a connection to a database server may take before it counts as lost."""
+# TCP keepalive probes: a server that vanished without closing the connection (a host that died,
+# a network cut) is noticed within about 30 s instead of a statement waiting forever.
+_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 4}
 
 
 def engine_kwargs(url: str) -> dict[str, Any]:
     """Keyword arguments for `sqlalchemy.create_engine` (and Optuna's `RDBStorage`) for this URL."""
-    if sa.engine.make_url(url).get_backend_name() == "sqlite":
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
+    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg", "psycopg2"):  # libpq
+        # pre-ping: a pooled connection the server dropped (it restarted) is replaced before use.
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": SERVER_CONNECT_TIMEOUT_S, **_KEEPALIVES}}
     return {"pool_pre_ping": True}
 
 
