@@ -115,7 +115,7 @@ class Reconnect:
         outlasts the timeout (then `DatabaseUnreachable`). Any other error propagates at once."""
         delay = FIRST_DELAY_S
         while True:
-            self._raise_if_gave_up()
+            self.raise_if_gave_up()
             try:
                 result = operation(*args, **kwargs)
             except KeyboardInterrupt:
@@ -193,7 +193,7 @@ class Reconnect:
         if began:
             self.report(f"{self.who}: lost the database {self.where} ({_reason(err)}); reconnecting for up to "
                         f"{self.timeout_s:g} s")
-        self._raise_if_gave_up()
+        self.raise_if_gave_up()
         return left
 
     def reached(self) -> None:
@@ -206,6 +206,7 @@ class Reconnect:
         """Whether this process lost the connection in the last `seconds` seconds."""
         return time.monotonic() - self._last_lost < seconds
 
-    def _raise_if_gave_up(self) -> None:
+    def raise_if_gave_up(self) -> None:
+        """Raise `DatabaseUnreachable` if an outage has outlasted the timeout (the process is giving up)."""
         if self._gave_up is not None:
             raise DatabaseUnreachable(self._gave_up)

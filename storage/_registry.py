@@ -29,9 +29,9 @@ class CampaignBusy(StorageError):
 class Database:
     """An open rcutune database: one engine and a session factory. Close it when done."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_in_transaction_s: float | None = None) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, idle_in_transaction_s=idle_in_transaction_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -56,8 +56,10 @@ def _one_line_errors(url: str) -> Iterator[None]:
         raise StorageError(f"storage '{display_url(url)}': {first}") from None
 
 
-def open_database(url: str, *, create: bool = True) -> Database:
+def open_database(url: str, *, create: bool = True, idle_in_transaction_s: float | None = None) -> Database:
     """Open `url`, creating rcutune's tables when they are missing and `create` is true.
+
+    `idle_in_transaction_s`: see `engine_kwargs`.
 
     Nothing is written to a database that already has rcutune's tables, nor to one that
     `check_database` refuses (it runs first, reading only).
@@ -70,7 +72,7 @@ def open_database(url: str, *, create: bool = True) -> Database:
     if not create and not database_exists(url):
         raise StorageError(f"no database at '{display_url(url)}'")
     check_database(url)
-    db = Database(url)
+    db = Database(url, idle_in_transaction_s=idle_in_transaction_s)
     try:
         with _one_line_errors(url):
             ensure_schema(db.engine, create=create)

@@ -149,7 +149,10 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial, str
         raise UserError(f"rcutune worker needs a database server that several processes write at once "
                         f"(--storage postgresql+psycopg://...), not {url}; on one machine, "
                         "rcutune study --jobs J runs a SQLite campaign in parallel")
-    db = storage.open_database(url, create=False)  # a server that does not answer now is bad input: exit 2
+    # A session of ours idle inside a transaction for a grace period belongs to a worker that froze or
+    # was cut off holding row locks: the server ends it (the others' waits end; its trial goes stale).
+    idle = float(request.grace_period_s)
+    db = storage.open_database(url, create=False, idle_in_transaction_s=idle)  # no server now: bad input, exit 2
     reconnect = storage.Reconnect(url, request.db_timeout_s, report=on_outage, who="worker")
     rdb = None
     try:
@@ -158,7 +161,8 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial, str
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.simplefilter("ignore", FutureWarning)
             rdb = open_reconnecting(
-                url, reconnect, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True,
+                url, reconnect, engine_kwargs=storage.engine_kwargs(url, idle_in_transaction_s=idle),
+                skip_table_creation=True,
                 heartbeat_interval=request.heartbeat_interval_s, grace_period=request.grace_period_s,
                 heartbeat_stale_trial_callback=_RetryStale(max_retry=MAX_RETRIES))
         workloads = {w.name: w for w in definition.workloads}
@@ -367,11 +371,19 @@ class _Fleet:
                 if self.reconnect.outages != held:
                     return
             objective.release = release
+            # The queued trial Optuna is about to take (the lowest-numbered; no other worker takes one
+            # while we hold the lock): an interrupt before our objective starts hands that one back.
+            objective.expected = min((t.number for t in s.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))),
+                                     default=None)
             try:
                 s.study.optimize(objective, n_trials=1, catch=(TrialFailed, NotToRun))
-            except storage.DatabaseUnreachable:
-                raise
             except Exception:
+                # Optuna may replace our exception with its own when the clean-up of a failed tell fails too.
+                self.reconnect.raise_if_gave_up()
+                if self.reconnect.stopped:  # interrupted while the server was away
+                    release()
+                    objective.hand_back()
+                    raise KeyboardInterrupt from None
                 if not objective.handed_over():
                     raise
                 self.result.dropped[s.workload.name] = self.result.dropped.get(s.workload.name, 0) + 1
@@ -436,6 +448,7 @@ class _Objective:
     def __init__(self, fleet: _Fleet, s: _Study) -> None:
         self.fleet, self.s = fleet, s
         self.release: Callable[[], None] = lambda: None
+        self.expected: int | None = None  # the queued trial Optuna should give this objective
         self.number: int | None = None
         self.not_run: str | None = None  # why the trial was failed without running (redundant, unplanned)
         self.ran = False  # the protocol ran to its end: what is left is storing the result and the tell
@@ -497,14 +510,18 @@ class _Objective:
 
         Without waiting for a server that is away: then its heartbeat stops, and another worker
         fails and queues it after the grace period."""
-        if self.number is None or self.not_run is not None:
+        number = self.number if self.number is not None else self.expected
+        if number is None or self.not_run is not None:
             return
         fleet, study = self.fleet, self.s.study
         try:
             with fleet.reconnect.no_wait(), fleet._ask_lock(self.s):
-                if fail_and_retry(fleet.rdb, study, self.number, "interrupted: the worker was stopped"):
+                trial = stored_trial(fleet.rdb, study, number)
+                if self.number is None and (trial.state != TrialState.RUNNING or "worker" in trial.user_attrs):
+                    return  # stopped before Optuna took it from the queue, or another worker has it
+                if fail_and_retry(fleet.rdb, study, number, "interrupted: the worker was stopped"):
                     return  # it was still RUNNING (stopped before Optuna could fail it)
-                trial = stored_trial(fleet.rdb, study, self.number)
+                trial = stored_trial(fleet.rdb, study, number)
                 params = params_of(trial)  # what it had chosen (or was queued with), even if stopped mid-suggestion
                 if trial.state == TrialState.FAIL and params:
                     study.enqueue_trial(params, user_attrs=retry_attrs(trial))
