@@ -6,7 +6,7 @@ This package does not import `tuner` (nor `sim`).
 """
 
 from ._check import CONNECT_TIMEOUT_S, check_database
-from ._disk import DiskFull, is_disk_full
+from ._disk import DiskFull, Unwritable, is_disk_full, is_unwritable
 from ._engine import BUSY_TIMEOUT_S, create_engine, engine_kwargs
 from ._reconnect import DEFAULT_DB_TIMEOUT_S, DatabaseUnreachable, Reconnect, connection_lost
 from ._registry import (
@@ -43,5 +43,5 @@ __all__ = [
     "StorageError", "StudyRecord", "SurrogateRecord", "beat", "check_database", "claim_campaign",
     "create_engine", "database_exists", "display_url", "engine_kwargs", "ensure_schema", "find_campaign",
     "free_campaign_name", "is_disk_full", "list_campaigns", "open_database", "owner_alive", "release_campaign",
-    "resolve_url", "sqlite_path", "this_owner",
+    "resolve_url", "sqlite_path", "this_owner", "Unwritable", "is_unwritable",
 ]

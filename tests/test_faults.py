@@ -229,6 +229,103 @@ def test_a_full_disk_while_a_report_is_written_keeps_the_previous_report_and_say
     assert not list(directory.parent.glob(".vm-2.*")), "the half-written copy is removed"
 
 
+# -- a file system that turns read-only -----------------------------------------------------------
+class Ext4:
+    """A small ext4 file system in a loop-mounted image, mounted `errors=remount-ro` (needs root and loop devices).
+
+    `turn_read_only` makes the kernel record a file-system error, after which it refuses every write
+    (EROFS) even through files already open, as when a disk fails under a running study;
+    `repair` unmounts it, checks it and mounts it writable again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.image, self.mount = root / "fs.img", root / "mnt"
+        self.mount.mkdir()
+        with self.image.open("wb") as f:
+            f.truncate(64 * 2**20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True, capture_output=True)
+        self._mount()
+
+    def _mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mount)], check=True,
+                       capture_output=True)
+
+    def turn_read_only(self) -> None:
+        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.mount)], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("rcutune test\n")
+
+    def repair(self) -> None:
+        subprocess.run(["umount", str(self.mount)], check=True, capture_output=True)
+        checked = subprocess.run(["e2fsck", "-f", "-y", str(self.image)], capture_output=True, text=True)
+        assert checked.returncode in (0, 1), checked.stdout  # 1: errors corrected
+        self._mount()
+
+    def remove(self) -> None:
+        subprocess.run(["umount", str(self.mount)], capture_output=True)
+
+
+@pytest.fixture
+def ext4(tmp_path):
+    needs = [shutil.which(tool) for tool in ("mkfs.ext4", "e2fsck", "findmnt", "mount", "umount")]
+    if os.geteuid() != 0 or not all(needs):
+        pytest.skip("needs root and e2fsprogs to mount a file system that turns read-only")
+    try:
+        fs = Ext4(tmp_path)
+    except (subprocess.CalledProcessError, OSError) as err:
+        pytest.skip(f"cannot loop-mount an ext4 image here: {getattr(err, 'stderr', err)!r}")
+    try:
+        yield fs
+    finally:
+        fs.remove()
+
+
+def read_trials(db: Path) -> dict[int, FrozenTrial]:
+    """The stored trials, with every connection closed afterwards (the file system is unmounted next)."""
+    import optuna
+
+    rdb = optuna.storages.RDBStorage(url(db))
+    try:
+        return {t.number: t for t in optuna.load_study(study_name=STUDY, storage=rdb).get_trials()}
+    finally:
+        rdb.remove_session()
+        rdb.engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_study_whose_file_system_turns_read_only_stops_with_one_line_and_resumes_once_writable(runner, ext4):
+    db, log = ext4.mount / "ro.db", ext4.mount.parent / "ro.log"
+    assert runner.run(study_argv(db, 3), log)[0] == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rcutune.tuner.cli", *study_argv(db, 400)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(completed(read_trials(db))) < 6:  # mid-run: it has told trials of its own
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        before = completed(read_trials(db))
+        ext4.turn_read_only()
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1, stderr[-3000:]
+    assert f"cannot write to the database {db}" in errors[0] and "run the same command again" in errors[0]
+
+    ext4.repair()
+    assert integrity(db) == "ok"
+    assert_kept(before, read_trials(db))
+    assert runner.run(study_argv(db, 2), log)[0] == 0, log.read_text()[-3000:]
+    resumed = read_trials(db)
+    assert_kept(before, resumed)
+    assert not [t for t in resumed.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
+
+
 # -- databases no command may touch --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def good_db(runner, tmp_path_factory) -> Path:
