@@ -7,6 +7,7 @@ command), so the kill moments fall in the commands' own work. The moments come f
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
 import os
 import random
@@ -161,6 +162,60 @@ def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mi
     assert not list(directory.parent.glob(".vm-2.*")), "leftovers of killed runs are cleaned up"
 
 
+# -- runs that collide ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def second_runner(tmp_path_factory):
+    forks = ForkRunner(ROOT, tmp_path_factory.mktemp("runner2"))
+    yield forks
+    forks.close()
+
+
+def refused_once(log: Path) -> str:
+    """The one error line of a refused command's log (no traceback)."""
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in text and len(errors) == 1, text[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_two_studies_started_at_once_on_one_campaign_run_one_and_refuse_the_other_with_one_line(
+        runner, second_runner, tmp_path):
+    for round_ in range(4):  # a new file each time: both also race to create the tables
+        db = tmp_path / f"both-{round_}.db"
+        logs = [tmp_path / f"both-{round_}-{side}.log" for side in "ab"]
+        pids = [runner.start(study_argv(db, 4), logs[0]), second_runner.start(study_argv(db, 4), logs[1])]
+        codes = [runner.wait(timeout=600), second_runner.wait(timeout=600)]
+        assert sorted(codes) == [0, 2], (codes, [log.read_text()[-2000:] for log in logs])
+        loser = codes.index(2)
+        line = refused_once(logs[loser])
+        assert f"campaign 'vm-2' is being run by {storage.this_owner().rpartition(':')[0]}:{pids[1 - loser]}" in line
+        found = by_number(db)
+        assert [t.state for t in found.values()].count(TrialState.COMPLETE) == 4  # the winner's, whole
+        assert not [t for t in found.values() if t.state == TrialState.RUNNING]
+        assert integrity(db) == "ok"
+
+
+@pytest.mark.slow
+def test_a_second_study_on_a_running_campaign_is_refused_and_the_first_finishes_unharmed(runner, tmp_path):
+    db, log = tmp_path / "busy.db", tmp_path / "busy.log"
+    assert runner.run(study_argv(db, 3), log)[0] == 0
+    runner.start(study_argv(db, 12), log)
+    deadline = time.monotonic() + 300
+    while len(completed(by_number(db))) < 5:  # it is running and telling trials
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    second = CliRunner().invoke(app, study_argv(db, 5))
+    assert second.exit_code == 2, second.output
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is being run by" in lines[0] and "Traceback" not in second.output, second.output
+    assert runner.wait(timeout=600) == 0, log.read_text()[-3000:]
+    found = by_number(db)
+    assert [t.state for t in found.values()].count(TrialState.COMPLETE) == 15  # 3, then the first run's 12
+    assert not [t for t in found.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
+
+
 # -- a full disk ---------------------------------------------------------------------------------
 LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
            "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
@@ -262,7 +317,9 @@ class Ext4:
         self._mount()
 
     def remove(self) -> None:
-        subprocess.run(["umount", str(self.mount)], capture_output=True)
+        gc.collect()  # connections this test left to the collector hold the file open
+        if subprocess.run(["umount", str(self.mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
 
 
 @pytest.fixture

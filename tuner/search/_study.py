@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from rcutune import sim, storage
@@ -197,7 +198,30 @@ def _unwritable_message(url: str, err: BaseException) -> str:
 
 
 def _claim(db: storage.Database, d: CampaignDefinition, name: str, request: StudyRequest) -> tuple[int, str, bool]:
-    """Find or create the campaign (refusing a changed definition or running workers) and take it."""
+    """Find or create the campaign (refusing a changed definition or running workers) and take it.
+
+    Of two runs that start one campaign at once, one takes it and the other is refused
+    (`storage.CampaignBusy`): the claim is a compare-and-set, and a campaign (or study) the other
+    created a moment earlier fails our insert, after which we find it and see its owner.
+    """
+    try:
+        return _claim_once(db, d, name, request)
+    except storage.StorageError as err:
+        if not _duplicate_insert(err):
+            raise
+        return _claim_once(db, d, name, request)
+
+
+def _duplicate_insert(err: BaseException) -> bool:
+    e: BaseException | None = err
+    while e is not None:
+        if isinstance(e, sqlalchemy.exc.IntegrityError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _claim_once(db: storage.Database, d: CampaignDefinition, name: str, request: StudyRequest) -> tuple[int, str, bool]:
     with db.session() as session:
         campaign = storage.find_campaign(session, name)
         if campaign is not None and request.new:
