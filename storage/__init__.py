@@ -24,6 +24,7 @@ from ._registry import (
     release_campaign,
     this_owner,
 )
+from ._snapshot import Snapshot, snapshot
 from ._schema import (
     SCHEMA_VERSION,
     AnswerRecord,
@@ -43,5 +44,5 @@ __all__ = [
     "StorageError", "StudyRecord", "SurrogateRecord", "beat", "check_database", "claim_campaign",
     "create_engine", "database_exists", "display_url", "engine_kwargs", "ensure_schema", "find_campaign",
     "free_campaign_name", "is_disk_full", "list_campaigns", "open_database", "owner_alive", "release_campaign",
-    "resolve_url", "sqlite_path", "this_owner", "Unwritable", "is_unwritable",
+    "resolve_url", "sqlite_path", "this_owner", "Unwritable", "is_unwritable", "Snapshot", "snapshot",
 ]

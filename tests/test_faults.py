@@ -9,12 +9,14 @@ from __future__ import annotations
 import errno
 import gc
 import hashlib
+import json
 import os
 import random
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -212,6 +214,119 @@ def test_a_second_study_on_a_running_campaign_is_refused_and_the_first_finishes_
     assert runner.wait(timeout=600) == 0, log.read_text()[-3000:]
     found = by_number(db)
     assert [t.state for t in found.values()].count(TrialState.COMPLETE) == 15  # 3, then the first run's 12
+    assert not [t for t in found.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
+
+
+@pytest.mark.slow
+def test_two_reports_of_one_campaign_written_at_once_leave_one_whole_report(runner, second_runner, tmp_path):
+    db, log = tmp_path / "two.db", tmp_path / "two.log"
+    target = tmp_path / "reports"
+    directory = target / "vm-2" / "vm-2"
+    assert runner.run(study_argv(db, 6), log)[0] == 0
+    # Two different reports (two confidence levels), each computed once in its own runner.
+    runner.prepare_report(url(db), "vm-2", target, confidence=0.9, confirm_seeds=1)
+    second_runner.prepare_report(url(db), "vm-2", target, confidence=0.95, confirm_seeds=1)
+    versions = []
+    for forks in (runner, second_runner):
+        assert forks.kill_at(forks.start_publish(log), 600)[0] == 0, log.read_text()[-3000:]
+        versions.append(report_files(directory))
+    assert versions[0] != versions[1]
+    for round_ in range(6):
+        if round_ % 2:  # half the time both find no report there yet
+            shutil.rmtree(directory)
+        pids = [runner.start_publish(log), second_runner.start_publish(log)]
+        codes = [runner.wait(timeout=600), second_runner.wait(timeout=600)]
+        assert codes == [0, 0], (pids, log.read_text()[-3000:])
+        assert report_files(directory) in versions, "one whole report, not a mix"
+        assert not list(directory.parent.glob(".vm-2.*")), "no half-written copy is left"
+        assert integrity(db) == "ok"
+
+
+def test_report_directories_published_at_once_by_many_writers_are_always_one_whole_version(tmp_path):
+    from rcutune.tuner.report._files import publish_directory
+
+    target = tmp_path / "vm-2"
+    versions = {k: {"report.md": f"report {k}\n" * 50, "pareto.png": bytes([k]) * 4096} for k in range(3)}
+    as_bytes = [{n: c.encode() if isinstance(c, str) else c for n, c in v.items()} for v in versions.values()]
+    start, done = threading.Barrier(len(versions) + 1), threading.Barrier(len(versions) + 1)
+    errors: list[BaseException] = []
+    rounds = 60
+
+    def writer(k: int) -> None:
+        try:
+            for _ in range(rounds):
+                start.wait()
+                try:
+                    publish_directory(versions[k], target)
+                except Exception as err:  # noqa: BLE001 - reported below
+                    errors.append(err)
+                done.wait()
+        except threading.BrokenBarrierError:  # the test failed and stopped the rounds
+            pass
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in versions]
+    for t in threads:
+        t.start()
+    try:
+        for round_ in range(rounds):
+            if round_ % 2:  # every other round, all of them find no report there yet
+                shutil.rmtree(target, ignore_errors=True)
+            start.wait()
+            done.wait()
+            assert errors == []
+            assert {p.name: p.read_bytes() for p in target.iterdir()} in as_bytes, "one whole version"
+            assert [p.name for p in tmp_path.iterdir()] == ["vm-2"], "no staging directory is left"
+    finally:
+        start.abort()
+        done.abort()
+        for t in threads:
+            t.join()
+
+
+def test_a_report_reads_one_snapshot_even_when_a_study_tells_trials_meanwhile(tmp_path, monkeypatch):
+    from rcutune.tuner.recommend import load_campaign, trials_digest
+    import optuna
+    import sqlalchemy as sa
+
+    db = tmp_path / "snap.db"
+    argv = ["study", *FAST, "--workload", "bursty", "--storage", url(db)]
+    assert CliRunner().invoke(app, [*argv, "--trials", "4"]).exit_code == 0
+    engine = sa.create_engine(url(db))
+    names = ["vm-2/steady", "vm-2/bursty"]
+    before = trials_digest(engine, names)
+    real = optuna.load_study
+    told_meanwhile = []
+
+    def load_study_after_a_study_told_more(*args, **kwargs):
+        if not told_meanwhile:  # between the report's first read and its reading of the trials
+            told_meanwhile.append(CliRunner().invoke(app, [*argv, "--trials", "2"]).exit_code)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna, "load_study", load_study_after_a_study_told_more)
+    data = load_campaign(url(db), "vm-2")
+    monkeypatch.setattr(optuna, "load_study", real)
+    assert told_meanwhile == [0] and trials_digest(engine, names) != before  # the database did move on
+    engine.dispose()
+    assert data.trials_sha256 == before
+    assert {w.name: len(w.trials) for w in data.workloads} == {"steady": 4, "bursty": 4}
+    assert {w.name: len(w.optuna_trials) for w in data.workloads} == {"steady": 4, "bursty": 4}
+
+
+@pytest.mark.slow
+def test_a_report_while_a_study_writes_is_written_and_the_study_finishes_unharmed(runner, tmp_path):
+    db, log = tmp_path / "live.db", tmp_path / "live.log"
+    assert runner.run(study_argv(db, 6), log)[0] == 0
+    runner.start(study_argv(db, 14), log)
+    target = tmp_path / "reports"
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["report", "vm-2", "--storage", url(db), "--out", str(target),
+                                          "--confirm-seeds", "1"])
+        assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output  # 1: no answer yet
+        assert json.loads((target / "vm-2" / "vm-2" / "recommendation.json").read_text())["campaign"] == "vm-2"
+    assert runner.wait(timeout=600) == 0, log.read_text()[-3000:]
+    found = by_number(db)
+    assert [t.state for t in found.values()].count(TrialState.COMPLETE) == 20
     assert not [t for t in found.values() if t.state == TrialState.RUNNING]
     assert integrity(db) == "ok"
 
