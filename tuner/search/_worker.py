@@ -119,12 +119,18 @@ class _Counts:
     waiting: int
 
 
+_RETRY_SYSTEM_ATTRS = ("fixed_params", "failed_trial", "retry_history")
+"""What a retry keeps of its failed trial's system attributes: the queued point and Optuna's retry
+history, not what the failed run stored (its constraints, which the retry sets anew)."""
+
+
 class _RetryStale(RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a heartbeat-stale trial, keeping rcutune's labels and naming the trial it retries."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trial = copy.copy(trial)
         trial.user_attrs = retry_attrs(trial)
+        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k in _RETRY_SYSTEM_ATTRS}
         super().__call__(study, trial)
 
 
