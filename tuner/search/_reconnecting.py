@@ -9,7 +9,8 @@ recognise and never run (`_worker`). Two operations are different:
 - the heartbeat is tried once per interval (Optuna's heartbeat thread must not stall the trial's
   end), and an outage only delays it;
 - no trial is declared stale by a worker within a grace period after it lost the connection
-  itself: every worker's heartbeats failed during the outage, so their ages say nothing yet.
+  itself, nor (PostgreSQL) within a grace period after the server started: every worker's
+  heartbeats failed while the server was away, so their ages say nothing yet.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
@@ -63,9 +65,16 @@ class ReconnectingStorage(RDBStorage):
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
-        if self.reconnect.lost_within(grace):
+        if self.reconnect.lost_within(grace) or self.reconnect.call(self.server_up_for) < grace:
             return []
         return self.reconnect.call(RDBStorage._get_stale_trial_ids, self, study_id)
+
+    def server_up_for(self) -> float:
+        """Seconds since the database server started (a worker started after it came back saw no outage)."""
+        if self.engine.dialect.name != "postgresql":
+            return float("inf")
+        with self.engine.connect() as conn:
+            return float(conn.execute(sa.text("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")).scalar())
 
 
 def _waiting(name: str) -> Callable[..., Any]:

@@ -60,7 +60,7 @@ from ._protocol import (
     start_trial,
     trial_protocol,
 )
-from ._reconnecting import open_reconnecting
+from ._reconnecting import ReconnectingStorage, open_reconnecting
 from ._stored import BUDGET_ATTR, GRACE_PERIOD_S, SAMPLER_ATTR, SPENT, fail_and_retry, stored_trial, trial_id
 
 HEARTBEAT_INTERVAL_S = 10
@@ -226,7 +226,7 @@ def _load_campaign(db: storage.Database, url: str, name: str) -> tuple[CampaignD
 class _Fleet:
     """One worker's loop over the studies of a campaign."""
 
-    def __init__(self, db: storage.Database, rdb: optuna.storages.RDBStorage, reconnect: storage.Reconnect,
+    def __init__(self, db: storage.Database, rdb: ReconnectingStorage, reconnect: storage.Reconnect,
                  campaign_id: int, d: CampaignDefinition, studies: list[_Study], pool: SimulationPool,
                  result: WorkerResult, request: WorkerRequest,
                  on_trial: Callable[[str, FrozenTrial, str | None], None] | None) -> None:
@@ -302,8 +302,10 @@ class _Fleet:
         """A worker killed between asking for a trial and its first heartbeat leaves a RUNNING trial that
         Optuna never calls stale; one that stays so for a grace period (on this worker's clock) is.
 
-        Not within a grace period after this worker lost the database: no worker could beat meanwhile."""
-        if self.reconnect.lost_within(self.request.grace_period_s):
+        Not within a grace period after this worker lost the database, or after the server started:
+        no worker could beat meanwhile."""
+        if self.reconnect.lost_within(self.request.grace_period_s) or \
+                self.reconnect.call(self.rdb.server_up_for) < self.request.grace_period_s:
             self.unbeaten.clear()
             return
         running = s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
