@@ -86,7 +86,12 @@ def study(
     settings: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it."""
+    """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it.
+
+    One run at a time per campaign: a campaign another rcutune study (or workers) is running is
+    refused with one line and exit 2, and the other run goes on unharmed. A database that can no
+    longer be written mid-run (its file system turned read-only) ends the run with one line and
+    exit 1; everything stored before is kept, and the same command resumes it."""
     import optuna
 
     from ..search import PlainProgress, ProgressSink, RichProgress, StudyRequest, parse_fix, run_campaign

@@ -141,7 +141,10 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
     before the first write.
 
     Raises:
-        UserError, sim.ProfileError, storage.StorageError: rejected request (one-line message).
+        UserError, sim.ProfileError, storage.StorageError: rejected request (one-line message);
+            `storage.CampaignBusy` when another run has the campaign.
+        storage.Unwritable, storage.DatabaseUnreachable: the database could not be written, or its
+            server went away, mid-run (what was stored before is kept).
     """
     start = time.monotonic()
     progress = progress or NullProgress()
@@ -173,6 +176,11 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
     except Exception as err:
         if storage.is_unwritable(err) and not storage.is_disk_full(err):
             raise storage.Unwritable(_unwritable_message(url, err)) from err
+        if storage.connection_lost(err) and not isinstance(err, storage.DatabaseUnreachable):
+            raise storage.DatabaseUnreachable(
+                f"lost the database {storage.display_url(url)} mid-run; everything stored before is kept: once "
+                "the server is back, run the same command again (on a server that restarts, rcutune worker "
+                "processes wait for it)") from err
         raise
     finally:
         db.close()
