@@ -23,7 +23,7 @@ window.addEventListener('load', () => {
   const images = [...document.images];
   const loaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
   const text = document.body.innerText;
-  const visible = /rcutree\\.rcu_min_cached_objs=\\d+|No recommendation/.test(text);
+  const visible = /(rcutree|slab_common)\\.rcu_min_cached_objs=\\d+|No recommendation/.test(text);
   document.body.setAttribute('data-probe', `images=${images.length} loaded=${loaded} visible=${visible}`);
 });
 </script></body>"""
