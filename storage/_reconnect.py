@@ -197,10 +197,12 @@ class Reconnect:
         return left
 
     def reached(self) -> None:
-        """An operation got through: the outage, if any, is over."""
-        if self._began is not None:
+        """An operation got through: the outage, if any, is over (also one given up on, as long as no
+        caller has acted on that yet: the server is back)."""
+        if self._began is not None or self._gave_up is not None:
             with self._lock:
                 self._began = None
+                self._gave_up = None
 
     def lost_within(self, seconds: float) -> bool:
         """Whether this process lost the connection in the last `seconds` seconds."""
