@@ -208,3 +208,37 @@ def test_a_worker_cut_off_longer_than_the_grace_period_drops_its_result_and_the_
         outs[0].read_text(), outputs(outs)
     check = check_campaign(url, "cut", reported("cut", [o.read_text() for o in outs]))
     assert (check.lost, check.duplicated, check.stuck_running, check.problems) == (0, 0, 0, []), outputs(outs)
+
+
+def test_a_batch_queued_twice_runs_once_and_its_copies_are_failed_unrun(postgres_url, tmp_path):
+    # What two workers that both found the study idle (their locks gone with a server that restarted)
+    # would queue: the same batch twice.
+    import optuna
+
+    from rcutune import storage
+    from rcutune.tuner.search import plan_batch, stored_definition
+
+    create(postgres_url, "twice", 8, ("steady",))
+    db = storage.open_database(postgres_url, create=False)
+    with db.session() as session:
+        d = stored_definition(storage.find_campaign(session, "twice"))
+    db.close()
+    rdb = optuna.storages.RDBStorage(postgres_url)
+    study = optuna.load_study(study_name="twice/steady", storage=rdb)
+    for _ in range(2):
+        for planned in plan_batch([], d, "steady", size=4, sampler="tpe", refine=True):
+            study.enqueue_trial(planned.params, user_attrs=planned.attrs)
+    worker = start_worker(postgres_url, "twice", tmp_path / "w.out", *FAST_BEATS)
+    try:
+        assert wait_all([worker], 300), "the worker did not finish"
+    finally:
+        stop_all([worker])
+    text = (tmp_path / "w.out").read_text()
+    assert worker.returncode == 0, text
+    trials = {t.number: t for t in study.get_trials()}
+    rdb.engine.dispose()
+    assert [trials[n].state.name for n in range(4, 8)] == ["FAIL"] * 4, text
+    assert all(trials[n].user_attrs["fail_reason"].startswith(f"redundant: a second copy of batch 0 slot {n - 4}")
+               for n in range(4, 8))
+    check = check_campaign(postgres_url, "twice", reported("twice", [text]))
+    assert (check.trials, check.lost, check.duplicated, check.stuck_running, check.problems) == (8, 0, 0, 0, []), text

@@ -253,6 +253,9 @@ class _Fleet:
             live = [s for s in self.studies if s.workload.name not in self.result.aborted]
             counts = {id(s): self._counts(s) for s in live}
             if all(counts[id(s)].spent >= s.budget for s in live):
+                for s in self.studies:  # copies queued by an outage's double write would wait forever
+                    with self._ask_lock(s):
+                        self._fail_redundant_waiting(s)
                 return
             ready = [s for s in live if self._actionable(s, counts[id(s)])]
             if not ready:  # every remaining trial is running elsewhere: watch for workers that stop beating
@@ -297,6 +300,22 @@ class _Fleet:
                 with self._ask_lock(s):
                     optuna.storages.fail_stale_trials(s.study)
                     self._sweep_unbeaten(s)
+                    self._fail_redundant_waiting(s)
+
+    def _fail_redundant_waiting(self, s: _Study) -> None:
+        """Fail the queued trials that are redundant copies (see `not_to_run`), so none waits for ever once
+        the slot they copy is done; the caller holds the study's lock."""
+        trials = s.study.get_trials(deepcopy=False)
+        for t in trials:
+            reason = not_to_run(trials, t.number, t.user_attrs) if t.state == TrialState.WAITING else None
+            if reason is None or not reason.startswith("redundant"):
+                continue
+            tid = trial_id(self.rdb, s.study, t.number)
+            self.rdb.set_trial_user_attr(tid, "fail_reason", reason)
+            try:
+                self.rdb.set_trial_state_values(tid, TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
 
     def _sweep_unbeaten(self, s: _Study) -> None:
         """A worker killed between asking for a trial and its first heartbeat leaves a RUNNING trial that
@@ -375,7 +394,16 @@ class _Fleet:
             if not self._actionable(s, c) or self.reconnect.outages != held:
                 return  # nothing to do, or the lock died with the connection: look again
             if c.waiting == 0:
-                self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size))
+                # Planning writes several trials under the lock, each without waiting for a lost server:
+                # after an outage the lock is gone, and another worker may be planning this very batch.
+                try:
+                    with self.reconnect.no_wait():
+                        self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size))
+                except storage.DatabaseUnreachable:
+                    self.reconnect.raise_if_gave_up()
+                    if self.reconnect.stopped:
+                        raise KeyboardInterrupt from None
+                    return  # what was queued before the outage runs; later batches fill the budget
                 if self.reconnect.outages != held:
                     return
             objective.release = release
