@@ -95,8 +95,8 @@ class Reconnect:
         who: names the process in that line (e.g. "worker").
     """
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_DB_TIMEOUT_S, *, report: Callable[[str], None] | None = None,
-                 who: str = "rcutune") -> None:
+    def __init__(self, url: str, timeout_s: float = DEFAULT_DB_TIMEOUT_S, *,
+                 report: Callable[[str], None] | None = None, who: str = "rcutune") -> None:
         self.where = display_url(url)
         self.timeout_s = timeout_s
         self.report = report or (lambda line: None)

@@ -166,15 +166,16 @@ def _check_study(conn: sa.Connection, campaign: str, workload: str, optuna_name:
     if study_id is None:
         check.problems.append(f"{where}: no Optuna study {optuna_name}")
         return check
-    budget = conn.execute(sa.text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'budget'"),
-                          {"s": study_id}).scalar()
+    budget = conn.execute(sa.text(
+        "SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'budget'"), {"s": study_id}).scalar()
     objectives = conn.execute(sa.text("SELECT count(*) FROM study_directions WHERE study_id = :s"),
                               {"s": study_id}).scalar()
     rows = conn.execute(sa.text("SELECT trial_id, number, state FROM trials WHERE study_id = :s ORDER BY number"),
                         {"s": study_id}).all()
     attrs: dict[int, dict[str, object]] = {tid: {} for tid, _, _ in rows}
     for tid, key, value in conn.execute(sa.text(
-            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+            "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
+            "JOIN trials t ON t.trial_id = a.trial_id "
             "WHERE t.study_id = :s AND a.key IN ('batch', 'slot', 'replications', 'pruned_by')"), {"s": study_id}):
         attrs[tid][key] = json.loads(value)
     values = Counter(conn.execute(sa.text(

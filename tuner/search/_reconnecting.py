@@ -74,7 +74,8 @@ class ReconnectingStorage(RDBStorage):
         if self.engine.dialect.name != "postgresql":
             return float("inf")
         with self.engine.connect() as conn:
-            return float(conn.execute(sa.text("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")).scalar())
+            up = conn.execute(sa.text("SELECT extract(epoch FROM now() - pg_postmaster_start_time())")).scalar()
+        return float(up)
 
 
 def _waiting(name: str) -> Callable[..., Any]:

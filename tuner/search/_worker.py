@@ -409,8 +409,8 @@ class _Fleet:
             objective.release = release
             # The queued trial Optuna is about to take (the lowest-numbered; no other worker takes one
             # while we hold the lock): an interrupt before our objective starts hands that one back.
-            objective.expected = min((t.number for t in s.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))),
-                                     default=None)
+            queued = s.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+            objective.expected = min((t.number for t in queued), default=None)
             try:
                 s.study.optimize(objective, n_trials=1, catch=(TrialFailed, NotToRun))
             except Exception:
@@ -423,8 +423,8 @@ class _Fleet:
                 if not objective.handed_over():
                     raise
                 self.result.dropped[s.workload.name] = self.result.dropped.get(s.workload.name, 0) + 1
-                self.on_trial(s.workload.name, stored_trial(self.rdb, s.study, objective.number),  # type: ignore[arg-type]
-                              "dropped: another worker declared it stale meanwhile and runs it again")
+                dropped = stored_trial(self.rdb, s.study, objective.number)  # type: ignore[arg-type]
+                self.on_trial(s.workload.name, dropped, "dropped: another worker declared it stale meanwhile and runs it again")
                 return
             except BaseException:
                 release()
