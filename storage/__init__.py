@@ -6,8 +6,9 @@ This package does not import `tuner` (nor `sim`).
 """
 
 from ._check import CONNECT_TIMEOUT_S, check_database
-from ._disk import DiskFull, is_disk_full
+from ._disk import DiskFull, Unwritable, is_disk_full, is_unwritable
 from ._engine import BUSY_TIMEOUT_S, create_engine, engine_kwargs
+from ._reconnect import DEFAULT_DB_TIMEOUT_S, DatabaseUnreachable, Reconnect, connection_lost
 from ._registry import (
     OWNER_STALE_AFTER_S,
     CampaignBusy,
@@ -23,6 +24,7 @@ from ._registry import (
     release_campaign,
     this_owner,
 )
+from ._snapshot import Snapshot, snapshot
 from ._schema import (
     SCHEMA_VERSION,
     AnswerRecord,
@@ -37,9 +39,10 @@ from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, display_u
 
 __all__ = [
     "AnswerRecord", "BUSY_TIMEOUT_S", "Base", "CONNECT_TIMEOUT_S", "Campaign", "CampaignBusy", "DEFAULT_URL", "Database",
+    "DEFAULT_DB_TIMEOUT_S", "DatabaseUnreachable", "Reconnect", "connection_lost",
     "DiskFull", "ENV_VAR", "OWNER_STALE_AFTER_S", "RecommendationRecord", "SCHEMA_VERSION", "SchemaVersion",
     "StorageError", "StudyRecord", "SurrogateRecord", "beat", "check_database", "claim_campaign",
     "create_engine", "database_exists", "display_url", "engine_kwargs", "ensure_schema", "find_campaign",
     "free_campaign_name", "is_disk_full", "list_campaigns", "open_database", "owner_alive", "release_campaign",
-    "resolve_url", "sqlite_path", "this_owner",
+    "resolve_url", "sqlite_path", "this_owner", "Unwritable", "is_unwritable", "Snapshot", "snapshot",
 ]

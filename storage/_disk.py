@@ -1,4 +1,5 @@
-"""A full disk: recognised wherever it surfaces (SQLite, Optuna's wrapping of it, a plain file write)."""
+"""A full disk, or a database file that can no longer be written: recognised wherever it surfaces
+(SQLite, Optuna's wrapping of it, a plain file write)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 class DiskFull(StorageError):
     """A write failed for want of space (or over the process's file-size limit); nothing stored was lost."""
+
+
+class Unwritable(StorageError):
+    """A write to a SQLite database failed (its file system turned read-only, or the disk failed);
+    what was committed before is kept. The message is one line."""
 
 
 def is_disk_full(err: BaseException) -> bool:
@@ -49,3 +55,29 @@ def _file_size_limited() -> bool:
         return False
     soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
     return soft != resource.RLIM_INFINITY
+
+
+_UNWRITABLE_SQLITE = ("SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
+def is_unwritable(err: BaseException) -> bool:
+    """Whether `err`, or an exception it was raised from or during, is SQLite failing to write its
+    files (read-only, I/O error, cannot open the journal) or a write refused by a read-only file system.
+
+    A full disk is `is_disk_full`, checked first by callers.
+    """
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, Unwritable):
+            return True
+        if isinstance(e, OSError) and e.errno == errno.EROFS:
+            return True
+        if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorname", "").startswith(_UNWRITABLE_SQLITE):
+            return True
+        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return False

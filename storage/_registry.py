@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy.orm.attributes import set_committed_value
 
 from ._check import check_database, newer_schema_message
 from ._engine import create_engine
 from ._schema import SCHEMA_VERSION, Base, Campaign, SchemaVersion, utcnow
 from ._disk import DiskFull, is_disk_full
-from ._url import StorageError, database_exists, display_url
+from ._url import StorageError, database_exists, display_url, sqlite_path
 
+NEW_FILE_SETTLE_S = 1.0
+"""How long a SQLite file that was created empty a moment ago may take to become a database (see `_check_settled`)."""
 OWNER_STALE_AFTER_S = 60.0
 """A campaign owner whose heartbeat is older than this is presumed dead (other hosts, reused pids)."""
 
@@ -29,9 +34,9 @@ class CampaignBusy(StorageError):
 class Database:
     """An open rcutune database: one engine and a session factory. Close it when done."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, idle_in_transaction_s: float | None = None) -> None:
         self.url = url
-        self.engine = create_engine(url)
+        self.engine = create_engine(url, idle_in_transaction_s=idle_in_transaction_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -56,8 +61,10 @@ def _one_line_errors(url: str) -> Iterator[None]:
         raise StorageError(f"storage '{display_url(url)}': {first}") from None
 
 
-def open_database(url: str, *, create: bool = True) -> Database:
+def open_database(url: str, *, create: bool = True, idle_in_transaction_s: float | None = None) -> Database:
     """Open `url`, creating rcutune's tables when they are missing and `create` is true.
+
+    `idle_in_transaction_s`: see `engine_kwargs`.
 
     Nothing is written to a database that already has rcutune's tables, nor to one that
     `check_database` refuses (it runs first, reading only).
@@ -69,8 +76,8 @@ def open_database(url: str, *, create: bool = True) -> Database:
     """
     if not create and not database_exists(url):
         raise StorageError(f"no database at '{display_url(url)}'")
-    check_database(url)
-    db = Database(url)
+    _check_settled(url)
+    db = Database(url, idle_in_transaction_s=idle_in_transaction_s)
     try:
         with _one_line_errors(url):
             ensure_schema(db.engine, create=create)
@@ -78,6 +85,33 @@ def open_database(url: str, *, create: bool = True) -> Database:
         db.close()
         raise
     return db
+
+
+def _check_settled(url: str) -> None:
+    """`check_database`, letting a SQLite file that another process is creating this moment get its header.
+
+    Two commands started at once on a missing file: the first creates it, and for an instant it is
+    empty, which the check refuses as a stray file; a file empty and no older than
+    `NEW_FILE_SETTLE_S` is given that long to become a database.
+    """
+    path = sqlite_path(url)
+    deadline = time.monotonic() + NEW_FILE_SETTLE_S
+    while True:
+        try:
+            check_database(url)
+            return
+        except StorageError:
+            if path is None or time.monotonic() > deadline or not _just_created_empty(path):
+                raise
+        time.sleep(0.05)
+
+
+def _just_created_empty(path: Path) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_size == 0 and time.time() - st.st_mtime < NEW_FILE_SETTLE_S
 
 
 def ensure_schema(engine: sa.Engine, *, create: bool = True) -> int | None:
@@ -97,11 +131,20 @@ def ensure_schema(engine: sa.Engine, *, create: bool = True) -> int | None:
             return found
     if not create:
         return found
-    Base.metadata.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.delete(SchemaVersion).where(SchemaVersion.version < SCHEMA_VERSION))
-        if conn.execute(sa.select(sa.func.count()).select_from(SchemaVersion)).scalar() == 0:
-            conn.execute(sa.insert(SchemaVersion).values(version=SCHEMA_VERSION, created_at=utcnow()))
+    for attempt in range(20):
+        try:
+            Base.metadata.create_all(engine)
+            with engine.begin() as conn:
+                conn.execute(sa.delete(SchemaVersion).where(SchemaVersion.version < SCHEMA_VERSION))
+                if conn.execute(sa.select(sa.func.count()).select_from(SchemaVersion)).scalar() == 0:
+                    conn.execute(sa.insert(SchemaVersion).values(version=SCHEMA_VERSION, created_at=utcnow()))
+            break
+        except sa.exc.DBAPIError:
+            if attempt == 19:
+                raise
+            # Another process is making the same tables at the same moment ("already exists", a
+            # duplicate version row): what it made is checked, and completed, again.
+            time.sleep(0.1)
     return SCHEMA_VERSION
 
 
@@ -162,13 +205,30 @@ def claim_campaign(session: Session, campaign: Campaign) -> bool:
     Raises:
         CampaignBusy: another live process owns it.
     """
-    if campaign.owner and campaign.owner != this_owner() and owner_alive(campaign.owner, campaign.owner_heartbeat_at):
-        raise CampaignBusy(f"campaign '{campaign.name}' is being run by {campaign.owner}; wait for it to "
-                           "finish, or choose another name with --study")
-    displaced = bool(campaign.owner) and campaign.owner != this_owner()
-    campaign.owner = this_owner()
-    campaign.owner_heartbeat_at = campaign.updated_at = utcnow()
-    return displaced
+    seen = campaign.owner
+    if seen and seen != this_owner() and owner_alive(seen, campaign.owner_heartbeat_at):
+        raise _busy(campaign.name, seen)
+    now = utcnow()
+    if campaign.id is None:  # new in this session: its insert carries the owner (a second insert of the name fails)
+        campaign.owner, campaign.owner_heartbeat_at, campaign.updated_at = this_owner(), now, now
+        return False
+    # Compare and set: of two processes that both saw the campaign free, the second updates no row.
+    taken = session.execute(
+        sa.update(Campaign).where(Campaign.id == campaign.id,
+                                  Campaign.owner.is_(None) if seen is None else Campaign.owner == seen)
+        .values(owner=this_owner(), owner_heartbeat_at=now, updated_at=now)
+        .execution_options(synchronize_session=False))
+    if taken.rowcount != 1:
+        owner = session.execute(sa.select(Campaign.owner).where(Campaign.id == campaign.id)).scalar()
+        raise _busy(campaign.name, owner or "another run")
+    for key, value in (("owner", this_owner()), ("owner_heartbeat_at", now), ("updated_at", now)):
+        set_committed_value(campaign, key, value)
+    return bool(seen) and seen != this_owner()
+
+
+def _busy(name: str, owner: str) -> CampaignBusy:
+    return CampaignBusy(f"campaign '{name}' is being run by {owner}; wait for it to finish, or choose another "
+                        "name with --study")
 
 
 def beat(db: Database, campaign_id: int) -> None:

@@ -7,13 +7,16 @@ command), so the kill moments fall in the commands' own work. The moments come f
 from __future__ import annotations
 
 import errno
+import gc
 import hashlib
+import json
 import os
 import random
 import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -162,6 +165,182 @@ def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mi
     assert not list(directory.parent.glob(".vm-2.*")), "leftovers of killed runs are cleaned up"
 
 
+# -- runs that collide ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def second_runner(tmp_path_factory):
+    forks = ForkRunner(ROOT, tmp_path_factory.mktemp("runner2"))
+    yield forks
+    forks.close()
+
+
+def refused_once(log: Path) -> str:
+    """The one error line of a refused command's log (no traceback)."""
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in text and len(errors) == 1, text[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_two_studies_started_at_once_on_one_campaign_run_one_and_refuse_the_other_with_one_line(
+        runner, second_runner, tmp_path):
+    forks = (runner, second_runner)
+    for round_ in range(4):  # a new file each time: both also race to create the tables
+        db = tmp_path / f"both-{round_}.db"
+        logs = [tmp_path / f"both-{round_}-{side}.log" for side in "ab"]
+        # Long runs (the first still runs when the second starts, however busy the machine); once one is
+        # refused, the other has shown what it had to and is stopped (a run left whole is the next test's).
+        pids = [forks[k].start(study_argv(db, 200), logs[k]) for k in (0, 1)]
+        codes: list[int | None] = [None, None]
+        deadline = time.monotonic() + 600
+        while 2 not in codes:
+            assert time.monotonic() < deadline and None in codes, (codes, [log.read_text()[-2000:] for log in logs])
+            for k in (0, 1):
+                if codes[k] is None:
+                    codes[k] = forks[k].wait(timeout=0.1)
+        loser = codes.index(2)
+        winner = 1 - loser
+        assert codes[winner] is None, "the one that took the campaign was still running"
+        line = refused_once(logs[loser])
+        assert f"campaign 'vm-2' is being run by {storage.this_owner().rpartition(':')[0]}:{pids[winner]}" in line
+        forks[winner].kill_at(pids[winner], 0)
+        assert integrity(db) == "ok"
+        assert runner.run(study_argv(db, 1), logs[0])[0] == 0, logs[0].read_text()[-2000:]  # and it resumes
+
+
+@pytest.mark.slow
+def test_a_second_study_on_a_running_campaign_is_refused_and_the_first_finishes_unharmed(runner, tmp_path):
+    db, log = tmp_path / "busy.db", tmp_path / "busy.log"
+    assert runner.run(study_argv(db, 3), log)[0] == 0
+    runner.start(study_argv(db, 12), log)
+    deadline = time.monotonic() + 300
+    while len(completed(by_number(db))) < 5:  # it is running and telling trials
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.2)
+    second = CliRunner().invoke(app, study_argv(db, 5))
+    assert second.exit_code == 2, second.output
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is being run by" in lines[0] and "Traceback" not in second.output, second.output
+    assert runner.wait(timeout=600) == 0, log.read_text()[-3000:]
+    found = by_number(db)
+    assert [t.state for t in found.values()].count(TrialState.COMPLETE) == 15  # 3, then the first run's 12
+    assert not [t for t in found.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
+
+
+@pytest.mark.slow
+def test_two_reports_of_one_campaign_written_at_once_leave_one_whole_report(runner, second_runner, tmp_path):
+    db, log = tmp_path / "two.db", tmp_path / "two.log"
+    target = tmp_path / "reports"
+    directory = target / "vm-2" / "vm-2"
+    assert runner.run(study_argv(db, 6), log)[0] == 0
+    # Two different reports (two confidence levels), each computed once in its own runner.
+    runner.prepare_report(url(db), "vm-2", target, confidence=0.9, confirm_seeds=1)
+    second_runner.prepare_report(url(db), "vm-2", target, confidence=0.95, confirm_seeds=1)
+    versions = []
+    for forks in (runner, second_runner):
+        assert forks.kill_at(forks.start_publish(log), 600)[0] == 0, log.read_text()[-3000:]
+        versions.append(report_files(directory))
+    assert versions[0] != versions[1]
+    for round_ in range(6):
+        if round_ % 2:  # half the time both find no report there yet
+            shutil.rmtree(directory)
+        pids = [runner.start_publish(log), second_runner.start_publish(log)]
+        codes = [runner.wait(timeout=600), second_runner.wait(timeout=600)]
+        assert codes == [0, 0], (pids, log.read_text()[-3000:])
+        assert report_files(directory) in versions, "one whole report, not a mix"
+        assert not list(directory.parent.glob(".vm-2.*")), "no half-written copy is left"
+        assert integrity(db) == "ok"
+
+
+def test_report_directories_published_at_once_by_many_writers_are_always_one_whole_version(tmp_path):
+    from rcutune.tuner.report._files import publish_directory
+
+    target = tmp_path / "vm-2"
+    versions = {k: {"report.md": f"report {k}\n" * 50, "pareto.png": bytes([k]) * 4096} for k in range(3)}
+    as_bytes = [{n: c.encode() if isinstance(c, str) else c for n, c in v.items()} for v in versions.values()]
+    start, done = threading.Barrier(len(versions) + 1), threading.Barrier(len(versions) + 1)
+    errors: list[BaseException] = []
+    rounds = 60
+
+    def writer(k: int) -> None:
+        try:
+            for _ in range(rounds):
+                start.wait()
+                try:
+                    publish_directory(versions[k], target)
+                except Exception as err:  # noqa: BLE001 - reported below
+                    errors.append(err)
+                done.wait()
+        except threading.BrokenBarrierError:  # the test failed and stopped the rounds
+            pass
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in versions]
+    for t in threads:
+        t.start()
+    try:
+        for round_ in range(rounds):
+            if round_ % 2:  # every other round, all of them find no report there yet
+                shutil.rmtree(target, ignore_errors=True)
+            start.wait()
+            done.wait()
+            assert errors == []
+            assert {p.name: p.read_bytes() for p in target.iterdir()} in as_bytes, "one whole version"
+            assert [p.name for p in tmp_path.iterdir()] == ["vm-2"], "no staging directory is left"
+    finally:
+        start.abort()
+        done.abort()
+        for t in threads:
+            t.join()
+
+
+def test_a_report_reads_one_snapshot_even_when_a_study_tells_trials_meanwhile(tmp_path, monkeypatch):
+    from rcutune.tuner.recommend import load_campaign, trials_digest
+    import optuna
+    import sqlalchemy as sa
+
+    db = tmp_path / "snap.db"
+    argv = ["study", *FAST, "--workload", "bursty", "--storage", url(db)]
+    assert CliRunner().invoke(app, [*argv, "--trials", "4"]).exit_code == 0
+    engine = sa.create_engine(url(db))
+    names = ["vm-2/steady", "vm-2/bursty"]
+    before = trials_digest(engine, names)
+    real = optuna.load_study
+    told_meanwhile = []
+
+    def load_study_after_a_study_told_more(*args, **kwargs):
+        if not told_meanwhile:  # between the report's first read and its reading of the trials
+            told_meanwhile.append(CliRunner().invoke(app, [*argv, "--trials", "2"]).exit_code)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna, "load_study", load_study_after_a_study_told_more)
+    data = load_campaign(url(db), "vm-2")
+    monkeypatch.setattr(optuna, "load_study", real)
+    assert told_meanwhile == [0] and trials_digest(engine, names) != before  # the database did move on
+    engine.dispose()
+    assert data.trials_sha256 == before
+    assert {w.name: len(w.trials) for w in data.workloads} == {"steady": 4, "bursty": 4}
+    assert {w.name: len(w.optuna_trials) for w in data.workloads} == {"steady": 4, "bursty": 4}
+
+
+@pytest.mark.slow
+def test_a_report_while_a_study_writes_is_written_and_the_study_finishes_unharmed(runner, tmp_path):
+    db, log = tmp_path / "live.db", tmp_path / "live.log"
+    assert runner.run(study_argv(db, 6), log)[0] == 0
+    runner.start(study_argv(db, 14), log)
+    target = tmp_path / "reports"
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["report", "vm-2", "--storage", url(db), "--out", str(target),
+                                          "--confirm-seeds", "1"])
+        assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output  # 1: no answer yet
+        assert json.loads((target / "vm-2" / "vm-2" / "recommendation.json").read_text())["campaign"] == "vm-2"
+    assert runner.wait(timeout=600) == 0, log.read_text()[-3000:]
+    found = by_number(db)
+    assert [t.state for t in found.values()].count(TrialState.COMPLETE) == 20
+    assert not [t for t in found.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
+
+
 # -- a full disk ---------------------------------------------------------------------------------
 LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
            "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
@@ -228,6 +407,105 @@ def test_a_full_disk_while_a_report_is_written_keeps_the_previous_report_and_say
     assert len(err.splitlines()) == 1 and err.startswith("error: the disk is full")
     assert report_files(directory) == previous
     assert not list(directory.parent.glob(".vm-2.*")), "the half-written copy is removed"
+
+
+# -- a file system that turns read-only -----------------------------------------------------------
+class Ext4:
+    """A small ext4 file system in a loop-mounted image, mounted `errors=remount-ro` (needs root and loop devices).
+
+    `turn_read_only` makes the kernel record a file-system error, after which it refuses every write
+    (EROFS) even through files already open, as when a disk fails under a running study;
+    `repair` unmounts it, checks it and mounts it writable again.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.image, self.mount = root / "fs.img", root / "mnt"
+        self.mount.mkdir()
+        with self.image.open("wb") as f:
+            f.truncate(64 * 2**20)
+        subprocess.run(["mkfs.ext4", "-q", "-F", str(self.image)], check=True, capture_output=True)
+        self._mount()
+
+    def _mount(self) -> None:
+        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mount)], check=True,
+                       capture_output=True)
+
+    def turn_read_only(self) -> None:
+        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.mount)], check=True, capture_output=True,
+                                text=True).stdout.strip()
+        Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("rcutune test\n")
+
+    def repair(self) -> None:
+        subprocess.run(["umount", str(self.mount)], check=True, capture_output=True)
+        checked = subprocess.run(["e2fsck", "-f", "-y", str(self.image)], capture_output=True, text=True)
+        assert checked.returncode in (0, 1), checked.stdout  # 1: errors corrected
+        self._mount()
+
+    def remove(self) -> None:
+        gc.collect()  # connections this test left to the collector hold the file open
+        if subprocess.run(["umount", str(self.mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+
+
+@pytest.fixture
+def ext4(tmp_path):
+    needs = [shutil.which(tool) for tool in ("mkfs.ext4", "e2fsck", "findmnt", "mount", "umount")]
+    if os.geteuid() != 0 or not all(needs):
+        pytest.skip("needs root and e2fsprogs to mount a file system that turns read-only")
+    try:
+        fs = Ext4(tmp_path)
+    except (subprocess.CalledProcessError, OSError) as err:
+        pytest.skip(f"cannot loop-mount an ext4 image here: {getattr(err, 'stderr', err)!r}")
+    try:
+        yield fs
+    finally:
+        fs.remove()
+
+
+def read_trials(db: Path) -> dict[int, FrozenTrial]:
+    """The stored trials, with every connection closed afterwards (the file system is unmounted next)."""
+    import optuna
+
+    rdb = optuna.storages.RDBStorage(url(db))
+    try:
+        return {t.number: t for t in optuna.load_study(study_name=STUDY, storage=rdb).get_trials()}
+    finally:
+        rdb.remove_session()
+        rdb.engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_study_whose_file_system_turns_read_only_stops_with_one_line_and_resumes_once_writable(runner, ext4):
+    db, log = ext4.mount / "ro.db", ext4.mount.parent / "ro.log"
+    assert runner.run(study_argv(db, 3), log)[0] == 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "rcutune.tuner.cli", *study_argv(db, 400)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(completed(read_trials(db))) < 6:  # mid-run: it has told trials of its own
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+            time.sleep(0.2)
+        before = completed(read_trials(db))
+        ext4.turn_read_only()
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in stderr and len(errors) == 1, stderr[-3000:]
+    assert f"cannot write to the database {db}" in errors[0] and "run the same command again" in errors[0]
+
+    ext4.repair()
+    assert integrity(db) == "ok"
+    assert_kept(before, read_trials(db))
+    assert runner.run(study_argv(db, 2), log)[0] == 0, log.read_text()[-3000:]
+    resumed = read_trials(db)
+    assert_kept(before, resumed)
+    assert not [t for t in resumed.values() if t.state == TrialState.RUNNING]
+    assert integrity(db) == "ok"
 
 
 # -- databases no command may touch --------------------------------------------------------------

@@ -165,27 +165,43 @@ def test_a_trial_left_running_without_any_heartbeat_is_failed_after_the_grace_pe
     assert TrialState.RUNNING not in [t.state for t in trials]
 
 
+_RUNNING_MID_PROTOCOL = sa.text(
+    "SELECT t.number FROM trials t WHERE t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM trial_user_attributes a "
+    "WHERE a.trial_id = t.trial_id AND a.key = 'low_fidelity')")
+
+
 def test_a_worker_stopped_with_sigterm_hands_its_trial_back_at_once(postgres_url, tmp_path):
     assert _create(postgres_url, trials=3, workloads=("steady",)).exit_code == 0
     worker = _worker(postgres_url, tmp_path / "worker.out")
+    engine = sa.create_engine(postgres_url)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            running = [t for t in _trials(postgres_url, "steady") if t.state == TrialState.RUNNING and t.params]
-            if running:
-                break
-            time.sleep(0.05)
-        assert running, "the worker never ran a trial"
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=30) == 130
+        # The signal must land inside a trial: freeze the worker while a trial runs and none of its result
+        # is stored yet (storing starts with `low_fidelity`, the tell comes after), check that it is still
+        # so, and signal it frozen; it handles the signal first thing when it moves again.
+        stopped = None
+        deadline = time.monotonic() + 120
+        while stopped is None and time.monotonic() < deadline and worker.poll() is None:
+            with engine.connect() as conn:
+                seen = conn.execute(_RUNNING_MID_PROTOCOL).scalars().all()
+            if seen:
+                os.killpg(worker.pid, signal.SIGSTOP)
+                with engine.connect() as conn:
+                    still = conn.execute(_RUNNING_MID_PROTOCOL).scalars().all()
+                if still:
+                    stopped = still[0]
+                    worker.send_signal(signal.SIGTERM)
+                os.killpg(worker.pid, signal.SIGCONT)
+            time.sleep(0.02)
+        assert stopped is not None, "the worker was never seen running a trial"
+        assert worker.wait(timeout=60) == 130
     finally:
+        engine.dispose()
         if worker.poll() is None:
             os.killpg(worker.pid, signal.SIGKILL)
             worker.wait()
     trials = {t.number: t for t in _trials(postgres_url, "steady")}
-    stopped = trials[running[0].number]
-    assert stopped.state == TrialState.FAIL
-    assert [t.state for t in trials.values() if t.user_attrs.get("retry_of") == stopped.number] == [TrialState.WAITING]
+    assert trials[stopped].state == TrialState.FAIL, (tmp_path / "worker.out").read_text()
+    assert [t.state for t in trials.values() if t.user_attrs.get("retry_of") == stopped] == [TrialState.WAITING]
     assert TrialState.RUNNING not in [t.state for t in trials.values()]
 
 

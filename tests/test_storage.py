@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -141,3 +142,50 @@ def test_messages_never_show_a_password():
     with pytest.raises(StorageError) as caught:
         storage.check_database("postgresql+psycopg://rcutune:secret@127.0.0.1:1/rcutune")
     assert "secret" not in str(caught.value) and "rcutune:***@" in str(caught.value)
+
+
+def _refused() -> sa.exc.OperationalError:
+    return sa.exc.OperationalError("SELECT 1", None, ConnectionRefusedError(111, "Connection refused"))
+
+
+def test_an_outage_is_waited_out_with_growing_bounded_waits_and_reported_in_one_line():
+    lines, attempts = [], []
+
+    def flaky() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) <= 3:
+            raise _refused()
+        return "answer"
+
+    reconnect = storage.Reconnect("postgresql+psycopg://u:secret@db/x", 30, report=lines.append, who="worker")
+    assert reconnect.call(flaky) == "answer"
+    waits = [b - a for a, b in zip(attempts, attempts[1:])]
+    # 0.5, 1 and 2 s, each shortened by up to a fifth (jitter), plus what a busy machine adds
+    assert all(0.8 * d <= w <= d + 1.0 for w, d in zip(waits, (0.5, 1.0, 2.0))), waits
+    assert len(lines) == 1 and lines[0].startswith("worker: lost the database postgresql+psycopg://u:***@db/x")
+    assert "secret" not in lines[0] and "reconnecting for up to 30 s" in lines[0]
+    assert reconnect.call(flaky) == "answer" and len(lines) == 1  # no outage, no line
+    attempts.clear()
+    assert reconnect.call(flaky) == "answer" and len(lines) == 2  # a second outage, a second line
+
+
+def test_an_outage_longer_than_the_timeout_gives_up_and_other_errors_are_not_retried():
+    reconnect = storage.Reconnect("postgresql+psycopg://db/x", 1.5)
+    start = time.monotonic()
+    with pytest.raises(storage.DatabaseUnreachable, match="stayed unreachable for 1.5 s"):
+        reconnect.call(lambda: (_ for _ in ()).throw(_refused()))
+    assert time.monotonic() - start < 1.5 + 1.5  # the timeout and at most one more wait
+    with pytest.raises(storage.DatabaseUnreachable):  # given up: at once, until an operation gets through
+        reconnect.call(lambda: (_ for _ in ()).throw(_refused()))
+    calls = []
+
+    def duplicate() -> None:
+        calls.append(1)
+        raise sa.exc.IntegrityError("INSERT", None, ValueError("duplicate key"))
+
+    with pytest.raises(storage.DatabaseUnreachable):
+        reconnect.call(duplicate)
+    assert reconnect.attempt(lambda: "back") == (True, "back")  # the server is back: the outage is over
+    with pytest.raises(sa.exc.IntegrityError):
+        reconnect.call(duplicate)
+    assert calls == [1]

@@ -3,7 +3,8 @@
 `$RCUTUNE_TEST_POSTGRES` (set by `.ci/run`) names a server URL whose user may create databases.
 Without it, `throwaway_server()` starts a private cluster from the distribution's `initdb`
 (`/usr/lib/postgresql/<version>/bin`) in a temporary directory, as the `postgres` user when run as
-root (PostgreSQL refuses to run as root), and removes it afterwards.
+root (PostgreSQL refuses to run as root), and removes it afterwards. Tests that restart the server
+take a `throwaway_cluster()` of their own (a given server is not theirs to restart).
 """
 
 from __future__ import annotations
@@ -42,6 +43,64 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Cluster:
+    """A private PostgreSQL cluster in a temporary directory, which its owner may stop, start and restart.
+
+    Trust authentication, user `rcutune`, listening on 127.0.0.1 at a free port. Run as the
+    `postgres` user when we are root (PostgreSQL refuses to run as root).
+
+    Raises:
+        NoPostgres: no initdb on this machine.
+    """
+
+    def __init__(self) -> None:
+        initdb = find_initdb()
+        if initdb is None:
+            raise NoPostgres(f"no PostgreSQL: set {ENV_VAR} or install the postgresql package (initdb)")
+        self.bindir = initdb.parent
+        self.directory = Path(tempfile.mkdtemp(prefix="rcutune-pg-"))
+        self._as_postgres: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.directory, "postgres")
+            self._as_postgres = ["runuser", "-u", "postgres", "--"]
+        self.data, self.port = self.directory / "data", _free_port()
+        self.url = f"postgresql+psycopg://rcutune@127.0.0.1:{self.port}/postgres"
+        try:
+            self._run("initdb", "-D", str(self.data), "-U", "rcutune", "--auth=trust", "-E", "UTF8")
+        except BaseException:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            raise
+
+    def _run(self, program: str, *args: str, check: bool = True) -> int:
+        return subprocess.run([*self._as_postgres, str(self.bindir / program), *args], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, check=check).returncode
+
+    def _ctl(self, *args: str, check: bool = True) -> int:
+        options = (f"-k {self.directory} -c listen_addresses=127.0.0.1 -p {self.port} -c max_connections=200 "
+                   "-c fsync=off")
+        return self._run("pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-o", options,
+                         *args, check=check)
+
+    def start(self) -> None:
+        self._ctl("start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: `fast` (sessions ended, then a clean shutdown) or `immediate` (as if it crashed)."""
+        self._ctl("-m", mode, "stop")
+
+    def restart(self, mode: str = "fast") -> None:
+        self._ctl("-m", mode, "restart")
+
+    @property
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def remove(self) -> None:
+        if self.running:
+            self._ctl("-m", "immediate", "stop", check=False)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 @contextmanager
 def throwaway_server() -> Iterator[str]:
     """Start a private PostgreSQL cluster (trust authentication, user `rcutune`); yields its server URL.
@@ -49,30 +108,19 @@ def throwaway_server() -> Iterator[str]:
     Raises:
         NoPostgres: no initdb on this machine.
     """
-    initdb = find_initdb()
-    if initdb is None:
-        raise NoPostgres(f"no PostgreSQL: set {ENV_VAR} or install the postgresql package (initdb)")
-    bindir = initdb.parent
-    directory = Path(tempfile.mkdtemp(prefix="rcutune-pg-"))
-    as_postgres: list[str] = []
-    if os.geteuid() == 0:
-        shutil.chown(directory, "postgres")
-        as_postgres = ["runuser", "-u", "postgres", "--"]
-    data, port = directory / "data", _free_port()
-    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": True}
+    with throwaway_cluster() as cluster:
+        yield cluster.url
+
+
+@contextmanager
+def throwaway_cluster() -> Iterator[Cluster]:
+    """A started `Cluster`, removed afterwards (for tests that stop and restart the server)."""
+    cluster = Cluster()
     try:
-        subprocess.run([*as_postgres, str(bindir / "initdb"), "-D", str(data), "-U", "rcutune", "--auth=trust",
-                        "-E", "UTF8"], **quiet)
-        options = (f"-k {directory} -c listen_addresses=127.0.0.1 -p {port} -c max_connections=200 "
-                   "-c fsync=off -c synchronous_commit=off")
-        subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(directory / "log"), "-w",
-                        "-o", options, "start"], **quiet)
-        yield f"postgresql+psycopg://rcutune@127.0.0.1:{port}/postgres"
+        cluster.start()
+        yield cluster
     finally:
-        if (data / "postmaster.pid").exists():
-            subprocess.run([*as_postgres, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        shutil.rmtree(directory, ignore_errors=True)
+        cluster.remove()
 
 
 @contextmanager

@@ -34,8 +34,11 @@ def file_digest(db: Path) -> str:
 
 
 def integrity(db: Path) -> str:
-    with sqlite3.connect(db) as conn:
+    conn = sqlite3.connect(db)
+    try:
         return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
 
 
 def files_digest(directory: Path) -> dict[str, str]:

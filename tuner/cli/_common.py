@@ -11,7 +11,7 @@ import typer
 
 from rcutune import sim
 from rcutune.sim import ProfileError
-from rcutune.storage import StorageError, is_disk_full
+from rcutune.storage import DatabaseUnreachable, StorageError, Unwritable, is_disk_full
 
 from .._errors import UserError
 
@@ -36,13 +36,17 @@ StorageOpt = Annotated[
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can cause into `error: <one line>` and exit code 2.
 
-    A full disk is not bad input but a failed run: one line saying so and how to go on, exit code 1.
+    A full disk, a database that can no longer be written and a database server that stayed away
+    are not bad input but a failed run: one line saying so and how to go on, exit code 1.
     """
     try:
         yield
     except Exception as err:
         if is_disk_full(err):
             typer.echo(f"error: {DISK_FULL}", err=True)
+            raise typer.Exit(EXIT_FAILURE) from None
+        if isinstance(err, (DatabaseUnreachable, Unwritable)):
+            typer.echo(f"error: {' '.join(str(err).split())}", err=True)
             raise typer.Exit(EXIT_FAILURE) from None
         if not isinstance(err, (UserError, ProfileError, StorageError, ValueError)):
             raise

@@ -86,7 +86,12 @@ def study(
     settings: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
-    """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it."""
+    """Create or resume a campaign: one Optuna study per workload, stored with everything that defines it.
+
+    One run at a time per campaign: a campaign another rcutune study (or workers) is running is
+    refused with one line and exit 2, and the other run goes on unharmed. A database that can no
+    longer be written mid-run (its file system turned read-only) ends the run with one line and
+    exit 1; everything stored before is kept, and the same command resumes it."""
     import optuna
 
     from ..search import PlainProgress, ProgressSink, RichProgress, StudyRequest, parse_fix, run_campaign
@@ -135,11 +140,16 @@ def worker(
     sim_timeout: Annotated[Optional[float], typer.Option(
         min=1.0, metavar="S", help="Wall-clock limit of one simulation in seconds (default: 30 per simulated second, at "
         "least 30).")] = None,
+    db_timeout: Annotated[float, typer.Option(
+        min=1.0, max=86_400, help="Seconds to wait for a database server that went away (restart, outage) "
+        "before this worker exits 1.")] = storage.DEFAULT_DB_TIMEOUT_S,
 ) -> None:
     """Join a campaign on a database server: run trials of all its studies until their budgets are spent.
 
     Start one on each machine (or several per machine); they share the work through the database,
-    and the trial of a worker that dies is run again by the others."""
+    and the trial of a worker that dies is run again by the others. A server that restarts or stops
+    for a while is waited for (one line on stderr per outage); one away longer than --db-timeout
+    ends the worker with exit 1."""
     import optuna
 
     from ..search import WorkerRequest, run_worker
@@ -150,11 +160,15 @@ def worker(
                             f"{heartbeat_interval}")
         request = WorkerRequest(campaign=study_name, storage_url=storage_url, jobs=jobs,
                                 heartbeat_interval_s=heartbeat_interval, grace_period_s=grace_period,
-                                sim_timeout_s=sim_timeout)
+                                sim_timeout_s=sim_timeout, db_timeout_s=db_timeout)
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         previous = signal.signal(signal.SIGTERM, interrupt_on_sigterm)
         try:
-            result = run_worker(request, on_trial=_print_worker_trial)
+            result = run_worker(request, on_trial=_print_worker_trial,
+                                on_outage=lambda line: typer.echo(line, err=True))
+        except storage.DatabaseUnreachable as err:
+            raise storage.DatabaseUnreachable(f"{err}; this worker stops (its running trial runs again in "
+                                              "another worker, or in this one started again)") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
     done = sum(result.finished.values())
@@ -171,7 +185,7 @@ def exit_if_aborted(what: str, aborted: dict[str, str]) -> None:
         raise typer.Exit(EXIT_FAILURE)
 
 
-def _print_worker_trial(workload: str, trial) -> None:
+def _print_worker_trial(workload: str, trial, note: str | None = None) -> None:
     attrs = trial.user_attrs
     policy = attrs.get("policy", {})
     text = f"{workload} #{trial.number} {trial.state.name.lower()}"
@@ -179,7 +193,9 @@ def _print_worker_trial(workload: str, trial) -> None:
         text += f" N={policy.get('n_per_cpu')} {policy.get('layout')}"
     if "retry_of" in attrs:
         text += f" (retry of #{attrs['retry_of']})"
-    if trial.state.name == "FAIL":
+    if note is not None:
+        text += f": {note}"
+    elif trial.state.name == "FAIL":
         text += f": {attrs.get('fail_reason', 'failed')}"
     typer.echo(text)
 

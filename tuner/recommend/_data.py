@@ -6,20 +6,23 @@ simulation (`run_metrics`) and from a stored replication table.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.orm import Session
 
 from rcutune import sim, storage
 
 from .._errors import UserError
 from ..search import DEFAULT_SETTINGS, QUICK_SETTINGS, feasible, make_seeds, objective_values, stored_profile
 from ..surrogate import MetricSurrogate
-from ._store import campaign_row
+from ._store import trials_digest
 
 # Metrics the objectives and constraints use: (name, label, unit, SLO attribute of the hardware profile or None).
 METRICS = (
@@ -91,6 +94,8 @@ class WorkloadData:
     trials: list[TrialPoint]
     optuna_name: str
     surrogates: dict[str, MetricSurrogate] = field(default_factory=dict)
+    optuna_trials: list[FrozenTrial] = field(default_factory=list)  # its complete trials, as Optuna stores them
+    directions: list[StudyDirection] = field(default_factory=list)
 
 
 @dataclass
@@ -107,43 +112,66 @@ class CampaignData:
     search_space: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
     objective: str = "multi"
+    trials_sha256: str | None = None  # `trials_digest` of the campaign's studies when they were read
 
 
 def load_campaign(url: str, name: str) -> CampaignData:
-    """Read a campaign and its complete trials; reads only.
+    """Read a campaign and its complete trials, all from one snapshot of the database; reads only.
+
+    A study or workers may write meanwhile: what is read is the database as it was at one moment
+    (`storage.snapshot`), so every study's trials, the digest of the told trials (`trials_sha256`)
+    and the trials kept for Optuna's analyses (`WorkloadData.optuna_trials`) agree.
 
     Raises:
         UserError: no database, no such campaign, or no complete trial in it.
     """
-    with campaign_row(url, name) as (_, c):
-        hw = stored_profile(c, "hardware", c.hardware_profile)
-        studies = [(s.workload_name, stored_profile(c, "workload", s.workload_profile), s.optuna_study_name)
-                   for s in c.studies]
-        data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
-                            dict(c.search_space), dict(c.settings or {}), c.objective)
-    rdb = optuna.storages.RDBStorage(url, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True)
-    try:
-        names = set(optuna.get_all_study_names(rdb))
-        for workload, text, optuna_name in studies:
-            if optuna_name not in names:
-                continue
-            trials = optuna.load_study(study_name=optuna_name, storage=rdb).get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE,))
-            points = []
-            seconds = 0.0
-            for t in trials:
-                table = t.user_attrs.get("replications")
-                if not table or "policy" not in t.user_attrs:
+    if not storage.database_exists(url):
+        raise UserError(f"{url} does not exist (run rcutune study first)")
+    storage.open_database(url, create=False).close()  # the checks (corrupt, foreign, versions), reading only
+    with storage.snapshot(url) as snap:
+        engine = snap.engine()
+        try:
+            with Session(engine) as session, session.begin():
+                c = storage.find_campaign(session, name)
+                if c is None:
+                    known = ", ".join(x.name for x in storage.list_campaigns(session)) or "none"
+                    raise UserError(f"no campaign named '{name}' in {url} (campaigns: {known})")
+                hw = stored_profile(c, "hardware", c.hardware_profile)
+                studies = [(s.workload_name, stored_profile(c, "workload", s.workload_profile), s.optuna_study_name)
+                           for s in c.studies]
+                data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
+                                    dict(c.search_space), dict(c.settings or {}), c.objective)
+            data.trials_sha256 = trials_digest(engine, [optuna_name for _, _, optuna_name in studies])
+        finally:
+            engine.dispose()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            rdb = optuna.storages.RDBStorage(snap.url, engine_kwargs=snap.engine_kwargs, skip_table_creation=True)
+        snap.prepare(rdb.engine)
+        try:
+            names = set(optuna.get_all_study_names(rdb))
+            for workload, text, optuna_name in studies:
+                if optuna_name not in names:
                     continue
-                seconds = float(t.user_attrs.get("seconds", seconds))
-                points.append(TrialPoint(t.number, dict(t.user_attrs["policy"]), bool(t.user_attrs.get("what_if_reasons")),
-                                         table_runs(table), feasible(t.constraints),
-                                         tuple(t.user_attrs.get("seeds", ()))))
-            if points:
-                data.workloads.append(WorkloadData(workload, text,
-                                                   seconds, points, optuna_name))
-    finally:
-        rdb.engine.dispose()
+                study = optuna.load_study(study_name=optuna_name, storage=rdb)
+                complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                points = []
+                seconds = 0.0
+                for t in complete:
+                    table = t.user_attrs.get("replications")
+                    if not table or "policy" not in t.user_attrs:
+                        continue
+                    seconds = float(t.user_attrs.get("seconds", seconds))
+                    points.append(TrialPoint(t.number, dict(t.user_attrs["policy"]),
+                                             bool(t.user_attrs.get("what_if_reasons")), table_runs(table),
+                                             feasible(t.constraints), tuple(t.user_attrs.get("seeds", ()))))
+                if points:
+                    data.workloads.append(WorkloadData(workload, text, seconds,
+                                                       points, optuna_name, optuna_trials=list(complete),
+                                                       directions=list(study.directions)))
+        finally:
+            rdb.remove_session()
+            rdb.engine.dispose()
     if not data.workloads:
         raise UserError(f"campaign '{name}' has no complete trials yet; run rcutune study --hardware "
                         f"{data.hardware.name} --study {name} first")

@@ -164,28 +164,40 @@ def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recomm
 
 def store(url: str, rec: Recommendation, data: "CampaignData", options: Mapping[str, Any]) -> None:
     """Record the answer (replacing the one for the same options), the surrogates with their fitted
-    estimators, and the recommended policies (replacing the campaign's earlier ones)."""
+    estimators, and the recommended policies (replacing the campaign's earlier ones).
+
+    The answer is keyed by the trials it was computed from (`data.trials_sha256`, read with them).
+    Two reports storing at once are serialised by the campaign's row (the second replaces the
+    first's rows whole); the deletes are by condition, so rows another one removed first are no error.
+    """
     fitted = {w.name: w.surrogates for w in data.workloads}
     db = storage.open_database(url)  # a database of an older rcutune gains the answers table here
     try:
         with db.session() as session:
-            campaign = storage.find_campaign(session, rec.campaign)
+            campaign = session.scalars(sa.select(storage.Campaign).where(storage.Campaign.name == rec.campaign)
+                                       .with_for_update()).one_or_none()
             if campaign is None:
                 return
-            studies = {s.workload_name: s for s in campaign.studies}
-            for study in studies.values():
-                study.surrogates.clear()
+            studies = {s.workload_name: s for s in session.scalars(
+                sa.select(storage.StudyRecord).where(storage.StudyRecord.campaign_id == campaign.id))}
+            key = options_key(options)
+            session.execute(sa.delete(storage.SurrogateRecord)
+                            .where(storage.SurrogateRecord.study_id.in_([s.id for s in studies.values()])))
+            session.execute(sa.delete(storage.RecommendationRecord)
+                            .where(storage.RecommendationRecord.campaign_id == campaign.id))
+            session.execute(sa.delete(storage.AnswerRecord).where(storage.AnswerRecord.campaign_id == campaign.id,
+                                                                  storage.AnswerRecord.options_sha256 == key))
             for workload, metrics in rec.surrogate.items():
                 study = studies.get(workload)
                 if study is None:
                     continue
                 for metric, a in metrics.items():
                     estimator = getattr(fitted.get(workload, {}).get(metric), "estimator", None)
-                    study.surrogates.append(storage.SurrogateRecord(
-                        metric=metric, estimator=a.estimator, estimator_params=a.model, n_trials=a.n_trials,
-                        cv_r2=a.cv_r2, rank_correlation=a.rank_correlation, interval_coverage=a.coverage,
-                        passed=a.healthy, model=None if estimator is None else pickle.dumps(estimator)))
-            campaign.recommendations.clear()
+                    session.add(storage.SurrogateRecord(
+                        study_id=study.id, metric=metric, estimator=a.estimator, estimator_params=a.model,
+                        n_trials=a.n_trials, cv_r2=a.cv_r2, rank_correlation=a.rank_correlation,
+                        interval_coverage=a.coverage, passed=a.healthy,
+                        model=None if estimator is None else pickle.dumps(estimator)))
             figures = {w: {m: {"cv_r2": a.cv_r2, "coverage": a.coverage} for m, a in ms.items()}
                        for w, ms in rec.surrogate.items()}
             rows = [(None, rec.overall, {})] + [(w.workload, w.faithful, {"confirmed": w.confirmed})
@@ -193,26 +205,18 @@ def store(url: str, rec: Recommendation, data: "CampaignData", options: Mapping[
             for workload, choice, extra in rows:
                 if choice is None:
                     continue
-                campaign.recommendations.append(storage.RecommendationRecord(
-                    workload_name=workload, policy=_policy_json(choice.policy), kernel_cmdline=choice.kernel_cmdline,
-                    confidence=rec.confidence, p_meet_slos=choice.p_meet, source="surrogate",
-                    what_if=choice.what_if, extrapolated=rec.extrapolated,
+                session.add(storage.RecommendationRecord(
+                    campaign_id=campaign.id, workload_name=workload, policy=_policy_json(choice.policy),
+                    kernel_cmdline=choice.kernel_cmdline, confidence=rec.confidence, p_meet_slos=choice.p_meet,
+                    source="surrogate", what_if=choice.what_if, extrapolated=rec.extrapolated,
                     details={"surrogate": figures if workload is None else figures.get(workload),
                              "fresh_seeds": list(rec.fresh_seeds), **extra}))
-            key = options_key(options)
-            for old in [a for a in campaign.answers if a.options_sha256 == key]:
-                campaign.answers.remove(old)
-            session.flush()
-            campaign.answers.append(storage.AnswerRecord(
-                options=dict(options), options_sha256=key, rcutune_version=rcutune_version(),
-                trials_sha256=trials_digest(db.engine, list(studies_names(campaign))),
-                document=json.loads(json.dumps(rec.to_json(), default=json_default))))
+            digest = data.trials_sha256 or trials_digest(db.engine, [s.optuna_study_name for s in studies.values()])
+            session.add(storage.AnswerRecord(
+                campaign_id=campaign.id, options=dict(options), options_sha256=key, rcutune_version=rcutune_version(),
+                trials_sha256=digest, document=json.loads(json.dumps(rec.to_json(), default=json_default))))
     finally:
         db.close()
-
-
-def studies_names(campaign: storage.Campaign) -> list[str]:
-    return [s.optuna_study_name for s in campaign.studies]
 
 
 def _policy_json(policy: sim.Policy) -> dict[str, Any]:

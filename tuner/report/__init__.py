@@ -15,8 +15,6 @@ from typing import Any
 
 import optuna
 
-from rcutune import storage
-
 from ..recommend import (
     CampaignData,
     Recommendation,
@@ -67,7 +65,7 @@ def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: 
     fit_surrogates(data)
     rec = recommend(data, confidence=confidence, confirm_seeds=confirm_seeds)
     directory = (out or Path("reports")) / data.hardware.name / data.name
-    fronts, importances = _from_optuna(url, data)
+    fronts, importances = _from_optuna(data)
     pngs: dict[str, bytes] = {}
     captions: dict[str, str] = {}
     pngs["pareto.png"] = _plots.pareto(data, rec, fronts)
@@ -106,20 +104,27 @@ def publish_report(report: PreparedReport) -> Path:
     return report.directory
 
 
-def _from_optuna(url: str, data: CampaignData) -> tuple[dict[str, set[int]], dict[str, dict[str, float]]]:
+def _from_optuna(data: CampaignData) -> tuple[dict[str, set[int]], dict[str, dict[str, float]]]:
     """Per workload: the numbers of Optuna's feasible Pareto-optimal trials (`study.best_trials`) and the
-    parameter importances of the fallback cost (fANOVA on its logarithm)."""
-    rdb = optuna.storages.RDBStorage(url, engine_kwargs=storage.engine_kwargs(url), skip_table_creation=True)
+    parameter importances of the fallback cost (fANOVA on its logarithm).
+
+    Computed on an in-memory study of the complete trials `load_campaign` read, so they describe
+    the same trials as the rest of the report, whatever was told since.
+    """
     fronts: dict[str, set[int]] = {}
     importances: dict[str, dict[str, float]] = {}
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         for w in data.workloads:
-            study = optuna.load_study(study_name=w.optuna_name, storage=rdb)
-            fronts[w.name] = {t.number for t in (study.best_trials if len(study.directions) > 1
-                                                 else [_best_or_none(study)]) if t is not None}
+            study = optuna.create_study(directions=w.directions)
+            study.add_trials(w.optuna_trials)
+            stored_number = [t.number for t in w.optuna_trials]  # the copy numbers them 0, 1, ... in this order
+            best = study.best_trials if len(study.directions) > 1 else [_best_or_none(study)]
+            fronts[w.name] = {stored_number[t.number] for t in best if t is not None}
             importances[w.name] = _importances(study)
     finally:
-        rdb.engine.dispose()
+        optuna.logging.set_verbosity(verbosity)
     return fronts, importances
 
 

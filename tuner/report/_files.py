@@ -37,17 +37,31 @@ def replace_directory(staged: Path, target: Path) -> None:
     """Put the directory `staged` at `target` in one step; the old `target`, if any, is removed.
 
     Linux swaps the two in one `renameat2(RENAME_EXCHANGE)`; elsewhere the old directory is renamed
-    away first, so for an instant `target` is missing (but never partial).
+    away first, so for an instant `target` is missing (but never partial). Two reports written at
+    once each put theirs in place whole; the last one stays.
     """
-    if not target.exists():
-        os.rename(staged, target)
-        return
-    if not _exchange(staged, target):
+    for _ in range(20):
+        try:
+            os.rename(staged, target)  # nothing there yet (or an empty directory)
+            return
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        try:
+            exchanged = _exchange(staged, target)
+        except FileNotFoundError:  # another report moved it away this instant
+            continue
+        if exchanged:
+            shutil.rmtree(staged)  # the previous report
+            return
         aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", dir=target.parent))
-        os.rename(target, aside / target.name)
-        os.rename(staged, target)
-        staged = aside
-    shutil.rmtree(staged)  # the previous report
+        try:
+            os.rename(target, aside / target.name)
+        except FileNotFoundError:
+            pass
+        finally:
+            shutil.rmtree(aside, ignore_errors=True)  # the previous report
+    raise OSError(errno.EBUSY, "other reports kept replacing it", str(target))
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -45,7 +45,10 @@ class SimResult:
 
 
 def _worker_main(conn: Connection) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides what an interrupt means
+    # The main process decides what an interrupt means: Ctrl-C reaches the whole process group, and
+    # a service manager stops a worker with SIGTERM to all its processes at once; these wait to be closed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     while True:
         try:
             task = conn.recv()

@@ -34,8 +34,11 @@ MAX_FAILURES_IN_A_ROW = 2
 """A study stops after this many failed trials in a row (a workload the simulator cannot run)."""
 REFINE_EVERY = 3
 """Once the design is done, every third trial tries an untried neighbour of the best trial."""
-LABELS = ("design", "refines", "batch")
-"""The user attributes a planned trial is enqueued with (a retried trial keeps them)."""
+LABELS = ("design", "refines", "batch", "slot")
+"""The user attributes a planned trial is enqueued with (a retried trial keeps them).
+
+`batch` and `slot` (its place in the batch) name what a trial is for: of one batch's slot, at most
+one trial ends complete or pruned; the others failed (and were retried)."""
 
 SimJob = tuple[int, float]
 """One simulation a protocol asks for: (seed, simulated seconds)."""
@@ -120,14 +123,14 @@ def plan_batch(trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: s
     for slot in range(size):
         if design:
             label, values = design.pop(0)
-            planned.append(Planned(values, {"design": label, "batch": index}))
+            planned.append(Planned(values, {"design": label, "batch": index, "slot": slot}))
             continue
         if refine and (counted + slot) % REFINE_EVERY == 0:
             choice = next((p for p in neighbours_left if untried(p)), None)
             if choice is not None:
-                planned.append(Planned(choice, {"refines": best, "batch": index}))
+                planned.append(Planned(choice, {"refines": best, "batch": index, "slot": slot}))
                 continue
-        planned.append(Planned({}, {"batch": index}))  # filled by the sampler below
+        planned.append(Planned({}, {"batch": index, "slot": slot}))  # filled by the sampler below
         sampled += 1
     if sampled:
         suggestions = iter(_suggest(trials, d, workload, [p.params for p in planned if p.params], sampled, sampler))

@@ -8,6 +8,7 @@ is planned.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Generator
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from rcutune import sim, storage
@@ -139,7 +141,10 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
     before the first write.
 
     Raises:
-        UserError, sim.ProfileError, storage.StorageError: rejected request (one-line message).
+        UserError, sim.ProfileError, storage.StorageError: rejected request (one-line message);
+            `storage.CampaignBusy` when another run has the campaign.
+        storage.Unwritable, storage.DatabaseUnreachable: the database could not be written, or its
+            server went away, mid-run (what was stored before is kept).
     """
     start = time.monotonic()
     progress = progress or NullProgress()
@@ -152,22 +157,79 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
     db = storage.open_database(url)
     try:
         campaign_id, name, created = _claim(db, definition, name, request)
+        result = CampaignResult(campaign=name, storage_url=url, created=created, hardware=definition.hardware.name)
         try:
-            result = CampaignResult(campaign=name, storage_url=url, created=created,
-                                    hardware=definition.hardware.name)
             _run_studies(db, url, campaign_id, definition, request, trials, progress, result)
-            result.wall_seconds = time.monotonic() - start
-            return result
-        finally:
+        except BaseException:
             progress.close()
             if request.run:
-                storage.release_campaign(db, campaign_id)
+                try:
+                    storage.release_campaign(db, campaign_id)
+                except storage.StorageError:
+                    pass  # it cannot be written: the next run finds this process gone and takes the campaign
+            raise
+        progress.close()
+        if request.run:
+            storage.release_campaign(db, campaign_id)
+        result.wall_seconds = time.monotonic() - start
+        return result
+    except Exception as err:
+        if storage.is_unwritable(err) and not storage.is_disk_full(err):
+            raise storage.Unwritable(_unwritable_message(url, err)) from err
+        if storage.connection_lost(err) and not isinstance(err, storage.DatabaseUnreachable):
+            raise storage.DatabaseUnreachable(
+                f"lost the database {storage.display_url(url)} mid-run; everything stored before is kept: once "
+                "the server is back, run the same command again (on a server that restarts, rcutune worker "
+                "processes wait for it)") from err
+        raise
     finally:
         db.close()
 
 
+def _unwritable_message(url: str, err: BaseException) -> str:
+    path = storage.sqlite_path(url)
+    where = f"the database {path}" if path is not None else f"the database {storage.display_url(url)}"
+    read_only = False
+    if path is not None:
+        try:
+            read_only = bool(os.statvfs(path.parent).f_flag & os.ST_RDONLY)
+        except OSError:
+            pass
+    cause = err
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+    words = " ".join(str(cause).split()) or type(cause).__name__
+    why = ("its file system is read-only" if read_only
+           else f"{words}: its file system may have turned read-only, or its disk failed")
+    return (f"cannot write to {where} ({why}); everything stored before is kept: once it can be written again, "
+            "run the same command again")
+
+
 def _claim(db: storage.Database, d: CampaignDefinition, name: str, request: StudyRequest) -> tuple[int, str, bool]:
-    """Find or create the campaign (refusing a changed definition or running workers) and take it."""
+    """Find or create the campaign (refusing a changed definition or running workers) and take it.
+
+    Of two runs that start one campaign at once, one takes it and the other is refused
+    (`storage.CampaignBusy`): the claim is a compare-and-set, and a campaign (or study) the other
+    created a moment earlier fails our insert, after which we find it and see its owner.
+    """
+    try:
+        return _claim_once(db, d, name, request)
+    except storage.StorageError as err:
+        if not _duplicate_insert(err):
+            raise
+        return _claim_once(db, d, name, request)
+
+
+def _duplicate_insert(err: BaseException) -> bool:
+    e: BaseException | None = err
+    while e is not None:
+        if isinstance(e, sqlalchemy.exc.IntegrityError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _claim_once(db: storage.Database, d: CampaignDefinition, name: str, request: StudyRequest) -> tuple[int, str, bool]:
     with db.session() as session:
         campaign = storage.find_campaign(session, name)
         if campaign is not None and request.new:
@@ -311,8 +373,11 @@ class StudyLoop:
                     self.last_beat = time.monotonic()
         except BaseException:
             self.pool.cancel_all()
-            for t in batch:
-                fail_and_retry(self.rdb, self.study, t.trial.number, "interrupted: the run was stopped")
+            try:
+                for t in batch:
+                    fail_and_retry(self.rdb, self.study, t.trial.number, "interrupted: the run was stopped")
+            except Exception:
+                pass  # the database cannot be written now: the next run fails and retries them (they stay RUNNING)
             raise
         for t in batch:
             self._tell(t)
