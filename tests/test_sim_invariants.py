@@ -116,3 +116,17 @@ def test_simulation_is_a_pure_function(policy, seed):
     a = sim.simulate(hw, wl, policy, seconds=0.6, seed=seed)
     b = sim.simulate(hw, wl, policy, seconds=0.6, seed=seed)
     assert _without_wall(a) == _without_wall(b)
+
+
+def test_a_traced_rcuscale_run_is_sampled_through_its_milliseconds_and_unchanged_by_it():
+    """The default rcuscale run ends within ~12 ms, before kswapd's first 10 ms tick samples: the trace
+    steps on its own clock, and the run's metrics are the untraced run's."""
+    hw, workload = sim.load_hardware("vm-2"), sim.load_workload("rcuscale")
+    traced, trace = sim.simulate_with_trace(hw, workload, sim.Policy(), seed=3)
+    plain = sim.simulate(hw, workload, sim.Policy(), seed=3)
+    assert traced.rcuscale_total_time_ns == plain.rcuscale_total_time_ns
+    assert traced.grace_periods == plain.grace_periods and traced.objects_freed == plain.objects_freed
+    assert len(trace.t) >= 20 and trace.t == sorted(trace.t)
+    assert trace.t[-1] == pytest.approx(traced.rcuscale_total_time_ns / 1e9, rel=1e-6)
+    assert max(trace.bytes_pending) > 0
+    assert {len(getattr(trace, f)) for f in ("bytes_pending", "free_pages", "cached_pages")} == {len(trace.t)}
