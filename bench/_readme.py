@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -20,8 +20,10 @@ named in the section, at the time given.
 def machine() -> str:
     """The machine a figure comes from, in words: cores, and how busy it was when the bench started."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"{os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.1f} at the start, "
-            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    return (
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, load average {load:.1f} at the start, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
+    )
 
 
 def record(name: str, body: str) -> Path:

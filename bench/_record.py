@@ -11,7 +11,7 @@ import os
 import platform
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 README = Path(__file__).resolve().parent / "README.md"
@@ -33,9 +33,12 @@ def machine() -> str:
 def record(name: str, lines: list[str], readme: Path = README) -> None:
     """Replace bench `name`'s section of bench/README.md with `lines` (appending the section if new)."""
     command = "python bench/" + Path(sys.argv[0]).name + "".join(f" {a}" for a in sys.argv[1:] if a != "--record")
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = (f"<!-- bench:{name} -->\n`{command}` on {stamp} ({machine()}):\n\n```\n" + "\n".join(lines)
-            + f"\n```\n<!-- /bench:{name} -->")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = (
+        f"<!-- bench:{name} -->\n`{command}` on {stamp} ({machine()}):\n\n```\n"
+        + "\n".join(lines)
+        + f"\n```\n<!-- /bench:{name} -->"
+    )
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"

@@ -48,8 +48,21 @@ def main() -> None:
         cwd = Path(tmp)
         db = cwd / "rcutune.db"
         storage = ["--storage", f"sqlite:///{db}"]
-        setup = rcutune("study", "--hardware", "vm-2", "--workload", "steady", "--workload", "rcuscale", "--quick",
-                        "--trials", "12", "--quiet", *storage, cwd=cwd)
+        setup = rcutune(
+            "study",
+            "--hardware",
+            "vm-2",
+            "--workload",
+            "steady",
+            "--workload",
+            "rcuscale",
+            "--quick",
+            "--trials",
+            "12",
+            "--quiet",
+            *storage,
+            cwd=cwd,
+        )
         out(f"set-up: quick study of vm-2 (steady, rcuscale, 12 trials each) in {setup[0]:.1f} s")
         report = rcutune("report", "vm-2-quick", "--quiet", *storage, cwd=cwd)
         out(f"rcutune report (fits, confirms, stores): {report[0]:.1f} s wall, {report[1]:.1f} s CPU")
@@ -59,11 +72,15 @@ def main() -> None:
         refit = rcutune("recommend", "--hardware", "vm-2", "--confidence", "0.9", *storage, cwd=cwd)
     wall = statistics.median(s[0] for s in stored)
     cpu = statistics.median(s[1] for s in stored)
-    out(f"rcutune recommend, stored answer: median {wall:.2f} s wall, {cpu:.2f} s CPU over 5 runs; "
-        f"database byte-identical afterwards: {'yes' if unchanged else 'NO'}")
+    out(
+        f"rcutune recommend, stored answer: median {wall:.2f} s wall, {cpu:.2f} s CPU over 5 runs; "
+        f"database byte-identical afterwards: {'yes' if unchanged else 'NO'}"
+    )
     out(f"rcutune recommend --confidence 0.9 (a refit): {refit[0]:.1f} s wall, {refit[1]:.1f} s CPU")
-    out(f"stored_seconds={wall:.3f} stored_cpu_seconds={cpu:.3f} refit_seconds={refit[0]:.3f} "
-        f"speedup={refit[0] / wall:.1f}")
+    out(
+        f"stored_seconds={wall:.3f} stored_cpu_seconds={cpu:.3f} refit_seconds={refit[0]:.3f} "
+        f"speedup={refit[0] / wall:.1f}"
+    )
     if args.record:
         record("answer_speed", out.lines)
 

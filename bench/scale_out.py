@@ -54,8 +54,21 @@ def _cli(*args: str) -> list[str]:
 
 
 def _campaign_args(args: argparse.Namespace, storage: str) -> list[str]:
-    out = ["study", "--hardware", HARDWARE, "--seconds", str(args.seconds), "--replications", "2",
-           "--race-replications", "0", "--trials", str(args.trials), "--storage", storage]
+    out = [
+        "study",
+        "--hardware",
+        HARDWARE,
+        "--seconds",
+        str(args.seconds),
+        "--replications",
+        "2",
+        "--race-replications",
+        "0",
+        "--trials",
+        str(args.trials),
+        "--storage",
+        storage,
+    ]
     for w in WORKLOADS:
         out += ["--workload", w]
     return out
@@ -68,8 +81,14 @@ def _total(storage: str) -> int:
 
     rdb = optuna.storages.RDBStorage(storage)
     try:
-        return sum(len(optuna.load_study(study_name=f"{HARDWARE}/{w}", storage=rdb).get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))) for w in WORKLOADS)
+        return sum(
+            len(
+                optuna.load_study(study_name=f"{HARDWARE}/{w}", storage=rdb).get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)
+                )
+            )
+            for w in WORKLOADS
+        )
     finally:
         rdb.remove_session()
         rdb.engine.dispose()
@@ -86,12 +105,15 @@ def say(line: str) -> None:
 
 def workers(args: argparse.Namespace, server: str, count: int, memory: dict[str, float]) -> float:
     with postgres_server.fresh_database(server, prefix="rcutune_bench") as url:
-        subprocess.run(_cli(*_campaign_args(args, url), "--no-run"), env=_env(), check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(_cli(*_campaign_args(args, url), "--no-run"), env=_env(), check=True, stdout=subprocess.DEVNULL)
         sampler = PeakRSS().start()
         start = time.monotonic()
-        procs = [subprocess.Popen(_cli("worker", "--study", HARDWARE, "--storage", url), env=_env(),
-                                  stdout=subprocess.DEVNULL) for _ in range(count)]
+        procs = [
+            subprocess.Popen(
+                _cli("worker", "--study", HARDWARE, "--storage", url), env=_env(), stdout=subprocess.DEVNULL
+            )
+            for _ in range(count)
+        ]
         for i, p in enumerate(procs):
             sampler.watch(p.pid, f"worker-{i}")
         codes = [p.wait() for p in procs]
@@ -102,9 +124,11 @@ def workers(args: argparse.Namespace, server: str, count: int, memory: dict[str,
         trials = _total(url)
     rate = trials / elapsed * 60
     memory[f"workers_{count}"] = sampler.peak_tree_mib
-    say(f"PostgreSQL, {count} worker{'s' if count > 1 else ''}: {trials} trials in {elapsed:.1f} s "
+    say(
+        f"PostgreSQL, {count} worker{'s' if count > 1 else ''}: {trials} trials in {elapsed:.1f} s "
         f"({rate:.1f} trials/min); peak memory of one worker with its simulation process "
-        f"{sampler.peak_tree_mib:.0f} MiB")
+        f"{sampler.peak_tree_mib:.0f} MiB"
+    )
     return rate
 
 
@@ -113,8 +137,12 @@ def sqlite(args: argparse.Namespace, memory: dict[str, float]) -> float:
         url = f"sqlite:///{Path(tmp) / 'bench.db'}"
         sampler = PeakRSS().start()
         start = time.monotonic()
-        proc = subprocess.Popen(_cli(*_campaign_args(args, url), "--jobs", "2"), env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _cli(*_campaign_args(args, url), "--jobs", "2"),
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         sampler.watch(proc.pid, "study")
         if proc.wait():
             raise SystemExit(f"rcutune study failed: exit {proc.returncode}")
@@ -123,16 +151,29 @@ def sqlite(args: argparse.Namespace, memory: dict[str, float]) -> float:
         trials = _total(url)
     rate = trials / elapsed * 60
     memory["sqlite_jobs_2"] = sampler.peak_tree_mib
-    say(f"SQLite, one writer, --jobs 2: {trials} trials in {elapsed:.1f} s ({rate:.1f} trials/min); peak memory "
-        f"of the study with its simulation processes {sampler.peak_tree_mib:.0f} MiB")
+    say(
+        f"SQLite, one writer, --jobs 2: {trials} trials in {elapsed:.1f} s ({rate:.1f} trials/min); peak memory "
+        f"of the study with its simulation processes {sampler.peak_tree_mib:.0f} MiB"
+    )
     return rate
 
 
 def hpc_study_memory(trials: int) -> str:
     """Peak resident memory of the heaviest preset: rcutune study --hardware hpc-256-nocb --quick."""
     with tempfile.TemporaryDirectory() as tmp:
-        argv = ["study", "--hardware", "hpc-256-nocb", "--quick", "--jobs", "2", "--trials", str(trials),
-                "--storage", f"sqlite:///{Path(tmp) / 'hpc.db'}", "--quiet"]
+        argv = [
+            "study",
+            "--hardware",
+            "hpc-256-nocb",
+            "--quick",
+            "--jobs",
+            "2",
+            "--trials",
+            str(trials),
+            "--storage",
+            f"sqlite:///{Path(tmp) / 'hpc.db'}",
+            "--quiet",
+        ]
         sampler = PeakRSS().start()
         start = time.monotonic()
         proc = subprocess.Popen(_cli(*argv), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -141,9 +182,11 @@ def hpc_study_memory(trials: int) -> str:
             raise SystemExit(f"rcutune {' '.join(argv[:-2])} failed: exit {proc.returncode}")
         elapsed = time.monotonic() - start
         sampler.stop()
-    line = (f"rcutune study --hardware hpc-256-nocb --quick --jobs 2 --trials {trials} (7 workloads, "
-            f"{7 * trials} trials, {elapsed / 60:.1f} min): peak memory {sampler.peak_tree_mib:.0f} MiB with its two "
-            f"simulation processes, largest single process {sampler.peak_process_mib:.0f} MiB")
+    line = (
+        f"rcutune study --hardware hpc-256-nocb --quick --jobs 2 --trials {trials} (7 workloads, "
+        f"{7 * trials} trials, {elapsed / 60:.1f} min): peak memory {sampler.peak_tree_mib:.0f} MiB with its two "
+        f"simulation processes, largest single process {sampler.peak_process_mib:.0f} MiB"
+    )
     say(line)
     return line
 
@@ -152,8 +195,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=10, help="trials per study (2 studies)")
     parser.add_argument("--seconds", type=float, default=2.0, help="simulated seconds per replication")
-    parser.add_argument("--hpc-trials", type=int, default=40,
-                        help="trials per workload of the hpc-256-nocb --quick memory measurement (0: skip it)")
+    parser.add_argument(
+        "--hpc-trials",
+        type=int,
+        default=40,
+        help="trials per workload of the hpc-256-nocb --quick memory measurement (0: skip it)",
+    )
     parser.add_argument("--record", action="store_true", help="write the scale_out section of bench/README.md")
     args = parser.parse_args()
     machine = _readme.machine()
@@ -165,24 +212,29 @@ def main() -> None:
     rates["sqlite_jobs_2"] = sqlite(args, memory)
     if args.hpc_trials:
         hpc_study_memory(args.hpc_trials)
-    peak = (f"peak memory (MiB): one worker {max(memory[k] for k in memory if k.startswith('workers')):.0f}, "
-            f"rcutune study --jobs 2 {memory['sqlite_jobs_2']:.0f}")
+    peak = (
+        f"peak memory (MiB): one worker {max(memory[k] for k in memory if k.startswith('workers')):.0f}, "
+        f"rcutune study --jobs 2 {memory['sqlite_jobs_2']:.0f}"
+    )
     last = " ".join(f"{k}={v:.1f}" for k, v in rates.items())
     say(peak)
     say(last)
     if args.record:
         measured = "\n".join(_SAID)
-        _readme.record("scale_out", f"""## Throughput and memory (`python bench/scale_out.py`)
+        _readme.record(
+            "scale_out",
+            f"""## Throughput and memory (`python bench/scale_out.py`)
 
 Trials per minute with 1, 2 and 4 `rcutune worker` processes on PostgreSQL against one `rcutune study
---jobs 2` on SQLite ({HARDWARE}, {' and '.join(WORKLOADS)}, {args.trials} trials each, {args.seconds:g} simulated s per
+--jobs 2` on SQLite ({HARDWARE}, {" and ".join(WORKLOADS)}, {args.trials} trials each, {args.seconds:g} simulated s per
 replication), and peak resident memory (a process with the simulation processes it started, summed,
 sampled every 0.25 s), on {machine}.
 
 ```
 {measured}
 ```
-""")
+""",
+        )
 
 
 if __name__ == "__main__":

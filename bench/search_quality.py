@@ -63,11 +63,25 @@ CONFIRM_SEEDS = 2
 
 def _request(hardware: str, workload: str, url: str, trials: int) -> StudyRequest:
     cpus = sim.load_hardware(hardware, {}).cpus
-    fixed = (("refill_delay_ms", 5000), ("refill_low_watermark_fraction", 0.0), ("emergency_reserve_fraction", 0.0),
-             ("prealloc_at_boot", False), ("shared_reserve_pages", cpus))
-    return StudyRequest(hardware=hardware, workloads=(workload,), fixed=fixed, objective="scalar", trials=trials,
-                        storage_url=url, jobs=min(2, os.cpu_count() or 1), max_seconds=SECONDS, replications=BASE,
-                        race_replications=RACE)
+    fixed = (
+        ("refill_delay_ms", 5000),
+        ("refill_low_watermark_fraction", 0.0),
+        ("emergency_reserve_fraction", 0.0),
+        ("prealloc_at_boot", False),
+        ("shared_reserve_pages", cpus),
+    )
+    return StudyRequest(
+        hardware=hardware,
+        workloads=(workload,),
+        fixed=fixed,
+        objective="scalar",
+        trials=trials,
+        storage_url=url,
+        jobs=min(2, os.cpu_count() or 1),
+        max_seconds=SECONDS,
+        replications=BASE,
+        race_replications=RACE,
+    )
 
 
 def _simulate(args):
@@ -92,7 +106,7 @@ def screen(pool) -> list[tuple[str, str]]:
             runs = list(pool.map(_simulate, [(hw, wl, p, s) for p in policies for s in seeds], chunksize=4))
             feasible = []
             for i, n in enumerate(SCREEN_N):
-                mine = runs[i * BASE:(i + 1) * BASE]
+                mine = runs[i * BASE : (i + 1) * BASE]
                 if all(v <= 0 for v in constraint_values(mine, hw).values()):
                     feasible.append((float(np.mean([objective_values(m, hw)["scalar"] for m in mine])), n))
             if feasible and 0 < min(feasible)[1] < 128:
@@ -110,12 +124,15 @@ def sweep(definition, pool) -> dict[tuple[int, str], dict]:
     k = len(definition.seeds)
     out = {}
     for i, c in enumerate(configs):
-        mine = runs[i * k:(i + 1) * k]
+        mine = runs[i * k : (i + 1) * k]
         scalar = float(np.mean([objective_values(m, hw)["scalar"] for m in mine]))
         base = mine[:BASE]
         base_scalar = float(np.mean([objective_values(m, hw)["scalar"] for m in base]))
-        out[c] = {"key": _key(scalar, constraint_values(mine, hw)), "scalar": scalar,
-                  "base_key": _key(base_scalar, constraint_values(base, hw))}
+        out[c] = {
+            "key": _key(scalar, constraint_values(mine, hw)),
+            "scalar": scalar,
+            "base_key": _key(base_scalar, constraint_values(base, hw)),
+        }
     return out
 
 
@@ -169,7 +186,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=8, help="pairs sampled from the qualifying ones")
     parser.add_argument("--seed", type=int, default=20261207, help="seed of the sample of pairs")
     parser.add_argument("--random-repeats", type=int, default=5, help="random searches per pair (median regret)")
-    parser.add_argument("--truth-cache", type=Path, help="keep the screen and sweeps in this pickle file and reuse them")
+    parser.add_argument(
+        "--truth-cache", type=Path, help="keep the screen and sweeps in this pickle file and reuse them"
+    )
     parser.add_argument("--record", action="store_true", help="also write the figures into bench/README.md")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -189,10 +208,15 @@ def main() -> None:
             keep()
         qualifying = cache[("screen", sim.SIMULATOR_VERSION)]
         rng = np.random.default_rng(args.seed)
-        pairs = qualifying if len(qualifying) <= args.pairs else [
-            qualifying[i] for i in sorted(rng.choice(len(qualifying), size=args.pairs, replace=False))]
-        out(f"screen: {len(qualifying)} of the shipped pairs qualify; sampled {len(pairs)} with seed {args.seed}: "
-            + ", ".join(f"{h}/{w}" for h, w in pairs))
+        pairs = (
+            qualifying
+            if len(qualifying) <= args.pairs
+            else [qualifying[i] for i in sorted(rng.choice(len(qualifying), size=args.pairs, replace=False))]
+        )
+        out(
+            f"screen: {len(qualifying)} of the shipped pairs qualify; sampled {len(pairs)} with seed {args.seed}: "
+            + ", ".join(f"{h}/{w}" for h, w in pairs)
+        )
         for hardware, workload in pairs:
             start = time.monotonic()
             definition = build_definition(_request(hardware, workload, "sqlite://", 1))
@@ -206,21 +230,26 @@ def main() -> None:
             budget = int(BUDGET * sweep_sims)
             pick, rec_pick, used = rcutune_picks(hardware, workload, budget, Path(tmp))
             regret, rec_regret = regret_pct(truth, pick, best), regret_pct(truth, rec_pick, best)
-            rnd = statistics.median(regret_pct(truth, random_pick(truth, budget, s), best)
-                                    for s in range(args.random_repeats))
+            rnd = statistics.median(
+                regret_pct(truth, random_pick(truth, budget, s), best) for s in range(args.random_repeats)
+            )
             regrets.append(regret)
             rec_regrets.append(rec_regret)
             random_regrets.append(rnd)
             found += pick == best or regret <= 0.0
             fractions.append(used / sweep_sims)
             rec_text = "none" if rec_pick is None else f"N={rec_pick[0]} {rec_pick[1]}"
-            out(f"{hardware}/{workload}: optimum N={best[0]} {best[1]} scalar={truth[best]['scalar']:.5g}; "
+            out(
+                f"{hardware}/{workload}: optimum N={best[0]} {best[1]} scalar={truth[best]['scalar']:.5g}; "
                 f"study N={pick[0]} {pick[1]} regret={regret:.3f}% with {used}/{sweep_sims} simulations; "
                 f"recommendation {rec_text} regret={rec_regret:.3f}%; random regret={rnd:.3f}% "
-                f"({time.monotonic() - start:.0f} s)")
-    out(f"pairs={len(pairs)} optimum_found={found} median_regret_pct={statistics.median(regrets):.3f} "
+                f"({time.monotonic() - start:.0f} s)"
+            )
+    out(
+        f"pairs={len(pairs)} optimum_found={found} median_regret_pct={statistics.median(regrets):.3f} "
         f"random_median_regret_pct={statistics.median(random_regrets):.3f} budget_fraction={max(fractions):.3f} "
-        f"recommendation_median_regret_pct={statistics.median(rec_regrets):.3f}")
+        f"recommendation_median_regret_pct={statistics.median(rec_regrets):.3f}"
+    )
     if args.record:
         record("search_quality", out.lines)
 

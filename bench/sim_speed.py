@@ -36,20 +36,28 @@ def main() -> None:
     reference, ref_s = timed(lambda: simulate_per_call(hw, steady, policy, seconds=0.25, seed=1))
     agg_rate = aggregated.calls / agg_s
     ref_rate = reference.calls / ref_s
-    print(f"steady 64-CPU, aggregated: {aggregated.calls:,} calls in {agg_s:.2f} s "
-          f"({agg_rate:,.0f} calls/s, {aggregated.events:,} events)")
-    print(f"steady 64-CPU, per-call reference: {reference.calls:,} calls in {ref_s:.2f} s "
-          f"({ref_rate:,.0f} calls/s, {reference.events:,} events)")
+    print(
+        f"steady 64-CPU, aggregated: {aggregated.calls:,} calls in {agg_s:.2f} s "
+        f"({agg_rate:,.0f} calls/s, {aggregated.events:,} events)"
+    )
+    print(
+        f"steady 64-CPU, per-call reference: {reference.calls:,} calls in {ref_s:.2f} s "
+        f"({ref_rate:,.0f} calls/s, {reference.events:,} events)"
+    )
 
     overrides = sim.split_overrides(["hardware.cpus=16", "workload.kfree_nthreads=16", "workload.kfree_loops=10000"])
     flood_hw = sim.load_hardware("server-64", overrides["hardware"])
     flood_wl = sim.load_workload("rcuscale", overrides["workload"])
     flood, flood_s = timed(lambda: sim.simulate(flood_hw, flood_wl, policy, seconds=600.0, seed=1))
-    print(f"rcuscale flood, 16 threads: {flood.calls:,} calls, {flood.sim_seconds:.2f} simulated s "
-          f"in {flood_s:.2f} s ({flood.events:,} events; kernel figures: "
-          f"{flood.rcuscale_total_time_ns:,} ns, {flood.rcuscale_batches} batches, {flood.rcuscale_footprint_mb} MB)")
-    print(f"calls_per_wall_second={agg_rate:.1f} speedup_vs_reference={agg_rate / ref_rate:.1f} "
-          f"flood_realtime_factor={flood.sim_seconds / flood_s:.2f}")
+    print(
+        f"rcuscale flood, 16 threads: {flood.calls:,} calls, {flood.sim_seconds:.2f} simulated s "
+        f"in {flood_s:.2f} s ({flood.events:,} events; kernel figures: "
+        f"{flood.rcuscale_total_time_ns:,} ns, {flood.rcuscale_batches} batches, {flood.rcuscale_footprint_mb} MB)"
+    )
+    print(
+        f"calls_per_wall_second={agg_rate:.1f} speedup_vs_reference={agg_rate / ref_rate:.1f} "
+        f"flood_realtime_factor={flood.sim_seconds / flood_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -248,8 +248,10 @@ def main() -> None:
     memory = PeakRSS().start()
     totals = CampaignCheck()
     try:
-        with postgres_server.fresh_database(cluster.url, prefix="rcutune_soak") as url, \
-                tempfile.TemporaryDirectory(prefix="rcutune-soak-") as workdir:
+        with (
+            postgres_server.fresh_database(cluster.url, prefix="rcutune_soak") as url,
+            tempfile.TemporaryDirectory(prefix="rcutune-soak-") as workdir,
+        ):
             logs = args.logs or Path(workdir)
             logs.mkdir(parents=True, exist_ok=True)
             soak = Soak(cluster, url, logs, random.Random(args.seed), args.workers, memory)
@@ -266,27 +268,40 @@ def main() -> None:
                 totals.add(check)
             unexpected = [w for w in soak.ended if not expected(w)]
             for w in unexpected:
-                print(f"unexpected end of worker pid {w.proc.pid} ({w.signalled or 'no fault'}): exit {w.code}\n"
-                      f"{w.err.read_text()[-2000:]}")
-            outages = sum(line.startswith("worker: lost the database") for w in soak.ended
-                          for line in w.err.read_text().splitlines())
+                print(
+                    f"unexpected end of worker pid {w.proc.pid} ({w.signalled or 'no fault'}): exit {w.code}\n"
+                    f"{w.err.read_text()[-2000:]}"
+                )
+            outages = sum(
+                line.startswith("worker: lost the database")
+                for w in soak.ended
+                for line in w.err.read_text().splitlines()
+            )
             refused = sum(w.code == 2 for w in soak.ended)
     finally:
         cluster_context.__exit__(None, None, None)
     wall = (time.monotonic() - started) / 60
     faults = " ".join(f"{kind}={n}" for kind, n in soak.faults.items())
-    summary = (f"campaigns={len(soak.campaigns)} workers={len(soak.ended)} refused_at_start={refused} "
-               f"outage_lines={outages} unexpected={len(unexpected)} faults: {faults}")
-    memory_line = (f"peak resident memory: one worker with its simulation processes {memory.peak_tree_mib:.1f} MiB, "
-                   f"largest single process {memory.peak_process_mib:.1f} MiB")
-    last = (f"minutes={args.minutes:g} trials={totals.trials} lost={totals.lost} duplicated={totals.duplicated} "
-            f"stuck_running={totals.stuck_running} integrity={totals.integrity} "
-            f"peak_rss_mib={memory.peak_tree_mib:.1f}")
+    summary = (
+        f"campaigns={len(soak.campaigns)} workers={len(soak.ended)} refused_at_start={refused} "
+        f"outage_lines={outages} unexpected={len(unexpected)} faults: {faults}"
+    )
+    memory_line = (
+        f"peak resident memory: one worker with its simulation processes {memory.peak_tree_mib:.1f} MiB, "
+        f"largest single process {memory.peak_process_mib:.1f} MiB"
+    )
+    last = (
+        f"minutes={args.minutes:g} trials={totals.trials} lost={totals.lost} duplicated={totals.duplicated} "
+        f"stuck_running={totals.stuck_running} integrity={totals.integrity} "
+        f"peak_rss_mib={memory.peak_tree_mib:.1f}"
+    )
     print(summary)
     print(memory_line)
     print(last, flush=True)
     if args.record:
-        _readme.record("soak", f"""## Soak (`python bench/soak.py --minutes {args.minutes:g} --seed {args.seed}`)
+        _readme.record(
+            "soak",
+            f"""## Soak (`python bench/soak.py --minutes {args.minutes:g} --seed {args.seed}`)
 
 {args.workers} `rcutune worker` processes on a throwaway PostgreSQL server for {args.minutes:g} minutes of faults
 ({wall:.1f} minutes in all, the last campaign run to its end), on {machine}. What each figure means is in the
@@ -297,7 +312,8 @@ docstring of `bench/soak.py`.
 {memory_line}
 {last}
 ```
-""")
+""",
+        )
     ok = totals.lost == totals.duplicated == totals.stuck_running == 0 and totals.integrity == "ok"
     sys.exit(0 if ok and not unexpected else 1)
 

@@ -26,8 +26,25 @@ SIMULATOR_VERSION = "2.0.0"
 """Bumped whenever a change can alter any metric for the same inputs; stored with every study."""
 
 __all__ = [
-    "DEFAULT_KERNEL", "KERNELS", "LAYOUTS", "SIMULATOR_VERSION", "HardwareProfile", "KernelBehaviour",
-    "Metrics", "Policy", "ProfileError", "Trace", "WorkloadProfile", "kernel_behaviour", "list_profiles",
-    "load_hardware", "load_profile", "load_workload", "profile_from_text", "profile_text", "simulate", "simulate_with_trace",
+    "DEFAULT_KERNEL",
+    "KERNELS",
+    "LAYOUTS",
+    "SIMULATOR_VERSION",
+    "HardwareProfile",
+    "KernelBehaviour",
+    "Metrics",
+    "Policy",
+    "ProfileError",
+    "Trace",
+    "WorkloadProfile",
+    "kernel_behaviour",
+    "list_profiles",
+    "load_hardware",
+    "load_profile",
+    "load_workload",
+    "profile_from_text",
+    "profile_text",
+    "simulate",
+    "simulate_with_trace",
     "split_overrides",
 ]

@@ -69,8 +69,9 @@ class RateSchedule:
         burst = self.burst[np.minimum(slots, len(self.burst) - 1)]
         return w.calls_per_s_per_cpu * weight * burst
 
-    def poisson(self, lam: np.ndarray, uniforms: np.ndarray,
-                large_rng: Callable[[], np.random.Generator]) -> np.ndarray:
+    def poisson(
+        self, lam: np.ndarray, uniforms: np.ndarray, large_rng: Callable[[], np.random.Generator]
+    ) -> np.ndarray:
         """Poisson counts with the given means, one per slot, by inversion of `uniforms` (one each).
 
         The rate is piecewise constant (hot-set epochs, bursts), so each run of equal means is one
@@ -134,7 +135,9 @@ class ArrivalStream:
         h, v = w.headless_fraction, w.vmalloc_fraction
         self.mix = np.array([(1 - h) * (1 - v), (1 - h) * v, h * (1 - v), h * v])
         self._kinds = [k for k in range(4) if self.mix[k] > 0]
-        self._cum: list[list[memoryview]] = []  # per chunk, per kind: its batch's (1 + slots) calls up to each slot's end
+        self._cum: list[
+            list[memoryview]
+        ] = []  # per chunk, per kind: its batch's (1 + slots) calls up to each slot's end
         self._total: list[memoryview] = []  # per chunk: its batch's (1 + slots) calls of all kinds
         self._offset: list[int] = []  # per chunk: its first slot's column in its batch, less one
         self._chunk_total: list[int] = []  # calls up to each chunk's end
@@ -153,8 +156,9 @@ class ArrivalStream:
         uniforms = self.rng.random((last - first, len(kinds), CHUNK))
         cum = np.empty((len(kinds), n + 1), dtype=np.int64)
         for r, kind in enumerate(kinds):  # only the kinds this workload has
-            counts = self.schedule.poisson(self.mix[kind] * lam, uniforms[:, r, :].reshape(-1),
-                                           lambda: self._large_rng(kind))
+            counts = self.schedule.poisson(
+                self.mix[kind] * lam, uniforms[:, r, :].reshape(-1), lambda kind=kind: self._large_rng(kind)
+            )
             cum[r, 0] = 0
             np.cumsum(counts, out=cum[r, 1:])
             cum[r] += self._last[r]

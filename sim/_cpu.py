@@ -35,12 +35,38 @@ completion if something must happen at the end)."""
 class RunQueue:
     """One CPU: the kernel loop holding it (if any), its worker pool, and its scheduler tick."""
 
-    __slots__ = ("env", "cpu", "preempt", "jiffy", "tick_phase", "wakeup_s", "held", "at_point", "busy_until",
-                 "waiting", "charged", "work_seconds", "_pumping", "_drained", "on_switch", "on_idle", "switches", "at", "switch_s",
-                 "incoming")
+    __slots__ = (
+        "env",
+        "cpu",
+        "preempt",
+        "jiffy",
+        "tick_phase",
+        "wakeup_s",
+        "held",
+        "at_point",
+        "busy_until",
+        "waiting",
+        "charged",
+        "work_seconds",
+        "_pumping",
+        "_drained",
+        "on_switch",
+        "on_idle",
+        "switches",
+        "at",
+        "switch_s",
+        "incoming",
+    )
 
-    def __init__(self, env: simpy.Environment, cpu: int, preempt: str, hz: int, wakeup_s: float,
-                 on_switch: Callable[[int, float], None]) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cpu: int,
+        preempt: str,
+        hz: int,
+        wakeup_s: float,
+        on_switch: Callable[[int, float], None],
+    ) -> None:
         self.env = env
         self.cpu = cpu
         self.preempt = preempt
@@ -128,8 +154,12 @@ class RunQueue:
         return False
 
     def _ready(self, work: Work) -> None:
-        if (not self._pumping and not self.waiting and self.busy_until <= self.env.now + 1e-12
-                and (not self.held or self.at_point or self.preempt != "none")):
+        if (
+            not self._pumping
+            and not self.waiting
+            and self.busy_until <= self.env.now + 1e-12
+            and (not self.held or self.at_point or self.preempt != "none")
+        ):
             self._run(work)  # an idle pool: the common case, without the queue
             return
         self.waiting.append(work)
@@ -243,8 +273,16 @@ class RunQueue:
 class CpuSet:
     """All CPUs; picks where unbound work runs."""
 
-    def __init__(self, env: simpy.Environment, cpus: int, preempt: str, hz: int, wakeup_s: float,
-                 on_switch: Callable[[int, float], None], switch_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cpus: int,
+        preempt: str,
+        hz: int,
+        wakeup_s: float,
+        on_switch: Callable[[int, float], None],
+        switch_s: float = 0.0,
+    ) -> None:
         self.env = env
         self.queues = [RunQueue(env, cpu, preempt, hz, wakeup_s, on_switch) for cpu in range(cpus)]
         for rq in self.queues:

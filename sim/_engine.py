@@ -59,8 +59,16 @@ class Trace:
 class Model:
     """One run: builds the mechanisms, hands each its collaborators, runs them, collects the metrics."""
 
-    def __init__(self, hw: HardwareProfile, workload: WorkloadProfile, policy: Policy, kernel: KernelBehaviour,
-                 seconds: float, seed: int, trace: bool = False) -> None:
+    def __init__(
+        self,
+        hw: HardwareProfile,
+        workload: WorkloadProfile,
+        policy: Policy,
+        kernel: KernelBehaviour,
+        seconds: float,
+        seed: int,
+        trace: bool = False,
+    ) -> None:
         self.hw, self.workload, self.policy, self.kernel = hw, workload, policy, kernel
         self.env = env = _CountingEnvironment()
         self.end = seconds
@@ -70,9 +78,15 @@ class Model:
         self.slab_bytes = float(workload.rcuscale_slab_bytes if self.is_rcuscale else workload.object_bytes)
         self.stats = Stats()
         self.latency = LatencyHistogram()
-        self.cpus = CpuSet(env, hw.cpus, hw.preempt, hw.hz, hw.wq_latency_us * 1e-6,
-                           on_switch=lambda cpu, now: self.gp.context_switch(cpu, now),
-                           switch_s=hw.context_switch_us * 1e-6)
+        self.cpus = CpuSet(
+            env,
+            hw.cpus,
+            hw.preempt,
+            hw.hz,
+            hw.wq_latency_us * 1e-6,
+            on_switch=lambda cpu, now: self.gp.context_switch(cpu, now),
+            switch_s=hw.context_switch_us * 1e-6,
+        )
         self.gp = GraceEngine(env, hw, kernel, self.cpus, stream(seed, "grace_periods"), stream(seed, "expedited"))
         for rq in self.cpus.queues:
             rq.on_idle = self.gp.cpu_idle
@@ -84,17 +98,37 @@ class Model:
         locality = 1.0 if self.is_rcuscale else workload.slab_locality  # rcuscale frees in allocation order
         costs = FreeCosts(hw, int(self.slab_bytes), locality)
         collaborators = Collaborators(
-            env=env, kernel=kernel, hw=hw, policy=policy, gp=self.gp, alloc=self.alloc, pool=self.pool,
-            cpus=self.cpus, pipeline=self.pipeline, costs=costs, stats=self.stats, ledger=self.ledger,
-            latency=self.latency, records=self.records, slab_bytes=self.slab_bytes,
-            vmalloc_bytes=float(workload.vmalloc_object_bytes), end=seconds,
-            sheaf_share=workload.sheaf_share, sheaf_capacity=workload.sheaf_capacity)
+            env=env,
+            kernel=kernel,
+            hw=hw,
+            policy=policy,
+            gp=self.gp,
+            alloc=self.alloc,
+            pool=self.pool,
+            cpus=self.cpus,
+            pipeline=self.pipeline,
+            costs=costs,
+            stats=self.stats,
+            ledger=self.ledger,
+            latency=self.latency,
+            records=self.records,
+            slab_bytes=self.slab_bytes,
+            vmalloc_bytes=float(workload.vmalloc_object_bytes),
+            end=seconds,
+            sheaf_share=workload.sheaf_share,
+            sheaf_capacity=workload.sheaf_capacity,
+        )
         schedule = None
         if not self.is_rcuscale and workload.calls_per_s_per_cpu > 0:
             schedule = RateSchedule(workload, hw.cpus, seconds, seed)
         self.krcs = [
-            KfreeRcuCpu(collaborators, cpu, ArrivalStream(schedule, cpu, seed) if schedule else None,
-                        partial(stream, seed, "booking", cpu), partial(stream, seed, "refill", cpu))
+            KfreeRcuCpu(
+                collaborators,
+                cpu,
+                ArrivalStream(schedule, cpu, seed) if schedule else None,
+                partial(stream, seed, "booking", cpu),
+                partial(stream, seed, "refill", cpu),
+            )
             for cpu in range(hw.cpus)
         ]
         if policy.prealloc_at_boot and policy.n_per_cpu and kernel.batching:
@@ -112,8 +146,11 @@ class Model:
         self._trace_every = max(Kswapd.TICK, seconds / TRACE_POINTS)
         self._next_trace = 0.0
         self.kswapd = Kswapd(env, self.alloc, stream(seed, "memory", 1), self._chain_pages, self._after_kswapd)
-        self.rcuscale = (RcuscaleTest(env, hw, workload, kernel, self.krcs, self.cpus, self.gp, self.alloc,
-                                      self.slab_bytes, seed) if self.is_rcuscale else None)
+        self.rcuscale = (
+            RcuscaleTest(env, hw, workload, kernel, self.krcs, self.cpus, self.gp, self.alloc, self.slab_bytes, seed)
+            if self.is_rcuscale
+            else None
+        )
 
     @property
     def cpu_last_call(self) -> np.ndarray:
@@ -277,8 +314,9 @@ class Model:
         )
 
 
-def _check(hw: HardwareProfile, workload: WorkloadProfile, policy: Policy, seconds: float | None,
-           seed: int, kernel: str) -> tuple[KernelBehaviour, float]:
+def _check(
+    hw: HardwareProfile, workload: WorkloadProfile, policy: Policy, seconds: float | None, seed: int, kernel: str
+) -> tuple[KernelBehaviour, float]:
     behaviour = kernel_behaviour(kernel)
     run_for = workload.duration_s if seconds is None else seconds
     if not (isinstance(run_for, (int, float)) and math.isfinite(run_for) and run_for > 0):
@@ -288,9 +326,16 @@ def _check(hw: HardwareProfile, workload: WorkloadProfile, policy: Policy, secon
     return behaviour, float(run_for)
 
 
-def simulate(hardware: HardwareProfile, workload: WorkloadProfile, policy: Policy, *,
-             seconds: float | None = None, seed: int = 0, kernel: str = DEFAULT_KERNEL,
-             progress: Callable[[float], None] | None = None) -> Metrics:
+def simulate(
+    hardware: HardwareProfile,
+    workload: WorkloadProfile,
+    policy: Policy,
+    *,
+    seconds: float | None = None,
+    seed: int = 0,
+    kernel: str = DEFAULT_KERNEL,
+    progress: Callable[[float], None] | None = None,
+) -> Metrics:
     """Run the model once.
 
     Args:
@@ -310,9 +355,15 @@ def simulate(hardware: HardwareProfile, workload: WorkloadProfile, policy: Polic
     return Model(hardware, workload, policy, behaviour, run_for, seed).run(progress)
 
 
-def simulate_with_trace(hardware: HardwareProfile, workload: WorkloadProfile, policy: Policy, *,
-                        seconds: float | None = None, seed: int = 0,
-                        kernel: str = DEFAULT_KERNEL) -> tuple[Metrics, Trace]:
+def simulate_with_trace(
+    hardware: HardwareProfile,
+    workload: WorkloadProfile,
+    policy: Policy,
+    *,
+    seconds: float | None = None,
+    seed: int = 0,
+    kernel: str = DEFAULT_KERNEL,
+) -> tuple[Metrics, Trace]:
     """`simulate()` plus the run's time series (about 400 points), for plots."""
     behaviour, run_for = _check(hardware, workload, policy, seconds, seed, kernel)
     model = Model(hardware, workload, policy, behaviour, run_for, seed, trace=True)

@@ -43,7 +43,8 @@ def fqs_jiffies(hz: int, cpus: int) -> int:
 
 
 def sched_qs_jiffies(hz: int, cpus: int) -> int:
-    """jiffies_to_sched_qs: the third FQS scan, bounded below by HZ/10 + nr_cpu_ids/256 (adjust_jiffies_till_sched_qs())."""
+    """jiffies_to_sched_qs: the third FQS scan, bounded below by HZ/10 + nr_cpu_ids/256
+    (adjust_jiffies_till_sched_qs())."""
     fqs = fqs_jiffies(hz, cpus)
     return max(3 * fqs, hz // 10 + cpus // 256)
 
@@ -51,8 +52,15 @@ def sched_qs_jiffies(hz: int, cpus: int) -> int:
 class GraceEngine:
     """Normal grace periods, started on demand; callers register a callback for a GP number."""
 
-    def __init__(self, env: simpy.Environment, hw: HardwareProfile, kernel: KernelBehaviour, cpus: CpuSet,
-                 rng: np.random.Generator, expedited_rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        hw: HardwareProfile,
+        kernel: KernelBehaviour,
+        cpus: CpuSet,
+        rng: np.random.Generator,
+        expedited_rng: np.random.Generator,
+    ) -> None:
         self.env = env
         self.hw = hw
         self.cpus = cpus
@@ -126,7 +134,9 @@ class GraceEngine:
     def expedited_duration(self) -> float:
         """One expedited GP (synchronize_rcu_expedited()), drawn from the hardware profile."""
         self.expedited_count += 1
-        ms = self.hw.gp_expedited_median_ms * math.exp(self.hw.gp_expedited_sigma * self.expedited_rng.standard_normal())
+        ms = self.hw.gp_expedited_median_ms * math.exp(
+            self.hw.gp_expedited_sigma * self.expedited_rng.standard_normal()
+        )
         return ms * 1e-3
 
     # Quiescent states of held CPUs ------------------------------------------------------------

@@ -113,8 +113,14 @@ class Placement:
 class KfreeRcuCpu:
     """One CPU's `krc`: current blocks, pending blocks, the rcu_head list, two batch slots, the monitor."""
 
-    def __init__(self, c: Collaborators, cpu: int, stream: ArrivalStream | None,
-                 rng: Callable[[], np.random.Generator], refill_rng: Callable[[], np.random.Generator]) -> None:
+    def __init__(
+        self,
+        c: Collaborators,
+        cpu: int,
+        stream: ArrivalStream | None,
+        rng: Callable[[], np.random.Generator],
+        refill_rng: Callable[[], np.random.Generator],
+    ) -> None:
         """`rng` and `refill_rng` make this CPU's booking and refill streams, on first use."""
         self.c = c
         self.env: simpy.Environment = c.env
@@ -151,7 +157,7 @@ class KfreeRcuCpu:
         self._first_call: tuple[float, float] | None = None
         self.reserved_pages = 0  # cache pages taken for calls not yet booked (see _reserve_for_unbooked)
         # Per-CPU caches only: a shared pool's lock is taken when a call takes its page.
-        self._reserve_at_reclaim = (c.pool.layout == "per-cpu" and c.kernel.batching and c.kernel.headless_api)
+        self._reserve_at_reclaim = c.pool.layout == "per-cpu" and c.kernel.batching and c.kernel.headless_api
         self._jiffy = 1.0 / c.hw.hz
         self._refills = c.kernel.refill_worker and c.policy.n_per_cpu > 0  # a miss kicks a refill that brings pages
         # A miss kicks the refill work, even an empty one (N=0 before v6.5).
@@ -208,9 +214,16 @@ class KfreeRcuCpu:
             self.cum_seen = cum
             self.last_t = now
 
-    def book(self, now: float, counts: tuple[int, int, int, int], arrival_mid: float,
-             by_call_rcu: bool = False, first_call: Callable[[], float] | None = None,
-             first_after: float = -math.inf, chunk: bool = False) -> simpy.Event | None:
+    def book(
+        self,
+        now: float,
+        counts: tuple[int, int, int, int],
+        arrival_mid: float,
+        by_call_rcu: bool = False,
+        first_call: Callable[[], float] | None = None,
+        first_after: float = -math.inf,
+        chunk: bool = False,
+    ) -> simpy.Event | None:
         """kvfree_call_rcu() for counts of (two-arg slab, two-arg vmalloc, headless slab, headless vmalloc).
 
         Returns the event a closed-loop caller waits on if one of its calls fell back to
@@ -227,15 +240,18 @@ class KfreeRcuCpu:
         st.calls_two_arg += two_slab + two_vmalloc
         st.calls_headless += headless_slab + headless_vmalloc
         self.last_call = now
-        c.ledger.add_pending((two_slab + headless_slab) * slab + (two_vmalloc + headless_vmalloc) * vmb, now,
-                             arrival_mid, span_peak=chunk)
+        c.ledger.add_pending(
+            (two_slab + headless_slab) * slab + (two_vmalloc + headless_vmalloc) * vmb,
+            now,
+            arrival_mid,
+            span_peak=chunk,
+        )
         base = self._call_s
         sync_event = None
         headless = headless_slab + headless_vmalloc
         # A preemptible loop's chunk: the refill work it kicks runs between its calls (see
         # _refill_between_calls); with PREEMPT_NONE it waits for the loop's cond_resched().
-        self._prompt_span = (2.0 * (now - arrival_mid) if chunk and self._kicks and self.rq.preempt != "none"
-                             else 0.0)
+        self._prompt_span = 2.0 * (now - arrival_mid) if chunk and self._kicks and self.rq.preempt != "none" else 0.0
         self._booked_calls = total
         if by_call_rcu or not k.batching:
             # call_rcu() per object; lazy (v6.2+, CONFIG_RCU_LAZY) unless it is a kvfree batch.
@@ -244,8 +260,9 @@ class KfreeRcuCpu:
             self._call_rcu(two, two_slab * slab + two_vmalloc * vmb, now, arrival_mid, lazy=lazy)
             c.latency.add(base * 1e9, two)
             if headless:
-                sync_event = self._synchronize_rcu(headless, headless_slab * slab + headless_vmalloc * vmb, now,
-                                                   arrival_mid, base)
+                sync_event = self._synchronize_rcu(
+                    headless, headless_slab * slab + headless_vmalloc * vmb, now, arrival_mid, base
+                )
             return sync_event
         if k.sheaves and c.sheaf_share > 0.0 and (two_slab or headless_slab):
             two_sheaf = self._binomial(two_slab, c.sheaf_share)
@@ -259,8 +276,9 @@ class KfreeRcuCpu:
         if not k.headless_api:
             # Before 5.9 there is no single-argument kvfree_rcu(): callers do synchronize_rcu(); kfree().
             if headless:
-                sync_event = self._synchronize_rcu(headless, headless_slab * slab + headless_vmalloc * vmb, now,
-                                                   arrival_mid, base)
+                sync_event = self._synchronize_rcu(
+                    headless, headless_slab * slab + headless_vmalloc * vmb, now, arrival_mid, base
+                )
             headless_slab = headless_vmalloc = 0
         if not k.block_channels:
             # 5.6: no pointer blocks; every object waits on the rcu_head list (the normal path, not a fallback).
@@ -286,8 +304,9 @@ class KfreeRcuCpu:
         self.schedule_delayed_monitor_work(now, first_call, first_after)
         return sync_event
 
-    def _add_to_channel(self, ch: int, two_arg: int, headless: int, obj_bytes: float, now: float, mid: float,
-                        base: float) -> tuple[int, int]:
+    def _add_to_channel(
+        self, ch: int, two_arg: int, headless: int, obj_bytes: float, now: float, mid: float, base: float
+    ) -> tuple[int, int]:
         """add_ptr_to_bulk_krc_lock() for `two_arg` and `headless` calls on one channel, then the fallbacks.
 
         Returns (calls that fell back to synchronize_rcu(), their bytes).
@@ -317,8 +336,9 @@ class KfreeRcuCpu:
         self._recount()
         return sync_count, int(sync_count * obj_bytes)
 
-    def _fill_current_block(self, ch: int, step: Placement, obj_bytes: float, now: float, mid: float,
-                            snap: int) -> None:
+    def _fill_current_block(
+        self, ch: int, step: Placement, obj_bytes: float, now: float, mid: float, snap: int
+    ) -> None:
         """The first calls go into the channel's current block until it is full."""
         cur = self.cur[ch]
         if cur is None:
@@ -406,8 +426,9 @@ class KfreeRcuCpu:
         rq.work_seconds += cost
         c.gp.context_switch(self.cpu, now)
 
-    def _allocate_or_fall_back(self, step: Placement, headless_share: float, obj_bytes: float, now: float,
-                               mid: float, snap: int, base: float) -> int:
+    def _allocate_or_fall_back(
+        self, step: Placement, headless_share: float, obj_bytes: float, now: float, mid: float, snap: int, base: float
+    ) -> int:
         """The cache is empty: each call that needs a block allocates inline (where its kind and the release
         allow) or falls back, two-argument calls to the rcu_head list, headless ones to synchronize_rcu().
 
@@ -455,8 +476,9 @@ class KfreeRcuCpu:
         lat_headless = alloc.latency(gfp_headless) if headless_allocates else 0.0
         c.latency.add((base + lat_two) * 1e9, blocks - headless_blocks + two_failed_alloc)
         c.latency.add((base + lat_headless) * 1e9, headless_blocks)
-        self.rq.charged += ((blocks - headless_blocks + two_failed_alloc) * lat_two
-                            + (headless_blocks + headless_failed_alloc) * lat_headless)
+        self.rq.charged += (blocks - headless_blocks + two_failed_alloc) * lat_two + (
+            headless_blocks + headless_failed_alloc
+        ) * lat_headless
         head_count = two_failed_alloc + two_no_alloc
         st.head_fallbacks += head_count
         step.new_records += calls - failures
@@ -471,8 +493,7 @@ class KfreeRcuCpu:
             self.run_page_cache_worker(now)
         return sync_count
 
-    def _place_new_records(self, ch: int, step: Placement, obj_bytes: float, now: float, mid: float,
-                           snap: int) -> None:
+    def _place_new_records(self, ch: int, step: Placement, obj_bytes: float, now: float, mid: float, snap: int) -> None:
         """The records of the blocks taken in this booking: full blocks, then the new current block."""
         records = self.c.records
         full, rest = divmod(step.new_records, records)
@@ -565,8 +586,13 @@ class KfreeRcuCpu:
         if c.hw.rcu_expedited:
             self.env.timeout(c.gp.expedited_duration()).callbacks.append(lambda _e: done())
         else:
-            c.pipeline.call_rcu(self.cpu, 1, lambda _cpu, _t: 0.0, done,
-                                check=lambda gp_number: ledger.check_safe(objs.newest, gp_number))
+            c.pipeline.call_rcu(
+                self.cpu,
+                1,
+                lambda _cpu, _t: 0.0,
+                done,
+                check=lambda gp_number: ledger.check_safe(objs.newest, gp_number),
+            )
         return done_event
 
     def _call_rcu(self, count: int, nbytes: float, now: float, mid: float, lazy: bool) -> None:
@@ -588,8 +614,9 @@ class KfreeRcuCpu:
             self._freed(objs, self.env.now)
 
         def queue() -> None:
-            c.pipeline.call_rcu(self.cpu, count, body, freed,
-                                check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number))
+            c.pipeline.call_rcu(
+                self.cpu, count, body, freed, check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number)
+            )
 
         if lazy and c.pipeline.offloaded(self.cpu):
             # Lazy callbacks sit in the bypass list until LAZY_FLUSH_JIFFIES (or a flush).
@@ -638,13 +665,15 @@ class KfreeRcuCpu:
             pending.bytes -= objs.bytes
             self._freed(objs, self.env.now)
 
-        c.pipeline.call_rcu(self.cpu, 1, body, freed,
-                            check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number))
+        c.pipeline.call_rcu(
+            self.cpu, 1, body, freed, check=lambda gp_number: c.ledger.check_safe(objs.newest, gp_number)
+        )
 
     # The monitor ------------------------------------------------------------------------------
 
-    def schedule_delayed_monitor_work(self, now: float, first_call: Callable[[], float] | None = None,
-                                      first_after: float = -math.inf) -> None:
+    def schedule_delayed_monitor_work(
+        self, now: float, first_call: Callable[[], float] | None = None, first_after: float = -math.inf
+    ) -> None:
         """Arm the monitor; from 6.1 a pending timer is only ever shortened, before it only armed once.
 
         `first_call`: when calls booked together began, gives the time of the first of them (after
@@ -701,8 +730,11 @@ class KfreeRcuCpu:
             cross = stream.time_to_reach(now, int(k_cross), until, seen)
             if cross + jiffy >= until:
                 return until, False
-            if (k_miss == math.inf or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
-                    or sum(stream.cumulative(cross + jiffy)) - seen < k_miss):
+            if (
+                k_miss == math.inf
+                or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
+                or sum(stream.cumulative(cross + jiffy)) - seen < k_miss
+            ):
                 return cross + jiffy, True  # the cache lasts past the shortened timer's expiry
         return stream.time_to_reach(now, int(k_miss), until, seen), False
 
@@ -728,9 +760,15 @@ class KfreeRcuCpu:
             if k_cross < k_miss:
                 cross = stream.time_to_reach(now, k_cross, end, seen)
                 # Found before the end and before any timer the next call arms: as _forecast() finds it.
-                if cross < end and cross + jiffy < now + first_delay and (
-                        k_miss == math.inf or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
-                        or sum(stream.cumulative(cross + jiffy)) - seen < k_miss):
+                if (
+                    cross < end
+                    and cross + jiffy < now + first_delay
+                    and (
+                        k_miss == math.inf
+                        or stream.calls_by_slot_end(cross + jiffy) - seen < k_miss
+                        or sum(stream.cumulative(cross + jiffy)) - seen < k_miss
+                    )
+                ):
                     return cross + jiffy, True
         first = stream.time_to_reach(now, 1, end, seen)
         if now == self.last_t:
@@ -809,8 +847,7 @@ class KfreeRcuCpu:
         c = self.c
         target = self.cpu if (c.pipeline.bound or not c.cpus.any_held) else c.cpus.unbound_target(self.cpu)
         rq = c.cpus.queues[target]
-        if rq.busy_until <= now + 1e-12 and not rq.waiting and (
-                not rq.held or rq.at_point or rq.preempt != "none"):
+        if rq.busy_until <= now + 1e-12 and not rq.waiting and (not rq.held or rq.at_point or rq.preempt != "none"):
             if rq.held:
                 rq.switch(now)
             cost = self.monitor_work(now, target)
@@ -848,8 +885,12 @@ class KfreeRcuCpu:
         if not self.pending_count:
             return cost
         delay = k.drain_delay_jiffies(c.hw.hz, self.pending_count, c.records) / c.hw.hz
-        if not queued and self.deadline is None and self.stream is None and (
-                not k.adaptive_drain or self.pending_count >= c.records):
+        if (
+            not queued
+            and self.deadline is None
+            and self.stream is None
+            and (not k.adaptive_drain or self.pending_count >= c.records)
+        ):
             # Both krw slots are busy and the timer re-arms every `delay` (1 jiffy, or 20 ms before
             # 6.1). Those fires change nothing until a slot frees or (6.3) a polled GP completes,
             # so skip them: the next fire is the first tick of that re-arm grid after such an event.
@@ -966,8 +1007,9 @@ class KfreeRcuCpu:
         if in_flight > st.batches_in_flight_peak:
             st.batches_in_flight_peak = in_flight
         # queue_rcu_work() is call_rcu_hurry() on the CPU running the monitor: never lazy.
-        c.pipeline.queue_rcu_work(run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay),
-                                  batch)
+        c.pipeline.queue_rcu_work(
+            run_cpu, lambda invoked_on, delay: self._rcu_work_rcufn(batch, invoked_on, delay), batch
+        )
         return True
 
     def _rcu_work_rcufn(self, batch: Batch, invoked_on: int, delay: float) -> None:
@@ -1021,8 +1063,11 @@ class KfreeRcuCpu:
         cum = stream.cumulative(now) if now > self.last_t else seen
         two_slab, two_vmalloc = cum[0] - seen[0], cum[1] - seen[1]
         headless_slab, headless_vmalloc = cum[2] - seen[2], cum[3] - seen[3]
-        per_channel = ((two_slab + two_vmalloc + headless_slab + headless_vmalloc,) if len(self.cur) == 1
-                       else (two_slab + headless_slab, two_vmalloc + headless_vmalloc))
+        per_channel = (
+            (two_slab + two_vmalloc + headless_slab + headless_vmalloc,)
+            if len(self.cur) == 1
+            else (two_slab + headless_slab, two_vmalloc + headless_vmalloc)
+        )
         records = c.records
         need = 0
         for ch, n in enumerate(per_channel):
@@ -1040,8 +1085,9 @@ class KfreeRcuCpu:
             got, _ = pool.take(self.cpu, extra)
             c.stats.blocks_from_cache += got
             self.reserved_pages += got
-        c.ledger.note_peak((two_slab + headless_slab) * c.slab_bytes + (two_vmalloc + headless_vmalloc)
-                           * c.vmalloc_bytes)
+        c.ledger.note_peak(
+            (two_slab + headless_slab) * c.slab_bytes + (two_vmalloc + headless_vmalloc) * c.vmalloc_bytes
+        )
         return True
 
     def _put_pages(self, pages: int) -> None:

@@ -52,8 +52,13 @@ def _sigmoid(x: float) -> float:
 class Shrinker:
     """A registered shrinker as shrink_slab() drives it (struct shrinker with its nr_deferred)."""
 
-    def __init__(self, count: Callable[[], int], scan: Callable[[int], int], seeks: int = DEFAULT_SEEKS,
-                 batch: int = SHRINK_BATCH) -> None:
+    def __init__(
+        self,
+        count: Callable[[], int],
+        scan: Callable[[int], int],
+        seeks: int = DEFAULT_SEEKS,
+        batch: int = SHRINK_BATCH,
+    ) -> None:
         self.count_objects = count
         self.scan_objects = scan  # returns objects freed, or -1 for SHRINK_STOP
         self.seeks = seeks
@@ -88,8 +93,14 @@ class Shrinker:
 class PageAllocator:
     """Free pages and who holds the rest; answers allocation attempts by flag set; reclaims and OOMs."""
 
-    def __init__(self, hw: HardwareProfile, workload: WorkloadProfile, emergency_reserve_fraction: float,
-                 seconds: float, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        hw: HardwareProfile,
+        workload: WorkloadProfile,
+        emergency_reserve_fraction: float,
+        seconds: float,
+        rng: np.random.Generator,
+    ) -> None:
         self.hw = hw
         self.workload = workload
         self.page_size = hw.page_size
@@ -128,8 +139,14 @@ class PageAllocator:
 
     @property
     def free(self) -> float:
-        used = (self.reserved + self.anon + self.file + self.block_pages + self.object_bytes / self.page_size
-                + self.chain_pages)
+        used = (
+            self.reserved
+            + self.anon
+            + self.file
+            + self.block_pages
+            + self.object_bytes / self.page_size
+            + self.chain_pages
+        )
         return self.total - used
 
     def available(self) -> float:
@@ -312,8 +329,14 @@ class Kswapd:
 
     TICK = 0.01
 
-    def __init__(self, env, alloc: PageAllocator, rng: np.random.Generator, chain_pages: Callable[[], float],
-                 after_tick: Callable[[float, float, bool], None]) -> None:
+    def __init__(
+        self,
+        env,
+        alloc: PageAllocator,
+        rng: np.random.Generator,
+        chain_pages: Callable[[], float],
+        after_tick: Callable[[float, float, bool], None],
+    ) -> None:
         self.env = env
         self.alloc = alloc
         self.rng = rng

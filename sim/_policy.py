@@ -54,11 +54,11 @@ class Policy:
             raise ValueError(f"emergency_reserve_fraction={self.emergency_reserve_fraction}: must be in [0, 0.5]")
 
     @classmethod
-    def kernel_default(cls, kernel: KernelBehaviour) -> "Policy":
+    def kernel_default(cls, kernel: KernelBehaviour) -> Policy:
         """The policy a stock kernel of that release runs with."""
         return cls(n_per_cpu=kernel.default_n, prealloc_at_boot=kernel.prealloc_at_boot)
 
-    def with_(self, **changes: object) -> "Policy":
+    def with_(self, **changes: object) -> Policy:
         return replace(self, **changes)
 
     def what_if_reasons(self, kernel: KernelBehaviour) -> tuple[str, ...]:

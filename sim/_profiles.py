@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
 _KMALLOC_SMALL = (8, 16, 32, 64, 96, 128, 192)
 
 
@@ -77,20 +76,41 @@ class HardwareProfile(_Profile):
     cb_invoke_us: float = _float(50.0, 0.0, 1e6, "CPU time of invoking one RCU callback (softirq or rcuo)")
     nocb_invoke_ms: float = _float(3.0, 0.0, 1e4, "rcuog and rcuo wake-ups together, on CPUs no kernel loop holds")
     wq_latency_us: float = _float(30.0, 0.0, 1e6, "a woken kworker starts on a CPU no kernel loop holds")
-    context_switch_us: float = _float(2.0, 0.0, 1e5, "CPU time of a switch between a kernel loop and queued work, each way")
-    hrtimer_latency_us: float = _float(5.0, 0.0, 1e6, "hrtimer_start(0) to a woken kworker being runnable (the refill kick)")
+    context_switch_us: float = _float(
+        2.0, 0.0, 1e5, "CPU time of a switch between a kernel loop and queued work, each way"
+    )
+    hrtimer_latency_us: float = _float(
+        5.0, 0.0, 1e6, "hrtimer_start(0) to a woken kworker being runnable (the refill kick)"
+    )
     rcu_lazy: bool = Field(default=False, description="CONFIG_RCU_LAZY with lazy call_rcu() on NOCB CPUs")
     preempt: Literal["none", "voluntary", "full"] = Field(
-        default="voluntary", description="the preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or PREEMPT (preemptible RCU)")
-    preempt_dynamic: bool = Field(default=False, description="CONFIG_PREEMPT_DYNAMIC: preempt_count is tracked whatever the model")
+        default="voluntary",
+        description="the preemption model: CONFIG_PREEMPT_NONE, _VOLUNTARY or PREEMPT (preemptible RCU)",
+    )
+    preempt_dynamic: bool = Field(
+        default=False, description="CONFIG_PREEMPT_DYNAMIC: preempt_count is tracked whatever the model"
+    )
     lazy_flush_ms: float = _float(10_000.0, 0.0, 1e6, "LAZY_FLUSH_JIFFIES in ms")
     # CPU costs.
     kfree_call_ns: float = _float(110.0, 1.0, 1e6, "one kmalloc + kvfree_rcu() fast path")
-    kmalloc_ns_per_kib: float = _float(0.0, 0.0, 1e6, "extra cost of that call per KiB of the object's kmalloc size class")
-    loop_jitter: float = _float(0.05, 0.0, 2.0, "coefficient of variation of a kernel loop's call time per chunk (interrupts, caches, a guest's host)")
-    allocator: Literal["slub", "slab"] = Field(default="slub", description="CONFIG_SLUB or CONFIG_SLAB (removed in 6.8)")
-    kfree_fast_ns: float = _float(12.0, 0.1, 1e6, "kfree() into the freeing CPU's current slab (SLUB) or array cache (SLAB)")
-    kfree_slow_ns: float = _float(60.0, 0.1, 1e6, "kfree() into another slab: SLUB __slab_free(), SLAB free_block() per object")
+    kmalloc_ns_per_kib: float = _float(
+        0.0, 0.0, 1e6, "extra cost of that call per KiB of the object's kmalloc size class"
+    )
+    loop_jitter: float = _float(
+        0.05,
+        0.0,
+        2.0,
+        "coefficient of variation of a kernel loop's call time per chunk (interrupts, caches, a guest's host)",
+    )
+    allocator: Literal["slub", "slab"] = Field(
+        default="slub", description="CONFIG_SLUB or CONFIG_SLAB (removed in 6.8)"
+    )
+    kfree_fast_ns: float = _float(
+        12.0, 0.1, 1e6, "kfree() into the freeing CPU's current slab (SLUB) or array cache (SLAB)"
+    )
+    kfree_slow_ns: float = _float(
+        60.0, 0.1, 1e6, "kfree() into another slab: SLUB __slab_free(), SLAB free_block() per object"
+    )
     kfree_remote_ns: float = _float(40.0, 0.0, 1e6, "extra per object another CPU allocated (cache lines move)")
     global_lock_hold_ns: float = _float(120.0, 1.0, 1e6, "hold time of a shared pool lock, incl. cache-line transfer")
     # Page allocator.
@@ -98,7 +118,9 @@ class HardwareProfile(_Profile):
     direct_reclaim_ms: float = _float(2.0, 0.0, 1e4, "one light direct-reclaim pass (NORETRY)")
     reclaim_mib_per_s: float = _float(800.0, 1.0, 1e6, "kswapd reclaim throughput")
     file_cache_fraction: float = _float(0.25, 0.0, 0.95, "reclaimable page cache at start, of memory")
-    boot_reserved_mib: float = _float(0.0, 0.0, 1e7, "memory the kernel holds from boot besides the memmap (image, per-CPU areas)")
+    boot_reserved_mib: float = _float(
+        0.0, 0.0, 1e7, "memory the kernel holds from boot besides the memmap (image, per-CPU areas)"
+    )
     watermark_scale_factor: int = Field(default=10, ge=1, le=3000, description="vm.watermark_scale_factor")
     alloc_fail_softness: float = _float(0.15, 0.001, 5.0, "width of the failure edge, in min-watermark units")
     # Default SLOs a recommendation must meet.
@@ -111,7 +133,7 @@ class HardwareProfile(_Profile):
         return "hardware"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "HardwareProfile":
+    def _consistent(self) -> HardwareProfile:
         if self.nocb_cpus > self.cpus:
             raise ValueError(f"nocb_cpus={self.nocb_cpus} exceeds cpus={self.cpus} (allowed 0..cpus)")
         if self.gp_min_ms > self.gp_median_ms or self.gp_median_ms > self.gp_max_ms:
@@ -129,9 +151,15 @@ class WorkloadProfile(_Profile):
     headless_fraction: float = _float(0.1, 0.0, 1.0, "share of kvfree_rcu_mightsleep() calls")
     vmalloc_fraction: float = _float(0.0, 0.0, 1.0, "share of vmalloc'ed objects (block channel 1)")
     object_bytes: int = Field(default=256, ge=1, le=1 << 30, description="mean slab object size")
-    slab_locality: float = _float(0.0, 0.0, 1.0, "share of a slab's objects freed next to each other (1: allocation order)")
-    sheaf_share: float = _float(0.0, 0.0, 1.0, "share of slab objects from caches with per-CPU sheaves (6.18: maple nodes, VMAs; not kmalloc)")
-    sheaf_capacity: int = Field(default=32, ge=1, le=4096, description="objects per sheaf of those caches (kmem_cache_args.sheaf_capacity)")
+    slab_locality: float = _float(
+        0.0, 0.0, 1.0, "share of a slab's objects freed next to each other (1: allocation order)"
+    )
+    sheaf_share: float = _float(
+        0.0, 0.0, 1.0, "share of slab objects from caches with per-CPU sheaves (6.18: maple nodes, VMAs; not kmalloc)"
+    )
+    sheaf_capacity: int = Field(
+        default=32, ge=1, le=4096, description="objects per sheaf of those caches (kmem_cache_args.sheaf_capacity)"
+    )
     vmalloc_object_bytes: int = Field(default=65536, ge=1, le=1 << 34, description="mean vmalloc object size")
     active_cpus_fraction: float = _float(1.0, 0.0, 1.0, "share of CPUs that call at all at a time")
     skew: float = _float(0.0, 0.0, 4.0, "Zipf exponent of call rates across active CPUs")
@@ -165,7 +193,7 @@ class WorkloadProfile(_Profile):
         return "workload"
 
     @model_validator(mode="after")
-    def _consistent(self) -> "WorkloadProfile":
+    def _consistent(self) -> WorkloadProfile:
         if self.kfree_nthreads == 0:
             raise ValueError("kfree_nthreads=0 is not allowed (use -1 for one per CPU, or a positive count)")
         return self
@@ -324,7 +352,9 @@ def load_profile(kind: str, name_or_path: str | Path, overrides: dict[str, str] 
     data.setdefault("name", path.stem)
     for key, value in data.items():
         if isinstance(value, dict):
-            raise ProfileError(f"{path}:{_line_of(text, key) or '?'}: a {kind} profile is one flat table; '[{key}]' is not allowed")
+            raise ProfileError(
+                f"{path}:{_line_of(text, key) or '?'}: a {kind} profile is one flat table; '[{key}]' is not allowed"
+            )
     source = str(path) if path.parent != _shipped_dir(kind) else f"{kind} profile '{path.stem}'"
     profile = _build(model, data, source, text)
     if overrides:

@@ -32,9 +32,19 @@ CHUNK_NONE_S = 0.01  # PREEMPT_NONE: nothing on the CPU changes inside a loop; b
 class RcuscaleTest:
     """The kfree test's threads; `result` holds the printed figures once the last thread ends."""
 
-    def __init__(self, env: simpy.Environment, hw: HardwareProfile, workload: WorkloadProfile,
-                 kernel: KernelBehaviour, krcs: list[KfreeRcuCpu], cpus: CpuSet, gp: GraceEngine,
-                 alloc: PageAllocator, slab_bytes: float, seed: int) -> None:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        hw: HardwareProfile,
+        workload: WorkloadProfile,
+        kernel: KernelBehaviour,
+        krcs: list[KfreeRcuCpu],
+        cpus: CpuSet,
+        gp: GraceEngine,
+        alloc: PageAllocator,
+        slab_bytes: float,
+        seed: int,
+    ) -> None:
         self.env = env
         self.hw = hw
         self.workload = workload
@@ -79,7 +89,7 @@ class RcuscaleTest:
         single_only = w.kfree_rcu_test_single and not w.kfree_rcu_test_double and modes
         both = w.kfree_rcu_test_single == w.kfree_rcu_test_double and modes
         page = hw.page_size
-        jitter = math.sqrt(math.log1p(hw.loop_jitter ** 2))  # log-normal sigma of a chunk's time factor
+        jitter = math.sqrt(math.log1p(hw.loop_jitter**2))  # log-normal sigma of a chunk's time factor
         rq.hold()
         start = env.now
         self._threads_started += 1

@@ -36,8 +36,9 @@ RCU_RESCHED_NS = 3_000_000  # rcutree.rcu_resched_ns
 class ReclaimPipeline:
     """Invokes RCU callbacks where and when the kernel would, and queues the reclaim work they start."""
 
-    def __init__(self, env: simpy.Environment, hw: HardwareProfile, kernel: KernelBehaviour, gp: GraceEngine,
-                 cpus: CpuSet) -> None:
+    def __init__(
+        self, env: simpy.Environment, hw: HardwareProfile, kernel: KernelBehaviour, gp: GraceEngine, cpus: CpuSet
+    ) -> None:
         self.env = env
         self.gp = gp
         self.cpus = cpus
@@ -75,8 +76,14 @@ class ReclaimPipeline:
 
     # call_rcu() and what comes after the GP -----------------------------------------------------
 
-    def call_rcu(self, cpu: int, count: int, body: Callable[[int, float], float], done: Callable[[], None],
-                 check: Callable[[int], None] | None = None) -> None:
+    def call_rcu(
+        self,
+        cpu: int,
+        count: int,
+        body: Callable[[int, float], float],
+        done: Callable[[], None],
+        check: Callable[[int], None] | None = None,
+    ) -> None:
         """call_rcu() of `count` callbacks on `cpu`; after their GP, `body(run_cpu, now)` runs where they
         are invoked and returns its CPU seconds; `done()` runs when the invocation ends.
         `check(gp_number)` is called at the GP's end (the safety check)."""
@@ -97,7 +104,9 @@ class ReclaimPipeline:
         if cpu >= self.nocb_cpus:
             work.target = self.gp.request(lambda: self._invoke_rcu_work(cpu, rcufn))
             return
-        self._request(cpu, lambda: self._invoke_rcu_work(cpu, rcufn), lambda gp_number: setattr(work, "target", gp_number))
+        self._request(
+            cpu, lambda: self._invoke_rcu_work(cpu, rcufn), lambda gp_number: setattr(work, "target", gp_number)
+        )
 
     def _request(self, cpu: int, gp_end: Callable[[], None], on_target: Callable[[int], None]) -> None:
         """The callback asks for a GP: from call_rcu() itself on a CPU that is not offloaded; on an

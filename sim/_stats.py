@@ -41,7 +41,7 @@ class Objs:
             self.newest = now
             self.arrival_sum += count * arrival_mid
 
-    def absorb(self, other: "Objs") -> None:
+    def absorb(self, other: Objs) -> None:
         if other.count:
             self.count += other.count
             self.bytes += other.bytes

@@ -57,11 +57,14 @@ def check_scheme(url: str) -> None:
     try:
         parsed.get_dialect().import_dbapi()
     except NoSuchModuleError:
-        raise StorageError(f"storage URL '{display_url(url)}': unknown database scheme '{parsed.drivername}'; "
-                           f"use {_EXAMPLES}") from None
+        raise StorageError(
+            f"storage URL '{display_url(url)}': unknown database scheme '{parsed.drivername}'; use {_EXAMPLES}"
+        ) from None
     except ImportError as err:
-        raise StorageError(f"storage URL '{display_url(url)}': the driver of '{parsed.drivername}' is not "
-                           f"installed ({err.name or err}); install it, or use {_EXAMPLES}") from None
+        raise StorageError(
+            f"storage URL '{display_url(url)}': the driver of '{parsed.drivername}' is not "
+            f"installed ({err.name or err}); install it, or use {_EXAMPLES}"
+        ) from None
     except ArgumentError as err:
         raise StorageError(f"storage URL '{display_url(url)}': {' '.join(str(err).split())}") from None
 
@@ -75,8 +78,10 @@ def _check_sqlite(path: Path, url: str) -> None:
         ours = {t for t in tables if t.startswith("rcutune_") or t in (_OPTUNA_VERSION_TABLE, "studies")}
         if tables and not ours:
             shown = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
-            raise StorageError(f"{path} is another application's database (tables {shown}); point --storage "
-                               "at an rcutune or Optuna database, or at a new file")
+            raise StorageError(
+                f"{path} is another application's database (tables {shown}); point --storage "
+                "at an rcutune or Optuna database, or at a new file"
+            )
         _check_versions(str(path), url, tables, lambda sql: conn.execute(sql).fetchone()[0])
 
     check_sqlite_file(path, contents)
@@ -91,8 +96,10 @@ def _check_server(url: str) -> None:
             conn = engine.connect()
         except DBAPIError as err:
             reason = " ".join(str(err.orig).split()) if err.orig is not None else type(err).__name__
-            raise StorageError(f"cannot connect to {display_url(url)} ({reason[:300]}); check the host, port, "
-                               "user and database name, and that the server is running") from None
+            raise StorageError(
+                f"cannot connect to {display_url(url)} ({reason[:300]}); check the host, port, "
+                "user and database name, and that the server is running"
+            ) from None
         with conn:
             tables = set(sa.inspect(conn).get_table_names())
             _check_versions(display_url(url), url, tables, lambda sql: conn.exec_driver_sql(sql).scalar())
@@ -123,8 +130,10 @@ def _optuna_revisions() -> tuple[str, frozenset[str]]:
 
 
 def newer_schema_message(where: str, found: int) -> str:
-    return (f"{where} was written by a newer rcutune (tables at schema version {found}, this rcutune knows "
-            f"{SCHEMA_VERSION}); upgrade rcutune to open it")
+    return (
+        f"{where} was written by a newer rcutune (tables at schema version {found}, this rcutune knows "
+        f"{SCHEMA_VERSION}); upgrade rcutune to open it"
+    )
 
 
 def _check_optuna_revision(where: str, url: str, revision: str) -> None:
@@ -134,8 +143,12 @@ def _check_optuna_revision(where: str, url: str, revision: str) -> None:
     if revision == head:
         return
     if revision in known:
-        raise StorageError(f"{where}: its Optuna tables are at schema {revision}, older than Optuna "
-                           f"{optuna.__version__} needs ({head}); upgrade them first (nothing is migrated "
-                           f"silently): optuna storage upgrade --storage {display_url(url)}")
-    raise StorageError(f"{where}: its Optuna tables are at schema {revision}, unknown to Optuna "
-                       f"{optuna.__version__} (written by a newer Optuna?); upgrade optuna to open it")
+        raise StorageError(
+            f"{where}: its Optuna tables are at schema {revision}, older than Optuna "
+            f"{optuna.__version__} needs ({head}); upgrade them first (nothing is migrated "
+            f"silently): optuna storage upgrade --storage {display_url(url)}"
+        )
+    raise StorageError(
+        f"{where}: its Optuna tables are at schema {revision}, unknown to Optuna "
+        f"{optuna.__version__} (written by a newer Optuna?); upgrade optuna to open it"
+    )

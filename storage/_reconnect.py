@@ -64,7 +64,8 @@ def connection_lost(err: BaseException) -> bool:
             if type(e.orig).__module__.split(".")[0] != "sqlite3":  # SQLite's are locks and files, not servers
                 return True
         elif any(c.__name__ in _LOST_CLASSES for c in type(e).__mro__) and type(e).__module__.startswith(
-                ("psycopg", "pymysql", "MySQLdb")):
+            ("psycopg", "pymysql", "MySQLdb")
+        ):
             return True
         stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return False
@@ -95,8 +96,14 @@ class Reconnect:
         who: names the process in that line (e.g. "worker").
     """
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_DB_TIMEOUT_S, *,
-                 report: Callable[[str], None] | None = None, who: str = "rcutune") -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = DEFAULT_DB_TIMEOUT_S,
+        *,
+        report: Callable[[str], None] | None = None,
+        who: str = "rcutune",
+    ) -> None:
         self.where = display_url(url)
         self.timeout_s = timeout_s
         self.report = report or (lambda line: None)
@@ -188,11 +195,15 @@ class Reconnect:
                 began = False
             left = self._began + self.timeout_s - now
             if left <= 0 and self._gave_up is None:
-                self._gave_up = (f"the database {self.where} stayed unreachable for {self.timeout_s:g} s "
-                                 f"(last error: {_reason(err)})")
+                self._gave_up = (
+                    f"the database {self.where} stayed unreachable for {self.timeout_s:g} s "
+                    f"(last error: {_reason(err)})"
+                )
         if began:
-            self.report(f"{self.who}: lost the database {self.where} ({_reason(err)}); reconnecting for up to "
-                        f"{self.timeout_s:g} s")
+            self.report(
+                f"{self.who}: lost the database {self.where} ({_reason(err)}); reconnecting for up to "
+                f"{self.timeout_s:g} s"
+            )
         self.raise_if_gave_up()
         return left
 

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 from sqlalchemy.orm.attributes import set_committed_value
 
 from ._check import check_database, newer_schema_message
+from ._disk import DiskFull, is_disk_full
 from ._engine import create_engine
 from ._schema import SCHEMA_VERSION, Base, Campaign, SchemaVersion, utcnow
-from ._disk import DiskFull, is_disk_full
 from ._url import StorageError, database_exists, display_url, sqlite_path
 
 NEW_FILE_SETTLE_S = 1.0
@@ -214,10 +214,11 @@ def claim_campaign(session: Session, campaign: Campaign) -> bool:
         return False
     # Compare and set: of two processes that both saw the campaign free, the second updates no row.
     taken = session.execute(
-        sa.update(Campaign).where(Campaign.id == campaign.id,
-                                  Campaign.owner.is_(None) if seen is None else Campaign.owner == seen)
+        sa.update(Campaign)
+        .where(Campaign.id == campaign.id, Campaign.owner.is_(None) if seen is None else Campaign.owner == seen)
         .values(owner=this_owner(), owner_heartbeat_at=now, updated_at=now)
-        .execution_options(synchronize_session=False))
+        .execution_options(synchronize_session=False)
+    )
     if taken.rowcount != 1:
         owner = session.execute(sa.select(Campaign.owner).where(Campaign.id == campaign.id)).scalar()
         raise _busy(campaign.name, owner or "another run")
@@ -227,19 +228,26 @@ def claim_campaign(session: Session, campaign: Campaign) -> bool:
 
 
 def _busy(name: str, owner: str) -> CampaignBusy:
-    return CampaignBusy(f"campaign '{name}' is being run by {owner}; wait for it to finish, or choose another "
-                        "name with --study")
+    return CampaignBusy(
+        f"campaign '{name}' is being run by {owner}; wait for it to finish, or choose another name with --study"
+    )
 
 
 def beat(db: Database, campaign_id: int) -> None:
     """Record that this process still runs the campaign."""
     with db.session() as session:
-        session.execute(sa.update(Campaign).where(Campaign.id == campaign_id, Campaign.owner == this_owner())
-                        .values(owner_heartbeat_at=utcnow()))
+        session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id, Campaign.owner == this_owner())
+            .values(owner_heartbeat_at=utcnow())
+        )
 
 
 def release_campaign(db: Database, campaign_id: int) -> None:
     """Give the campaign up (end of a run)."""
     with db.session() as session:
-        session.execute(sa.update(Campaign).where(Campaign.id == campaign_id, Campaign.owner == this_owner())
-                        .values(owner=None, owner_heartbeat_at=None, updated_at=utcnow()))
+        session.execute(
+            sa.update(Campaign)
+            .where(Campaign.id == campaign_id, Campaign.owner == this_owner())
+            .values(owner=None, owner_heartbeat_at=None, updated_at=utcnow())
+        )

@@ -8,7 +8,7 @@ study that holds its trials. Surrogates and recommendations are filled by later 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -21,7 +21,7 @@ SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class Base(DeclarativeBase):
@@ -60,9 +60,11 @@ class Campaign(Base):
     owner_heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
 
     studies: Mapped[list[StudyRecord]] = relationship(
-        back_populates="campaign", order_by="StudyRecord.id", cascade="all, delete-orphan")
+        back_populates="campaign", order_by="StudyRecord.id", cascade="all, delete-orphan"
+    )
     recommendations: Mapped[list[RecommendationRecord]] = relationship(
-        back_populates="campaign", cascade="all, delete-orphan")
+        back_populates="campaign", cascade="all, delete-orphan"
+    )
     answers: Mapped[list[AnswerRecord]] = relationship(back_populates="campaign", cascade="all, delete-orphan")
 
 
@@ -81,8 +83,7 @@ class StudyRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     campaign: Mapped[Campaign] = relationship(back_populates="studies")
-    surrogates: Mapped[list[SurrogateRecord]] = relationship(
-        back_populates="study", cascade="all, delete-orphan")
+    surrogates: Mapped[list[SurrogateRecord]] = relationship(back_populates="study", cascade="all, delete-orphan")
 
 
 class SurrogateRecord(Base):

@@ -99,8 +99,10 @@ def _check_once(path: Path, check_contents: ContentsCheck) -> None:
     except OSError as err:
         raise StorageError(f"{path}: cannot read it ({err.strerror}); check its permissions") from None
     if size == 0:  # SQLite takes it for a new database, and discards a -wal or journal beside it
-        raise StorageError(f"{path} is empty (0 bytes), not a database; delete it to start a new one, "
-                           "or point --storage at the right file")
+        raise StorageError(
+            f"{path} is empty (0 bytes), not a database; delete it to start a new one, "
+            "or point --storage at the right file"
+        )
     problem = _header_problem(path, size, header)
     to_recover = _size(real, "-wal") > _WAL_HEADER or _size(real, "-journal") > 0
     if problem and not to_recover and not in_use:
@@ -117,8 +119,10 @@ def _header_problem(path: Path, size: int, header: bytes) -> str | None:
     """What the file alone says is wrong with it; a -wal or journal beside it may still mend it."""
     if not header.startswith(_MAGIC):
         kind = "a text file" if _looks_like_text(header) else "its header is not SQLite's"
-        return (f"{path} is not a SQLite database ({kind}); point --storage at the right file, "
-                "or move this one away to start a new database")
+        return (
+            f"{path} is not a SQLite database ({kind}); point --storage at the right file, "
+            "or move this one away to start a new database"
+        )
     if len(header) < 100:
         return f"{path} is truncated ({size} bytes, shorter than a SQLite header); restore it from a backup"
     page_size = int.from_bytes(header[16:18], "big")
@@ -138,8 +142,14 @@ def _looks_like_text(header: bytes) -> bool:
     return all(c >= 32 or c in (9, 10, 13) for c in header)
 
 
-def _read(path: Path, connect: Callable[[], sqlite3.Connection], check_contents: ContentsCheck,
-          problem: str | None, *, on_copy: bool = False) -> None:
+def _read(
+    path: Path,
+    connect: Callable[[], sqlite3.Connection],
+    check_contents: ContentsCheck,
+    problem: str | None,
+    *,
+    on_copy: bool = False,
+) -> None:
     """Refuse what SQLite, reading through `connect`, finds damaged; `problem` names it if known.
 
     Raises _NotTheFile when SQLite failed for a reason of the copy's, not the file's (on_copy).
@@ -190,8 +200,7 @@ def _read_a_copy(path: Path, real: Path, check_contents: ContentsCheck, problem:
                 _settle_super_journal(copy.with_name(copy.name + "-journal"))
             except OSError as err:
                 raise _NotTheFile from err
-            _read(path, lambda: sqlite3.connect(copy, timeout=_READ_TIMEOUT_S), check_contents, problem,
-                  on_copy=True)
+            _read(path, lambda: sqlite3.connect(copy, timeout=_READ_TIMEOUT_S), check_contents, problem, on_copy=True)
     except (_NotTheFile, OSError):  # OSError: no temporary directory to make
         _read(path, lambda: _connect_in_place(real, "mode=ro"), check_contents, problem)
 
@@ -248,8 +257,9 @@ def _is_damage(err: sqlite3.Error) -> bool:
 def _corrupt(path: Path, problems: list[str]) -> str:
     lines = [line for p in problems for line in p.splitlines() if not line.startswith("***")]
     first = " ".join((lines or problems)[0].split())
-    return (f"{path} is corrupt ({first}); restore it from a backup (the sqlite3 shell's "
-            "'.recover' salvages what is left)")
+    return (
+        f"{path} is corrupt ({first}); restore it from a backup (the sqlite3 shell's '.recover' salvages what is left)"
+    )
 
 
 def _size(path: Path, suffix: str) -> int:
@@ -278,8 +288,11 @@ def _locked_by_another_process(fd: int) -> bool:
         return False
     start, length = _LOCK_BYTES
     fields = {"l_type": fcntl.F_WRLCK, "l_whence": os.SEEK_SET, "l_start": start, "l_len": length, "l_pid": 0}
-    order = ("l_type", "l_whence", "l_start", "l_len", "l_pid") if _FLOCK == "hhqqi" else \
-        ("l_start", "l_len", "l_pid", "l_type", "l_whence")
+    order = (
+        ("l_type", "l_whence", "l_start", "l_len", "l_pid")
+        if _FLOCK == "hhqqi"
+        else ("l_start", "l_len", "l_pid", "l_type", "l_whence")
+    )
     query = struct.pack(_FLOCK, *(fields[name] for name in order))
     try:
         answer = dict(zip(order, struct.unpack(_FLOCK, fcntl.fcntl(fd, fcntl.F_GETLK, query))))

@@ -50,9 +50,11 @@ THRESHOLDS = ROOT / "validation" / "README.md"
 RECORD = ROOT / "validation" / "results" / "compare-6.1.txt"
 N_EFFECT_LINE = re.compile(r"^n_effect_time_abs_err=(?P<time>[\d.]+|nan) n_effect_gp_abs_err=(?P<gp>[\d.]+|nan)$")
 LAST_LINE = re.compile(
-    r"^rows=(?P<rows>\d+) time_spearman=(?P<time_spearman>-?[\d.]+|nan) batches_spearman=(?P<batches_spearman>-?[\d.]+|nan) "
+    r"^rows=(?P<rows>\d+) time_spearman=(?P<time_spearman>-?[\d.]+|nan) "
+    r"batches_spearman=(?P<batches_spearman>-?[\d.]+|nan) "
     r"footprint_spearman=(?P<footprint_spearman>-?[\d.]+|nan) oom_accuracy=(?P<oom_accuracy>[\d.]+|nan) "
-    r"time_median_rel_err=(?P<time_median_rel_err>[\d.]+|nan)$")
+    r"time_median_rel_err=(?P<time_median_rel_err>[\d.]+|nan)$"
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +64,7 @@ def points():
 
 
 # Parsing -------------------------------------------------------------------------------------
+
 
 def test_every_committed_row_is_read_with_its_status():
     main, pressure = read_boots(MAIN_CSV), read_boots(PRESSURE_CSV)
@@ -160,6 +163,7 @@ def test_the_same_boots_in_two_files_are_counted_once_per_file(tmp_path):
 
 # Split ---------------------------------------------------------------------------------------
 
+
 def test_split_is_deterministic_and_independent_of_input_order(points):
     a = split_points(points)
     b = split_points(list(reversed(points)))
@@ -186,8 +190,7 @@ def test_both_halves_cover_every_stratum_and_both_ends_of_n(points):
             ns = [p.params.rcu_min_cached_objs for p in half if p.stratum == key]
             assert ns, f"stratum {key} missing from a half"
     for half in (training, held_out):
-        double = [p.params.rcu_min_cached_objs for p in half
-                  if p.stratum == ("main", 2, "double", 50, 1, "none", 0)]
+        double = [p.params.rcu_min_cached_objs for p in half if p.stratum == ("main", 2, "double", 50, 1, "none", 0)]
         assert min(double) <= 1 and max(double) >= 16
 
 
@@ -199,6 +202,7 @@ def test_points_added_in_another_stratum_do_not_move_existing_ones(points):
 
 
 # Figures -------------------------------------------------------------------------------------
+
 
 def test_spearman_is_one_for_the_same_order_and_nan_without_spread():
     assert spearman([1, 2, 3, 4], [10, 20, 25, 90]) == pytest.approx(1.0)
@@ -213,8 +217,10 @@ def test_half_the_boots_is_the_oom_side():
 
 def test_agreement_counts_rows_and_judges_oom_by_side(points):
     pressure = [p for p in points if p.pressure][:4]
-    sims = {p.point_id: SimPoint(p.point_id, 10, round(10 * p.oom_fraction), p.time_ms, p.batches, p.footprint_mb)
-            for p in pressure}
+    sims = {
+        p.point_id: SimPoint(p.point_id, 10, round(10 * p.oom_fraction), p.time_ms, p.batches, p.footprint_mb)
+        for p in pressure
+    }
     result = agreement(pressure, sims)
     assert result.rows == sum(p.boots for p in pressure)
     assert result.oom_accuracy == 1.0
@@ -232,10 +238,23 @@ def test_memory_in_use_at_start_comes_from_the_boot_line_plus_the_calibrated_ext
 
 # The PREEMPT_NONE mechanism the qemu guests use ------------------------------------------------
 
+
 def _rcuscale(preempt_none: bool, loops: int = 8, **hw: object) -> sim.Metrics:
-    hardware = sim.HardwareProfile.model_validate(dict(
-        name="t", cpus=2, memory_mib=512, hz=1000, file_cache_fraction=0.0, gp_min_ms=1.0, gp_median_ms=2.0,
-        gp_max_ms=50.0, kfree_call_ns=1000.0, preempt="none" if preempt_none else "full", **hw))
+    hardware = sim.HardwareProfile.model_validate(
+        dict(
+            name="t",
+            cpus=2,
+            memory_mib=512,
+            hz=1000,
+            file_cache_fraction=0.0,
+            gp_min_ms=1.0,
+            gp_median_ms=2.0,
+            gp_max_ms=50.0,
+            kfree_call_ns=1000.0,
+            preempt="none" if preempt_none else "full",
+            **hw,
+        )
+    )
     workload = sim.load_workload("rcuscale", {"kfree_loops": str(loops), "kfree_rcu_test_double": "true"})
     return sim.simulate(hardware, workload, sim.Policy(n_per_cpu=5), seconds=60, seed=1, kernel="6.1")
 
@@ -264,6 +283,7 @@ def test_preempt_none_keeps_the_invariants(invariants):
 
 
 # The command line --------------------------------------------------------------------------------
+
 
 def test_validate_kernel_needs_exactly_one_action():
     runner = CliRunner()
@@ -302,6 +322,7 @@ def test_validate_kernel_sweep_reaches_the_harness_and_its_errors(tmp_path, monk
 
 # Calibration ---------------------------------------------------------------------------------
 
+
 def test_the_committed_calibration_covers_the_measured_guests(points):
     guests = load_calibration().guests
     assert set(guests) == {"qemu-tcg-2", "qemu-tcg-4"}
@@ -335,9 +356,16 @@ def _subset(tmp_path: Path) -> Path:
 def test_the_fit_on_a_tiny_subset_writes_a_profile_and_calibration_that_load(tmp_path):
     data = _subset(tmp_path)
     quick = (Stage("cpu costs", ("kfree_call_ns", "kfree_slow_ns"), ("time", "batches"), 8),)
-    result = calibrate([data], seeds=1, oom_seeds=1, profiles_dir=tmp_path, calibration_file=tmp_path / "cal.toml",
-                       stages=quick, command="rcutune validate kernel --calibrate subset.csv")
-    fit, = result.fits
+    result = calibrate(
+        [data],
+        seeds=1,
+        oom_seeds=1,
+        profiles_dir=tmp_path,
+        calibration_file=tmp_path / "cal.toml",
+        stages=quick,
+        command="rcutune validate kernel --calibrate subset.csv",
+    )
+    (fit,) = result.fits
     assert fit.name == "qemu-tcg-2" and fit.loss.total <= fit.start_loss.total
     profile = sim.load_hardware(tmp_path / "qemu-tcg-2.toml")
     assert profile.kfree_call_ns == pytest.approx(fit.values["kfree_call_ns"], rel=1e-5)
@@ -350,8 +378,7 @@ def test_the_fit_on_a_tiny_subset_writes_a_profile_and_calibration_that_load(tmp
 
 def test_compare_refuses_to_test_the_fit_on_its_own_training_points(tmp_path):
     data = _subset(tmp_path)
-    calibrate([data], seeds=1, oom_seeds=1, profiles_dir=tmp_path, calibration_file=tmp_path / "cal.toml",
-              stages=())
+    calibrate([data], seeds=1, oom_seeds=1, profiles_dir=tmp_path, calibration_file=tmp_path / "cal.toml", stages=())
     text = (tmp_path / "cal.toml").read_text()
     held_out = split_points(load_points([data]))[1][0].point_id
     (tmp_path / "cal.toml").write_text(text.replace("training_points = [", f'training_points = [\n    "{held_out}",'))
@@ -374,8 +401,10 @@ def _stated_figures() -> dict[str, float]:
     raise AssertionError("validation/README.md states no comparison line")
 
 
-FIGURE_LINE = re.compile(r"^(?P<name>\S.*?)\s+points=(?P<points>\d+)\s+spearman=(?P<spearman>-?[\d.]+|nan) "
-                         r"median_rel_err=(?P<err>[\d.]+|nan)$")
+FIGURE_LINE = re.compile(
+    r"^(?P<name>\S.*?)\s+points=(?P<points>\d+)\s+spearman=(?P<spearman>-?[\d.]+|nan) "
+    r"median_rel_err=(?P<err>[\d.]+|nan)$"
+)
 
 
 def _figure_lines(lines: list[str]) -> dict[str, tuple[int, float, float]]:
@@ -415,7 +444,9 @@ def test_agreement_on_the_held_out_half_is_at_least_what_the_thresholds_state(co
 @pytest.mark.slow
 def test_the_n_effect_is_at_least_as_close_as_the_thresholds_state(compare_output):
     got = N_EFFECT_LINE.match(compare_output[-2])
-    stated = next(N_EFFECT_LINE.match(line.strip()) for line in _threshold_section() if N_EFFECT_LINE.match(line.strip()))
+    stated = next(
+        N_EFFECT_LINE.match(line.strip()) for line in _threshold_section() if N_EFFECT_LINE.match(line.strip())
+    )
     assert float(got["time"]) <= float(stated["time"]) + 5e-4
     assert float(got["gp"]) <= float(stated["gp"]) + 5e-4
 
@@ -443,8 +474,21 @@ def test_record_writes_the_output_to_a_file(tmp_path):
     data = _subset(tmp_path)
     calibrate([data], seeds=1, oom_seeds=1, profiles_dir=tmp_path, calibration_file=tmp_path / "cal.toml", stages=())
     out = tmp_path / "compare.txt"
-    result = CliRunner().invoke(app, ["validate", "kernel", "--compare", str(data), "--seeds", "1",
-                                      "--calibration", str(tmp_path / "cal.toml"), "--record", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            "kernel",
+            "--compare",
+            str(data),
+            "--seeds",
+            "1",
+            "--calibration",
+            str(tmp_path / "cal.toml"),
+            "--record",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = out.read_text().splitlines()
     assert lines[1:] == result.output.strip().splitlines()

@@ -31,15 +31,26 @@ def _shapes() -> dict[str, Recommendation]:
     base = _example(EXAMPLES[0])
     served = base.workload(base.served[0]) if base.served else base.workloads[0]
     out = {"as shipped": base}
-    out["nothing served"] = replace(base, overall=None, overall_what_if=None, served=(), overall_confirmation={},
-                                    knob_changes=(), n_explanation=None,
-                                    workloads=tuple(replace(w, faithful=None) for w in base.workloads))
-    out["unhealthy"] = replace(out["nothing served"], unhealthy={served.workload: ["fallback_cost: CV R² 0.10 < 0.8"]},
-                               fix_command="rcutune study --hardware x --trials 40")
+    out["nothing served"] = replace(
+        base,
+        overall=None,
+        overall_what_if=None,
+        served=(),
+        overall_confirmation={},
+        knob_changes=(),
+        n_explanation=None,
+        workloads=tuple(replace(w, faithful=None) for w in base.workloads),
+    )
+    out["unhealthy"] = replace(
+        out["nothing served"],
+        unhealthy={served.workload: ["fallback_cost: CV R² 0.10 < 0.8"]},
+        fix_command="rcutune study --hardware x --trials 40",
+    )
     if base.overall is not None:
         what_if = replace(base.overall, what_if_reasons=("global pool layout",), gain=None)
-        out["what-if without a gain"] = replace(base, overall_what_if=what_if, workloads=tuple(
-            replace(w, what_if=what_if) for w in base.workloads))
+        out["what-if without a gain"] = replace(
+            base, overall_what_if=what_if, workloads=tuple(replace(w, what_if=what_if) for w in base.workloads)
+        )
     out["extrapolated"] = replace(base, extrapolated=True)
     out["one workload"] = replace(base, workloads=(served,), served=tuple(s for s in base.served[:1]))
     return out
@@ -62,7 +73,8 @@ def test_every_answer_shape_prints_renders_and_round_trips(shape):
     assert markdown.startswith("# rcutune report") and "Traceback" not in markdown
     assert "<h1>" in render_html(markdown, {})
     assert Recommendation.from_json(json.loads(json.dumps(rec.to_json()))).to_json() == json.loads(
-        json.dumps(rec.to_json()))
+        json.dumps(rec.to_json())
+    )
 
 
 @pytest.mark.slow
@@ -70,17 +82,33 @@ def test_every_answer_shape_prints_renders_and_round_trips(shape):
 def test_plain_recommend_prints_every_example_campaigns_stored_answer(path, tmp_path):
     rec = _example(path)
     db = tmp_path / "rcutune.db"
-    run_campaign(StudyRequest(hardware=rec.hardware, workloads=("steady",), campaign=rec.campaign, trials=0,
-                              storage_url=url(db), max_seconds=0.2, replications=1, race_replications=0))
+    run_campaign(
+        StudyRequest(
+            hardware=rec.hardware,
+            workloads=("steady",),
+            campaign=rec.campaign,
+            trials=0,
+            storage_url=url(db),
+            max_seconds=0.2,
+            replications=1,
+            race_replications=0,
+        )
+    )
     options = {"workload": None, "confidence": 0.95, "confirm_seeds": 4}
     database = storage.open_database(url(db))
     try:
         with database.session() as session:
             campaign = storage.find_campaign(session, rec.campaign)
             names = [s.optuna_study_name for s in campaign.studies]
-            campaign.answers.append(storage.AnswerRecord(
-                options=options, options_sha256=options_key(options), rcutune_version=rcutune_version(),
-                trials_sha256=trials_digest(database.engine, names), document=rec.to_json()))
+            campaign.answers.append(
+                storage.AnswerRecord(
+                    options=options,
+                    options_sha256=options_key(options),
+                    rcutune_version=rcutune_version(),
+                    trials_sha256=trials_digest(database.engine, names),
+                    document=rec.to_json(),
+                )
+            )
     finally:
         database.close()
     for extra in ([], ["--quiet"], ["--format", "grub"], ["--json"]):

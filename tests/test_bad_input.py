@@ -60,8 +60,10 @@ def _profile_cases() -> list[Case]:
             bad: list[str] = []
             if annotation in (int, float) and lo is not None and hi is not None:
                 step = 1 if annotation is int else max(1.0, abs(hi))
-                bad = [_toml(lo - (1 if annotation is int else max(1.0, abs(lo))), annotation),
-                       _toml(hi + step, annotation)]
+                bad = [
+                    _toml(lo - (1 if annotation is int else max(1.0, abs(lo))), annotation),
+                    _toml(hi + step, annotation),
+                ]
             elif get_origin(annotation) is Literal:
                 choices = get_args(annotation)
                 bad = ["12345" if isinstance(choices[0], int) else '"no-such-choice"']
@@ -70,8 +72,9 @@ def _profile_cases() -> list[Case]:
             elif key == "name":
                 bad = ['""']
             for value in bad:
-                cases.append(Case(f"{kind}.{key}={value}", study("--set", f"{kind}.{key}={value}"),
-                                  (f"{key}=", "allowed")))
+                cases.append(
+                    Case(f"{kind}.{key}={value}", study("--set", f"{kind}.{key}={value}"), (f"{key}=", "allowed"))
+                )
     return cases
 
 
@@ -84,18 +87,32 @@ CASES = [
     Case("unknown-workload", study("--workload", "steadyy"), ("'steadyy'", *WORKLOADS)),
     Case("recommend-unknown-hardware", ("recommend", "--hardware", "vm-3", "--storage", "{db}"), ("'vm-3'", *HARDWARE)),
     Case("simulate-unknown-workload", ("simulate", "-H", "vm-2", "-W", "nope"), ("'nope'", *WORKLOADS)),
-    Case("missing-profile-file", ("study", "--hardware", "{dir}/absent.toml", "--storage", "{db}"),
-         ("absent.toml", "cannot read")),
+    Case(
+        "missing-profile-file",
+        ("study", "--hardware", "{dir}/absent.toml", "--storage", "{db}"),
+        ("absent.toml", "cannot read"),
+    ),
     # NaN and infinities
     Case("set-nan", study("--set", "hardware.gp_sigma=nan"), ("gp_sigma=nan", "not a finite number", "allowed")),
     Case("set-inf", study("--set", "workload.burst_ms=inf"), ("burst_ms=inf", "not a finite number", "allowed")),
     Case("set-minus-inf", study("--set", "hardware.kfree_call_ns=-inf"), ("kfree_call_ns=-inf", "not a finite number")),
     Case("file-nan", ("study", "--hardware", "{dir}/nan.toml", "--storage", "{db}"), ("nan.toml:4", "gp_sigma=nan")),
-    Case("fix-nan", study("--fix", "emergency_reserve_fraction=nan"), ("emergency_reserve_fraction=nan", "finite number")),
-    Case("fix-inf", study("--fix", "refill_low_watermark_fraction=inf"), ("refill_low_watermark_fraction=inf", "finite")),
-    Case("report-confidence-nan", ("report", "vm-2", "--storage", "{db}", "--confidence", "nan"), ("--confidence nan", "0.5")),
-    Case("recommend-confidence-inf", ("recommend", "-H", "vm-2", "--storage", "{db}", "--confidence", "inf"),
-         ("--confidence inf", "0.5")),
+    Case(
+        "fix-nan", study("--fix", "emergency_reserve_fraction=nan"), ("emergency_reserve_fraction=nan", "finite number")
+    ),
+    Case(
+        "fix-inf", study("--fix", "refill_low_watermark_fraction=inf"), ("refill_low_watermark_fraction=inf", "finite")
+    ),
+    Case(
+        "report-confidence-nan",
+        ("report", "vm-2", "--storage", "{db}", "--confidence", "nan"),
+        ("--confidence nan", "0.5"),
+    ),
+    Case(
+        "recommend-confidence-inf",
+        ("recommend", "-H", "vm-2", "--storage", "{db}", "--confidence", "inf"),
+        ("--confidence inf", "0.5"),
+    ),
     Case("seconds-nan", study("--seconds", "nan"), ("--seconds",), usage=True),
     # wrong types
     Case("set-string-for-int", study("--set", 'hardware.cpus="two"'), ("cpus='two'", "valid integer", "allowed")),
@@ -111,84 +128,162 @@ CASES = [
     Case("set-misspelt-key", study("--set", "hardware.cpu=4"), ("hardware.cpu", "did you mean 'cpus'")),
     Case("set-unknown-section", study("--set", "kernel.hz=100"), ("unknown section 'kernel'", "hardware.<key>")),
     Case("set-without-value", study("--set", "hardware.cpus"), ("expected section.key=value",)),
-    Case("file-unknown-key", ("study", "--hardware", "{dir}/unknown.toml", "--storage", "{db}"),
-         ("unknown.toml:4", "'colour'", "known keys")),
+    Case(
+        "file-unknown-key",
+        ("study", "--hardware", "{dir}/unknown.toml", "--storage", "{db}"),
+        ("unknown.toml:4", "'colour'", "known keys"),
+    ),
     # malformed files
-    Case("malformed-toml", ("study", "--hardware", "{dir}/malformed.toml", "--storage", "{db}"),
-         ("malformed.toml", "malformed TOML", "line 1")),
+    Case(
+        "malformed-toml",
+        ("study", "--hardware", "{dir}/malformed.toml", "--storage", "{db}"),
+        ("malformed.toml", "malformed TOML", "line 1"),
+    ),
     Case("binary-profile", ("study", "--hardware", "{dir}/binary.toml", "--storage", "{db}"), ("binary.toml", "UTF-8")),
     # N and the other pinned parameters
     Case("fix-n-negative", study("--fix", "n_per_cpu=-1"), ("n_per_cpu=-1", "0 to 128")),
     Case("fix-n-fraction", study("--fix", "n_per_cpu=2.5"), ("n_per_cpu=2.5", "whole number")),
     Case("fix-n-too-large", study("--fix", "n_per_cpu=500"), ("n_per_cpu=500", "0 to 128")),
-    Case("simulate-n-negative", ("simulate", "-H", "vm-2", "-W", "steady", "--n-per-cpu", "-1"), ("--n-per-cpu",), usage=True),
-    Case("simulate-n-fraction", ("simulate", "-H", "vm-2", "-W", "steady", "--n-per-cpu", "2.5"), ("--n-per-cpu",), usage=True),
+    Case(
+        "simulate-n-negative",
+        ("simulate", "-H", "vm-2", "-W", "steady", "--n-per-cpu", "-1"),
+        ("--n-per-cpu",),
+        usage=True,
+    ),
+    Case(
+        "simulate-n-fraction",
+        ("simulate", "-H", "vm-2", "-W", "steady", "--n-per-cpu", "2.5"),
+        ("--n-per-cpu",),
+        usage=True,
+    ),
     Case("fix-unknown-parameter", study("--fix", "colour=blue"), ("--fix colour", "choose one of", "n_per_cpu")),
     Case("fix-without-value", study("--fix", "layout"), ("expected key=value",)),
     Case("fix-unknown-layout", study("--fix", "layout=ring"), ("layout=ring", "per-cpu, global, hybrid")),
-    Case("fix-reserve-fraction-too-large", study("--fix", "emergency_reserve_fraction=0.9"),
-         ("emergency_reserve_fraction=0.9", "0 to 0.5")),
+    Case(
+        "fix-reserve-fraction-too-large",
+        study("--fix", "emergency_reserve_fraction=0.9"),
+        ("emergency_reserve_fraction=0.9", "0 to 0.5"),
+    ),
     Case("fix-negative-delay", study("--fix", "refill_delay_ms=-5"), ("refill_delay_ms=-5", "0 to 100000")),
-    Case("fix-watermark-above-one", study("--fix", "refill_low_watermark_fraction=2"),
-         ("refill_low_watermark_fraction=2", "0 to 1")),
+    Case(
+        "fix-watermark-above-one",
+        study("--fix", "refill_low_watermark_fraction=2"),
+        ("refill_low_watermark_fraction=2", "0 to 1"),
+    ),
     # storage URLs
     Case("unknown-scheme", study("--storage", "foo://bar"), ("foo://bar", "unknown database scheme", "sqlite:///")),
     Case("unknown-scheme-studies", ("studies", "--storage", "nosql://x/y"), ("unknown database scheme 'nosql'",)),
     Case("missing-driver", ("studies", "--storage", "mysql://u@h/d"), ("driver", "not installed")),
     Case("not-a-url", ("studies", "--storage", "just words"), ("not a database URL", "sqlite:///")),
     Case("sqlite-directory-missing", study("--storage", "sqlite:///{dir}/no/such/dir.db"), ("does not exist",)),
-    Case("unreachable-postgresql-study", study("--storage", UNREACHABLE_PG),
-         ("cannot connect to postgresql+psycopg://rcutune@127.0.0.1:1/rcutune", "check the host, port")),
-    Case("unreachable-postgresql-studies", ("studies", "--storage", UNREACHABLE_PG), ("cannot connect", "server is running")),
+    Case(
+        "unreachable-postgresql-study",
+        study("--storage", UNREACHABLE_PG),
+        ("cannot connect to postgresql+psycopg://rcutune@127.0.0.1:1/rcutune", "check the host, port"),
+    ),
+    Case(
+        "unreachable-postgresql-studies",
+        ("studies", "--storage", UNREACHABLE_PG),
+        ("cannot connect", "server is running"),
+    ),
     Case("unreachable-postgresql-report", ("report", "vm-2", "--storage", UNREACHABLE_PG), ("cannot connect",)),
     # campaign names
     Case("study-name-with-slash", study("--study", "a/b"), ("--study 'a/b'", "letters, digits")),
     Case("study-name-with-dots-up", study("--study", "../x"), ("--study '../x'", "letters, digits")),
     Case("study-name-with-space", study("--study", "bad name!"), ("--study 'bad name!'", "letters, digits")),
     Case("study-name-too-long", study("--study", "x" * 101), ("at most 100",)),
-    Case("report-unknown-campaign", ("report", "nosuch", "--storage", "{db}"), ("no campaign named 'nosuch'", "campaigns: vm-2")),
-    Case("recommend-unknown-campaign", ("recommend", "-H", "vm-2", "--study", "nosuch", "--storage", "{db}"),
-         ("no campaign named 'nosuch'",)),
-    Case("recommend-unstudied-hardware", ("recommend", "-H", "phone-8", "--storage", "{db}"),
-         ("no campaign for hardware 'phone-8'", "run rcutune study --hardware phone-8")),
-    Case("recommend-unstudied-workload", ("recommend", "-H", "vm-2", "--study", "vm-2", "--workload", "bursty",
-                                          "--storage", "{db}"), ("workload 'bursty' has no study", "studied: steady")),
+    Case(
+        "report-unknown-campaign",
+        ("report", "nosuch", "--storage", "{db}"),
+        ("no campaign named 'nosuch'", "campaigns: vm-2"),
+    ),
+    Case(
+        "recommend-unknown-campaign",
+        ("recommend", "-H", "vm-2", "--study", "nosuch", "--storage", "{db}"),
+        ("no campaign named 'nosuch'",),
+    ),
+    Case(
+        "recommend-unstudied-hardware",
+        ("recommend", "-H", "phone-8", "--storage", "{db}"),
+        ("no campaign for hardware 'phone-8'", "run rcutune study --hardware phone-8"),
+    ),
+    Case(
+        "recommend-unstudied-workload",
+        ("recommend", "-H", "vm-2", "--study", "vm-2", "--workload", "bursty", "--storage", "{db}"),
+        ("workload 'bursty' has no study", "studied: steady"),
+    ),
     # resuming with a changed definition
-    Case("resume-changed-kernel", study("--kernel", "6.1"), ("campaign 'vm-2'", "kernel version (6.18 -> 6.1)", "--new")),
+    Case(
+        "resume-changed-kernel", study("--kernel", "6.1"), ("campaign 'vm-2'", "kernel version (6.18 -> 6.1)", "--new")
+    ),
     Case("resume-changed-hardware", study("--set", "hardware.memory_mib=2048"), ("memory_mib: 1024 -> 2048", "--new")),
     Case("resume-changed-objective", study("--objective", "scalar"), ("objective (multi -> scalar)", "--new")),
     Case("resume-changed-seed", study("--seed", "7"), ("seed list", "--new")),
     # a campaign with nothing to report
-    Case("report-no-complete-trials", ("report", "empty", "--storage", "{db}", "--out", "{dir}/reports"),
-         ("no complete trials", "rcutune study --hardware vm-2 --study empty")),
-    Case("recommend-no-complete-trials", ("recommend", "-H", "vm-2", "--study", "empty", "--storage", "{db}"),
-         ("no complete trials",)),
-    Case("report-out-is-a-file", ("report", "vm-2", "--storage", "{db}", "--out", "{dir}/unknown.toml"),
-         ("--out", "not a directory")),
+    Case(
+        "report-no-complete-trials",
+        ("report", "empty", "--storage", "{db}", "--out", "{dir}/reports"),
+        ("no complete trials", "rcutune study --hardware vm-2 --study empty"),
+    ),
+    Case(
+        "recommend-no-complete-trials",
+        ("recommend", "-H", "vm-2", "--study", "empty", "--storage", "{db}"),
+        ("no complete trials",),
+    ),
+    Case(
+        "report-out-is-a-file",
+        ("report", "vm-2", "--storage", "{db}", "--out", "{dir}/unknown.toml"),
+        ("--out", "not a directory"),
+    ),
     # counts
     Case("trials-zero", study("--trials", "0"), ("--trials",), usage=True),
     Case("trials-negative", study("--trials", "-3"), ("--trials",), usage=True),
     Case("jobs-zero", study("--jobs", "0"), ("--jobs",), usage=True),
     Case("replications-zero", study("--replications", "0"), ("--replications",), usage=True),
-    Case("confirm-seeds-too-many", ("report", "vm-2", "--storage", "{db}", "--confirm-seeds", "99"),
-         ("--confirm-seeds",), usage=True),
-    Case("confidence-out-of-range", ("report", "vm-2", "--storage", "{db}", "--confidence", "1.5"),
-         ("--confidence 1.5", "at least 0.5 and below 1")),
+    Case(
+        "confirm-seeds-too-many",
+        ("report", "vm-2", "--storage", "{db}", "--confirm-seeds", "99"),
+        ("--confirm-seeds",),
+        usage=True,
+    ),
+    Case(
+        "confidence-out-of-range",
+        ("report", "vm-2", "--storage", "{db}", "--confidence", "1.5"),
+        ("--confidence 1.5", "at least 0.5 and below 1"),
+    ),
     # contradictory flags
     Case("faithful-with-global-layout", study("--faithful", "--fix", "layout=global"), ("contradicts --faithful",)),
-    Case("faithful-with-emergency-reserve", study("--faithful", "--fix", "emergency_reserve_fraction=0.1"),
-         ("contradicts --faithful",)),
-    Case("faithful-with-refill-watermark", study("--faithful", "--fix", "refill_low_watermark_fraction=0.5"),
-         ("contradicts --faithful",)),
-    Case("fix-n-on-a-release-without-it", study("--kernel", "5.7", "--fix", "n_per_cpu=3", "--new"),
-         ("n_per_cpu=3", "not a parameter on this release")),
+    Case(
+        "faithful-with-emergency-reserve",
+        study("--faithful", "--fix", "emergency_reserve_fraction=0.1"),
+        ("contradicts --faithful",),
+    ),
+    Case(
+        "faithful-with-refill-watermark",
+        study("--faithful", "--fix", "refill_low_watermark_fraction=0.5"),
+        ("contradicts --faithful",),
+    ),
+    Case(
+        "fix-n-on-a-release-without-it",
+        study("--kernel", "5.7", "--fix", "n_per_cpu=3", "--new"),
+        ("n_per_cpu=3", "not a parameter on this release"),
+    ),
     Case("nothing-to-search", study("--kernel", "5.5", "--new"), ("nothing to search on kernel 5.5",)),
-    Case("recommend-workload-override-without-workload", ("recommend", "-H", "vm-2", "--set", "workload.skew=1",
-                                                          "--storage", "{db}"), ("--set workload.* needs --workload",)),
-    Case("simulate-reserve-without-hybrid", ("simulate", "-H", "vm-2", "-W", "steady", "--shared-reserve-pages", "4"),
-         ("shared_reserve_pages", "layout=hybrid")),
-    Case("simulate-watermark-above-n", ("simulate", "-H", "vm-2", "-W", "steady", "--n-per-cpu", "0",
-                                        "--refill-low-watermark", "3"), ("refill_low_watermark=3", "n_per_cpu")),
+    Case(
+        "recommend-workload-override-without-workload",
+        ("recommend", "-H", "vm-2", "--set", "workload.skew=1", "--storage", "{db}"),
+        ("--set workload.* needs --workload",),
+    ),
+    Case(
+        "simulate-reserve-without-hybrid",
+        ("simulate", "-H", "vm-2", "-W", "steady", "--shared-reserve-pages", "4"),
+        ("shared_reserve_pages", "layout=hybrid"),
+    ),
+    Case(
+        "simulate-watermark-above-n",
+        ("simulate", "-H", "vm-2", "-W", "steady", "--n-per-cpu", "0", "--refill-low-watermark", "3"),
+        ("refill_low_watermark=3", "n_per_cpu"),
+    ),
     Case("unknown-kernel", study("--kernel", "4.19"), ("--kernel",), usage=True),
     *_profile_cases(),
 ]
@@ -201,15 +296,25 @@ def stored(tmp_path_factory) -> tuple[Path, Path]:
     db = root / "rcutune.db"
     result = run_study(db, "--trials", "2")
     assert result.exit_code == 0, result.output
-    run_campaign(StudyRequest(hardware="vm-2", workloads=("steady",), campaign="empty", trials=0,
-                              storage_url=url(db), max_seconds=0.3, replications=2, race_replications=1))
+    run_campaign(
+        StudyRequest(
+            hardware="vm-2",
+            workloads=("steady",),
+            campaign="empty",
+            trials=0,
+            storage_url=url(db),
+            max_seconds=0.3,
+            replications=2,
+            race_replications=1,
+        )
+    )
     files = root / "files"
     files.mkdir()
     (files / "malformed.toml").write_text("cpus = = 2\n")
     (files / "unknown.toml").write_text('name = "box"\ncpus = 2\nmemory_mib = 1024\ncolour = "blue"\n')
     (files / "nan.toml").write_text('name = "box"\ncpus = 2\nmemory_mib = 1024\ngp_sigma = nan\n')
     (files / "type.toml").write_text('name = "box"\nmemory_mib = 1024\ncpus = "2"\n')
-    (files / "table.toml").write_text('cpus = 2\nmemory_mib = 1024\n[grace_periods]\nmedian_ms = 3\n')
+    (files / "table.toml").write_text("cpus = 2\nmemory_mib = 1024\n[grace_periods]\nmedian_ms = 3\n")
     (files / "binary.toml").write_bytes(b"\xff\xfe\x00cpus = 2\n")
     return db, files
 
@@ -217,8 +322,10 @@ def stored(tmp_path_factory) -> tuple[Path, Path]:
 def digest(db: Path) -> tuple[str, str | None]:
     """The database file's hash and its -wal's (None when there is none)."""
     wal = db.with_name(db.name + "-wal")
-    return (hashlib.sha256(db.read_bytes()).hexdigest(),
-            hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists() else None)
+    return (
+        hashlib.sha256(db.read_bytes()).hexdigest(),
+        hashlib.sha256(wal.read_bytes()).hexdigest() if wal.exists() else None,
+    )
 
 
 def test_the_catalogue_is_large_and_its_ids_unique():
@@ -250,6 +357,6 @@ def test_bad_input_exits_2_with_a_short_message_and_leaves_the_database_byte_ide
 def test_generated_profile_cases_cover_every_bounded_key():
     named = {c.id.split("=")[0] for c in CASES}
     for kind, model in (("hardware", sim.HardwareProfile), ("workload", sim.WorkloadProfile)):
-        for key, field in model.model_fields.items():
+        for key in model.model_fields:
             if key != "description":
                 assert f"{kind}.{key}" in named

@@ -10,10 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from rcutune import sim
-from rcutune.tuner.capture import (capture_hardware, cmdline_args, modelled_release, parse_cpulist,
-                                   read_machine)
+from rcutune.tuner.capture import capture_hardware, cmdline_args, modelled_release, parse_cpulist, read_machine
 from rcutune.tuner.cli import app
-
 from tests.support.study import url
 
 ROOTS = Path(__file__).parent / "data" / "roots"
@@ -28,16 +26,41 @@ def _capture(root: str, tmp_path: Path) -> tuple[Path, object]:
 
 # root -> keys the file must hold (read from the tree), modelled release, nearest shipped profile
 EXPECTED = {
-    "laptop-6.18": ({"cpus": 8, "memory_mib": 15921, "page_size": 4096, "hz": 1000, "nocb_cpus": 0,
-                     "preempt": "full", "preempt_dynamic": True, "rcu_lazy": False, "rcu_expedited": False}, "6.18", "laptop-8"),
-    "server-5.15-boot-config": ({"cpus": 64, "memory_mib": 257672, "hz": 250, "preempt": "voluntary",
-                                 "allocator": "slub"}, "5.14",
-                                "server-64"),
-    "rt-6.6-nocb": ({"cpus": 16, "hz": 1000, "nocb_cpus": 14, "preempt": "full", "rcu_lazy": False}, "6.6",
-                    "rt-16-nocb"),
-    "arm64-16k-6.12": ({"cpus": 32, "page_size": 16384, "hz": 250, "preempt": "none", "preempt_dynamic": False}, "6.12", "arm64-16k-32"),
-    "phone-7.1-newer": ({"cpus": 8, "nocb_cpus": 8, "rcu_lazy": True, "rcu_expedited": True, "preempt": "full"},
-                        "6.18", "phone-8"),
+    "laptop-6.18": (
+        {
+            "cpus": 8,
+            "memory_mib": 15921,
+            "page_size": 4096,
+            "hz": 1000,
+            "nocb_cpus": 0,
+            "preempt": "full",
+            "preempt_dynamic": True,
+            "rcu_lazy": False,
+            "rcu_expedited": False,
+        },
+        "6.18",
+        "laptop-8",
+    ),
+    "server-5.15-boot-config": (
+        {"cpus": 64, "memory_mib": 257672, "hz": 250, "preempt": "voluntary", "allocator": "slub"},
+        "5.14",
+        "server-64",
+    ),
+    "rt-6.6-nocb": (
+        {"cpus": 16, "hz": 1000, "nocb_cpus": 14, "preempt": "full", "rcu_lazy": False},
+        "6.6",
+        "rt-16-nocb",
+    ),
+    "arm64-16k-6.12": (
+        {"cpus": 32, "page_size": 16384, "hz": 250, "preempt": "none", "preempt_dynamic": False},
+        "6.12",
+        "arm64-16k-32",
+    ),
+    "phone-7.1-newer": (
+        {"cpus": 8, "nocb_cpus": 8, "rcu_lazy": True, "rcu_expedited": True, "preempt": "full"},
+        "6.18",
+        "phone-8",
+    ),
     "bare-5.10": ({"cpus": 2, "memory_mib": 986}, "5.9", "vm-2"),
 }
 
@@ -117,15 +140,24 @@ def test_a_root_that_is_no_machine_is_refused_in_one_line_and_nothing_is_written
 
 
 def test_out_into_a_missing_directory_is_refused(tmp_path):
-    result = CliRunner().invoke(app, ["profile", "capture", "--root", str(ROOTS / "laptop-6.18"),
-                                      "--out", str(tmp_path / "no" / "mine.toml")])
+    result = CliRunner().invoke(
+        app, ["profile", "capture", "--root", str(ROOTS / "laptop-6.18"), "--out", str(tmp_path / "no" / "mine.toml")]
+    )
     assert result.exit_code == 2 and "error: --out" in result.stderr
 
 
-@pytest.mark.parametrize("release, kernel, warns", [
-    ("6.18.44-generic", "6.18", False), ("6.8.0-31-generic", "6.6", False), ("5.15.0", "5.14", False),
-    ("5.10.0-28-amd64", "5.9", False), ("7.1.0", "6.18", True), ("4.19.0", "5.5", True), ("6.1", "6.1", False),
-])
+@pytest.mark.parametrize(
+    "release, kernel, warns",
+    [
+        ("6.18.44-generic", "6.18", False),
+        ("6.8.0-31-generic", "6.6", False),
+        ("5.15.0", "5.14", False),
+        ("5.10.0-28-amd64", "5.9", False),
+        ("7.1.0", "6.18", True),
+        ("4.19.0", "5.5", True),
+        ("6.1", "6.1", False),
+    ],
+)
 def test_a_release_is_modelled_as_the_newest_modelled_release_not_newer_than_it(release, kernel, warns):
     got, note = modelled_release(release)
     assert got == kernel and (note is not None) == warns
@@ -161,12 +193,36 @@ def test_this_machine_is_captured_and_simulated_and_a_study_takes_the_file(tmp_p
     meminfo = (root / "proc/meminfo").read_text()
     assert profile.memory_mib == int(meminfo.split("MemTotal:")[1].split()[0]) // 1024
     machine = read_machine(root)
-    metrics = sim.simulate(profile, sim.load_workload("steady"), sim.Policy.kernel_default(machine.behaviour),
-                           kernel=machine.kernel, seconds=0.2, seed=1)
+    metrics = sim.simulate(
+        profile,
+        sim.load_workload("steady"),
+        sim.Policy.kernel_default(machine.behaviour),
+        kernel=machine.kernel,
+        seconds=0.2,
+        seed=1,
+    )
     assert metrics.calls > 0 and metrics.calls == metrics.objects_freed + metrics.objects_pending_end
     monkeypatch.chdir(tmp_path)
-    study = CliRunner().invoke(app, ["study", "--hardware", "./mine.toml", "--quick", "--workload", "steady",
-                                     "--trials", "4", "--seconds", "0.2", "--jobs", "1",
-                                     "--storage", url(tmp_path / "r.db"), "--kernel", machine.kernel])
+    study = CliRunner().invoke(
+        app,
+        [
+            "study",
+            "--hardware",
+            "./mine.toml",
+            "--quick",
+            "--workload",
+            "steady",
+            "--trials",
+            "4",
+            "--seconds",
+            "0.2",
+            "--jobs",
+            "1",
+            "--storage",
+            url(tmp_path / "r.db"),
+            "--kernel",
+            machine.kernel,
+        ],
+    )
     assert study.exit_code == 0, study.output
     assert "next: rcutune report mine-quick" in study.output

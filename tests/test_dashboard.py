@@ -22,7 +22,6 @@ import optuna
 import pytest
 
 from rcutune.tuner.search import CONSTRAINTS, store_constraints
-
 from tests.support.study import run_study, url
 
 pytestmark = pytest.mark.slow
@@ -39,10 +38,13 @@ def dashboard(storage_url: str) -> Iterator[str]:
     """optuna-dashboard serving `storage_url` on a free local port; yields its base URL."""
     pytest.importorskip("optuna_dashboard")
     port = _free_port()
-    code = ("import optuna_dashboard, sys; "
-            "optuna_dashboard.run_server(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, storage_url, str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    code = (
+        "import optuna_dashboard, sys; "
+        "optuna_dashboard.run_server(sys.argv[1], host='127.0.0.1', port=int(sys.argv[2]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, storage_url, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -76,8 +78,7 @@ def _dashboard_studies(base: str) -> dict[str, dict]:
 def _feasible_front(detail: dict) -> list[int]:
     """The trials the dashboard's Pareto-front plot labels "Best Trial": complete, every constraint
     <= 0, and dominated by no other such trial (GraphParetoFront.tsx, all objectives minimised)."""
-    feasible = [t for t in detail["trials"]
-                if t["state"] == "Complete" and all(c <= 0 for c in t["constraints"])]
+    feasible = [t for t in detail["trials"] if t["state"] == "Complete" and all(c <= 0 for c in t["constraints"])]
 
     def dominates(a: dict, b: dict) -> bool:
         return all(x <= y for x, y in zip(a["values"], b["values"])) and a["values"] != b["values"]
@@ -125,8 +126,12 @@ def test_dashboard_leaves_infeasible_trials_that_dominate_out_of_the_pareto_fron
     storage_url = url(tmp_path / "mixed.db")
     study = optuna.create_study(study_name="mixed", storage=storage_url, directions=["minimize", "minimize"])
     ok = {name: -1.0 for name in CONSTRAINTS}
-    for values, constraints in (([0.0, 10.0], {**ok, "oom": 1.0}), ([1.0, 5.0], ok), ([2.0, 1.0], ok),
-                                ([0.5, 0.5], {**ok, "p99_latency": 0.2})):
+    for values, constraints in (
+        ([0.0, 10.0], {**ok, "oom": 1.0}),
+        ([1.0, 5.0], ok),
+        ([2.0, 1.0], ok),
+        ([0.5, 0.5], {**ok, "p99_latency": 0.2}),
+    ):
         trial = study.ask()
         store_constraints(trial, constraints)
         study.tell(trial, values)

@@ -12,14 +12,35 @@ from tests.support.study import url
 
 
 def _campaign(db, jobs: int, trials: int = 14) -> list[tuple]:
-    run_campaign(StudyRequest(hardware="vm-2", workloads=("steady", "bursty"), campaign="c", trials=trials,
-                              storage_url=url(db), jobs=jobs, max_seconds=0.3, replications=2, race_replications=1,
-                              sampler="tpe"))
+    run_campaign(
+        StudyRequest(
+            hardware="vm-2",
+            workloads=("steady", "bursty"),
+            campaign="c",
+            trials=trials,
+            storage_url=url(db),
+            jobs=jobs,
+            max_seconds=0.3,
+            replications=2,
+            race_replications=1,
+            sampler="tpe",
+        )
+    )
     out = []
     for workload in ("steady", "bursty"):
         for t in optuna.load_study(study_name=f"c/{workload}", storage=url(db)).get_trials():
-            out.append((workload, t.number, t.state.name, t.params, t.values,
-                        t.user_attrs.get("batch"), t.user_attrs.get("pruned_by"), t.user_attrs.get("raced")))
+            out.append(
+                (
+                    workload,
+                    t.number,
+                    t.state.name,
+                    t.params,
+                    t.values,
+                    t.user_attrs.get("batch"),
+                    t.user_attrs.get("pruned_by"),
+                    t.user_attrs.get("raced"),
+                )
+            )
     return out
 
 
@@ -46,11 +67,27 @@ def test_two_identical_quick_campaigns_recommend_the_same_line(tmp_path):
     lines = []
     for name in ("a", "b"):
         db = tmp_path / f"{name}.db"
-        args = ["--hardware", "vm-2", "--workload", "steady", "--workload", "rcuscale", "--quick", "--trials", "12",
-                "--storage", url(db)]
-        assert CliRunner().invoke(app, ["study", *args[:-2], "--jobs", "2" if name == "a" else "1",
-                                        "--storage", url(db)]).exit_code == 0
-        result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(db),
-                                          "--confirm-seeds", "2"])
+        args = [
+            "--hardware",
+            "vm-2",
+            "--workload",
+            "steady",
+            "--workload",
+            "rcuscale",
+            "--quick",
+            "--trials",
+            "12",
+            "--storage",
+            url(db),
+        ]
+        assert (
+            CliRunner()
+            .invoke(app, ["study", *args[:-2], "--jobs", "2" if name == "a" else "1", "--storage", url(db)])
+            .exit_code
+            == 0
+        )
+        result = CliRunner().invoke(
+            app, ["recommend", "--hardware", "vm-2", "--storage", url(db), "--confirm-seeds", "2"]
+        )
         lines.append(result.output.splitlines()[0])
     assert lines[0] == lines[1]

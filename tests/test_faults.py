@@ -36,8 +36,22 @@ from tests.support.study import integrity, refuse, trials, url
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",
-        "--race-replications", "1", "--jobs", "1", "--sampler", "random"]
+FAST = [
+    "--hardware",
+    "vm-2",
+    "--workload",
+    "steady",
+    "--seconds",
+    "0.1",
+    "--replications",
+    "1",
+    "--race-replications",
+    "1",
+    "--jobs",
+    "1",
+    "--sampler",
+    "random",
+]
 STUDY = "vm-2/steady"
 KILLS = 20
 
@@ -58,8 +72,11 @@ def by_number(db: Path) -> dict[int, FrozenTrial]:
 
 
 def completed(found: dict[int, FrozenTrial]) -> dict[int, tuple]:
-    return {n: (t.params, t.values, t.user_attrs.get("replications")) for n, t in found.items()
-            if t.state == TrialState.COMPLETE}
+    return {
+        n: (t.params, t.values, t.user_attrs.get("replications"))
+        for n, t in found.items()
+        if t.state == TrialState.COMPLETE
+    }
 
 
 def assert_kept(earlier: dict[int, tuple], found: dict[int, FrozenTrial]) -> None:
@@ -102,8 +119,11 @@ def test_a_study_killed_at_20_moments_resumes_after_each_losing_and_duplicating_
 
 
 def report_files(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mix(runner, tmp_path):
@@ -112,8 +132,18 @@ def test_a_report_killed_at_20_moments_is_the_previous_or_the_new_one_never_a_mi
     directory = target / "vm-2" / "vm-2"
 
     def report(confidence: float) -> list[str]:
-        return ["report", "vm-2", "--storage", url(db), "--out", str(target), "--confirm-seeds", "1",
-                "--confidence", str(confidence)]
+        return [
+            "report",
+            "vm-2",
+            "--storage",
+            url(db),
+            "--out",
+            str(target),
+            "--confirm-seeds",
+            "1",
+            "--confidence",
+            str(confidence),
+        ]
 
     assert runner.run(study_argv(db, 6), log)[0] == 0
     code, took = runner.run(report(0.9), log)
@@ -183,7 +213,8 @@ def refused_once(log: Path) -> str:
 
 @pytest.mark.slow
 def test_two_studies_started_at_once_on_one_campaign_run_one_and_refuse_the_other_with_one_line(
-        runner, second_runner, tmp_path):
+    runner, second_runner, tmp_path
+):
     forks = (runner, second_runner)
     for round_ in range(4):  # a new file each time: both also race to create the tables
         db = tmp_path / f"both-{round_}.db"
@@ -295,9 +326,10 @@ def test_report_directories_published_at_once_by_many_writers_are_always_one_who
 
 
 def test_a_report_reads_one_snapshot_even_when_a_study_tells_trials_meanwhile(tmp_path, monkeypatch):
-    from rcutune.tuner.recommend import load_campaign, trials_digest
     import optuna
     import sqlalchemy as sa
+
+    from rcutune.tuner.recommend import load_campaign, trials_digest
 
     db = tmp_path / "snap.db"
     argv = ["study", *FAST, "--workload", "bursty", "--storage", url(db)]
@@ -330,8 +362,9 @@ def test_a_report_while_a_study_writes_is_written_and_the_study_finishes_unharme
     runner.start(study_argv(db, 14), log)
     target = tmp_path / "reports"
     for _ in range(2):
-        result = CliRunner().invoke(app, ["report", "vm-2", "--storage", url(db), "--out", str(target),
-                                          "--confirm-seeds", "1"])
+        result = CliRunner().invoke(
+            app, ["report", "vm-2", "--storage", url(db), "--out", str(target), "--confirm-seeds", "1"]
+        )
         assert result.exit_code in (0, 1) and "Traceback" not in result.output, result.output  # 1: no answer yet
         assert json.loads((target / "vm-2" / "vm-2" / "recommendation.json").read_text())["campaign"] == "vm-2"
     assert runner.wait(timeout=600) == 0, log.read_text()[-3000:]
@@ -342,9 +375,11 @@ def test_a_report_while_a_study_writes_is_written_and_the_study_finishes_unharme
 
 
 # -- a full disk ---------------------------------------------------------------------------------
-LIMITED = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-           "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
-           "os.execv(sys.executable, [sys.executable, '-m', 'rcutune.tuner.cli', *sys.argv[2:]])")
+LIMITED = (
+    "import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+    "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'rcutune.tuner.cli', *sys.argv[2:]])"
+)
 
 
 def test_a_full_disk_stops_a_study_with_one_line_and_the_database_stays_resumable(runner, tmp_path):
@@ -353,8 +388,13 @@ def test_a_full_disk_stops_a_study_with_one_line_and_the_database_stays_resumabl
     earlier = completed(by_number(db))
     limit = db.stat().st_size + 48 * 1024  # files may not grow past this: the -wal fills up first
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.run([sys.executable, "-c", LIMITED, str(limit), *study_argv(db, 200)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", LIMITED, str(limit), *study_argv(db, 200)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "Traceback" not in proc.stderr and len(errors) == 1, proc.stderr[-3000:]
@@ -398,8 +438,9 @@ def test_a_full_disk_while_a_report_is_written_keeps_the_previous_report_and_say
         real(path, content)
 
     monkeypatch.setattr(report_files_module, "write_atomic", full_after_the_first_file)
-    prepared = _report.PreparedReport("sqlite://", directory, {"pareto.png": b"png", "report.md": "new\n"},
-                                      recommendation=None, data=None, options={})  # type: ignore[arg-type]
+    prepared = _report.PreparedReport(
+        "sqlite://", directory, {"pareto.png": b"png", "report.md": "new\n"}, recommendation=None, data=None, options={}
+    )  # type: ignore[arg-type]
     with pytest.raises(typer.Exit) as stopped, user_errors():
         _report.publish_report(prepared)
     assert stopped.value.exit_code == 1
@@ -427,12 +468,14 @@ class Ext4:
         self._mount()
 
     def _mount(self) -> None:
-        subprocess.run(["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mount)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["mount", "-o", "loop,errors=remount-ro", str(self.image), str(self.mount)], check=True, capture_output=True
+        )
 
     def turn_read_only(self) -> None:
-        device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(self.mount)], check=True, capture_output=True,
-                                text=True).stdout.strip()
+        device = subprocess.run(
+            ["findmnt", "-n", "-o", "SOURCE", str(self.mount)], check=True, capture_output=True, text=True
+        ).stdout.strip()
         Path(f"/sys/fs/ext4/{Path(device).name}/trigger_fs_error").write_text("rcutune test\n")
 
     def repair(self) -> None:
@@ -479,8 +522,13 @@ def test_a_study_whose_file_system_turns_read_only_stops_with_one_line_and_resum
     db, log = ext4.mount / "ro.db", ext4.mount.parent / "ro.log"
     assert runner.run(study_argv(db, 3), log)[0] == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONDONTWRITEBYTECODE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "rcutune.tuner.cli", *study_argv(db, 400)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rcutune.tuner.cli", *study_argv(db, 400)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while len(completed(read_trials(db))) < 6:  # mid-run: it has told trials of its own
@@ -531,7 +579,7 @@ def _garble(data: bytes) -> bytes:
     rng = random.Random(7)
     out = bytearray(data)
     for page in range(2, len(data) // 4096, 3):
-        out[page * 4096:(page + 1) * 4096] = rng.randbytes(4096)
+        out[page * 4096 : (page + 1) * 4096] = rng.randbytes(4096)
     return bytes(out)
 
 
@@ -547,8 +595,7 @@ COMMANDS = ("study", "resume", "studies", "report", "recommend")
 
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("corruption", list(CORRUPTIONS))
-def test_a_corrupt_database_is_refused_by_every_command_and_left_byte_identical(good_db, tmp_path, corruption,
-                                                                                command):
+def test_a_corrupt_database_is_refused_by_every_command_and_left_byte_identical(good_db, tmp_path, corruption, command):
     damage, problem = CORRUPTIONS[corruption]
     db = tmp_path / "db" / "broken.db"
     db.parent.mkdir()
@@ -587,7 +634,8 @@ VERSIONS = {
 @pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize("version", list(VERSIONS))
 def test_tables_of_another_version_or_application_are_refused_with_the_mend_never_migrated(
-        good_db, tmp_path, version, command):
+    good_db, tmp_path, version, command
+):
     change, says = VERSIONS[version]
     db = tmp_path / "db" / "other.db"
     db.parent.mkdir()

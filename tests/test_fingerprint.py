@@ -14,7 +14,8 @@ def test_the_stored_fingerprint_belongs_to_this_simulator_version():
     stored = fingerprint.stored()
     assert stored.get("simulator_version") == sim.SIMULATOR_VERSION, (
         f"SIMULATOR_VERSION is {sim.SIMULATOR_VERSION} but the fingerprint was stored for "
-        f"{stored.get('simulator_version')}: run `python -m tests.support.fingerprint --write`")
+        f"{stored.get('simulator_version')}: run `python -m tests.support.fingerprint --write`"
+    )
 
 
 def test_the_metrics_of_fixed_inputs_are_those_of_this_version():
@@ -23,7 +24,8 @@ def test_the_metrics_of_fixed_inputs_are_those_of_this_version():
         return  # the test above says what to do
     assert fingerprint.fingerprint() == stored["fingerprint"], (
         "the simulator's metrics for fixed inputs changed: bump SIMULATOR_VERSION (sim/__init__.py), "
-        "then `python -m tests.support.fingerprint --write`")
+        "then `python -m tests.support.fingerprint --write`"
+    )
 
 
 def test_the_fingerprint_sees_a_one_nanosecond_change():

@@ -75,8 +75,10 @@ def test_polled_grace_periods_free_ready_blocks_in_a_nocb_flood():
     assert new.drained_ready_blocks > 100
     assert new.bytes_pending_mean < 0.8 * old.bytes_pending_mean
     # GPs do not fall: summed over six seeds (one run's count moves by a tenth with the GPs' timing).
-    gps = {k: sum(run("phone-8", "nocb-flood", kernel=k, seed=s, **kw).grace_periods for s in range(6))
-           for k in ("6.1", "6.3")}
+    gps = {
+        k: sum(run("phone-8", "nocb-flood", kernel=k, seed=s, **kw).grace_periods for s in range(6))
+        for k in ("6.1", "6.3")
+    }
     assert gps["6.3"] >= 0.95 * gps["6.1"]
 
 
@@ -110,8 +112,9 @@ def test_adaptive_drain_timer_only_shortens_and_collapses_to_one_jiffy(monkeypat
 # 6 -----------------------------------------------------------------------------------------------
 def test_at_most_two_batches_wait_per_cpu():
     # Long offloaded invocation keeps both krw slots busy; a third detach must wait.
-    m = run("phone-8", "nocb-flood", kernel="6.3", **{"hardware.nocb_invoke_ms": 60,
-                                                     "workload.calls_per_s_per_cpu": 100000})
+    m = run(
+        "phone-8", "nocb-flood", kernel="6.3", **{"hardware.nocb_invoke_ms": 60, "workload.calls_per_s_per_cpu": 100000}
+    )
     assert m.batches_in_flight_peak == 2
     assert m.objects_freed > 0.9 * m.calls  # the monitor re-armed and drained while blocked
 
@@ -140,8 +143,12 @@ def test_safety_checker_catches_adding_to_a_queued_batch(monkeypatch):
 
 # 8 -----------------------------------------------------------------------------------------------
 def test_two_argument_calls_never_block_and_never_allocate():
-    exhausted = {"workload.headless_fraction": 0.0, "workload.pressure": '"ramp"',
-                 "workload.anon_fraction": 0.7, "workload.anon_fraction_end": 1.2}
+    exhausted = {
+        "workload.headless_fraction": 0.0,
+        "workload.pressure": '"ramp"',
+        "workload.anon_fraction": 0.7,
+        "workload.anon_fraction_end": 1.2,
+    }
     m = run("vm-2", "steady", sim.Policy(n_per_cpu=2), **exhausted)
     assert m.sync_fallbacks == 0
     assert m.page_alloc_attempts == m.refill_allocations + (m.page_alloc_failures)  # only the refill worker allocates
@@ -154,8 +161,13 @@ def test_two_argument_calls_never_block_and_never_allocate():
 # 9 -----------------------------------------------------------------------------------------------
 def test_headless_call_blocks_about_one_grace_period_under_exhausted_memory():
     # Free memory held just under the min watermark: NORETRY fails, nothing is left to reclaim, no OOM.
-    exhausted = {"workload.headless_fraction": 1.0, "workload.anon_fraction": 0.999 - MEMMAP,
-                 "hardware.file_cache_fraction": 0.0, "workload.calls_per_s_per_cpu": 200, **NO_RESERVE}
+    exhausted = {
+        "workload.headless_fraction": 1.0,
+        "workload.anon_fraction": 0.999 - MEMMAP,
+        "hardware.file_cache_fraction": 0.0,
+        "workload.calls_per_s_per_cpu": 200,
+        **NO_RESERVE,
+    }
     hw, _ = load("vm-2", "steady")
     m = run("vm-2", "steady", sim.Policy(n_per_cpu=0), seconds=5, **exhausted)
     assert m.sync_fallbacks > 0.9 * m.calls_headless
@@ -165,8 +177,14 @@ def test_headless_call_blocks_about_one_grace_period_under_exhausted_memory():
 
 
 def test_headless_throughput_collapses_to_about_one_object_per_grace_period_per_thread():
-    exhausted = {"workload.kfree_rcu_test_single": "true", "workload.anon_fraction": 0.999 - MEMMAP, **NO_RESERVE,
-                 "hardware.file_cache_fraction": 0.0, "workload.kfree_loops": 1, "workload.kfree_alloc_num": 40}
+    exhausted = {
+        "workload.kfree_rcu_test_single": "true",
+        "workload.anon_fraction": 0.999 - MEMMAP,
+        **NO_RESERVE,
+        "hardware.file_cache_fraction": 0.0,
+        "workload.kfree_loops": 1,
+        "workload.kfree_alloc_num": 40,
+    }
     hw, wl = load("vm-2", "rcuscale", **exhausted)
     m = sim.simulate(hw, wl, sim.Policy(n_per_cpu=0), seed=1, kernel="6.1")
     threads = wl.rcuscale_threads(hw.cpus)
@@ -255,10 +273,16 @@ def test_after_a_shrinker_count_no_refill_happens_for_the_refill_delay(monkeypat
 def test_shrinker_protects_against_oom_in_a_flood_on_a_small_machine():
     # Sparse, large objects: fewer than a block's worth per CPU waits 5 s for the drain timer;
     # only the shrinker's scan starts their grace periods early when memory runs short.
-    kw = {"workload.calls_per_s_per_cpu": 40, "workload.object_bytes": 65536, "workload.pressure": '"ramp"',
-          "workload.anon_fraction": 0.3, "workload.anon_fraction_end": 0.99 - MEMMAP, "workload.headless_fraction": 0.0,
-          **NO_RESERVE,
-          "hardware.file_cache_fraction": 0.0}
+    kw = {
+        "workload.calls_per_s_per_cpu": 40,
+        "workload.object_bytes": 65536,
+        "workload.pressure": '"ramp"',
+        "workload.anon_fraction": 0.3,
+        "workload.anon_fraction_end": 0.99 - MEMMAP,
+        "workload.headless_fraction": 0.0,
+        **NO_RESERVE,
+        "hardware.file_cache_fraction": 0.0,
+    }
     behaviour = sim.kernel_behaviour("6.1")
     with_shrinker = model("vm-2", "steady", kernel="6.1", seconds=20, **kw).run()
     without = model("vm-2", "steady", seconds=20, behaviour=dataclasses.replace(behaviour, shrinker=False), **kw).run()
@@ -325,8 +349,12 @@ def test_lazy_rcu_does_not_delay_kvfree_batches():
     assert short.mean_residency_seconds == long.mean_residency_seconds
     # Control: plain call_rcu() frees (rcuscale's kfree_by_call_rcu) are lazy on offloaded CPUs.
     lazy = {"workload.kfree_by_call_rcu": "true", "workload.kfree_loops": 300}
-    a = sim.simulate(*load("phone-8", "rcuscale", **lazy, **{"hardware.lazy_flush_ms": 100}), sim.Policy(), seconds=30, seed=1)
-    b = sim.simulate(*load("phone-8", "rcuscale", **lazy, **{"hardware.lazy_flush_ms": 5000}), sim.Policy(), seconds=30, seed=1)
+    a = sim.simulate(
+        *load("phone-8", "rcuscale", **lazy, **{"hardware.lazy_flush_ms": 100}), sim.Policy(), seconds=30, seed=1
+    )
+    b = sim.simulate(
+        *load("phone-8", "rcuscale", **lazy, **{"hardware.lazy_flush_ms": 5000}), sim.Policy(), seconds=30, seed=1
+    )
     assert b.objects_freed == 0 < a.objects_freed  # a 5 s lazy flush outlasts the 0.6 s run
 
 
@@ -334,8 +362,14 @@ def test_lazy_rcu_does_not_delay_kvfree_batches():
 @pytest.mark.parametrize("kernel", ["5.7", "5.9", "5.11"])
 @pytest.mark.parametrize("hz", [100, 250, 1000])
 def test_before_6_1_the_drain_cadence_is_20_ms(kernel, hz):
-    m = run("laptop-8", "steady", sim.Policy.kernel_default(sim.kernel_behaviour(kernel)), kernel=kernel,
-            seconds=3, **{"hardware.hz": hz})
+    m = run(
+        "laptop-8",
+        "steady",
+        sim.Policy.kernel_default(sim.kernel_behaviour(kernel)),
+        kernel=kernel,
+        seconds=3,
+        **{"hardware.hz": hz},
+    )
     per_cpu_per_s = m.batches / 8 / m.sim_seconds
     # One detach per HZ/50 jiffies = 20 ms; the first arrival after a detach re-arms it: within 15%.
     assert per_cpu_per_s == pytest.approx(50, rel=0.15)

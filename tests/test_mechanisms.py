@@ -19,10 +19,19 @@ from rcutune.sim._memory import SHRINK_BATCH, PageAllocator, Shrinker
 from rcutune.sim._slab import FreeCosts, objects_per_slab
 from tests.support.sim_checks import assert_invariants, load
 
-GUEST = {"hardware.cpus": 2, "hardware.memory_mib": 1024, "hardware.hz": 1000, "hardware.kfree_call_ns": 1000,
-         "hardware.kfree_slow_ns": 300, "hardware.kfree_fast_ns": 100, "hardware.file_cache_fraction": 0,
-         "hardware.loop_jitter": 0, "workload.kfree_loops": 20, "workload.kfree_rcu_test_single": "false",
-         "workload.kfree_rcu_test_double": "true"}
+GUEST = {
+    "hardware.cpus": 2,
+    "hardware.memory_mib": 1024,
+    "hardware.hz": 1000,
+    "hardware.kfree_call_ns": 1000,
+    "hardware.kfree_slow_ns": 300,
+    "hardware.kfree_fast_ns": 100,
+    "hardware.file_cache_fraction": 0,
+    "hardware.loop_jitter": 0,
+    "workload.kfree_loops": 20,
+    "workload.kfree_rcu_test_single": "false",
+    "workload.kfree_rcu_test_double": "true",
+}
 
 
 def rcuscale(preempt="none", n=5, kernel="6.1", behaviour=None, seed=1, **overrides):
@@ -36,6 +45,7 @@ def rcuscale(preempt="none", n=5, kernel="6.1", behaviour=None, seed=1, **overri
 
 
 # CPUs and the preemption model --------------------------------------------------------------------
+
 
 def test_preempt_none_busy_cpus_report_quiescent_states_only_between_loops():
     m = rcuscale("none")
@@ -69,10 +79,12 @@ def test_the_loop_pays_for_the_kernel_work_on_its_cpu():
 def test_with_n_zero_before_v6_5_every_miss_kicks_an_empty_refill_that_a_preemptible_loop_pays_for():
     k61 = sim.kernel_behaviour("6.1")
     without = dataclasses.replace(k61, refill_when_disabled=False)  # 021a5ff84743's bail-out
-    kicked = rcuscale("voluntary", n=0, behaviour=k61, **{"hardware.hrtimer_latency_us": 20,
-                                                           "hardware.context_switch_us": 5})
-    quiet = rcuscale("voluntary", n=0, behaviour=without, **{"hardware.hrtimer_latency_us": 20,
-                                                              "hardware.context_switch_us": 5})
+    kicked = rcuscale(
+        "voluntary", n=0, behaviour=k61, **{"hardware.hrtimer_latency_us": 20, "hardware.context_switch_us": 5}
+    )
+    quiet = rcuscale(
+        "voluntary", n=0, behaviour=without, **{"hardware.hrtimer_latency_us": 20, "hardware.context_switch_us": 5}
+    )
     assert kicked.refill_allocations == quiet.refill_allocations == 0
     # 320000 calls, a kick every ~20 calls (20 us at 1 us per call), two 5 us switches each: ~0.16 s more.
     extra = (kicked.rcuscale_total_time_ns - quiet.rcuscale_total_time_ns) / 1e9
@@ -101,12 +113,16 @@ def test_a_cpu_whose_loop_sleeps_with_work_queued_is_no_longer_a_holdout():
 
 # Grace periods under load --------------------------------------------------------------------------
 
+
 def test_qovld_shortens_grace_periods_only_in_releases_that_have_it():
     # 5.5: every object its own callback, far beyond 20000 per CPU; only a 5.7+ kernel hammers QSs.
     old = sim.kernel_behaviour("5.5")
     with_qovld = dataclasses.replace(old, qovld=True)
-    hw, wl = load("vm-2", "nocb-flood", **{"workload.calls_per_s_per_cpu": 3_000_000, "hardware.hz": 1000,
-                                           "workload.duration_s": 0.5})
+    hw, wl = load(
+        "vm-2",
+        "nocb-flood",
+        **{"workload.calls_per_s_per_cpu": 3_000_000, "hardware.hz": 1000, "workload.duration_s": 0.5},
+    )
     plain = Model(hw, wl, sim.Policy(), old, 0.5, 3).run()
     hammered = Model(hw, wl, sim.Policy(), with_qovld, 0.5, 3).run()
     assert not old.qovld and sim.kernel_behaviour("5.7").qovld
@@ -135,6 +151,7 @@ def test_offloaded_callbacks_ask_for_their_grace_period_through_rcuog():
 
 # The reclaim pipeline ------------------------------------------------------------------------------
 
+
 def test_unbound_workqueues_move_reclaim_to_idle_cpus():
     """6.12's system_unbound_wq: kfree_rcu_work() runs on an idle CPU, not on the flooding one."""
     k66, k612 = sim.kernel_behaviour("6.6"), sim.kernel_behaviour("6.12")
@@ -147,9 +164,18 @@ def test_unbound_workqueues_move_reclaim_to_idle_cpus():
 
 # Memory --------------------------------------------------------------------------------------------
 
+
 def _allocator(**overrides) -> PageAllocator:
-    hw, wl = load("vm-2", "steady", **{"hardware.memory_mib": 1024, "hardware.file_cache_fraction": 0.0,
-                                       "workload.anon_fraction": 0.0, **overrides})
+    hw, wl = load(
+        "vm-2",
+        "steady",
+        **{
+            "hardware.memory_mib": 1024,
+            "hardware.file_cache_fraction": 0.0,
+            "workload.anon_fraction": 0.0,
+            **overrides,
+        },
+    )
     return PageAllocator(hw, wl, 0.0, 10.0, np.random.default_rng(0))
 
 
@@ -194,16 +220,24 @@ def test_direct_reclaim_below_min_then_oom_with_nothing_reclaimable():
 
 
 def test_a_guest_that_runs_out_of_memory_ends_in_oom():
-    m = rcuscale("none", n=5, **{"hardware.memory_mib": 96, "workload.kfree_mult": 64,
-                                 "workload.kfree_loops": 40})
+    m = rcuscale("none", n=5, **{"hardware.memory_mib": 96, "workload.kfree_mult": 64, "workload.kfree_loops": 40})
     assert m.rcuscale_enomem and m.oom_events >= 1
 
 
 # Per-object costs ---------------------------------------------------------------------------------
 
+
 def _costs(allocator: str, locality: float = 1.0) -> FreeCosts:
-    hw, _ = load("vm-2", "steady", **{"hardware.allocator": allocator, "hardware.kfree_fast_ns": 10,
-                                       "hardware.kfree_slow_ns": 100, "hardware.kfree_remote_ns": 40})
+    hw, _ = load(
+        "vm-2",
+        "steady",
+        **{
+            "hardware.allocator": allocator,
+            "hardware.kfree_fast_ns": 10,
+            "hardware.kfree_slow_ns": 100,
+            "hardware.kfree_remote_ns": 40,
+        },
+    )
     return FreeCosts(hw, 32, locality)
 
 
@@ -223,9 +257,13 @@ def test_one_by_one_frees_of_the_rcu_head_list_cost_more_than_bulk():
 
 # rcuscale's test modes per release ----------------------------------------------------------------
 
+
 def test_rcuscale_frees_with_two_arguments_only_before_5_13():
-    single = {"workload.kfree_rcu_test_single": "true", "workload.kfree_rcu_test_double": "false",
-              "workload.kfree_loops": 4}
+    single = {
+        "workload.kfree_rcu_test_single": "true",
+        "workload.kfree_rcu_test_double": "false",
+        "workload.kfree_loops": 4,
+    }
     old = rcuscale("none", kernel="5.11", **single)
     new = rcuscale("none", kernel="5.13", **single)
     assert old.calls_headless == 0 and old.calls_two_arg == old.calls

@@ -18,8 +18,15 @@ KERNEL = "6.3"
 
 
 def _p(n, layout="per-cpu"):
-    return {"n_per_cpu": n, "layout": layout, "shared_reserve_pages": 0, "refill_delay_ms": 5000,
-            "refill_low_watermark": 0, "prealloc_at_boot": False, "emergency_reserve_fraction": 0.0}
+    return {
+        "n_per_cpu": n,
+        "layout": layout,
+        "shared_reserve_pages": 0,
+        "refill_delay_ms": 5000,
+        "refill_low_watermark": 0,
+        "prealloc_at_boot": False,
+        "emergency_reserve_fraction": 0.0,
+    }
 
 
 def test_the_cheapest_policy_meeting_the_confidence_is_chosen():
@@ -70,21 +77,37 @@ def studied(tmp_path_factory):
 
 @pytest.mark.slow
 def test_report_writes_every_file_well_formed(studied, tmp_path):
-    result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
-                                      "--confirm-seeds", "2"])
+    result = CliRunner().invoke(
+        app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "2"]
+    )
     assert result.exit_code == 0, result.output
     directory = tmp_path / "vm-2" / "tiny"
     lines = result.output.splitlines()
     assert lines[0].startswith(sim.kernel_behaviour(sim.DEFAULT_KERNEL).boot_param("rcu_min_cached_objs") + "=")
     assert lines[1].startswith("risk: P(every SLO met) = ")
     assert lines[2] == f"report: {directory / 'report.md'}"
-    for name in ("report.md", "report.html", "recommendation.json", "pareto.png", "importances.png",
-                 "metrics-vs-n-steady.png"):
+    for name in (
+        "report.md",
+        "report.html",
+        "recommendation.json",
+        "pareto.png",
+        "importances.png",
+        "metrics-vs-n-steady.png",
+    ):
         assert (directory / name).exists(), name
     for png in directory.glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((directory / "recommendation.json").read_text())
-    for key in ("hardware", "campaign", "kernel", "kernel_cmdline", "overall", "workloads", "surrogate", "extrapolated"):
+    for key in (
+        "hardware",
+        "campaign",
+        "kernel",
+        "kernel_cmdline",
+        "overall",
+        "workloads",
+        "surrogate",
+        "extrapolated",
+    ):
         assert key in doc
     w = doc["workloads"]["steady"]
     for key in ("n_per_cpu", "layout", "what_if", "slo_met_probability", "predicted", "default_comparison"):
@@ -92,14 +115,15 @@ def test_report_writes_every_file_well_formed(studied, tmp_path):
     for metric in doc["surrogate"].values():
         assert "cv_r2" in metric and "coverage" in metric
     html = (directory / "report.html").read_text()
-    assert "src=\"data:image/png;base64," in html and "src=\"http" not in html
+    assert 'src="data:image/png;base64,' in html and 'src="http' not in html
     assert not list(directory.glob(".*")), "no temporary files left behind"
 
 
 @pytest.mark.slow
 def test_recommend_prints_the_kernel_command_line_first_or_says_what_to_run(studied):
-    result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied),
-                                      "--confirm-seeds", "1"])
+    result = CliRunner().invoke(
+        app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--confirm-seeds", "1"]
+    )
     first = result.output.splitlines()[0]
     if result.exit_code == 0:
         # the campaign's kernel (the default, 6.18) names it slab_common.rcu_min_cached_objs
@@ -110,22 +134,28 @@ def test_recommend_prints_the_kernel_command_line_first_or_says_what_to_run(stud
 
 @pytest.mark.slow
 def test_recommend_json_is_one_document(studied):
-    result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json",
-                                      "--confirm-seeds", "1"])
+    result = CliRunner().invoke(
+        app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json", "--confirm-seeds", "1"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["campaign"] == "tiny"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args", [
-    ["report", "no-such-campaign"],
-    ["report", "tiny", "--confidence", "1.5"],
-    ["recommend", "--hardware", "phone-8"],
-    ["recommend", "--hardware", "vm-2", "--workload", "oom-storm"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["report", "no-such-campaign"],
+        ["report", "tiny", "--confidence", "1.5"],
+        ["recommend", "--hardware", "phone-8"],
+        ["recommend", "--hardware", "vm-2", "--workload", "oom-storm"],
+    ],
+)
 def test_bad_input_is_one_line_exit_2_and_leaves_the_database_unchanged(studied, tmp_path, args):
     before = file_digest(studied)
-    result = CliRunner().invoke(app, [*args, "--storage", url(studied)] + (["--out", str(tmp_path)] if args[0] == "report" else []))
+    result = CliRunner().invoke(
+        app, [*args, "--storage", url(studied)] + (["--out", str(tmp_path)] if args[0] == "report" else [])
+    )
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
@@ -135,8 +165,18 @@ def test_bad_input_is_one_line_exit_2_and_leaves_the_database_unchanged(studied,
 @pytest.mark.slow
 def test_a_campaign_with_no_complete_trials_is_a_user_error(tmp_path):
     db = tmp_path / "empty.db"
-    run_campaign(StudyRequest(hardware="vm-2", workloads=("steady",), campaign="empty", trials=0,
-                              storage_url=url(db), max_seconds=0.3, replications=2, race_replications=1))
+    run_campaign(
+        StudyRequest(
+            hardware="vm-2",
+            workloads=("steady",),
+            campaign="empty",
+            trials=0,
+            storage_url=url(db),
+            max_seconds=0.3,
+            replications=2,
+            race_replications=1,
+        )
+    )
     before = file_digest(db)
     result = CliRunner().invoke(app, ["report", "empty", "--storage", url(db), "--out", str(tmp_path)])
     assert result.exit_code == 2 and "no complete trials" in result.output
@@ -145,8 +185,21 @@ def test_a_campaign_with_no_complete_trials_is_a_user_error(tmp_path):
 
 @pytest.mark.slow
 def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
-    result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--set", "hardware.cpus=4",
-                                      "--storage", url(studied), "--json", "--confirm-seeds", "1"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "recommend",
+            "--hardware",
+            "vm-2",
+            "--set",
+            "hardware.cpus=4",
+            "--storage",
+            url(studied),
+            "--json",
+            "--confirm-seeds",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["extrapolated"] is True
@@ -157,8 +210,9 @@ def test_an_unstudied_cpu_count_is_extrapolated_and_flagged(studied):
 def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied):
     from rcutune import storage
 
-    result = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json",
-                                      "--confirm-seeds", "1"])
+    result = CliRunner().invoke(
+        app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--json", "--confirm-seeds", "1"]
+    )
     assert result.exit_code == 0, result.output
     db = storage.open_database(url(studied), create=False)
     try:
@@ -173,14 +227,16 @@ def test_recommend_stores_the_recommendation_with_its_surrogate_figures(studied)
 
 
 @pytest.mark.slow
-def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_study_to_run(studied, tmp_path,
-                                                                                             monkeypatch):
+def test_report_without_a_recommendation_is_still_written_exits_1_and_names_the_study_to_run(
+    studied, tmp_path, monkeypatch
+):
     import rcutune.tuner.recommend._rule as recommend_module
 
     starved = {"steady": ["fallback_cost: CV R² 0.10 < 0.8"]}
     monkeypatch.setattr(recommend_module, "unhealthy", lambda data, confidence=0.95: starved)
-    result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
-                                      "--confirm-seeds", "1"])
+    result = CliRunner().invoke(
+        app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "1"]
+    )
     assert result.exit_code == 1
     directory = tmp_path / "vm-2" / "tiny"
     assert result.stdout.strip() == f"report: {directory / 'report.md'}"
@@ -196,10 +252,22 @@ def test_the_study_command_to_add_trials_resumes_the_campaign_as_it_was_defined(
     from rcutune.tuner.recommend import CampaignData, study_command
     from rcutune.tuner.search import QUICK_SETTINGS, make_seeds
 
-    data = CampaignData("phone-8-quick", "sqlite:///p.db", sim.load_hardware("phone-8"), sim.DEFAULT_KERNEL, "v",
-                        make_seeds(7, 4), [], {}, QUICK_SETTINGS.as_dict(), "multi")
-    assert study_command(data, ["steady"], 30) == ("rcutune study --hardware phone-8 --study phone-8-quick "
-                                                   "--workload steady --trials 30 --quick --seed 7 --storage sqlite:///p.db")
+    data = CampaignData(
+        "phone-8-quick",
+        "sqlite:///p.db",
+        sim.load_hardware("phone-8"),
+        sim.DEFAULT_KERNEL,
+        "v",
+        make_seeds(7, 4),
+        [],
+        {},
+        QUICK_SETTINGS.as_dict(),
+        "multi",
+    )
+    assert study_command(data, ["steady"], 30) == (
+        "rcutune study --hardware phone-8 --study phone-8-quick "
+        "--workload steady --trials 30 --quick --seed 7 --storage sqlite:///p.db"
+    )
 
 
 def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monkeypatch):
@@ -207,11 +275,13 @@ def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monke
     from rcutune.tuner.recommend import CampaignData, WorkloadData, unattainable, unhealthy
     from rcutune.tuner.surrogate import Accuracy, MetricSurrogate
 
-    oom = MetricSurrogate("oom_events", None, None, Accuracy("seed-determined", 10, None, None, None, False),
-                          per_seed=(0.0, 1.0))
+    oom = MetricSurrogate(
+        "oom_events", None, None, Accuracy("seed-determined", 10, None, None, None, False), per_seed=(0.0, 1.0)
+    )
     shaky = MetricSurrogate("fallback_cost", None, 1.0, Accuracy("ForestSurrogate", 10, 0.2, 0.1, 0.5))
-    w = WorkloadData("oom-storm", sim.load_workload("oom-storm"), 1.0, [], "c/oom-storm",
-                     {"oom_events": oom, "fallback_cost": shaky})
+    w = WorkloadData(
+        "oom-storm", sim.load_workload("oom-storm"), 1.0, [], "c/oom-storm", {"oom_events": oom, "fallback_cost": shaky}
+    )
     data = CampaignData("c", "sqlite:///x.db", sim.load_hardware("vm-2"), sim.DEFAULT_KERNEL, "v", (1, 2), [w], {})
     assert "OOM kill on 1 of 2 seeds under every policy" in unattainable(data, 0.95)["oom-storm"]
     assert unhealthy(data, 0.95) == {}, "its surrogates cannot change anything"
@@ -220,10 +290,13 @@ def test_a_workload_no_policy_can_serve_is_named_and_left_out_not_blocking(monke
 
 @pytest.mark.slow
 def test_study_report_recommend_agree_through_the_cli(studied, tmp_path):
-    result = CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path),
-                                      "--confirm-seeds", "2"])
+    result = CliRunner().invoke(
+        app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "2"]
+    )
     doc = json.loads((tmp_path / "vm-2" / "tiny" / "recommendation.json").read_text())
-    rec = CliRunner().invoke(app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--confirm-seeds", "2"])
+    rec = CliRunner().invoke(
+        app, ["recommend", "--hardware", "vm-2", "--storage", url(studied), "--confirm-seeds", "2"]
+    )
     if doc["kernel_cmdline"] is None:
         assert result.exit_code == 1 and rec.exit_code == 1
     else:
@@ -237,7 +310,9 @@ def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(s
 
     from rcutune import storage
 
-    CliRunner().invoke(app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "1"])
+    CliRunner().invoke(
+        app, ["report", "tiny", "--storage", url(studied), "--out", str(tmp_path), "--confirm-seeds", "1"]
+    )
     db = storage.open_database(url(studied), create=False)
     try:
         with db.session() as session:
@@ -265,9 +340,15 @@ def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
         runs = []
         for _ in range(2):
             noise = float(np.exp(rng.normal(0, 0.02)))
-            r = {"reserved_mib": reserved_mib(policy, hw), "fallback_cost": fallback(n) * noise,
-                 "call_latency_p99_us": 0.15, "sync_fallbacks_per_s": sync_per_s(n) * noise,
-                 "pending_peak_mib": 0.2 * noise, "oom_events": 0.0, "sync_stall_ms_per_s": 0.0}
+            r = {
+                "reserved_mib": reserved_mib(policy, hw),
+                "fallback_cost": fallback(n) * noise,
+                "call_latency_p99_us": 0.15,
+                "sync_fallbacks_per_s": sync_per_s(n) * noise,
+                "pending_peak_mib": 0.2 * noise,
+                "oom_events": 0.0,
+                "sync_stall_ms_per_s": 0.0,
+            }
             r["scalar"] = r["fallback_cost"] + r["reserved_mib"] / (hw.memory_mib / 1024)
             runs.append(r)
         trials.append(TrialPoint(number, policy, False, runs, True, (11, 22)))
@@ -330,8 +411,9 @@ def _fresh_vm2(workload: str, seconds: float = 0.5, seeds: int = 3):
     from rcutune.tuner.recommend import CampaignData, FreshRuns, WorkloadData
 
     w = WorkloadData(workload, sim.load_workload(workload), seconds, [], f"c/{workload}")
-    data = CampaignData("c", "sqlite:///unused.db", sim.load_hardware("vm-2"), sim.DEFAULT_KERNEL, "v",
-                        (1, 2, 3, 4), [w], {})
+    data = CampaignData(
+        "c", "sqlite:///unused.db", sim.load_hardware("vm-2"), sim.DEFAULT_KERNEL, "v", (1, 2, 3, 4), [w], {}
+    )
     return FreshRuns(data, fresh_seeds(data.seeds, seeds)), w
 
 
@@ -340,8 +422,9 @@ def test_a_knob_that_saves_nothing_on_fresh_seeds_goes_back_to_the_kernel_defaul
     from rcutune.tuner.recommend import minimal_change
 
     fresh, w = _fresh_vm2("steady")
-    searched = sim.Policy.kernel_default(sim.kernel_behaviour(sim.DEFAULT_KERNEL)).with_(n_per_cpu=8,
-                                                                                          refill_delay_ms=89000)
+    searched = sim.Policy.kernel_default(sim.kernel_behaviour(sim.DEFAULT_KERNEL)).with_(
+        n_per_cpu=8, refill_delay_ms=89000
+    )
     kept, changes = minimal_change(searched, [w], fresh, threshold=0.5)
     assert kept == searched.with_(refill_delay_ms=5000)
     (change,) = changes
@@ -356,8 +439,7 @@ def test_a_knob_that_pays_on_fresh_seeds_is_kept_with_what_it_buys():
     # Under vm-2's memory pressure the shrinker keeps setting the refill backoff: refilling at once
     # (0 ms) instead of after the default 5 s saves about 10 ms/s, far above the practical threshold.
     fresh, w = _fresh_vm2("memory-pressure", seconds=1.0)
-    searched = sim.Policy.kernel_default(sim.kernel_behaviour(sim.DEFAULT_KERNEL)).with_(n_per_cpu=2,
-                                                                                          refill_delay_ms=0)
+    searched = sim.Policy.kernel_default(sim.kernel_behaviour(sim.DEFAULT_KERNEL)).with_(n_per_cpu=2, refill_delay_ms=0)
     kept, (change,) = minimal_change(searched, [w], fresh, threshold=0.5)
     assert change.kept and kept == searched
     assert change.buys.mean > 0.5 and change.buys.ci95 is not None

@@ -12,7 +12,6 @@ the hot journal by a transaction killed once SQLite has spilled changed pages in
 from __future__ import annotations
 
 import random
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -34,8 +33,22 @@ from tests.support.study import files_digest, integrity, refuse, url
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--hardware", "vm-2", "--workload", "steady", "--seconds", "0.1", "--replications", "1",
-        "--race-replications", "1", "--jobs", "1", "--sampler", "random"]
+FAST = [
+    "--hardware",
+    "vm-2",
+    "--workload",
+    "steady",
+    "--seconds",
+    "0.1",
+    "--replications",
+    "1",
+    "--race-replications",
+    "1",
+    "--jobs",
+    "1",
+    "--sampler",
+    "random",
+]
 STUDY = "vm-2/steady"
 
 # Holds a read transaction begun before the resume writes, so no checkpoint can copy a frame, then
@@ -132,8 +145,9 @@ def killed(runner, tmp_path_factory) -> Killed:
     assert runner.run(study_argv(db, 2), log)[0] == 0
     assert not db.with_name("k.db-wal").exists()
     before = db.read_bytes()
-    keeper = subprocess.Popen([sys.executable, "-c", KEEPER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    keeper = subprocess.Popen(
+        [sys.executable, "-c", KEEPER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert keeper.stdout.readline().strip() == "reading"
         assert runner.run(study_argv(db, 1), log)[0] == 0, log.read_text()[-3000:]
@@ -202,14 +216,19 @@ def resumed_from(killed: Killed, kinds: tuple[str, ...]) -> list[DiskState]:
     size = killed.wal.page_size
     pages = list(killed.wal.newest_pages())
     torn = {1, pages[1]} | {p for p in pages if p * size > len(killed.db)}
-    return [s for s in checkpoint_states(killed) if s.kind in kinds
-            and (s.kind != "torn-write" or int(s.name.split("-")[1]) in torn)]
+    return [
+        s
+        for s in checkpoint_states(killed)
+        if s.kind in kinds and (s.kind != "torn-write" or int(s.name.split("-")[1]) in torn)
+    ]
 
 
-@pytest.mark.parametrize("kinds", [("copying",), ("torn-write", "copied", "power-cut")],
-                         ids=["copying", "torn-write-copied-power-cut"])
+@pytest.mark.parametrize(
+    "kinds", [("copying",), ("torn-write", "copied", "power-cut")], ids=["copying", "torn-write-copied-power-cut"]
+)
 def test_a_study_resumes_from_every_state_a_killed_checkpoint_leaves_losing_and_duplicating_nothing(
-        runner, killed, tmp_path, kinds):
+    runner, killed, tmp_path, kinds
+):
     states = resumed_from(killed, kinds)
     assert {s.kind for s in states} == set(kinds)
     for state in states:
@@ -217,18 +236,21 @@ def test_a_study_resumes_from_every_state_a_killed_checkpoint_leaves_losing_and_
 
 
 def test_a_study_resumes_from_a_wal_whose_last_transaction_was_torn_keeping_every_committed_one(
-        runner, killed, tmp_path):
+    runner, killed, tmp_path
+):
     torn = sqlite_states.torn_wal_states(killed.db, killed.wal)
     assert len(torn) >= 2
     for state, kept in torn:
-        committed = as_sqlite_finds(DiskState("kept", "torn-wal", killed.db, killed.wal.raw[:kept]),
-                                    tmp_path / f"{state.name}-kept")
+        committed = as_sqlite_finds(
+            DiskState("kept", "torn-wal", killed.db, killed.wal.raw[:kept]), tmp_path / f"{state.name}-kept"
+        )
         assert_resumes_keeping(runner, place(state, tmp_path / state.name, killed.shm), committed)
 
 
 def test_a_database_reached_through_a_link_is_judged_with_the_wal_beside_the_file_it_points_to(killed, tmp_path):
-    db = place(next(s for s in checkpoint_states(killed) if s.name.startswith("copied-1-of-")), tmp_path / "db",
-               killed.shm)
+    db = place(
+        next(s for s in checkpoint_states(killed) if s.name.startswith("copied-1-of-")), tmp_path / "db", killed.shm
+    )
     link = tmp_path / "elsewhere" / "link.db"
     link.parent.mkdir()
     link.symlink_to(db)
@@ -317,7 +339,7 @@ def _garble_outside_the_wal(killed: Killed) -> bytes:
     size = killed.wal.page_size
     out = bytearray(killed.db)
     for page in [p for p in range(2, len(killed.db) // size + 1) if p not in killed.wal.newest_pages()][::3]:
-        out[(page - 1) * size:page * size] = rng.randbytes(size)
+        out[(page - 1) * size : page * size] = rng.randbytes(size)
     return bytes(out)
 
 
@@ -328,7 +350,7 @@ def _ahead(killed: Killed) -> bytes:
 
 def _stale(killed: Killed) -> bytes:
     """The -wal after the next writer restarted it: a new header, every frame behind it stale."""
-    return killed.wal.restarted_header(0x5EED0002) + killed.wal.raw[sqlite_states.WAL_HEADER:]
+    return killed.wal.restarted_header(0x5EED0002) + killed.wal.raw[sqlite_states.WAL_HEADER :]
 
 
 DAMAGE = {
@@ -336,10 +358,14 @@ DAMAGE = {
     "truncated-its-wal-emptied": (lambda k: (_ahead(k), b""), "is truncated"),
     "truncated-its-wal-stale": (lambda k: (_ahead(k), _stale(k)), "is truncated"),
     "pages-garbled-beside-a-wal": (lambda k: (_garble_outside_the_wal(k), k.wal.raw), "is corrupt"),
-    "header-overwritten-beside-a-stale-wal": (lambda k: (b"\0" * 100 + k.db[100:], _stale(k)),
-                                              "is not a SQLite database"),
-    "text-beside-a-wal": (lambda k: (b"campaign = vm-2\ntrials = 3\n", k.wal.raw),
-                          "is not a SQLite database (a text file)"),
+    "header-overwritten-beside-a-stale-wal": (
+        lambda k: (b"\0" * 100 + k.db[100:], _stale(k)),
+        "is not a SQLite database",
+    ),
+    "text-beside-a-wal": (
+        lambda k: (b"campaign = vm-2\ntrials = 3\n", k.wal.raw),
+        "is not a SQLite database (a text file)",
+    ),
     "zero-length-beside-a-wal": (lambda k: (b"", k.wal.raw), "is empty (0 bytes)"),
 }
 
@@ -367,8 +393,11 @@ os._exit(0)
 
 
 def test_another_applications_database_is_refused_when_its_tables_are_still_in_the_wal(killed, tmp_path):
-    db = place(DiskState("copied", "copied", next(s.db for s in checkpoint_states(killed) if s.name == "wal-deleted"),
-                         None), tmp_path / "db", None)
+    db = place(
+        DiskState("copied", "copied", next(s.db for s in checkpoint_states(killed) if s.name == "wal-deleted"), None),
+        tmp_path / "db",
+        None,
+    )
     subprocess.run([sys.executable, "-c", FOREIGN_IN_WAL, str(db)], check=True, timeout=60)
     assert db.with_name("k.db-wal").stat().st_size > sqlite_states.WAL_HEADER
     refuse(db, ["studies", "--storage", url(db)], ("another application's database", "tables notes"))
@@ -377,8 +406,9 @@ def test_another_applications_database_is_refused_when_its_tables_are_still_in_t
 # -- other processes ---------------------------------------------------------------------------------
 def test_a_database_another_process_has_open_is_read_through_its_locks_not_copied(killed, tmp_path, monkeypatch):
     db = place(checkpoint_states(killed)[0], tmp_path / "db", killed.shm)
-    keeper = subprocess.Popen([sys.executable, "-c", KEEPER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True)
+    keeper = subprocess.Popen(
+        [sys.executable, "-c", KEEPER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert keeper.stdout.readline().strip() == "reading"
         stored = {name: digest for name, digest in files_digest(db.parent).items() if not name.endswith("-shm")}
@@ -394,8 +424,9 @@ def test_a_database_another_process_has_open_is_read_through_its_locks_not_copie
         keeper.wait(timeout=60)
 
 
-def test_a_database_checked_again_and_again_while_studies_start_write_and_finish_is_never_refused(runner, killed,
-                                                                                                  tmp_path):
+def test_a_database_checked_again_and_again_while_studies_start_write_and_finish_is_never_refused(
+    runner, killed, tmp_path
+):
     db = place(checkpoint_states(killed)[-1], tmp_path / "db", None)
     checks = 0
     for _ in range(3):
@@ -409,8 +440,9 @@ def test_a_database_checked_again_and_again_while_studies_start_write_and_finish
     assert integrity(db) == "ok"
 
 
-def test_a_file_that_a_writer_completes_while_it_is_checked_is_looked_at_again_not_refused(killed, tmp_path,
-                                                                                           monkeypatch):
+def test_a_file_that_a_writer_completes_while_it_is_checked_is_looked_at_again_not_refused(
+    killed, tmp_path, monkeypatch
+):
     states = {s.name: s for s in checkpoint_states(killed)}
     db = place(DiskState("truncated-alone", "damage", _ahead(killed), None), tmp_path / "db", None)
     real = _sqlite_file._check_once
@@ -434,11 +466,13 @@ def test_a_file_that_a_writer_completes_while_it_is_checked_is_looked_at_again_n
 
 
 # -- no room for a private copy --------------------------------------------------------------------
-def test_without_room_for_a_copy_the_file_is_read_in_place_and_its_data_left_byte_identical(killed, hot, tmp_path,
-                                                                                           monkeypatch):
+def test_without_room_for_a_copy_the_file_is_read_in_place_and_its_data_left_byte_identical(
+    killed, hot, tmp_path, monkeypatch
+):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-directory"))
-    ahead = place(next(s for s in checkpoint_states(killed) if s.name.startswith("copied-1-of-")),
-                  tmp_path / "ahead", killed.shm)
+    ahead = place(
+        next(s for s in checkpoint_states(killed) if s.name.startswith("copied-1-of-")), tmp_path / "ahead", killed.shm
+    )
     journal = place_hot(hot, tmp_path / "hot")
     for db in (ahead, journal):
         stored = {n: d for n, d in files_digest(db.parent).items() if not n.endswith("-shm")}

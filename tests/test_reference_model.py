@@ -20,9 +20,13 @@ SEEDS = range(8)
 
 CASES = {
     "steady-N1": ("vm-2", "steady", sim.Policy(n_per_cpu=1), 2.0, {}),
-    "pressure-N0": ("vm-2", "memory-pressure", sim.Policy(n_per_cpu=0), 3.0,
-                    {"workload.anon_fraction": 0.9, "workload.anon_fraction_end": 0.999,
-                     "hardware.file_cache_fraction": 0.02}),
+    "pressure-N0": (
+        "vm-2",
+        "memory-pressure",
+        sim.Policy(n_per_cpu=0),
+        3.0,
+        {"workload.anon_fraction": 0.9, "workload.anon_fraction_end": 0.999, "hardware.file_cache_fraction": 0.02},
+    ),
 }
 
 TOLERANCE = {  # metric: relative tolerance

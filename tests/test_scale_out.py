@@ -40,8 +40,21 @@ def _create(url: str, *args: str, trials: int = BUDGET, workloads: tuple[str, ..
 
 
 def _worker(url: str, out: Path, *args: str) -> subprocess.Popen:
-    argv = [sys.executable, "-m", "rcutune.tuner.cli", "worker", "--study", "vm-2", "--storage", url,
-            "--heartbeat-interval", "1", "--grace-period", "5", *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "rcutune.tuner.cli",
+        "worker",
+        "--study",
+        "vm-2",
+        "--storage",
+        url,
+        "--heartbeat-interval",
+        "1",
+        "--grace-period",
+        "5",
+        *args,
+    ]
     with out.open("w") as sink:
         return subprocess.Popen(argv, env=_env(), stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -63,7 +76,8 @@ def _trials(url: str, workload: str) -> list[optuna.trial.FrozenTrial]:
 
 _RUNNING_WITH_WORKER = sa.text(
     "SELECT t.trial_id, a.value_json FROM trials t JOIN trial_user_attributes a "
-    "ON a.trial_id = t.trial_id AND a.key = 'worker' WHERE t.state = 'RUNNING'")
+    "ON a.trial_id = t.trial_id AND a.key = 'worker' WHERE t.state = 'RUNNING'"
+)
 
 
 def _wait(procs: list[subprocess.Popen], timeout: float) -> None:
@@ -106,8 +120,9 @@ def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed
                 if done >= 2 and pid in pids:  # midway: some trials done, this one mid-simulation
                     os.killpg(pid, signal.SIGSTOP)  # freeze it, then make sure it is still on that trial
                     with engine.connect() as conn:
-                        state = conn.execute(sa.text("SELECT state FROM trials WHERE trial_id = :id"),
-                                             {"id": trial_id}).scalar()
+                        state = conn.execute(
+                            sa.text("SELECT state FROM trials WHERE trial_id = :id"), {"id": trial_id}
+                        ).scalar()
                     if state == "RUNNING":
                         victim = (pids[pid], json.loads(worker))
                         break
@@ -133,9 +148,23 @@ def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed
         trials = _trials(postgres_url, w)
         states = [t.state for t in trials]
         assert states.count(TrialState.COMPLETE) == BUDGET, (w, states)
-        assert TrialState.RUNNING not in states and TrialState.WAITING not in states, "\n".join(map(str, [
-            (t.number, t.state.name, t.params, t.user_attrs.get("worker"), t.user_attrs.get("retry_of"), t.system_attrs)
-            for t in trials] + outputs))
+        assert TrialState.RUNNING not in states and TrialState.WAITING not in states, "\n".join(
+            map(
+                str,
+                [
+                    (
+                        t.number,
+                        t.state.name,
+                        t.params,
+                        t.user_attrs.get("worker"),
+                        t.user_attrs.get("retry_of"),
+                        t.system_attrs,
+                    )
+                    for t in trials
+                ]
+                + outputs,
+            )
+        )
         numbers = [t.number for t in trials]
         assert len(numbers) == len(set(numbers))
         complete = [json.dumps(t.params, sort_keys=True) for t in trials if t.state == TrialState.COMPLETE]
@@ -151,7 +180,9 @@ def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed
     assert retried, "the killed worker's trial was failed and run again"
 
 
-def test_a_trial_left_running_without_any_heartbeat_is_failed_after_the_grace_period_and_retried(postgres_url, tmp_path):
+def test_a_trial_left_running_without_any_heartbeat_is_failed_after_the_grace_period_and_retried(
+    postgres_url, tmp_path
+):
     # A worker killed between asking for its trial and its first heartbeat leaves exactly this.
     assert _create(postgres_url, trials=2, workloads=("steady",)).exit_code == 0
     with _study(postgres_url, "steady") as study:
@@ -167,7 +198,8 @@ def test_a_trial_left_running_without_any_heartbeat_is_failed_after_the_grace_pe
 
 _RUNNING_MID_PROTOCOL = sa.text(
     "SELECT t.number FROM trials t WHERE t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM trial_user_attributes a "
-    "WHERE a.trial_id = t.trial_id AND a.key = 'low_fidelity')")
+    "WHERE a.trial_id = t.trial_id AND a.key = 'low_fidelity')"
+)
 
 
 def test_a_worker_stopped_with_sigterm_hands_its_trial_back_at_once(postgres_url, tmp_path):
@@ -207,17 +239,32 @@ def test_a_worker_stopped_with_sigterm_hands_its_trial_back_at_once(postgres_url
 
 def test_every_command_works_on_postgresql(postgres_url, tmp_path):
     runner = CliRunner()
-    study = runner.invoke(app, ["study", *TINY, "--storage", postgres_url, "--trials", "10", "--study", "tiny",
-                                "--workload", "steady"])
+    study = runner.invoke(
+        app, ["study", *TINY, "--storage", postgres_url, "--trials", "10", "--study", "tiny", "--workload", "steady"]
+    )
     assert study.exit_code == 0, study.output
     listing = runner.invoke(app, ["studies", "--storage", postgres_url])
     assert listing.exit_code == 0 and listing.output.startswith("tiny: vm-2, kernel 6.18")
-    report = runner.invoke(app, ["report", "tiny", "--storage", postgres_url, "--out", str(tmp_path),
-                                 "--confirm-seeds", "1"])
+    report = runner.invoke(
+        app, ["report", "tiny", "--storage", postgres_url, "--out", str(tmp_path), "--confirm-seeds", "1"]
+    )
     assert report.exit_code == 0, report.output
     assert (tmp_path / "vm-2" / "tiny" / "recommendation.json").exists()
-    recommend = runner.invoke(app, ["recommend", "--hardware", "vm-2", "--storage", postgres_url, "--study", "tiny",
-                                    "--json", "--confirm-seeds", "1"])
+    recommend = runner.invoke(
+        app,
+        [
+            "recommend",
+            "--hardware",
+            "vm-2",
+            "--storage",
+            postgres_url,
+            "--study",
+            "tiny",
+            "--json",
+            "--confirm-seeds",
+            "1",
+        ],
+    )
     assert recommend.exit_code == 0, recommend.output
     assert json.loads(recommend.output)["campaign"] == "tiny"
 
@@ -231,8 +278,9 @@ def test_a_single_writer_study_refuses_a_campaign_whose_workers_are_running(post
         study._storage.record_heartbeat(trial._trial_id)  # as a live worker does
         with engine.connect() as conn:
             before = conn.execute(sa.text("SELECT count(*), max(trial_id) FROM trials")).one()
-        result = CliRunner().invoke(app, ["study", *TINY, "--storage", postgres_url, "--trials", "2",
-                                          "--workload", "steady"])
+        result = CliRunner().invoke(
+            app, ["study", *TINY, "--storage", postgres_url, "--trials", "2", "--workload", "steady"]
+        )
         assert result.exit_code == 2
         assert "running in rcutune worker processes" in result.output and "Traceback" not in result.output
         with engine.connect() as conn:
@@ -241,16 +289,23 @@ def test_a_single_writer_study_refuses_a_campaign_whose_workers_are_running(post
     engine.dispose()
 
 
-@pytest.mark.parametrize(("setup", "args", "named"), [
-    ("none", ["--storage", "sqlite:///{tmp}/w.db"], "needs a database server"),
-    ("none", [], "no campaign named 'vm-2'"),
-    ("run", [], "has no trial budget"),
-    ("budget", ["--grace-period", "5", "--heartbeat-interval", "5"], "must be longer than --heartbeat-interval"),
-])
+@pytest.mark.parametrize(
+    ("setup", "args", "named"),
+    [
+        ("none", ["--storage", "sqlite:///{tmp}/w.db"], "needs a database server"),
+        ("none", [], "no campaign named 'vm-2'"),
+        ("run", [], "has no trial budget"),
+        ("budget", ["--grace-period", "5", "--heartbeat-interval", "5"], "must be longer than --heartbeat-interval"),
+    ],
+)
 def test_worker_bad_input_is_one_line_and_exit_2(postgres_url, tmp_path, setup, args, named):
     if setup == "run":
-        assert CliRunner().invoke(app, ["study", *TINY, "--storage", postgres_url, "--trials", "1",
-                                        "--workload", "steady"]).exit_code == 0
+        assert (
+            CliRunner()
+            .invoke(app, ["study", *TINY, "--storage", postgres_url, "--trials", "1", "--workload", "steady"])
+            .exit_code
+            == 0
+        )
     elif setup == "budget":
         assert _create(postgres_url, trials=1, workloads=("steady",)).exit_code == 0
     args = [a.format(tmp=tmp_path) for a in args]

@@ -19,7 +19,6 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
-
 from tests.support import postgres_server
 from tests.support.study import TINY
 from tests.support.workers import check_campaign, reported, start_worker, stop_all, wait_all
@@ -85,8 +84,7 @@ def outputs(paths: list[Path]) -> str:
     return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in paths)
 
 
-def test_four_workers_ride_out_a_fast_restart_and_a_20_s_stop_losing_and_running_twice_nothing(cluster, url,
-                                                                                             tmp_path):
+def test_four_workers_ride_out_a_fast_restart_and_a_20_s_stop_losing_and_running_twice_nothing(cluster, url, tmp_path):
     create(url, "outage", 14, ("steady", "bursty"))
     outs = [tmp_path / f"worker-{i}.out" for i in range(4)]
     errs = [tmp_path / f"worker-{i}.err" for i in range(4)]
@@ -111,12 +109,14 @@ def test_four_workers_ride_out_a_fast_restart_and_a_20_s_stop_losing_and_running
         # The 20 s stop is one outage for every worker; the restart (a fraction of a second) is seen
         # only by a worker that had a statement in flight: the others reconnect without a word.
         assert 1 <= len(lines) <= 2, outputs(errs)
-        assert all(line.startswith("worker: lost the database") and "reconnecting for up to 120 s" in line
-                   for line in lines), outputs(errs)
+        assert all(
+            line.startswith("worker: lost the database") and "reconnecting for up to 120 s" in line for line in lines
+        ), outputs(errs)
 
 
 def test_a_server_away_longer_than_db_timeout_ends_each_worker_with_exit_1_and_the_campaign_resumes_later(
-        cluster, url, tmp_path):
+    cluster, url, tmp_path
+):
     create(url, "away", 6, ("steady",))
     outs = [tmp_path / f"worker-{i}.out" for i in range(2)]
     errs = [tmp_path / f"worker-{i}.err" for i in range(2)]
@@ -138,7 +138,8 @@ def test_a_server_away_longer_than_db_timeout_ends_each_worker_with_exit_1_and_t
         errors = [line for line in text.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "stayed unreachable for 6 s" in errors[0] and "this worker stops" in errors[0], text
         assert [line for line in text.splitlines() if not line.startswith("error:")] == [
-            line for line in text.splitlines() if line.startswith("worker: lost the database")], text
+            line for line in text.splitlines() if line.startswith("worker: lost the database")
+        ], text
     # Back, the campaign resumes: the trials the two workers held are failed by their stale heartbeats
     # and run again.
     last = start_worker(url, "away", tmp_path / "last.out", *FAST_BEATS, err=tmp_path / "last.err")
@@ -156,7 +157,8 @@ _RUNNING_MID_PROTOCOL = sa.text(
     "SELECT t.trial_id, t.number, a.value_json FROM trials t "
     "JOIN trial_user_attributes a ON a.trial_id = t.trial_id AND a.key = 'worker' "
     "WHERE t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM trial_user_attributes f "
-    "WHERE f.trial_id = t.trial_id AND f.key = 'low_fidelity')")
+    "WHERE f.trial_id = t.trial_id AND f.key = 'low_fidelity')"
+)
 
 
 def running_mid_protocol(url: str, pid: int) -> tuple[int, int] | None:
@@ -204,8 +206,9 @@ def test_a_worker_cut_off_longer_than_the_grace_period_drops_its_result_and_the_
     finally:
         stop_all([a, b])
     assert (a.returncode, b.returncode) == (0, 0), outputs(outs)
-    assert f"#{number} fail" in outs[0].read_text() and "dropped: another worker declared it stale" in \
-        outs[0].read_text(), outputs(outs)
+    assert (
+        f"#{number} fail" in outs[0].read_text() and "dropped: another worker declared it stale" in outs[0].read_text()
+    ), outputs(outs)
     check = check_campaign(url, "cut", reported("cut", [o.read_text() for o in outs]))
     assert (check.lost, check.duplicated, check.stuck_running, check.problems) == (0, 0, 0, []), outputs(outs)
 
@@ -238,7 +241,9 @@ def test_a_batch_queued_twice_runs_once_and_its_copies_are_failed_unrun(postgres
     trials = {t.number: t for t in study.get_trials()}
     rdb.engine.dispose()
     assert [trials[n].state.name for n in range(4, 8)] == ["FAIL"] * 4, text
-    assert all(trials[n].user_attrs["fail_reason"].startswith(f"redundant: a second copy of batch 0 slot {n - 4}")
-               for n in range(4, 8))
+    assert all(
+        trials[n].user_attrs["fail_reason"].startswith(f"redundant: a second copy of batch 0 slot {n - 4}")
+        for n in range(4, 8)
+    )
     check = check_campaign(postgres_url, "twice", reported("twice", [text]))
     assert (check.trials, check.lost, check.duplicated, check.stuck_running, check.problems) == (8, 0, 0, 0, []), text

@@ -28,9 +28,26 @@ def rcutune(*args: str, cwd: Path | None = None) -> SimpleNamespace:
 
 @pytest.mark.slow
 def test_the_console_entry_point_runs_as_a_process(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "rcutune.tuner.cli", "simulate", "--hardware", "vm-2",
-                           "--workload", "steady", "--seconds", "0.2", "--json"], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120, env={**os.environ, "COLUMNS": "80"})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rcutune.tuner.cli",
+            "simulate",
+            "--hardware",
+            "vm-2",
+            "--workload",
+            "steady",
+            "--seconds",
+            "0.2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "80"},
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["hardware"] == "vm-2"
     version = subprocess.run(["rcutune", "--version"], capture_output=True, text=True, timeout=120)
@@ -73,8 +90,9 @@ def test_simulate_labels_what_ifs():
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", list(sim.KERNELS))
 def test_simulate_runs_every_kernel(kernel):
-    out = rcutune("simulate", "-H", "phone-8", "-W", "rcuscale", "--kernel", kernel, "--json",
-                  "--set", "workload.kfree_loops=2")
+    out = rcutune(
+        "simulate", "-H", "phone-8", "-W", "rcuscale", "--kernel", kernel, "--json", "--set", "workload.kfree_loops=2"
+    )
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["kernel"] == kernel
@@ -83,8 +101,18 @@ def test_simulate_runs_every_kernel(kernel):
 
 
 def test_set_overrides_reach_the_model():
-    out = rcutune("simulate", "-H", "vm-2", "-W", "rcuscale", "--json",
-                  "--set", "hardware.cpus=4", "--set", "workload.kfree_loops=3")
+    out = rcutune(
+        "simulate",
+        "-H",
+        "vm-2",
+        "-W",
+        "rcuscale",
+        "--json",
+        "--set",
+        "hardware.cpus=4",
+        "--set",
+        "workload.kfree_loops=3",
+    )
     data = json.loads(out.stdout)
     assert data["calls"] == 4 * 3 * 8000
 
@@ -122,15 +150,18 @@ def test_bad_values_are_one_line_errors(args, expected):
     assert expected in lines[0]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("cpus = 4\nmemory_mib = 10\n", ":2: memory_mib=10"),
-    ("cpus = 4\nmemory_mib = [\n", "malformed TOML"),
-    ("cpus = 4\nmemory_mib = 1024\ncpu_count = 3\n", "unknown hardware key 'cpu_count'"),
-    ("cpus = '4'\nmemory_mib = 1024\n", "cpus='4'"),
-    ("memory_mib = 1024\n", "missing required key 'cpus'"),
-    ("cpus = 4\nmemory_mib = 1024\n[extra]\nx = 1\n", "one flat table"),
-    ("cpus = 4\nmemory_mib = 1024\npage_size = 8192\n", "one of 4096, 16384, 65536"),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("cpus = 4\nmemory_mib = 10\n", ":2: memory_mib=10"),
+        ("cpus = 4\nmemory_mib = [\n", "malformed TOML"),
+        ("cpus = 4\nmemory_mib = 1024\ncpu_count = 3\n", "unknown hardware key 'cpu_count'"),
+        ("cpus = '4'\nmemory_mib = 1024\n", "cpus='4'"),
+        ("memory_mib = 1024\n", "missing required key 'cpus'"),
+        ("cpus = 4\nmemory_mib = 1024\n[extra]\nx = 1\n", "one flat table"),
+        ("cpus = 4\nmemory_mib = 1024\npage_size = 8192\n", "one of 4096, 16384, 65536"),
+    ],
+)
 def test_bad_profile_files_name_file_key_and_range(tmp_path, text, expected):
     path = _bad(tmp_path, "machine.toml", text)
     out = rcutune("simulate", "-H", path, "-W", "steady", "--seconds", "0.1")
@@ -146,14 +177,17 @@ def test_a_binary_file_is_refused(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr and str(path) in out.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["-H", "vm-2", "-W", "steady", "--n-per-cpu", "-1"],
-    ["-H", "vm-2", "-W", "steady", "--n-per-cpu", "2.5"],
-    ["-H", "vm-2", "-W", "steady", "--kernel", "4.19"],
-    ["-H", "vm-2", "-W", "steady", "--layout", "mempool"],
-    ["-H", "vm-2", "-W", "steady", "--seed", "-3"],
-    ["-H", "vm-2"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-H", "vm-2", "-W", "steady", "--n-per-cpu", "-1"],
+        ["-H", "vm-2", "-W", "steady", "--n-per-cpu", "2.5"],
+        ["-H", "vm-2", "-W", "steady", "--kernel", "4.19"],
+        ["-H", "vm-2", "-W", "steady", "--layout", "mempool"],
+        ["-H", "vm-2", "-W", "steady", "--seed", "-3"],
+        ["-H", "vm-2"],
+    ],
+)
 def test_malformed_flags_are_usage_errors(args):
     out = rcutune("simulate", *args)
     assert out.returncode == 2

@@ -33,11 +33,16 @@ def test_invariants_hold_on_large_machines(hardware):
 
 
 @pytest.mark.parametrize("kernel", list(sim.KERNELS))
-@pytest.mark.parametrize("workload,settings", [
-    ("steady", {}), ("oom-storm", {}), ("rcuscale", {"workload.kfree_loops": 3}),
-    ("rcuscale", {"workload.kfree_loops": 20, "workload.kfree_by_call_rcu": "true"}),
-    ("rcuscale", {"workload.kfree_loops": 5, "workload.kfree_rcu_test_single": "true"}),
-])
+@pytest.mark.parametrize(
+    "workload,settings",
+    [
+        ("steady", {}),
+        ("oom-storm", {}),
+        ("rcuscale", {"workload.kfree_loops": 3}),
+        ("rcuscale", {"workload.kfree_loops": 20, "workload.kfree_by_call_rcu": "true"}),
+        ("rcuscale", {"workload.kfree_loops": 5, "workload.kfree_rcu_test_single": "true"}),
+    ],
+)
 def test_invariants_hold_for_every_kernel(kernel, workload, settings):
     hw, wl = load("phone-8", workload, **settings)
     policy = sim.Policy.kernel_default(sim.kernel_behaviour(kernel))
@@ -86,19 +91,21 @@ policies = st.builds(
     st.sampled_from([0.0, 0.0, 0.02, 0.1]),
 )
 
-overrides = st.fixed_dictionaries({
-    "hardware.cpus": st.integers(1, 12),
-    "hardware.memory_mib": st.sampled_from([256, 512, 2048]),
-    "hardware.nocb_cpus": st.integers(0, 1),
-    "workload.calls_per_s_per_cpu": st.sampled_from([500.0, 5000.0, 40000.0]),
-    "workload.headless_fraction": st.floats(0.0, 1.0),
-    "workload.vmalloc_fraction": st.sampled_from([0.0, 0.05]),
-    "workload.pressure": st.sampled_from(['"steady"', '"ramp"', '"storm"']),
-    "workload.anon_fraction": st.floats(0.1, 0.8),
-    "workload.anon_fraction_end": st.floats(0.5, 1.1),
-    "workload.storm_fraction": st.floats(0.0, 0.6),
-    "workload.chain_bytes_per_pending_byte": st.sampled_from([0.0, 2.0]),
-})
+overrides = st.fixed_dictionaries(
+    {
+        "hardware.cpus": st.integers(1, 12),
+        "hardware.memory_mib": st.sampled_from([256, 512, 2048]),
+        "hardware.nocb_cpus": st.integers(0, 1),
+        "workload.calls_per_s_per_cpu": st.sampled_from([500.0, 5000.0, 40000.0]),
+        "workload.headless_fraction": st.floats(0.0, 1.0),
+        "workload.vmalloc_fraction": st.sampled_from([0.0, 0.05]),
+        "workload.pressure": st.sampled_from(['"steady"', '"ramp"', '"storm"']),
+        "workload.anon_fraction": st.floats(0.1, 0.8),
+        "workload.anon_fraction_end": st.floats(0.5, 1.1),
+        "workload.storm_fraction": st.floats(0.0, 0.6),
+        "workload.chain_bytes_per_pending_byte": st.sampled_from([0.0, 2.0]),
+    }
+)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

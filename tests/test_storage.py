@@ -19,9 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _campaign(name: str) -> Campaign:
-    return Campaign(name=name, hardware_name="vm-2", hardware_profile="cpus = 2", hardware_sha256="0" * 64,
-                    kernel="6.3", simulator_version="1.0.0", search_space={}, search_space_sha256="0" * 64,
-                    objective="multi", seeds=[1, 2], settings={})
+    return Campaign(
+        name=name,
+        hardware_name="vm-2",
+        hardware_profile="cpus = 2",
+        hardware_sha256="0" * 64,
+        kernel="6.3",
+        simulator_version="1.0.0",
+        search_space={},
+        search_space_sha256="0" * 64,
+        objective="multi",
+        seeds=[1, 2],
+        settings={},
+    )
 
 
 def test_the_default_url_is_rcutune_db_here_unless_the_environment_says_otherwise(monkeypatch):
@@ -53,7 +63,8 @@ def test_a_new_database_records_its_schema_version(tmp_path):
         with db.session() as session:
             assert session.scalar(sa.select(storage.SchemaVersion.version)) == storage.SCHEMA_VERSION
         assert {"rcutune_campaigns", "rcutune_studies", "rcutune_surrogates", "rcutune_recommendations"} <= set(
-            sa.inspect(db.engine).get_table_names())
+            sa.inspect(db.engine).get_table_names()
+        )
     finally:
         db.close()
 
@@ -99,7 +110,10 @@ def test_a_campaign_owned_by_a_live_process_cannot_be_claimed(tmp_path):
         with db.session() as session:
             c = _campaign("busy")
             session.add(c)
-            c.owner, c.owner_heartbeat_at = f"{storage.this_owner().rsplit(':', 1)[0]}:{sleeper.pid}", storage._schema.utcnow()
+            c.owner, c.owner_heartbeat_at = (
+                f"{storage.this_owner().rsplit(':', 1)[0]}:{sleeper.pid}",
+                storage._schema.utcnow(),
+            )
         with db.session() as session, pytest.raises(storage.CampaignBusy, match="is being run by"):
             storage.claim_campaign(session, storage.find_campaign(session, "busy"))
     finally:
@@ -118,7 +132,10 @@ def test_a_remote_owner_is_alive_only_while_its_heartbeat_is_fresh():
 
 
 def test_storage_imports_neither_tuner_nor_sim():
-    code = "import sys; from rcutune import storage; print(sorted(m for m in ('rcutune.tuner', 'rcutune.sim') if m in sys.modules))"
+    code = (
+        "import sys; from rcutune import storage; "
+        "print(sorted(m for m in ('rcutune.tuner', 'rcutune.sim') if m in sys.modules))"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -46,9 +46,13 @@ def test_completed_trials_store_replications_confidence_intervals_and_constraint
     assert set(attrs["summary"]["fallback_cost"]) == {"mean", "ci95"}
     named = {k: v for k, v in trial.constraints.items() if not k.isdigit()}  # "0", "1", ...: the positional list
     assert set(named) == {"oom", "p99_latency", "sync_fallbacks", "pending_peak"}
-    assert trial.system_attrs["constraints"] == [named[k] for k in ("oom", "p99_latency", "sync_fallbacks", "pending_peak")]
+    assert trial.system_attrs["constraints"] == [
+        named[k] for k in ("oom", "p99_latency", "sync_fallbacks", "pending_peak")
+    ]
     assert attrs["policy"]["n_per_cpu"] == 5 and attrs["low_fidelity"]["seconds"] == pytest.approx(0.06)
-    assert trial.values == pytest.approx([sum(attrs["replications"][k][:2]) / 2 for k in ("reserved_mib", "fallback_cost")])
+    assert trial.values == pytest.approx(
+        [sum(attrs["replications"][k][:2]) / 2 for k in ("reserved_mib", "fallback_cost")]
+    )
 
 
 def test_resume_adds_exactly_the_requested_trials(tmp_path):
@@ -62,13 +66,16 @@ def test_resume_adds_exactly_the_requested_trials(tmp_path):
     assert [t.state for t in stored if not t.state.is_finished()] == [TrialState.WAITING] * 3
 
 
-@pytest.mark.parametrize(("change", "named"), [
-    (["--set", "hardware.memory_mib=2048"], "hardware profile vm-2 (memory_mib: 1024 -> 2048)"),
-    (["--kernel", "6.1"], "kernel version (6.18 -> 6.1)"),
-    (["--fix", "layout=global"], "search space"),
-    (["--seed", "7"], "seed list"),
-    (["--set", "workload.calls_per_s_per_cpu=9000"], "workload profile steady"),
-])
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (["--set", "hardware.memory_mib=2048"], "hardware profile vm-2 (memory_mib: 1024 -> 2048)"),
+        (["--kernel", "6.1"], "kernel version (6.18 -> 6.1)"),
+        (["--fix", "layout=global"], "search space"),
+        (["--seed", "7"], "seed list"),
+        (["--set", "workload.calls_per_s_per_cpu=9000"], "workload profile steady"),
+    ],
+)
 def test_a_changed_definition_is_refused_and_leaves_the_file_byte_identical(tiny_db, change, named):
     before = file_digest(tiny_db)
     result = run_study(tiny_db, "--trials", "1", *change, workloads=("steady",))
@@ -86,14 +93,17 @@ def test_new_starts_a_fresh_campaign_beside_the_old(tmp_path):
     assert integrity(db) == "ok"
 
 
-@pytest.mark.parametrize("args", [
-    ["--hardware", "no-such-box"],
-    ["--fix", "n_per_cpu=many"],
-    ["--fix", "colour=blue"],
-    ["--kernel", "5.5"],
-    ["--study", "bad name!"],
-    ["--set", "hardware.cpus=0"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--hardware", "no-such-box"],
+        ["--fix", "n_per_cpu=many"],
+        ["--fix", "colour=blue"],
+        ["--kernel", "5.5"],
+        ["--study", "bad name!"],
+        ["--set", "hardware.cpus=0"],
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_creates_no_database(tmp_path, args):
     db = tmp_path / "bad.db"
     result = run_study(db, "--trials", "1", *args)
@@ -168,4 +178,3 @@ def test_the_tpe_search_tries_the_neighbours_of_its_best_trial(tmp_path):
         assert len(changed) == 1
         if changed == {"n_per_cpu"}:
             assert abs(t.params["n_per_cpu"] - best["n_per_cpu"]) == 1
-

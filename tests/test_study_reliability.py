@@ -36,10 +36,22 @@ def _complete_count(db: Path) -> int:
 def test_kill_9_at_a_random_moment_then_resume_loses_nothing(tmp_path):
     db = tmp_path / "k.db"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    argv = [sys.executable, "-m", "rcutune.tuner.cli", "study", *TINY, "--jobs", "2", "--workload", "steady",
-            "--trials", "200", "--storage", url(db)]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    argv = [
+        sys.executable,
+        "-m",
+        "rcutune.tuner.cli",
+        "study",
+        *TINY,
+        "--jobs",
+        "2",
+        "--workload",
+        "steady",
+        "--trials",
+        "200",
+        "--storage",
+        url(db),
+    ]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 300  # a loaded machine starts the workers slowly
         while _complete_count(db) < 3 and time.monotonic() < deadline and proc.poll() is None:
@@ -66,8 +78,9 @@ def test_kill_9_at_a_random_moment_then_resume_loses_nothing(tmp_path):
     assert not [t for t in after.values() if t.state == TrialState.RUNNING]
     # Retries and the queued rest of the batch go first: what still waits is a later batch's.
     waiting = [t for t in after.values() if t.state == TrialState.WAITING]
-    assert all(t.user_attrs.get("batch", 0) > max(after[n].user_attrs.get("batch", 0) for n in completed)
-               for t in waiting)
+    assert all(
+        t.user_attrs.get("batch", 0) > max(after[n].user_attrs.get("batch", 0) for n in completed) for t in waiting
+    )
     retried = {t.user_attrs.get("retry_of") for t in after.values()}
     for n in interrupted:
         assert after[n].state == TrialState.FAIL and after[n].user_attrs["fail_reason"].startswith("interrupted")
@@ -77,8 +90,7 @@ def test_kill_9_at_a_random_moment_then_resume_loses_nothing(tmp_path):
 
 
 def _results(db: Path) -> set:
-    return {(tuple(sorted(t.params.items())), t.state.name, tuple(t.values or ()))
-            for t in trials(db, "vm-2/steady")}
+    return {(tuple(sorted(t.params.items())), t.state.name, tuple(t.values or ())) for t in trials(db, "vm-2/steady")}
 
 
 def test_two_workers_give_the_same_trial_results_as_one_for_a_seeded_random_sampler(tmp_path):

@@ -19,8 +19,14 @@ def _metrics(**changes):
 
 def test_the_full_space_on_the_newest_kernel_has_every_parameter():
     assert build_search_space("6.3", 8).names() == (
-        "n_per_cpu", "layout", "shared_reserve_pages", "refill_delay_ms", "refill_low_watermark_fraction",
-        "emergency_reserve_fraction", "prealloc_at_boot")
+        "n_per_cpu",
+        "layout",
+        "shared_reserve_pages",
+        "refill_delay_ms",
+        "refill_low_watermark_fraction",
+        "emergency_reserve_fraction",
+        "prealloc_at_boot",
+    )
 
 
 def test_the_refill_delay_is_searched_only_where_the_shrinker_backs_off_refills():
@@ -52,15 +58,18 @@ def test_fix_pins_a_parameter_and_drops_what_depends_on_it():
     assert space.policy({}).n_per_cpu == 7
 
 
-@pytest.mark.parametrize(("items", "message"), [
-    (["n_per_cpu"], "expected key=value"),
-    (["colour=red"], "unknown parameter"),
-    (["n_per_cpu=lots"], "expected a whole number"),
-    (["n_per_cpu=2.5"], "expected a whole number"),
-    (["emergency_reserve_fraction=nan"], "expected a finite number"),
-    (["layout=ring"], "choose one of"),
-    (["prealloc_at_boot=maybe"], "true or false"),
-])
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        (["n_per_cpu"], "expected key=value"),
+        (["colour=red"], "unknown parameter"),
+        (["n_per_cpu=lots"], "expected a whole number"),
+        (["n_per_cpu=2.5"], "expected a whole number"),
+        (["emergency_reserve_fraction=nan"], "expected a finite number"),
+        (["layout=ring"], "choose one of"),
+        (["prealloc_at_boot=maybe"], "true or false"),
+    ],
+)
 def test_bad_fix_items_are_user_errors(items, message):
     with pytest.raises(UserError, match=message):
         parse_fix(items)
@@ -91,17 +100,28 @@ def test_reserved_memory_is_the_cache_reservation_in_mib():
 def test_fallback_cost_counts_stalls_lock_waits_head_fallbacks_and_pending_peak():
     # The model reports the extra CPU time rcu_head-list frees took over kfree_bulk() (by allocator and
     # by where the free ran): 1 ms of it over 2 s counts as 0.5 ms/s.
-    hw, m = _metrics(sim_seconds=2.0, sync_stall_seconds=0.010, lock_wait_seconds=0.002, head_fallbacks=1000,
-                     head_extra_cpu_seconds=0.001, bytes_pending_peak=0.0)
+    hw, m = _metrics(
+        sim_seconds=2.0,
+        sync_stall_seconds=0.010,
+        lock_wait_seconds=0.002,
+        head_fallbacks=1000,
+        head_extra_cpu_seconds=0.001,
+        bytes_pending_peak=0.0,
+    )
     assert objective_values(m, hw)["fallback_cost"] == pytest.approx(1000 * 0.012 / 2 + 1.0 / 2)
-    hw, m = _metrics(sim_seconds=1.0, sync_stall_seconds=0, lock_wait_seconds=0, head_fallbacks=0,
-                     head_extra_cpu_seconds=0.0, bytes_pending_peak=hw.slo_pending_peak_mib * 2**20)
+    hw, m = _metrics(
+        sim_seconds=1.0,
+        sync_stall_seconds=0,
+        lock_wait_seconds=0,
+        head_fallbacks=0,
+        head_extra_cpu_seconds=0.0,
+        bytes_pending_peak=hw.slo_pending_peak_mib * 2**20,
+    )
     assert objective_values(m, hw)["fallback_cost"] == pytest.approx(1.0)  # a peak at the SLO costs 1 ms/s
 
 
 def test_constraints_are_feasible_at_or_below_zero():
-    hw, m = _metrics(oom_events=0, call_latency_p99_us=25.0, sync_fallbacks=0, sim_seconds=1.0,
-                     bytes_pending_peak=0.0)
+    hw, m = _metrics(oom_events=0, call_latency_p99_us=25.0, sync_fallbacks=0, sim_seconds=1.0, bytes_pending_peak=0.0)
     c = constraint_values([m], hw)
     assert c["oom"] == 0 and c["p99_latency"] == pytest.approx(25.0 / hw.slo_p99_call_latency_us - 1)
     assert c["p99_latency"] < 0
@@ -120,7 +140,9 @@ def test_the_scalar_objective_weighs_reserved_memory_by_the_machine_size():
     assert values["scalar"] == pytest.approx(values["fallback_cost"] + 1.0 / (hw.memory_mib / 1024))
 
 
-@pytest.mark.parametrize("item", ["n_per_cpu=-1", "n_per_cpu=129", "refill_delay_ms=-5", "emergency_reserve_fraction=0.9"])
+@pytest.mark.parametrize(
+    "item", ["n_per_cpu=-1", "n_per_cpu=129", "refill_delay_ms=-5", "emergency_reserve_fraction=0.9"]
+)
 def test_a_fixed_value_outside_the_modelled_range_is_refused(item):
     with pytest.raises(UserError, match="outside the range rcutune models"):
         build_search_space("6.3", 8, fixed=parse_fix([item]))

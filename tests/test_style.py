@@ -20,8 +20,9 @@ def _python_files() -> list[Path]:
 
 
 def test_code_imports_the_installed_namespace_never_a_folder_by_its_own_name():
-    offenders = [f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p in _python_files()
-                 for m in BARE.finditer(p.read_text())]
+    offenders = [
+        f"{p.relative_to(ROOT)}: {m.group(0).strip()}" for p in _python_files() for m in BARE.finditer(p.read_text())
+    ]
     assert offenders == []
 
 

@@ -11,8 +11,18 @@ from rcutune.tuner.surrogate import Accuracy, ForestSurrogate, GPSurrogate, exac
 
 
 def _policies(ns, layout="per-cpu"):
-    return [{"n_per_cpu": n, "layout": layout, "shared_reserve_pages": 0, "refill_delay_ms": 5000,
-             "refill_low_watermark": 0, "prealloc_at_boot": False, "emergency_reserve_fraction": 0.0} for n in ns]
+    return [
+        {
+            "n_per_cpu": n,
+            "layout": layout,
+            "shared_reserve_pages": 0,
+            "refill_delay_ms": 5000,
+            "refill_low_watermark": 0,
+            "prealloc_at_boot": False,
+            "emergency_reserve_fraction": 0.0,
+        }
+        for n in ns
+    ]
 
 
 @pytest.mark.parametrize("estimator", [GPSurrogate(), ForestSurrogate(n_estimators=30)])

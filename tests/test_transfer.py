@@ -16,8 +16,9 @@ def family(tmp_path_factory):
     """Two studied members of the vm-2 family, 2 and 4 vCPUs, in one database."""
     db = tmp_path_factory.mktemp("transfer") / "rcutune.db"
     for cpus in (2, 4):
-        result = run_study(db, "--trials", "8", "--study", f"vm-{cpus}cpu", "--set", f"hardware.cpus={cpus}",
-                           workloads=("nocb-flood",))
+        result = run_study(
+            db, "--trials", "8", "--study", f"vm-{cpus}cpu", "--set", f"hardware.cpus={cpus}", workloads=("nocb-flood",)
+        )
         assert result.exit_code == 0, result.output
     return [load_campaign(url(db), f"vm-{cpus}cpu") for cpus in (2, 4)]
 
@@ -43,7 +44,9 @@ def test_leave_one_profile_out_measures_the_error_of_extrapolating(family):
     # Fallback cost is summed over the CPUs and transferred in proportion to their count: on a flood of
     # frees, halving or doubling the CPUs keeps the trials' ranking and level (printed with -s).
     for e in by_metric["fallback_cost"]:
-        print(f"{e.source} -> {e.target}: fallback_cost R² {e.r2:.3f}, coverage {e.coverage:.2f}, "
-              f"widened {e.coverage_widened:.2f}")
+        print(
+            f"{e.source} -> {e.target}: fallback_cost R² {e.r2:.3f}, coverage {e.coverage:.2f}, "
+            f"widened {e.coverage_widened:.2f}"
+        )
         assert e.r2 is not None and np.isfinite(e.r2) and e.r2 >= 0.8
         assert e.coverage_widened >= 0.8

@@ -60,8 +60,9 @@ def test_the_real_single_trace_says_what_it_could_not_see(tmp_path):
 @pytest.mark.slow
 def test_a_captured_workload_runs_in_the_model(tmp_path):
     out, _ = _capture(DOUBLE, tmp_path)
-    metrics = sim.simulate(sim.load_hardware("vm-2"), sim.load_workload(str(out)), sim.Policy(), kernel="6.1",
-                           seconds=0.2, seed=3)
+    metrics = sim.simulate(
+        sim.load_hardware("vm-2"), sim.load_workload(str(out)), sim.Policy(), kernel="6.1", seconds=0.2, seed=3
+    )
     assert metrics.calls > 0 and metrics.calls == metrics.objects_freed + metrics.objects_pending_end
 
 
@@ -91,8 +92,16 @@ def test_call_events_show_bursts_and_which_cpus_called(tmp_path):
 
 def test_slab_era_reclaims_do_not_say_which_cpu_called(tmp_path):
     """From 6.14 ("slab") reclaim runs on an unbound workqueue: the CPU of a reclaim is not the caller's."""
-    lines = [_line("kworker/u8:1", 3, 1.0 + 0.5 * i, "rcu_invoke_kfree_bulk_callback", "slab bulk=0x0000000012ab "
-                   "nr_records=507") for i in range(10)]
+    lines = [
+        _line(
+            "kworker/u8:1",
+            3,
+            1.0 + 0.5 * i,
+            "rcu_invoke_kfree_bulk_callback",
+            "slab bulk=0x0000000012ab nr_records=507",
+        )
+        for i in range(10)
+    ]
     trace = tmp_path / "slab.trace"
     trace.write_text("\n".join(lines) + "\n")
     captured = capture_workload(trace, cpus=8)
@@ -101,16 +110,30 @@ def test_slab_era_reclaims_do_not_say_which_cpu_called(tmp_path):
     assert any("kfree_rcu_sheaf" in a for a in captured.assumed)
 
 
-@pytest.mark.parametrize("content, args, says", [
-    ("nothing traced here\n", [], "no rcu_invoke_kfree_bulk_callback"),
-    (_line("kworker/0:1", 0, 1.0, "rcu_invoke_kfree_bulk_callback", "rcu_sched bulk=0x1 records=3") + "\n", [],
-     "do not read as the kernel prints them"),
-    (_line("kworker/3:1", 3, 1.0, "rcu_invoke_kvfree_callback", "rcu_sched rhp=0x1 func=8") + "\n"
-     + _line("kworker/3:1", 3, 2.0, "rcu_invoke_kvfree_callback", "rcu_sched rhp=0x1 func=8") + "\n",
-     ["--cpus", "2"], "give at least 4"),
-    (_line("kworker/0:1", 0, 1.0, "rcu_invoke_kvfree_callback", "rcu_sched rhp=0x1 func=8") + "\n", [],
-     "give --duration"),
-])
+@pytest.mark.parametrize(
+    "content, args, says",
+    [
+        ("nothing traced here\n", [], "no rcu_invoke_kfree_bulk_callback"),
+        (
+            _line("kworker/0:1", 0, 1.0, "rcu_invoke_kfree_bulk_callback", "rcu_sched bulk=0x1 records=3") + "\n",
+            [],
+            "do not read as the kernel prints them",
+        ),
+        (
+            _line("kworker/3:1", 3, 1.0, "rcu_invoke_kvfree_callback", "rcu_sched rhp=0x1 func=8")
+            + "\n"
+            + _line("kworker/3:1", 3, 2.0, "rcu_invoke_kvfree_callback", "rcu_sched rhp=0x1 func=8")
+            + "\n",
+            ["--cpus", "2"],
+            "give at least 4",
+        ),
+        (
+            _line("kworker/0:1", 0, 1.0, "rcu_invoke_kvfree_callback", "rcu_sched rhp=0x1 func=8") + "\n",
+            [],
+            "give --duration",
+        ),
+    ],
+)
 def test_a_trace_that_cannot_be_read_is_refused_in_one_line(tmp_path, content, args, says):
     trace = tmp_path / "bad.trace"
     trace.write_text(content)

@@ -137,8 +137,10 @@ def stored() -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     if argv[1:] == ["--write"]:
-        STORE.write_text(json.dumps({"simulator_version": sim.SIMULATOR_VERSION, "fingerprint": fingerprint()},
-                                    indent=2) + "\n", encoding="utf-8")
+        STORE.write_text(
+            json.dumps({"simulator_version": sim.SIMULATOR_VERSION, "fingerprint": fingerprint()}, indent=2) + "\n",
+            encoding="utf-8",
+        )
         print(f"{STORE.name}: {sim.SIMULATOR_VERSION}")
         return 0
     print(json.dumps({"simulator_version": sim.SIMULATOR_VERSION, "fingerprint": fingerprint()}))

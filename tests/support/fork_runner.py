@@ -36,8 +36,9 @@ def main() -> None:
         request = json.loads(line)
         if "prepare" in request:
             p = request["prepare"]
-            prepared = prepare_report(p["url"], p["name"], Path(p["out"]), confidence=p["confidence"],
-                                      confirm_seeds=p["confirm_seeds"])
+            prepared = prepare_report(
+                p["url"], p["name"], Path(p["out"]), confidence=p["confidence"], confirm_seeds=p["confirm_seeds"]
+            )
             print(json.dumps({"prepared": True}), flush=True)
             continue
         pid = os.fork()
@@ -74,8 +75,13 @@ class ForkRunner:
 
     def __init__(self, root: Path, cwd: Path) -> None:
         env = {**os.environ, "PYTHONPATH": str(root)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.support.fork_runner"], cwd=cwd, env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.fork_runner"],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
         self._buffer = b""
 
     def start(self, argv: list[str], log: Path) -> int:
@@ -84,8 +90,18 @@ class ForkRunner:
 
     def prepare_report(self, url: str, name: str, out: Path, *, confidence: float, confirm_seeds: int) -> None:
         """Compute a report in the runner, once; `start_publish` then writes it."""
-        self._ask({"prepare": {"url": url, "name": name, "out": str(out), "confidence": confidence,
-                               "confirm_seeds": confirm_seeds}}, timeout=600)
+        self._ask(
+            {
+                "prepare": {
+                    "url": url,
+                    "name": name,
+                    "out": str(out),
+                    "confidence": confidence,
+                    "confirm_seeds": confirm_seeds,
+                }
+            },
+            timeout=600,
+        )
 
     def start_publish(self, log: Path) -> int:
         """Start writing the prepared report; returns the writer's pid."""

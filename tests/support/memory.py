@@ -57,7 +57,7 @@ class PeakRSS:
         with self._lock:
             self._roots[pid] = label
 
-    def start(self) -> "PeakRSS":
+    def start(self) -> PeakRSS:
         self._thread.start()
         return self
 

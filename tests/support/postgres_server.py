@@ -29,8 +29,10 @@ class NoPostgres(Exception):
 
 def find_initdb() -> Path | None:
     """The newest distribution initdb, or None."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: [
-        int(x) if x.isdigit() else 0 for x in Path(p).parts[-3].split(".")])
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: [int(x) if x.isdigit() else 0 for x in Path(p).parts[-3].split(".")],
+    )
     if found:
         return Path(found[-1])
     on_path = shutil.which("initdb")
@@ -72,14 +74,20 @@ class Cluster:
             raise
 
     def _run(self, program: str, *args: str, check: bool = True) -> int:
-        return subprocess.run([*self._as_postgres, str(self.bindir / program), *args], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, check=check).returncode
+        return subprocess.run(
+            [*self._as_postgres, str(self.bindir / program), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=check,
+        ).returncode
 
     def _ctl(self, *args: str, check: bool = True) -> int:
-        options = (f"-k {self.directory} -c listen_addresses=127.0.0.1 -p {self.port} -c max_connections=200 "
-                   "-c fsync=off")
-        return self._run("pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-o", options,
-                         *args, check=check)
+        options = (
+            f"-k {self.directory} -c listen_addresses=127.0.0.1 -p {self.port} -c max_connections=200 -c fsync=off"
+        )
+        return self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.directory / "log"), "-w", "-o", options, *args, check=check
+        )
 
     def start(self) -> None:
         self._ctl("start")
@@ -139,8 +147,9 @@ def _admin(server_url: str):
     from sqlalchemy.engine import make_url
 
     u = make_url(server_url)
-    return psycopg.connect(host=u.host, port=u.port, user=u.username, password=u.password,
-                           dbname=u.database or "postgres", autocommit=True)
+    return psycopg.connect(
+        host=u.host, port=u.port, user=u.username, password=u.password, dbname=u.database or "postgres", autocommit=True
+    )
 
 
 @contextmanager

@@ -20,8 +20,14 @@ def _caller(model: Model, krc, schedule: RateSchedule, rng: np.random.Generator)
     """One CPU's callers: a Poisson process, thinned per millisecond slot to the scheduled rate."""
     env = model.env
     w = model.workload
-    mix = np.array([(1 - w.headless_fraction) * (1 - w.vmalloc_fraction), (1 - w.headless_fraction) * w.vmalloc_fraction,
-                    w.headless_fraction * (1 - w.vmalloc_fraction), w.headless_fraction * w.vmalloc_fraction])
+    mix = np.array(
+        [
+            (1 - w.headless_fraction) * (1 - w.vmalloc_fraction),
+            (1 - w.headless_fraction) * w.vmalloc_fraction,
+            w.headless_fraction * (1 - w.vmalloc_fraction),
+            w.headless_fraction * w.vmalloc_fraction,
+        ]
+    )
     peak = max(1e-9, w.calls_per_s_per_cpu * float(schedule.weights[:, krc.cpu].max()) * float(schedule.burst.max()))
     kinds = np.eye(4, dtype=np.int64)
     while True:
@@ -37,8 +43,15 @@ def _caller(model: Model, krc, schedule: RateSchedule, rng: np.random.Generator)
         krc.book(now, tuple(int(x) for x in kinds[kind]), now)
 
 
-def simulate_per_call(hardware: sim.HardwareProfile, workload: sim.WorkloadProfile, policy: sim.Policy, *,
-                      seconds: float, seed: int, kernel: str = sim.DEFAULT_KERNEL) -> sim.Metrics:
+def simulate_per_call(
+    hardware: sim.HardwareProfile,
+    workload: sim.WorkloadProfile,
+    policy: sim.Policy,
+    *,
+    seconds: float,
+    seed: int,
+    kernel: str = sim.DEFAULT_KERNEL,
+) -> sim.Metrics:
     """The reference run; same inputs and outputs as `sim.simulate` (open-loop workloads only)."""
     assert workload.shape == "open"
     model = Model(hardware, workload, policy, sim.kernel_behaviour(kernel), seconds, seed)

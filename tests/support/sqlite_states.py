@@ -70,8 +70,15 @@ class Wal:
 
     def restarted_header(self, salt2: int) -> bytes:
         """The header the next writer puts over this -wal once a checkpoint has copied all of it."""
-        fields = struct.pack(">6I", _WAL_MAGIC | self.big_endian, 3007000, self.page_size,
-                             self.checkpoint_seq + 1, (self.salts[0] + 1) & 0xFFFFFFFF, salt2)
+        fields = struct.pack(
+            ">6I",
+            _WAL_MAGIC | self.big_endian,
+            3007000,
+            self.page_size,
+            self.checkpoint_seq + 1,
+            (self.salts[0] + 1) & 0xFFFFFFFF,
+            salt2,
+        )
         return fields + struct.pack(">2I", *wal_checksum(fields, self.big_endian))
 
 
@@ -88,9 +95,9 @@ def read_wal(raw: bytes) -> Wal:
     committed = 0
     offset = WAL_HEADER
     while offset + FRAME_HEADER + page_size <= len(raw):
-        page, commit_size, s1, s2, f0, f1 = struct.unpack(">6I", raw[offset:offset + FRAME_HEADER])
-        data = raw[offset + FRAME_HEADER:offset + FRAME_HEADER + page_size]
-        sums = wal_checksum(raw[offset:offset + 8] + data, big_endian, *sums)
+        page, commit_size, s1, s2, f0, f1 = struct.unpack(">6I", raw[offset : offset + FRAME_HEADER])
+        data = raw[offset + FRAME_HEADER : offset + FRAME_HEADER + page_size]
+        sums = wal_checksum(raw[offset : offset + 8] + data, big_endian, *sums)
         if (s1, s2) != (salt1, salt2) or sums != (f0, f1) or page == 0:
             break
         offset += FRAME_HEADER + page_size
@@ -109,7 +116,7 @@ def write_pages(db: bytes, pages: dict[int, bytes], page_size: int) -> bytes:
         start = (page - 1) * page_size
         if len(out) < start:
             out.extend(bytes(start - len(out)))
-        out[start:start + len(data)] = data
+        out[start : start + len(data)] = data
     return bytes(out)
 
 
@@ -164,8 +171,14 @@ def checkpoint_states(db: bytes, wal: Wal, *, seed: int = 0) -> list[DiskState]:
     rng = random.Random(seed)
     for i in range(4):
         subset = dict(rng.sample(pages, rng.randint(1, len(pages) - 1)))
-        states.append(DiskState(f"power-cut-{i}-{len(subset)}-of-{len(pages)}-pages", "power-cut",
-                                write_pages(db, subset, size), wal.raw))
+        states.append(
+            DiskState(
+                f"power-cut-{i}-{len(subset)}-of-{len(pages)}-pages",
+                "power-cut",
+                write_pages(db, subset, size),
+                wal.raw,
+            )
+        )
     return states
 
 
@@ -179,21 +192,24 @@ def torn_wal_states(db: bytes, wal: Wal) -> list[tuple[DiskState, int]]:
     kept, last = ends[-2], ends[-1]
     frame = FRAME_HEADER + wal.page_size
     cuts = {"after-a-whole-frame": kept + frame, "mid-page": kept + frame // 2, "mid-commit-header": last - frame + 10}
-    return [(DiskState(f"wal-torn-{name}", "torn-wal", db, wal.raw[:cut]), kept) for name, cut in cuts.items()
-            if kept < cut < last]
+    return [
+        (DiskState(f"wal-torn-{name}", "torn-wal", db, wal.raw[:cut]), kept)
+        for name, cut in cuts.items()
+        if kept < cut < last
+    ]
 
 
 def journal_pages(journal: bytes) -> list[int]:
     """The pages a rollback journal holds the original content of (every segment's synced records)."""
     pages: list[int] = []
     offset, sector, page_size = 0, 0, 0
-    while journal[offset:offset + 8] == _JOURNAL_MAGIC:
-        n_rec = int.from_bytes(journal[offset + 8:offset + 12], "big")
+    while journal[offset : offset + 8] == _JOURNAL_MAGIC:
+        n_rec = int.from_bytes(journal[offset + 8 : offset + 12], "big")
         if not sector:
-            sector, page_size = struct.unpack(">2I", journal[offset + 20:offset + 28])
+            sector, page_size = struct.unpack(">2I", journal[offset + 20 : offset + 28])
         record = 4 + page_size + 4
         start = offset + sector
-        pages += [int.from_bytes(journal[start + i * record:start + i * record + 4], "big") for i in range(n_rec)]
+        pages += [int.from_bytes(journal[start + i * record : start + i * record + 4], "big") for i in range(n_rec)]
         offset = -(-(start + n_rec * record) // sector) * sector
     return pages
 
@@ -201,5 +217,10 @@ def journal_pages(journal: bytes) -> list[int]:
 def with_super_journal(journal: bytes, name: str) -> bytes:
     """`journal` as one database's journal of a multi-database transaction: it ends naming their super-journal."""
     raw = name.encode()
-    return (journal + struct.pack(">I", 0x40000000 // 4096 + 1) + raw + struct.pack(">II", len(raw), sum(raw))
-            + _JOURNAL_MAGIC)
+    return (
+        journal
+        + struct.pack(">I", 0x40000000 // 4096 + 1)
+        + raw
+        + struct.pack(">II", len(raw), sum(raw))
+        + _JOURNAL_MAGIC
+    )

@@ -103,7 +103,7 @@ class CampaignCheck:
     def integrity(self) -> str:
         return "ok" if not self.problems else "bad"
 
-    def add(self, other: "CampaignCheck") -> None:
+    def add(self, other: CampaignCheck) -> None:
         self.trials += other.trials
         self.lost += other.lost
         self.duplicated += other.duplicated
@@ -135,15 +135,22 @@ def check_campaign(url: str, campaign: str, finished: Iterable[tuple[str, str, i
         with engine.connect() as conn:
             if engine.dialect.name == "postgresql":  # one snapshot for every query below
                 conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
-            studies = conn.execute(sa.text(
-                "SELECT s.workload_name, s.optuna_study_name FROM rcutune_studies s JOIN rcutune_campaigns c "
-                "ON c.id = s.campaign_id WHERE c.name = :name ORDER BY s.id"), {"name": campaign}).all()
+            studies = conn.execute(
+                sa.text(
+                    "SELECT s.workload_name, s.optuna_study_name FROM rcutune_studies s JOIN rcutune_campaigns c "
+                    "ON c.id = s.campaign_id WHERE c.name = :name ORDER BY s.id"
+                ),
+                {"name": campaign},
+            ).all()
             if not studies:
                 check.problems.append(f"{campaign}: no studies")
             for table, (column, parent, key) in _ORPHANS.items():
-                orphans = conn.execute(sa.text(
-                    f"SELECT count(*) FROM {table} x LEFT JOIN {parent} p ON p.{key} = x.{column} "
-                    f"WHERE p.{key} IS NULL")).scalar()
+                orphans = conn.execute(
+                    sa.text(
+                        f"SELECT count(*) FROM {table} x LEFT JOIN {parent} p ON p.{key} = x.{column} "
+                        f"WHERE p.{key} IS NULL"
+                    )
+                ).scalar()
                 if orphans:
                     check.problems.append(f"{table}: {orphans} rows point at no {parent} row")
             states: dict[tuple[str, int], str] = {}
@@ -158,29 +165,42 @@ def check_campaign(url: str, campaign: str, finished: Iterable[tuple[str, str, i
     return check
 
 
-def _check_study(conn: sa.Connection, campaign: str, workload: str, optuna_name: str,
-                 states: dict[tuple[str, int], str]) -> CampaignCheck:
+def _check_study(
+    conn: sa.Connection, campaign: str, workload: str, optuna_name: str, states: dict[tuple[str, int], str]
+) -> CampaignCheck:
     check = CampaignCheck()
     where = f"{campaign}/{workload}"
     study_id = conn.execute(sa.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": optuna_name}).scalar()
     if study_id is None:
         check.problems.append(f"{where}: no Optuna study {optuna_name}")
         return check
-    budget = conn.execute(sa.text(
-        "SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'budget'"), {"s": study_id}).scalar()
-    objectives = conn.execute(sa.text("SELECT count(*) FROM study_directions WHERE study_id = :s"),
-                              {"s": study_id}).scalar()
-    rows = conn.execute(sa.text("SELECT trial_id, number, state FROM trials WHERE study_id = :s ORDER BY number"),
-                        {"s": study_id}).all()
+    budget = conn.execute(
+        sa.text("SELECT value_json FROM study_user_attributes WHERE study_id = :s AND key = 'budget'"), {"s": study_id}
+    ).scalar()
+    objectives = conn.execute(
+        sa.text("SELECT count(*) FROM study_directions WHERE study_id = :s"), {"s": study_id}
+    ).scalar()
+    rows = conn.execute(
+        sa.text("SELECT trial_id, number, state FROM trials WHERE study_id = :s ORDER BY number"), {"s": study_id}
+    ).all()
     attrs: dict[int, dict[str, object]] = {tid: {} for tid, _, _ in rows}
-    for tid, key, value in conn.execute(sa.text(
+    for tid, key, value in conn.execute(
+        sa.text(
             "SELECT a.trial_id, a.key, a.value_json FROM trial_user_attributes a "
             "JOIN trials t ON t.trial_id = a.trial_id "
-            "WHERE t.study_id = :s AND a.key IN ('batch', 'slot', 'replications', 'pruned_by')"), {"s": study_id}):
+            "WHERE t.study_id = :s AND a.key IN ('batch', 'slot', 'replications', 'pruned_by')"
+        ),
+        {"s": study_id},
+    ):
         attrs[tid][key] = json.loads(value)
-    values = Counter(conn.execute(sa.text(
-        "SELECT v.trial_id FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id WHERE t.study_id = :s"),
-        {"s": study_id}).scalars())
+    values = Counter(
+        conn.execute(
+            sa.text(
+                "SELECT v.trial_id FROM trial_values v JOIN trials t ON t.trial_id = v.trial_id WHERE t.study_id = :s"
+            ),
+            {"s": study_id},
+        ).scalars()
+    )
     numbers = [number for _, number, _ in rows]
     if numbers != list(range(len(numbers))):
         check.problems.append(f"{where}: trial numbers are not 0..{len(numbers) - 1} (repeats or gaps)")

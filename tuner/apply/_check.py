@@ -29,8 +29,9 @@ class ParamCheck:
 
     def line(self) -> str:
         if self.running is None:
-            return f"{self.name}: not in this kernel ({self.source}); recommended {self.recommended}: " + \
-                ("nothing to apply" if self.applied else "NOT applicable")
+            return f"{self.name}: not in this kernel ({self.source}); recommended {self.recommended}: " + (
+                "nothing to apply" if self.applied else "NOT applicable"
+            )
         verdict = "applied" if self.applied else "NOT applied"
         where = "" if self.source.startswith("/sys/") else f" ({self.source})"
         return f"{self.name}: running {self.running}{where}, recommended {self.recommended}: {verdict}"
@@ -51,16 +52,21 @@ class CheckResult:
         return all(p.applied for p in self.params)
 
     def lines(self) -> list[str]:
-        out = [f"campaign {self.campaign} (kernel {self.kernel}) on Linux {self.machine.release} "
-               f"(modelled as {self.machine.kernel})"]
+        out = [
+            f"campaign {self.campaign} (kernel {self.kernel}) on Linux {self.machine.release} "
+            f"(modelled as {self.machine.kernel})"
+        ]
         out += list(self.notes)
         out += [p.line() for p in self.params]
         if self.applied:
             out.append("applied: the running kernel uses the recommended values")
         else:
             args = self.missing_args
-            out.append(f"not applied: boot with {args}" if args else
-                       f"not applied: Linux {self.machine.kernel} lacks a parameter the recommendation sets")
+            out.append(
+                f"not applied: boot with {args}"
+                if args
+                else f"not applied: Linux {self.machine.kernel} lacks a parameter the recommendation sets"
+            )
         return out
 
     @property
@@ -76,8 +82,10 @@ def check(machine: Machine, rec: Recommendation) -> CheckResult:
         UserError: the campaign has no overall recommendation to check against.
     """
     if rec.overall is None:
-        raise UserError(f"campaign {rec.campaign} has no recommendation to check against"
-                        + (f"; run: {rec.fix_command}" if rec.fix_command else "; run rcutune report for why"))
+        raise UserError(
+            f"campaign {rec.campaign} has no recommendation to check against"
+            + (f"; run: {rec.fix_command}" if rec.fix_command else "; run rcutune report for why")
+        )
     policy = rec.overall.policy
     recommended = {"rcu_min_cached_objs": policy.n_per_cpu, "rcu_delay_page_cache_fill_msec": policy.refill_delay_ms}
     running = machine.behaviour
@@ -88,27 +96,42 @@ def check(machine: Machine, rec: Recommendation) -> CheckResult:
     theirs = [modelled.boot_param(n) for n in modelled.boot_params()]
     ours = [running.boot_param(n) for n in running.boot_params()]
     if ours and modelled.param_module != running.param_module:
-        notes.append(f"the recommendation was made for kernel {rec.kernel}; its names are {modelled.param_module}.*, "
-                     f"this kernel's {running.param_module}.*")
+        notes.append(
+            f"the recommendation was made for kernel {rec.kernel}; its names are {modelled.param_module}.*, "
+            f"this kernel's {running.param_module}.*"
+        )
     elif theirs != ours:
-        notes.append(f"the recommendation was made for kernel {rec.kernel} ({', '.join(theirs)}); "
-                     f"this kernel has {', '.join(ours) or 'none of them'}")
+        notes.append(
+            f"the recommendation was made for kernel {rec.kernel} ({', '.join(theirs)}); "
+            f"this kernel has {', '.join(ours) or 'none of them'}"
+        )
     elif rec.kernel != machine.kernel:
-        notes.append(f"the recommendation was made for kernel {rec.kernel}; this one is modelled as "
-                     f"{machine.kernel} (same parameter names)")
+        notes.append(
+            f"the recommendation was made for kernel {rec.kernel}; this one is modelled as "
+            f"{machine.kernel} (same parameter names)"
+        )
     given = dict(arg.partition("=")[::2] for arg in machine.cmdline)
     for name in CACHE_PARAMS:
         for module in PARAM_MODULES:
             arg = f"{module}.{name}"
             if module != running.param_module and arg in given:
-                notes.append(f"/proc/cmdline has {arg}={given[arg]}, which Linux {machine.kernel} ignores "
-                             f"(its name is {running.boot_param(name)})")
+                notes.append(
+                    f"/proc/cmdline has {arg}={given[arg]}, which Linux {machine.kernel} ignores "
+                    f"(its name is {running.boot_param(name)})"
+                )
     checks = []
     for name in CACHE_PARAMS:
         want = int(recommended[name])
         if name not in running.boot_params():
-            checks.append(ParamCheck(name, None, f"Linux {machine.kernel} has no {name}", want,
-                                     applied=want == _stock_value(name, modelled)))
+            checks.append(
+                ParamCheck(
+                    name,
+                    None,
+                    f"Linux {machine.kernel} has no {name}",
+                    want,
+                    applied=want == _stock_value(name, modelled),
+                )
+            )
             continue
         value, source = _running_value(machine, name, defaults[name])
         checks.append(ParamCheck(running.boot_param(name), value, source, want, applied=value == want))
@@ -129,4 +152,3 @@ def _running_value(machine: Machine, name: str, default: int) -> tuple[int, str]
     if value is not None and value.strip().lstrip("-").isdigit():
         return int(value), "from /proc/cmdline"
     return int(default), f"the default: no /sys/module/{machine.behaviour.param_module}/parameters/{name}"
-

@@ -21,9 +21,11 @@ def boot_config(rec: Recommendation, fmt: str) -> str:
 
 
 def _grub(rec: Recommendation, args: str) -> str:
-    return (f"# /etc/default/grub: append, then run update-grub (Debian, Ubuntu) or "
-            f"grub2-mkconfig -o /boot/grub2/grub.cfg (Fedora, RHEL); reboot\n"
-            f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {args}"')
+    return (
+        f"# /etc/default/grub: append, then run update-grub (Debian, Ubuntu) or "
+        f"grub2-mkconfig -o /boot/grub2/grub.cfg (Fedora, RHEL); reboot\n"
+        f'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT {args}"'
+    )
 
 
 def _grubby(rec: Recommendation, args: str) -> str:
@@ -31,11 +33,17 @@ def _grubby(rec: Recommendation, args: str) -> str:
 
 
 def _tuned(rec: Recommendation, args: str) -> str:
-    return (f"# /etc/tuned/rcutune/tuned.conf, then: tuned-adm profile rcutune (it adds to the current one "
-            f"with tuned-adm profile <current> rcutune); reboot\n"
-            f"[main]\nsummary=rcutune: kvfree_rcu() page cache for {rec.hardware} (campaign {rec.campaign}, "
-            f"Linux {rec.kernel})\n\n[bootloader]\ncmdline_rcutune={args}")
+    return (
+        f"# /etc/tuned/rcutune/tuned.conf, then: tuned-adm profile rcutune (it adds to the current one "
+        f"with tuned-adm profile <current> rcutune); reboot\n"
+        f"[main]\nsummary=rcutune: kvfree_rcu() page cache for {rec.hardware} (campaign {rec.campaign}, "
+        f"Linux {rec.kernel})\n\n[bootloader]\ncmdline_rcutune={args}"
+    )
 
 
 _RENDER: dict[str, Callable[[Recommendation, str], str]] = {
-    "cmdline": lambda rec, args: args, "grub": _grub, "grubby": _grubby, "tuned": _tuned}
+    "cmdline": lambda rec, args: args,
+    "grub": _grub,
+    "grubby": _grubby,
+    "tuned": _tuned,
+}

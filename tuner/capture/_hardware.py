@@ -52,10 +52,12 @@ def _allowed(key: str, value: Any) -> bool:
 _MINIMAL = {"name": "probe", "cpus": 4096, "memory_mib": 65536}
 
 
-def nearest_shipped(cpus: int | None, memory_mib: int | None, page_size: int | None, hz: int | None,
-                    nocb_cpus: int | None) -> sim.HardwareProfile:
+def nearest_shipped(
+    cpus: int | None, memory_mib: int | None, page_size: int | None, hz: int | None, nocb_cpus: int | None
+) -> sim.HardwareProfile:
     """The shipped machine profile closest to these facts: CPU count counts twice as much as memory
     (both on a log scale), then page size, the share of offloaded CPUs and HZ."""
+
     def distance(p: sim.HardwareProfile) -> float:
         d = 0.0
         if cpus:
@@ -106,10 +108,13 @@ class HardwareCapture:
         lines += [f"#   {k}: {source}" for k, source in self.read.items()]
         for fact, why in m.unread.items():
             lines.append(f"#   not read: {fact} ({why})")
-        lines.append(f"# Not readable from a running system, so taken from the nearest shipped profile "
-                     f"'{self.nearest.name}'")
-        lines.append(f"# ({self.nearest.cpus} CPUs, {self.nearest.memory_mib} MiB, HZ={self.nearest.hz}); "
-                     "measure them to do better:")
+        lines.append(
+            f"# Not readable from a running system, so taken from the nearest shipped profile '{self.nearest.name}'"
+        )
+        lines.append(
+            f"# ({self.nearest.cpus} CPUs, {self.nearest.memory_mib} MiB, HZ={self.nearest.hz}); "
+            "measure them to do better:"
+        )
         lines += comment(", ".join(self.borrowed))
         lines.append(f"# Next: {self.study_command(path)}")
         lines.append(f"description = {json.dumps(self.keys_description())}")
@@ -118,7 +123,10 @@ class HardwareCapture:
 
     def keys_description(self) -> str:
         m = self.machine
-        return f"captured: Linux {m.release} (modelled as {m.kernel}), {self.keys['cpus']} CPUs, {self.keys['memory_mib']} MiB"
+        return (
+            f"captured: Linux {m.release} (modelled as {m.kernel}), "
+            f"{self.keys['cpus']} CPUs, {self.keys['memory_mib']} MiB"
+        )
 
 
 def _toml_value(value: Any) -> str:
@@ -138,8 +146,11 @@ def capture_hardware(root: Path | str = "/") -> HardwareCapture:
     m = read_machine(root)
     got = machine_keys(m)
     nearest = nearest_shipped(*(got.get(k, (None,))[0] for k in ("cpus", "memory_mib", "page_size", "hz", "nocb_cpus")))
-    borrowed = tuple(k for k in sim.HardwareProfile.model_fields
-                     if k in nearest.model_fields_set and k not in got and k not in ("name", "description"))
+    borrowed = tuple(
+        k
+        for k in sim.HardwareProfile.model_fields
+        if k in nearest.model_fields_set and k not in got and k not in ("name", "description")
+    )
     for key in ("cpus", "memory_mib"):  # required keys a strange tree may lack
         if key not in got and key not in borrowed:
             borrowed += (key,)

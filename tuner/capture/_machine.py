@@ -165,17 +165,27 @@ def _read(root: Path, rel: str) -> str | None:
 
 
 def _preempt_from_config(config: dict[str, str]) -> PreemptModel | None:
-    for symbol, model in (("CONFIG_PREEMPT_RT", "rt"), ("CONFIG_PREEMPT_LAZY", "lazy"), ("CONFIG_PREEMPT", "full"),
-                          ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"), ("CONFIG_PREEMPT_NONE", "none")):
+    for symbol, model in (
+        ("CONFIG_PREEMPT_RT", "rt"),
+        ("CONFIG_PREEMPT_LAZY", "lazy"),
+        ("CONFIG_PREEMPT", "full"),
+        ("CONFIG_PREEMPT_VOLUNTARY", "voluntary"),
+        ("CONFIG_PREEMPT_NONE", "none"),
+    ):
         if config.get(symbol) == "y":
             return model
     return None
 
 
 _PAGE_SIZE_SYMBOLS = {
-    "CONFIG_PAGE_SIZE_4KB": 4096, "CONFIG_PAGE_SIZE_16KB": 16384, "CONFIG_PAGE_SIZE_64KB": 65536,
-    "CONFIG_ARM64_4K_PAGES": 4096, "CONFIG_ARM64_16K_PAGES": 16384, "CONFIG_ARM64_64K_PAGES": 65536,
-    "CONFIG_PPC_4K_PAGES": 4096, "CONFIG_PPC_64K_PAGES": 65536,
+    "CONFIG_PAGE_SIZE_4KB": 4096,
+    "CONFIG_PAGE_SIZE_16KB": 16384,
+    "CONFIG_PAGE_SIZE_64KB": 65536,
+    "CONFIG_ARM64_4K_PAGES": 4096,
+    "CONFIG_ARM64_16K_PAGES": 16384,
+    "CONFIG_ARM64_64K_PAGES": 65536,
+    "CONFIG_PPC_4K_PAGES": 4096,
+    "CONFIG_PPC_64K_PAGES": 65536,
 }
 
 
@@ -285,7 +295,11 @@ def read_machine(root: Path | str = "/") -> Machine:
     elif lazy_param is not None:
         fact("rcu_lazy", lazy_param.strip() in ("Y", "1"), "/sys/module/rcutree/parameters/enable_rcu_lazy")
     elif "rcutree.enable_rcu_lazy" in values:
-        fact("rcu_lazy", values["rcutree.enable_rcu_lazy"] in ("1", "y", "Y"), "rcutree.enable_rcu_lazy= on /proc/cmdline")
+        fact(
+            "rcu_lazy",
+            values["rcutree.enable_rcu_lazy"] in ("1", "y", "Y"),
+            "rcutree.enable_rcu_lazy= on /proc/cmdline",
+        )
     elif config_source:
         fact("rcu_lazy", config.get("CONFIG_RCU_LAZY_DEFAULT_OFF") != "y", f"{config_source} CONFIG_RCU_LAZY")
     else:
@@ -295,12 +309,23 @@ def read_machine(root: Path | str = "/") -> Machine:
     if expedited is not None and expedited.strip().isdigit():
         fact("rcu_expedited", expedited.strip() != "0", "/sys/kernel/rcu_expedited")
     else:
-        fact("rcu_expedited", values.get("rcupdate.rcu_expedited", "0") not in ("0", "n", "N", ""),
-             "rcupdate.rcu_expedited on /proc/cmdline")
+        fact(
+            "rcu_expedited",
+            values.get("rcupdate.rcu_expedited", "0") not in ("0", "n", "N", ""),
+            "rcupdate.rcu_expedited on /proc/cmdline",
+        )
 
-    return Machine(release=release, kernel=kernel, kernel_note=note, cmdline=args, config_source=config_source,
-                   parameters=read_parameters(root, sim.kernel_behaviour(kernel)), sources=sources, unread=unread,
-                   **facts)  # type: ignore[arg-type]
+    return Machine(
+        release=release,
+        kernel=kernel,
+        kernel_note=note,
+        cmdline=args,
+        config_source=config_source,
+        parameters=read_parameters(root, sim.kernel_behaviour(kernel)),
+        sources=sources,
+        unread=unread,
+        **facts,
+    )  # type: ignore[arg-type]
 
 
 def read_parameters(root: Path, behaviour: sim.KernelBehaviour) -> dict[str, ParamValue]:

@@ -47,7 +47,8 @@ MAX_BURST_MULTIPLIER = 1e4
 
 _LINE = re.compile(
     r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
-    r"(?P<ts>\d+\.\d+):\s+(?P<event>" + "|".join(EVENTS) + r"):\s+(?P<fields>.*?)\s*$")
+    r"(?P<ts>\d+\.\d+):\s+(?P<event>" + "|".join(EVENTS) + r"):\s+(?P<fields>.*?)\s*$"
+)
 _FIELDS = {
     "rcu_invoke_kfree_bulk_callback": re.compile(r"(?P<rcu>\S+) bulk=\S+ nr_records=(?P<n>\d+)"),
     "rcu_invoke_kvfree_callback": re.compile(r"(?P<rcu>\S+) rhp=\S+ func=(?P<offset>-?\d+)"),
@@ -97,12 +98,21 @@ def parse_trace(text: str) -> Trace:
         event = match.group("event")
         fields = _FIELDS[event].match(match.group("fields"))
         if not fields:
-            raise UserError(f"trace line {number}: {event} fields {match.group('fields')!r} do not read as the "
-                            "kernel prints them; give the text of `trace-cmd report` or of tracefs's trace")
+            raise UserError(
+                f"trace line {number}: {event} fields {match.group('fields')!r} do not read as the "
+                "kernel prints them; give the text of `trace-cmd report` or of tracefs's trace"
+            )
         groups = fields.groupdict()
-        events.append(TraceEvent(event, int(match.group("cpu")), float(match.group("ts")), groups["rcu"],
-                                  int(groups.get("n") or 1),
-                                  int(groups["offset"]) if groups.get("offset") is not None else None))
+        events.append(
+            TraceEvent(
+                event,
+                int(match.group("cpu")),
+                float(match.group("ts")),
+                groups["rcu"],
+                int(groups.get("n") or 1),
+                int(groups["offset"]) if groups.get("offset") is not None else None,
+            )
+        )
     events.sort(key=lambda e: e.time)
     return Trace(tuple(events), cpus, ignored)
 
@@ -131,8 +141,9 @@ class WorkloadCapture:
 
 def comment(text: str, width: int = 100) -> list[str]:
     """One item of a profile's comment block, wrapped: "#   first line", "#     more"."""
-    return textwrap.wrap(text, width, initial_indent="#   ", subsequent_indent="#     ",
-                         break_long_words=False, break_on_hyphens=False)
+    return textwrap.wrap(
+        text, width, initial_indent="#   ", subsequent_indent="#     ", break_long_words=False, break_on_hyphens=False
+    )
 
 
 def _toml(value: Any) -> str:
@@ -163,8 +174,12 @@ def _bursts(times: np.ndarray, weights: np.ndarray, span: float, window: float) 
     total = float(weights.sum())
     n = int(span // window)
     if n < 4:
-        return _Bursts(total / span, notes=[f"the trace spans {span:.3g} s, under 4 windows of {window:g} s: "
-                                            "too short to show bursts; none assumed"])
+        return _Bursts(
+            total / span,
+            notes=[
+                f"the trace spans {span:.3g} s, under 4 windows of {window:g} s: too short to show bursts; none assumed"
+            ],
+        )
     edges = times[0] + window * np.arange(n + 1)
     counts, _ = np.histogram(times, bins=edges, weights=weights)
     counts[-1] += weights[times >= edges[-1]].sum()
@@ -192,8 +207,9 @@ def _skew(rates: list[float]) -> float:
     return min(4.0, max(0.0, -slope))
 
 
-def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str | None = None,
-                     duration_s: float | None = None) -> WorkloadCapture:
+def capture_workload(
+    path: Path | str, *, cpus: int | None = None, kernel: str | None = None, duration_s: float | None = None
+) -> WorkloadCapture:
     """A workload profile from the trace in `path`.
 
     Args:
@@ -211,8 +227,10 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
         raise UserError(f"--from-trace {path}: cannot read it ({err.strerror}); give a trace file") from None
     trace = parse_trace(text)
     if not trace.events:
-        raise UserError(f"--from-trace {path}: no {', '.join(EVENTS)} line; record them as docs/apply.md says "
-                        "(the kernel needs CONFIG_RCU_TRACE=y)")
+        raise UserError(
+            f"--from-trace {path}: no {', '.join(EVENTS)} line; record them as docs/apply.md says "
+            "(the kernel needs CONFIG_RCU_TRACE=y)"
+        )
     if kernel is not None:
         sim.kernel_behaviour(kernel)  # raises ValueError naming the modelled releases
     events = trace.events
@@ -242,14 +260,18 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
     for e in side:
         per_cpu[e.cpu] += e.objects
     counts = {name: sum(1 for e in events if e.event == name) for name in EVENTS}
-    measured.append(f"{len(events)} events over {span:.6g} s on {cpus} CPUs ({', '.join(rcu)}): "
-                    + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    measured.append(
+        f"{len(events)} events over {span:.6g} s on {cpus} CPUs ({', '.join(rcu)}): "
+        + ", ".join(f"{n} {name}" for name, n in counts.items())
+    )
     if calls:
         measured.append(f"{objects} kvfree_rcu() calls (rcu_kvfree_callback logs each call)")
     else:
         head = sum(e.objects for e in reclaims if e.event == "rcu_invoke_kvfree_callback")
-        measured.append(f"{objects} objects reclaimed: {objects - head} from block pages, {head} one by one "
-                        "(rcu_head list or vmalloc)")
+        measured.append(
+            f"{objects} objects reclaimed: {objects - head} from block pages, {head} one by one "
+            "(rcu_head list or vmalloc)"
+        )
     slab_era = "slab" in rcu
     behaviour = sim.kernel_behaviour(kernel) if kernel else None
     if calls:
@@ -259,8 +281,10 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
     else:
         per_cpu_known = not slab_era
         if not slab_era:
-            assumed.append("reclaim ran on the CPU whose calls filled the batch (per-CPU system_wq, before 6.12; "
-                           "give --kernel to say which release recorded it)")
+            assumed.append(
+                "reclaim ran on the CPU whose calls filled the batch (per-CPU system_wq, before 6.12; "
+                "give --kernel to say which release recorded it)"
+            )
     keys: dict[str, Any] = {"shape": "open", "duration_s": 10.0}
     assumed.append("duration_s = 10: the simulated time of each run, not the trace's length")
     times = np.array([e.time for e in side])
@@ -269,30 +293,38 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
     bursts = _bursts(times, weights, span, window)
     assumed += bursts.notes
     if bursts.runs:
-        measured.append(f"{bursts.runs} bursts in {bursts.windows} windows of {window:g} s: x{bursts.multiplier:.3g} "
-                        f"for {bursts.burst_ms:.3g} ms every {bursts.every_s:.3g} s")
+        measured.append(
+            f"{bursts.runs} bursts in {bursts.windows} windows of {window:g} s: x{bursts.multiplier:.3g} "
+            f"for {bursts.burst_ms:.3g} ms every {bursts.every_s:.3g} s"
+        )
         if not calls:
-            assumed.append(f"bursts shorter than {window:g} s are smoothed by batching: the reclaim side shows "
-                           "only longer ones")
+            assumed.append(
+                f"bursts shorter than {window:g} s are smoothed by batching: the reclaim side shows only longer ones"
+            )
     keys["calls_per_s_per_cpu"] = _round(bursts.base_per_s / cpus)
-    measured.append(f"calls_per_s_per_cpu = {keys['calls_per_s_per_cpu']:g}: objects per second between bursts, "
-                    "divided by the CPUs")
+    measured.append(
+        f"calls_per_s_per_cpu = {keys['calls_per_s_per_cpu']:g}: objects per second between bursts, divided by the CPUs"
+    )
     head_list = [e for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and (e.offset or 0) > 0]
     vmalloc = sum(1 for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and e.offset == 0)
     reclaimed = sum(e.objects for e in reclaims)
     two_arg_floor = len(head_list) / reclaimed if reclaimed else 0.0
     headless = min(0.1, 1.0 - two_arg_floor)
     keys["headless_fraction"] = _round(headless, 3)
-    assumed.append(f"headless_fraction = {keys['headless_fraction']:g}: headless and two-argument frees share block "
-                   f"pages; only the rcu_head list ({two_arg_floor:.3g} of objects) is surely two-argument")
+    assumed.append(
+        f"headless_fraction = {keys['headless_fraction']:g}: headless and two-argument frees share block "
+        f"pages; only the rcu_head list ({two_arg_floor:.3g} of objects) is surely two-argument"
+    )
     keys["vmalloc_fraction"] = _round(vmalloc / reclaimed, 3) if reclaimed else 0.0
     measured.append(f"vmalloc_fraction = {keys['vmalloc_fraction']:g}: pointers freed from vmalloc blocks (func=0)")
     sized = [e.offset for e in (calls or head_list) if e.offset]
     if sized:
         size = int(8 * math.ceil(np.mean([o + RCU_HEAD_BYTES for o in sized]) / 8))
         keys["object_bytes"] = size
-        measured.append(f"object_bytes = {size}: rcu_head offset + {RCU_HEAD_BYTES} (func=), a lower bound: what "
-                        "follows the rcu_head is not in the trace")
+        measured.append(
+            f"object_bytes = {size}: rcu_head offset + {RCU_HEAD_BYTES} (func=), a lower bound: what "
+            "follows the rcu_head is not in the trace"
+        )
     else:
         keys["object_bytes"] = 256
         assumed.append("object_bytes = 256: block-page frees show no size, and no rcu_head-list free was traced")
@@ -300,24 +332,35 @@ def capture_workload(path: Path | str, *, cpus: int | None = None, kernel: str |
         active = sum(1 for c in per_cpu if c > 0)
         keys["active_cpus_fraction"] = _round(active / cpus, 3)
         keys["skew"] = round(_skew(per_cpu), 3)
-        measured.append(f"active_cpus_fraction = {keys['active_cpus_fraction']:g}, skew = {keys['skew']:g}: "
-                        f"objects per CPU {', '.join(f'{c:g}' for c in per_cpu)}")
+        measured.append(
+            f"active_cpus_fraction = {keys['active_cpus_fraction']:g}, skew = {keys['skew']:g}: "
+            f"objects per CPU {', '.join(f'{c:g}' for c in per_cpu)}"
+        )
     else:
         keys["active_cpus_fraction"] = 1.0
         keys["skew"] = 0.0
-        assumed.append("active_cpus_fraction = 1, skew = 0: reclaim runs on an unbound workqueue on this release "
-                       "(6.12 on), so the trace does not say which CPUs called")
+        assumed.append(
+            "active_cpus_fraction = 1, skew = 0: reclaim runs on an unbound workqueue on this release "
+            "(6.12 on), so the trace does not say which CPUs called"
+        )
     if bursts.runs:
-        keys.update(burst_every_s=_round(bursts.every_s), burst_ms=_round(bursts.burst_ms),
-                    burst_multiplier=_round(max(1.0, bursts.multiplier)))
+        keys.update(
+            burst_every_s=_round(bursts.every_s),
+            burst_ms=_round(bursts.burst_ms),
+            burst_multiplier=_round(max(1.0, bursts.multiplier)),
+        )
     else:
         keys["burst_every_s"] = 0.0
     keys["pressure"] = "steady"
-    assumed.append("pressure = steady, anon_fraction = 0.4 (the default): a trace of these events shows nothing "
-                   "of the memory pressure around them")
-    assumed.append("what left no event: headless frees that fell back to synchronize_rcu() and freed inline"
-                   + (", frees through kfree_rcu_sheaf() (6.18 on)" if (behaviour.sheaves if behaviour else slab_era) else "")
-                   + ", and objects still pending when the trace stopped")
+    assumed.append(
+        "pressure = steady, anon_fraction = 0.4 (the default): a trace of these events shows nothing "
+        "of the memory pressure around them"
+    )
+    assumed.append(
+        "what left no event: headless frees that fell back to synchronize_rcu() and freed inline"
+        + (", frees through kfree_rcu_sheaf() (6.18 on)" if (behaviour.sheaves if behaviour else slab_era) else "")
+        + ", and objects still pending when the trace stopped"
+    )
     capture = WorkloadCapture(keys, tuple(measured), tuple(assumed), path.name)
     capture.profile()  # validated here, so a file it writes always loads
     return capture

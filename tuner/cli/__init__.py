@@ -30,8 +30,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
-    version: Annotated[Optional[bool], typer.Option(
-        "--version", "-V", callback=_version, is_eager=True, help="Print rcutune's version and exit.")] = None,
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print rcutune's version and exit."),
+    ] = None,
 ) -> None:
     """Choose rcu_min_cached_objs, the kvfree_rcu() page-cache layout and its fallback thresholds."""
 

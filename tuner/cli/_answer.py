@@ -16,7 +16,9 @@ from ._common import EXIT_FAILURE, QuietOpt, SetOpt, StorageOpt, load_profiles, 
 if TYPE_CHECKING:
     from ..recommend import Recommendation
 
-ConfidenceOpt = Annotated[float, typer.Option(metavar="P", help="Required probability of meeting every SLO, in [0.5, 1).")]
+ConfidenceOpt = Annotated[
+    float, typer.Option(metavar="P", help="Required probability of meeting every SLO, in [0.5, 1).")
+]
 ConfirmOpt = Annotated[int, typer.Option(min=0, max=32, metavar="K", help="Fresh seeds confirming the recommendation.")]
 
 
@@ -36,8 +38,12 @@ def register(app: typer.Typer) -> None:
 def report(
     name: Annotated[str, typer.Argument(help="Campaign name (see rcutune studies).")],
     storage_url: StorageOpt = None,
-    out: Annotated[Optional[str], typer.Option(
-        "--out", metavar="DIR", help="Directory under which <hardware>/<campaign>/ goes (default: reports).")] = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out", metavar="DIR", help="Directory under which <hardware>/<campaign>/ goes (default: reports)."
+        ),
+    ] = None,
     confidence: ConfidenceOpt = 0.95,
     confirm_seeds: ConfirmOpt = 4,
     quiet: QuietOpt = False,
@@ -55,8 +61,9 @@ def report(
         if out and Path(out).exists() and not Path(out).is_dir():
             raise UserError(f"--out {out}: not a directory; name a directory (it is created if missing)")
         url = storage.resolve_url(storage_url)
-        written = write_report(url, name, Path(out) if out else None, confidence=confidence,
-                               confirm_seeds=confirm_seeds)
+        written = write_report(
+            url, name, Path(out) if out else None, confidence=confidence, confirm_seeds=confirm_seeds
+        )
     rec = written.recommendation
     if rec.kernel_cmdline is not None:
         typer.echo(rec.kernel_cmdline)
@@ -68,25 +75,42 @@ def report(
     if not quiet:
         for line in detail_lines(rec):
             typer.echo(f"  {line}")
-        typer.echo(f"  apply: rcutune recommend --study {rec.campaign} --format grub{storage_flag(url)} "
-                   "(or cmdline, grubby, tuned)")
+        typer.echo(
+            f"  apply: rcutune recommend --study {rec.campaign} --format grub{storage_flag(url)} "
+            "(or cmdline, grubby, tuned)"
+        )
 
 
 def recommend(
-    hardware: Annotated[Optional[str], typer.Option(
-        "--hardware", "-H", metavar="NAME|FILE", help="Hardware profile name or path to a .toml file (default: the "
-        "one --study was studied on; without either, the newest campaign's).")] = None,
-    workload: Annotated[Optional[str], typer.Option(
-        "--workload", "-W", metavar="NAME", help="Only this workload's recommendation.")] = None,
+    hardware: Annotated[
+        Optional[str],
+        typer.Option(
+            "--hardware",
+            "-H",
+            metavar="NAME|FILE",
+            help="Hardware profile name or path to a .toml file (default: the "
+            "one --study was studied on; without either, the newest campaign's).",
+        ),
+    ] = None,
+    workload: Annotated[
+        Optional[str], typer.Option("--workload", "-W", metavar="NAME", help="Only this workload's recommendation.")
+    ] = None,
     storage_url: StorageOpt = None,
-    campaign: Annotated[Optional[str], typer.Option(
-        "--study", metavar="NAME", help="Campaign (default: the newest for this hardware).")] = None,
+    campaign: Annotated[
+        Optional[str], typer.Option("--study", metavar="NAME", help="Campaign (default: the newest for this hardware).")
+    ] = None,
     confidence: ConfidenceOpt = 0.95,
     confirm_seeds: ConfirmOpt = 4,
     json_out: Annotated[bool, typer.Option("--json", help="Print recommendation.json's document.")] = False,
-    fmt: Annotated[Optional[FormatChoice], typer.Option(
-        "--format", metavar="cmdline|grub|grubby|tuned|json", help="cmdline: the arguments; grub: a line for /etc/default/grub; grubby: the command; "
-        "tuned: a tuned profile; json: the document.")] = None,
+    fmt: Annotated[
+        Optional[FormatChoice],
+        typer.Option(
+            "--format",
+            metavar="cmdline|grub|grubby|tuned|json",
+            help="cmdline: the arguments; grub: a line for /etc/default/grub; grubby: the command; "
+            "tuned: a tuned profile; json: the document.",
+        ),
+    ] = None,
     settings: SetOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
@@ -106,8 +130,9 @@ def recommend(
             raise UserError("--set changes a hardware profile: give --hardware too")
         url = storage.resolve_url(storage_url)
         target = load_profiles(hardware, None, settings)[0] if hardware is not None else None
-        got = answer(url, target, campaign=campaign, workload=workload, confidence=confidence,
-                     confirm_seeds=confirm_seeds)
+        got = answer(
+            url, target, campaign=campaign, workload=workload, confidence=confidence, confirm_seeds=confirm_seeds
+        )
     rec = got.recommendation
     chosen = FormatChoice.json if json_out else fmt
     if chosen == FormatChoice.json:
@@ -121,14 +146,17 @@ def recommend(
         raise typer.Exit(EXIT_FAILURE)
     if chosen is not None:
         if workload is not None and chosen != FormatChoice.cmdline:
-            raise typer.BadParameter("a boot configuration applies the overall answer; drop --workload",
-                                     param_hint="--format")
+            raise typer.BadParameter(
+                "a boot configuration applies the overall answer; drop --workload", param_hint="--format"
+            )
         typer.echo(choice.kernel_cmdline if workload is not None else boot_config(rec, chosen.value))
         return
     typer.echo(choice.kernel_cmdline)
-    typer.echo(f"  kernel {rec.kernel}, layout {choice.policy.layout}, N={choice.policy.n_per_cpu}, "
-               f"P(every SLO met)={choice.p_meet:.3f} (confidence {rec.confidence:g}), campaign {got.campaign}"
-               + (", EXTRAPOLATED" if rec.extrapolated else ""))
+    typer.echo(
+        f"  kernel {rec.kernel}, layout {choice.policy.layout}, N={choice.policy.n_per_cpu}, "
+        f"P(every SLO met)={choice.p_meet:.3f} (confidence {rec.confidence:g}), campaign {got.campaign}"
+        + (", EXTRAPOLATED" if rec.extrapolated else "")
+    )
     if quiet:
         return
     if workload is None:
@@ -137,7 +165,7 @@ def recommend(
     typer.echo(f"  revert to the default: {rec.revert_cmdline}")
 
 
-def risk_line(rec: "Recommendation") -> str:
+def risk_line(rec: Recommendation) -> str:
     o = rec.overall
     assert o is not None
     text = f"risk: P(every SLO met) = {o.p_meet:.3f} (>= {rec.confidence:g}) in the worst workload"
@@ -148,7 +176,7 @@ def risk_line(rec: "Recommendation") -> str:
     return text + (" (extrapolated)" if rec.extrapolated else "")
 
 
-def detail_lines(rec: "Recommendation") -> list[str]:
+def detail_lines(rec: Recommendation) -> list[str]:
     """What a reader needs next to the command line: why this N, the knobs, what it serves and what not."""
     lines = []
     if rec.n_explanation is not None:
@@ -158,8 +186,9 @@ def detail_lines(rec: "Recommendation") -> list[str]:
         if k.kept:
             lines.append(f"{k.knob}={k.value} (default {k.default}) saves {k.buys.mean:.3g} ms/s on fresh seeds")
         else:
-            lines.append(f"{k.knob} left at the default {k.default} (the search's {k.value} saved only "
-                         f"{k.buys.mean:.3g} ms/s)")
+            lines.append(
+                f"{k.knob} left at the default {k.default} (the search's {k.value} saved only {k.buys.mean:.3g} ms/s)"
+            )
     lines.append(f"serves: {', '.join(rec.served)}")
     for name, why in rec.not_served().items():
         lines.append(f"not served: {name}: {why}")
@@ -167,18 +196,23 @@ def detail_lines(rec: "Recommendation") -> list[str]:
         wi = w.what_if
         if wi is not None:
             gain = "" if wi.gain is None else f", cost lower by {wi.gain:.3g} ms/s"
-            lines.append(f"what-if for {w.workload} (needs a kernel patch: {'; '.join(wi.what_if_reasons)}): "
-                         f"layout {wi.policy.layout}, N={wi.policy.n_per_cpu}{gain}")
+            lines.append(
+                f"what-if for {w.workload} (needs a kernel patch: {'; '.join(wi.what_if_reasons)}): "
+                f"layout {wi.policy.layout}, N={wi.policy.n_per_cpu}{gain}"
+            )
     return lines
 
 
-def no_answer_line(rec: "Recommendation") -> str:
-    why = ("unhealthy surrogates: " + "; ".join(f"{w} ({', '.join(p)})" for w, p in rec.unhealthy.items())
-           if rec.unhealthy else "no stock-kernel policy meets the SLOs of any workload at the required confidence")
+def no_answer_line(rec: Recommendation) -> str:
+    why = (
+        "unhealthy surrogates: " + "; ".join(f"{w} ({', '.join(p)})" for w, p in rec.unhealthy.items())
+        if rec.unhealthy
+        else "no stock-kernel policy meets the SLOs of any workload at the required confidence"
+    )
     return f"no recommendation: {why}" + (f"; run: {rec.fix_command}" if rec.fix_command else "")
 
 
-def _why_none(rec: "Recommendation", workload: str | None) -> str:
+def _why_none(rec: Recommendation, workload: str | None) -> str:
     if workload is not None:
         w = rec.workload(workload)
         if w is not None and w.unattainable:
@@ -188,4 +222,3 @@ def _why_none(rec: "Recommendation", workload: str | None) -> str:
     if rec.unhealthy:
         return "unhealthy surrogates: " + "; ".join(f"{w} ({', '.join(p)})" for w, p in rec.unhealthy.items())
     return "no stock-kernel policy meets the SLOs at the required confidence"
-

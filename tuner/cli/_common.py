@@ -17,18 +17,28 @@ from .._errors import UserError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
-DISK_FULL = ("the disk is full (a write found no space); free some space, or point --storage (or --out) at "
-             "another disk, then run the same command again: everything completed so far is kept")
+DISK_FULL = (
+    "the disk is full (a write found no space); free some space, or point --storage (or --out) at "
+    "another disk, then run the same command again: everything completed so far is kept"
+)
 
-HardwareOpt = Annotated[str, typer.Option("--hardware", "-H", metavar="NAME|FILE", help="Hardware profile name or path to a .toml file.")]
+HardwareOpt = Annotated[
+    str, typer.Option("--hardware", "-H", metavar="NAME|FILE", help="Hardware profile name or path to a .toml file.")
+]
 SetOpt = Annotated[
     Optional[list[str]],
-    typer.Option("--set", metavar="SECTION.KEY=VALUE", help="Override a profile key: hardware.<key>=<value> or workload.<key>=<value>. Repeatable."),
+    typer.Option(
+        "--set",
+        metavar="SECTION.KEY=VALUE",
+        help="Override a profile key: hardware.<key>=<value> or workload.<key>=<value>. Repeatable.",
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the answer and the next step.")]
 StorageOpt = Annotated[
     Optional[str],
-    typer.Option("--storage", metavar="URL", help="Database URL (default: $RCUTUNE_STORAGE, else sqlite:///rcutune.db here)."),
+    typer.Option(
+        "--storage", metavar="URL", help="Database URL (default: $RCUTUNE_STORAGE, else sqlite:///rcutune.db here)."
+    ),
 ]
 
 

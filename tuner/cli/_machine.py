@@ -18,8 +18,10 @@ from ._common import EXIT_FAILURE, StorageOpt, user_errors
 profile_app = typer.Typer(help="Hardware profiles of real machines.", no_args_is_help=True, rich_markup_mode=None)
 workload_app = typer.Typer(help="Workload profiles from real kernels.", no_args_is_help=True, rich_markup_mode=None)
 
-RootOpt = Annotated[Optional[Path], typer.Option(
-    "--root", help="Read the machine from this directory laid out like / (default: this machine).")]
+RootOpt = Annotated[
+    Optional[Path],
+    typer.Option("--root", help="Read the machine from this directory laid out like / (default: this machine)."),
+]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Write the profile here (default: standard output).")]
 
 
@@ -65,10 +67,12 @@ def profile_capture(root: RootOpt = None, out: OutOpt = None) -> None:
     for warning in captured.warnings:
         typer.echo(f"warning: {warning}", err=True)
     m, keys = captured.machine, captured.keys
-    summary = [f"Linux {m.release}, modelled as {m.kernel}",
-               f"{keys['cpus']} CPUs, {keys['memory_mib']} MiB, {keys.get('page_size', 4096)}-byte pages, "
-               f"HZ={keys.get('hz')}, preemption {m.preempt or 'unknown'}, {keys.get('nocb_cpus', 0)} offloaded",
-               f"{len(captured.borrowed)} keys from shipped '{captured.nearest.name}' (named in the file)"]
+    summary = [
+        f"Linux {m.release}, modelled as {m.kernel}",
+        f"{keys['cpus']} CPUs, {keys['memory_mib']} MiB, {keys.get('page_size', 4096)}-byte pages, "
+        f"HZ={keys.get('hz')}, preemption {m.preempt or 'unknown'}, {keys.get('nocb_cpus', 0)} offloaded",
+        f"{len(captured.borrowed)} keys from shipped '{captured.nearest.name}' (named in the file)",
+    ]
     if out is None:
         typer.echo(text, nl=False)
         for line in summary:
@@ -83,17 +87,32 @@ def profile_capture(root: RootOpt = None, out: OutOpt = None) -> None:
 
 @workload_app.command("capture")
 def workload_capture(
-    from_trace: Annotated[Path, typer.Option(
-        "--from-trace", help="A trace of the kvfree_rcu() events (trace-cmd report, or tracefs's trace or "
-        "trace_pipe).")],
+    from_trace: Annotated[
+        Path,
+        typer.Option(
+            "--from-trace",
+            help="A trace of the kvfree_rcu() events (trace-cmd report, or tracefs's trace or trace_pipe).",
+        ),
+    ],
     out: OutOpt = None,
-    cpus: Annotated[Optional[int], typer.Option(
-        "--cpus", min=1, max=4096, help="Online CPUs of the traced machine (default: the trace's header).")] = None,
-    kernel: Annotated[Optional[str], typer.Option(
-        "--kernel", help="Modelled release that recorded the trace, e.g. 6.1 (decides whether a reclaim's "
-        "CPU is the caller's).")] = None,
-    duration: Annotated[Optional[float], typer.Option(
-        "--duration", min=0.000001, help="Seconds the trace recorded (default: first to last event).")] = None,
+    cpus: Annotated[
+        Optional[int],
+        typer.Option(
+            "--cpus", min=1, max=4096, help="Online CPUs of the traced machine (default: the trace's header)."
+        ),
+    ] = None,
+    kernel: Annotated[
+        Optional[str],
+        typer.Option(
+            "--kernel",
+            help="Modelled release that recorded the trace, e.g. 6.1 (decides whether a reclaim's "
+            "CPU is the caller's).",
+        ),
+    ] = None,
+    duration: Annotated[
+        Optional[float],
+        typer.Option("--duration", min=0.000001, help="Seconds the trace recorded (default: first to last event)."),
+    ] = None,
 ) -> None:
     """Write a workload profile estimated from a trace of the kernel's kvfree_rcu() events.
 
@@ -109,24 +128,34 @@ def workload_capture(
         if out:
             _write(out, text)
     for item in captured.assumed:
-        for line in textwrap.wrap(f"assumed: {item}", 79, subsequent_indent="    ", break_long_words=False,
-                                  break_on_hyphens=False):
+        for line in textwrap.wrap(
+            f"assumed: {item}", 79, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False
+        ):
             typer.echo(line, err=True)
     if out is None:
         typer.echo(text, nl=False)
         return
     keys = captured.keys
-    typer.echo(f"wrote {out}: {keys['calls_per_s_per_cpu']:g} calls/s per CPU, objects {keys['object_bytes']} B, "
-               f"bursts {'x%g every %g s' % (keys['burst_multiplier'], keys['burst_every_s']) if keys['burst_every_s'] else 'none'}")
+    bursts = f"x{keys['burst_multiplier']:g} every {keys['burst_every_s']:g} s" if keys["burst_every_s"] else "none"
+    typer.echo(
+        f"wrote {out}: {keys['calls_per_s_per_cpu']:g} calls/s per CPU, objects {keys['object_bytes']} B, "
+        f"bursts {bursts}"
+    )
     typer.echo(f"next: rcutune study --hardware <profile> --workload {out}")
 
 
 def check(
     root: RootOpt = None,
-    hardware: Annotated[Optional[str], typer.Option(
-        "--hardware", "-H", help="Check the newest campaign of this hardware profile (name or .toml file).")] = None,
-    campaign: Annotated[Optional[str], typer.Option(
-        "--study", help="Check this campaign (default: the newest of --hardware, else of the database).")] = None,
+    hardware: Annotated[
+        Optional[str],
+        typer.Option(
+            "--hardware", "-H", help="Check the newest campaign of this hardware profile (name or .toml file)."
+        ),
+    ] = None,
+    campaign: Annotated[
+        Optional[str],
+        typer.Option("--study", help="Check this campaign (default: the newest of --hardware, else of the database)."),
+    ] = None,
     storage_url: StorageOpt = None,
 ) -> None:
     """Is the recommendation applied? Compare the running kernel with a campaign's answer.
@@ -135,8 +164,8 @@ def check(
     in /sys/module, else /proc/cmdline, else the release's default) against the recommended one,
     under the running release's names. Exit 0 when every value is applied, 1 when not, 2 on bad input."""
     from ..apply import check as check_applied
-    from ..recommend import answer
     from ..capture import read_machine
+    from ..recommend import answer
 
     with user_errors():
         machine = read_machine(root or Path("/"))

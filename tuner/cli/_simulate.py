@@ -48,27 +48,60 @@ def profiles() -> None:
 
 def _summary(profile) -> str:
     if isinstance(profile, sim.HardwareProfile):
-        return (f"{profile.cpus} CPUs, {profile.memory_mib // 1024} GiB, {profile.page_size // 1024} KiB pages, "
-                f"HZ={profile.hz}, {profile.nocb_cpus} NOCB, GP median {profile.gp_median_ms:g} ms")
+        return (
+            f"{profile.cpus} CPUs, {profile.memory_mib // 1024} GiB, {profile.page_size // 1024} KiB pages, "
+            f"HZ={profile.hz}, {profile.nocb_cpus} NOCB, GP median {profile.gp_median_ms:g} ms"
+        )
     if profile.shape == "rcuscale":
-        return (f"rcuscale: {profile.kfree_loops} loops x {profile.kfree_alloc_num} allocs, "
-                f"{profile.rcuscale_object_bytes} B objects")
-    return (f"{profile.calls_per_s_per_cpu:g} calls/s/CPU, {profile.headless_fraction:.0%} headless, "
-            f"{profile.pressure} pressure, {profile.duration_s:g} s")
+        return (
+            f"rcuscale: {profile.kfree_loops} loops x {profile.kfree_alloc_num} allocs, "
+            f"{profile.rcuscale_object_bytes} B objects"
+        )
+    return (
+        f"{profile.calls_per_s_per_cpu:g} calls/s/CPU, {profile.headless_fraction:.0%} headless, "
+        f"{profile.pressure} pressure, {profile.duration_s:g} s"
+    )
 
 
 def simulate(
     hardware: HardwareOpt,
-    workload: Annotated[str, typer.Option("--workload", "-W", metavar="NAME|FILE", help="Workload profile name or path.")],
-    n_per_cpu: Annotated[Optional[int], typer.Option(min=0, metavar="N", help="rcu_min_cached_objs: cached pages per CPU (default: the kernel's).")] = None,
-    layout: Annotated[LayoutChoice, typer.Option(help="Pool layout; global and hybrid are what-ifs.")] = LayoutChoice.per_cpu,
-    shared_reserve_pages: Annotated[int, typer.Option(min=0, metavar="PAGES", help="Hybrid layout: shared reserve pages.")] = 0,
-    refill_delay_ms: Annotated[int, typer.Option(min=0, max=100_000, metavar="MS", help="rcu_delay_page_cache_fill_msec: refill backoff delay.")] = 5000,
-    refill_low_watermark: Annotated[int, typer.Option(min=0, metavar="PAGES", help="Refill when the cache falls to this (what-if; 0 = on a miss).")] = 0,
-    prealloc_at_boot: Annotated[Optional[bool], typer.Option("--prealloc-at-boot/--no-prealloc-at-boot", help="Fill caches at boot (default: as the kernel).")] = None,
-    emergency_reserve_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, metavar="FRACTION", help="What-if GFP_MEMALLOC-like reserve access below this free fraction.")] = 0.0,
+    workload: Annotated[
+        str, typer.Option("--workload", "-W", metavar="NAME|FILE", help="Workload profile name or path.")
+    ],
+    n_per_cpu: Annotated[
+        Optional[int],
+        typer.Option(min=0, metavar="N", help="rcu_min_cached_objs: cached pages per CPU (default: the kernel's)."),
+    ] = None,
+    layout: Annotated[
+        LayoutChoice, typer.Option(help="Pool layout; global and hybrid are what-ifs.")
+    ] = LayoutChoice.per_cpu,
+    shared_reserve_pages: Annotated[
+        int, typer.Option(min=0, metavar="PAGES", help="Hybrid layout: shared reserve pages.")
+    ] = 0,
+    refill_delay_ms: Annotated[
+        int,
+        typer.Option(min=0, max=100_000, metavar="MS", help="rcu_delay_page_cache_fill_msec: refill backoff delay."),
+    ] = 5000,
+    refill_low_watermark: Annotated[
+        int, typer.Option(min=0, metavar="PAGES", help="Refill when the cache falls to this (what-if; 0 = on a miss).")
+    ] = 0,
+    prealloc_at_boot: Annotated[
+        Optional[bool],
+        typer.Option("--prealloc-at-boot/--no-prealloc-at-boot", help="Fill caches at boot (default: as the kernel)."),
+    ] = None,
+    emergency_reserve_fraction: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.5,
+            metavar="FRACTION",
+            help="What-if GFP_MEMALLOC-like reserve access below this free fraction.",
+        ),
+    ] = 0.0,
     kernel: Annotated[KernelVersion, typer.Option(help="Kernel release to model.")] = KernelVersion(sim.DEFAULT_KERNEL),  # type: ignore[call-arg]
-    seconds: Annotated[Optional[float], typer.Option(min=1e-6, metavar="S", help="Simulated seconds (default: the workload's).")] = None,
+    seconds: Annotated[
+        Optional[float], typer.Option(min=1e-6, metavar="S", help="Simulated seconds (default: the workload's).")
+    ] = None,
     seed: Annotated[int, typer.Option(min=0, metavar="K", help="Random seed.")] = 0,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object with every metric.")] = False,
     settings: SetOpt = None,
@@ -91,8 +124,13 @@ def simulate(
         )
         metrics = _run_with_progress(hw, wl, policy, seconds, seed, kernel.value)
     if json_out:
-        out = {"hardware": hw.name, "workload": wl.name, "kernel": kernel.value,
-               "policy": asdict(policy), **metrics.as_dict()}
+        out = {
+            "hardware": hw.name,
+            "workload": wl.name,
+            "kernel": kernel.value,
+            "policy": asdict(policy),
+            **metrics.as_dict(),
+        }
         typer.echo(json.dumps(out, sort_keys=False))
         return
     _print_metrics(hw, wl, kernel.value, policy, metrics)
@@ -105,15 +143,17 @@ def _run_with_progress(hw, wl, policy, seconds, seed, kernel):
 
     with Progress(TextColumn("simulating"), BarColumn(), TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task("sim", total=1.0)
-        return sim.simulate(hw, wl, policy, seconds=seconds, seed=seed, kernel=kernel,
-                            progress=lambda f: bar.update(task, completed=f))
+        return sim.simulate(
+            hw, wl, policy, seconds=seconds, seed=seed, kernel=kernel, progress=lambda f: bar.update(task, completed=f)
+        )
 
 
 def _print_metrics(hw, wl, kernel: str, policy: Policy, m: sim.Metrics) -> None:
     console = Console()
     label = " [bold yellow](what-if: " + "; ".join(m.what_if_reasons) + ")[/]" if m.what_if else ""
-    console.print(f"[bold]{hw.name}[/] / [bold]{wl.name}[/], kernel {kernel}, "
-                  f"N={policy.n_per_cpu}, layout={policy.layout}{label}")
+    console.print(
+        f"[bold]{hw.name}[/] / [bold]{wl.name}[/], kernel {kernel}, N={policy.n_per_cpu}, layout={policy.layout}{label}"
+    )
     table = Table(show_header=False, box=None)
     table.add_column(justify="left")
     table.add_column(justify="right")
@@ -122,11 +162,17 @@ def _print_metrics(hw, wl, kernel: str, policy: Policy, m: sim.Metrics) -> None:
         ("objects freed / pending at end", f"{m.objects_freed:,} / {m.objects_pending_end:,}"),
         ("memory waiting, mean / peak", f"{m.bytes_pending_mean / 2**20:.2f} / {m.bytes_pending_peak / 2**20:.2f} MiB"),
         ("grace periods / batches", f"{m.grace_periods:,} / {m.batches:,}"),
-        ("records per block (mean of {})".format(m.records_per_block), f"{m.records_per_block_mean:.0f}"),
-        ("blocks from cache / inline allocs", f"{m.blocks_from_cache:,} / {m.page_alloc_attempts:,} ({m.page_alloc_failures:,} failed)"),
+        (f"records per block (mean of {m.records_per_block})", f"{m.records_per_block_mean:.0f}"),
+        (
+            "blocks from cache / inline allocs",
+            f"{m.blocks_from_cache:,} / {m.page_alloc_attempts:,} ({m.page_alloc_failures:,} failed)",
+        ),
         ("rcu_head fallbacks", f"{m.head_fallbacks:,}"),
         ("synchronize_rcu() fallbacks, stall", f"{m.sync_fallbacks:,}, {m.sync_stall_seconds:.3f} s"),
-        ("call latency p50 / p99 / max", f"{m.call_latency_p50_us:.2f} / {m.call_latency_p99_us:.2f} / {m.call_latency_max_us:.1f} us"),
+        (
+            "call latency p50 / p99 / max",
+            f"{m.call_latency_p50_us:.2f} / {m.call_latency_p99_us:.2f} / {m.call_latency_max_us:.1f} us",
+        ),
         ("lock wait", f"{m.lock_wait_seconds:.4f} s"),
         ("cache reserved", f"{m.cache_pages_reserved:,} pages ({m.cache_bytes_reserved / 2**20:.2f} MiB)"),
         ("cached pages stranded (mean)", f"{m.cache_pages_stranded_mean:.1f}"),
@@ -135,9 +181,13 @@ def _print_metrics(hw, wl, kernel: str, policy: Policy, m: sim.Metrics) -> None:
         ("simulated / wall seconds", f"{m.sim_seconds:.2f} / {m.wall_seconds:.2f} ({m.events:,} events)"),
     ]
     if m.rcuscale_total_time_ns is not None:
-        rows.append(("rcuscale: time, batches, footprint",
-                     f"{m.rcuscale_total_time_ns:,} ns, {m.rcuscale_batches}, {m.rcuscale_footprint_mb} MB"
-                     + (" (OOM)" if m.rcuscale_enomem else "")))
+        rows.append(
+            (
+                "rcuscale: time, batches, footprint",
+                f"{m.rcuscale_total_time_ns:,} ns, {m.rcuscale_batches}, {m.rcuscale_footprint_mb} MB"
+                + (" (OOM)" if m.rcuscale_enomem else ""),
+            )
+        )
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)

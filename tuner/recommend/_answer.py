@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import TYPE_CHECKING
 
 from rcutune import sim
@@ -23,12 +22,18 @@ class Answer:
     recommendation: Recommendation
     campaign: str
     stored: bool
-    data: "CampaignData | None" = None  # the fitted campaign, when it was recomputed
+    data: CampaignData | None = None  # the fitted campaign, when it was recomputed
 
 
-def answer(url: str, target: sim.HardwareProfile | None, *, campaign: str | None = None,
-           workload: str | None = None, confidence: float = DEFAULT_CONFIDENCE,
-           confirm_seeds: int = CONFIRM_SEEDS) -> Answer:
+def answer(
+    url: str,
+    target: sim.HardwareProfile | None,
+    *,
+    campaign: str | None = None,
+    workload: str | None = None,
+    confidence: float = DEFAULT_CONFIDENCE,
+    confirm_seeds: int = CONFIRM_SEEDS,
+) -> Answer:
     """The recommendation for `target` from the campaign given (default: the newest for its profile).
 
     Without a target: for the hardware the campaign was studied on (default: the newest campaign).
@@ -67,8 +72,13 @@ def answer(url: str, target: sim.HardwareProfile | None, *, campaign: str | None
     fit_surrogates(data)
     if extrapolated:
         transfer(data, target)
-    rec = recommend(data, confidence=confidence, confirm_seeds=confirm_seeds,
-                    widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0, extrapolated=extrapolated)
+    rec = recommend(
+        data,
+        confidence=confidence,
+        confirm_seeds=confirm_seeds,
+        widen=EXTRAPOLATION_WIDEN if extrapolated else 1.0,
+        extrapolated=extrapolated,
+    )
     if not extrapolated:
         store(url, rec, data, options)
     return Answer(rec, name, False, data)

@@ -23,7 +23,9 @@ FRESH_SEED_SALT = 0x5EED_F2E5
 def fresh_seeds(campaign_seeds: Sequence[int], count: int) -> tuple[int, ...]:
     """Seeds derived from the campaign's seed list that the search never used."""
     used = set(int(s) for s in campaign_seeds)
-    state = np.random.SeedSequence([*[int(s) for s in campaign_seeds], FRESH_SEED_SALT]).generate_state(count + len(used))
+    state = np.random.SeedSequence([*[int(s) for s in campaign_seeds], FRESH_SEED_SALT]).generate_state(
+        count + len(used)
+    )
     return tuple(int(s) for s in state if int(s) not in used)[:count]
 
 
@@ -38,8 +40,10 @@ class FreshRuns:
     def __call__(self, w: WorkloadData, policy: sim.Policy) -> list[sim.Metrics]:
         key = (w.name, policy)
         if key not in self._runs:
-            self._runs[key] = [sim.simulate(self.data.hardware, w.profile, policy, seconds=w.seconds, seed=s,
-                                            kernel=self.data.kernel) for s in self.seeds]
+            self._runs[key] = [
+                sim.simulate(self.data.hardware, w.profile, policy, seconds=w.seconds, seed=s, kernel=self.data.kernel)
+                for s in self.seeds
+            ]
         return self._runs[key]
 
     def metric(self, w: WorkloadData, policy: sim.Policy, name: str) -> np.ndarray:
@@ -53,9 +57,15 @@ class FreshRuns:
         runs, base = self(w, policy), self(w, default)
         zero = self(w, default.with_(n_per_cpu=0)) if with_n_zero else None
         return Confirmation(
-            self.seeds, w.seconds, constraint_values(runs, hw), summarise(hw, runs), summarise(hw, base),
-            paired(hw, runs, base), {} if zero is None else summarise(hw, zero),
-            {} if zero is None else paired(hw, runs, zero))
+            self.seeds,
+            w.seconds,
+            constraint_values(runs, hw),
+            summarise(hw, runs),
+            summarise(hw, base),
+            paired(hw, runs, base),
+            {} if zero is None else summarise(hw, zero),
+            {} if zero is None else paired(hw, runs, zero),
+        )
 
 
 def summarise(hw: sim.HardwareProfile, runs: Sequence[sim.Metrics]) -> dict[str, Stat]:
@@ -74,8 +84,12 @@ def paired(hw: sim.HardwareProfile, runs_a: Sequence[sim.Metrics], runs_b: Seque
 KNOBS = tuple(f.name for f in fields(sim.Policy) if f.name != "n_per_cpu")
 
 
-def minimal_change(policy: sim.Policy, served: Sequence[WorkloadData], fresh: FreshRuns, threshold: float,
-                   ) -> tuple[sim.Policy, tuple[KnobChange, ...]]:
+def minimal_change(
+    policy: sim.Policy,
+    served: Sequence[WorkloadData],
+    fresh: FreshRuns,
+    threshold: float,
+) -> tuple[sim.Policy, tuple[KnobChange, ...]]:
     """Put every knob other than N back to the kernel default unless keeping it pays.
 
     A changed knob is kept only when, on the fresh seeds averaged over the served workloads, the
@@ -91,7 +105,9 @@ def minimal_change(policy: sim.Policy, served: Sequence[WorkloadData], fresh: Fr
         reverted = _revert(policy, knob, base)
         if reverted is None:
             continue
-        saving = sum(fresh.metric(w, reverted, "scalar") - fresh.metric(w, policy, "scalar") for w in served) / len(served)
+        saving = sum(fresh.metric(w, reverted, "scalar") - fresh.metric(w, policy, "scalar") for w in served) / len(
+            served
+        )
         buys = Stat(*mean_ci(saving.tolist()))
         needed = any(_feasible(fresh, w, policy) and not _feasible(fresh, w, reverted) for w in served)
         kept = buys.mean > threshold or needed

@@ -34,20 +34,40 @@ METRICS = (
     ("oom_events", "OOM events", "", None),
 )
 METRIC_NAMES = tuple(m[0] for m in METRICS)
-UNITS = {"reserved_mib": "MiB", "fallback_cost": "ms/s", "sync_stall_ms_per_s": "ms/s", "pending_peak_mib": "MiB",
-         "sync_fallbacks_per_s": "/s", "call_latency_p99_us": "us", "oom_events": "", "scalar": "ms/s"}
-COMPARED = ("reserved_mib", "fallback_cost", "sync_stall_ms_per_s", "pending_peak_mib", "sync_fallbacks_per_s",
-            "call_latency_p99_us")
+UNITS = {
+    "reserved_mib": "MiB",
+    "fallback_cost": "ms/s",
+    "sync_stall_ms_per_s": "ms/s",
+    "pending_peak_mib": "MiB",
+    "sync_fallbacks_per_s": "/s",
+    "call_latency_p99_us": "us",
+    "oom_events": "",
+    "scalar": "ms/s",
+}
+COMPARED = (
+    "reserved_mib",
+    "fallback_cost",
+    "sync_stall_ms_per_s",
+    "pending_peak_mib",
+    "sync_fallbacks_per_s",
+    "call_latency_p99_us",
+)
 
 
 def run_metrics(m: sim.Metrics, hw: sim.HardwareProfile) -> dict[str, float]:
     """The recommendation's metrics of one replication."""
     seconds = max(m.sim_seconds, 1e-9)
     o = objective_values(m, hw)
-    return {"reserved_mib": o["reserved_mib"], "fallback_cost": o["fallback_cost"], "scalar": o["scalar"],
-            "call_latency_p99_us": m.call_latency_p99_us, "sync_fallbacks_per_s": m.sync_fallbacks / seconds,
-            "pending_peak_mib": m.bytes_pending_peak / 2**20, "oom_events": float(m.oom_events),
-            "sync_stall_ms_per_s": 1000.0 * m.sync_stall_seconds / seconds}
+    return {
+        "reserved_mib": o["reserved_mib"],
+        "fallback_cost": o["fallback_cost"],
+        "scalar": o["scalar"],
+        "call_latency_p99_us": m.call_latency_p99_us,
+        "sync_fallbacks_per_s": m.sync_fallbacks / seconds,
+        "pending_peak_mib": m.bytes_pending_peak / 2**20,
+        "oom_events": float(m.oom_events),
+        "sync_stall_ms_per_s": 1000.0 * m.sync_stall_seconds / seconds,
+    }
 
 
 def table_runs(table: Mapping[str, Sequence[float | None]]) -> list[dict[str, float]]:
@@ -55,19 +75,26 @@ def table_runs(table: Mapping[str, Sequence[float | None]]) -> list[dict[str, fl
     runs = []
     for i in range(len(table["sim_seconds"])):
         seconds = max(table["sim_seconds"][i] or 0.0, 1e-9)
-        runs.append({
-            "reserved_mib": table["reserved_mib"][i], "fallback_cost": table["fallback_cost"][i],
-            "scalar": table["scalar"][i], "call_latency_p99_us": table["call_latency_p99_us"][i],
-            "sync_fallbacks_per_s": table["sync_fallbacks"][i] / seconds,
-            "pending_peak_mib": table["bytes_pending_peak"][i] / 2**20, "oom_events": table["oom_events"][i],
-            "sync_stall_ms_per_s": 1000.0 * table["sync_stall_seconds"][i] / seconds,
-        })
+        runs.append(
+            {
+                "reserved_mib": table["reserved_mib"][i],
+                "fallback_cost": table["fallback_cost"][i],
+                "scalar": table["scalar"][i],
+                "call_latency_p99_us": table["call_latency_p99_us"][i],
+                "sync_fallbacks_per_s": table["sync_fallbacks"][i] / seconds,
+                "pending_peak_mib": table["bytes_pending_peak"][i] / 2**20,
+                "oom_events": table["oom_events"][i],
+                "sync_stall_ms_per_s": 1000.0 * table["sync_stall_seconds"][i] / seconds,
+            }
+        )
     return runs
 
 
 def reserved_mib(policy: Mapping[str, Any], hw: sim.HardwareProfile) -> float:
     """Memory the page cache reserves: N pages per CPU (one pool of CPUs x N for `global`), plus the hybrid reserve."""
-    pages = policy["n_per_cpu"] * hw.cpus + (policy.get("shared_reserve_pages", 0) if policy["layout"] == "hybrid" else 0)
+    pages = policy["n_per_cpu"] * hw.cpus + (
+        policy.get("shared_reserve_pages", 0) if policy["layout"] == "hybrid" else 0
+    )
     return pages * hw.page_size / 2**20
 
 
@@ -137,10 +164,22 @@ def load_campaign(url: str, name: str) -> CampaignData:
                     known = ", ".join(x.name for x in storage.list_campaigns(session)) or "none"
                     raise UserError(f"no campaign named '{name}' in {url} (campaigns: {known})")
                 hw = stored_profile(c, "hardware", c.hardware_profile)
-                studies = [(s.workload_name, stored_profile(c, "workload", s.workload_profile), s.optuna_study_name)
-                           for s in c.studies]
-                data = CampaignData(c.name, url, hw, c.kernel, c.simulator_version, tuple(c.seeds), [],
-                                    dict(c.search_space), dict(c.settings or {}), c.objective)
+                studies = [
+                    (s.workload_name, stored_profile(c, "workload", s.workload_profile), s.optuna_study_name)
+                    for s in c.studies
+                ]
+                data = CampaignData(
+                    c.name,
+                    url,
+                    hw,
+                    c.kernel,
+                    c.simulator_version,
+                    tuple(c.seeds),
+                    [],
+                    dict(c.search_space),
+                    dict(c.settings or {}),
+                    c.objective,
+                )
             data.trials_sha256 = trials_digest(engine, [optuna_name for _, _, optuna_name in studies])
         finally:
             engine.dispose()
@@ -162,19 +201,36 @@ def load_campaign(url: str, name: str) -> CampaignData:
                     if not table or "policy" not in t.user_attrs:
                         continue
                     seconds = float(t.user_attrs.get("seconds", seconds))
-                    points.append(TrialPoint(t.number, dict(t.user_attrs["policy"]),
-                                             bool(t.user_attrs.get("what_if_reasons")), table_runs(table),
-                                             feasible(t.constraints), tuple(t.user_attrs.get("seeds", ()))))
+                    points.append(
+                        TrialPoint(
+                            t.number,
+                            dict(t.user_attrs["policy"]),
+                            bool(t.user_attrs.get("what_if_reasons")),
+                            table_runs(table),
+                            feasible(t.constraints),
+                            tuple(t.user_attrs.get("seeds", ())),
+                        )
+                    )
                 if points:
-                    data.workloads.append(WorkloadData(workload, text, seconds,
-                                                       points, optuna_name, optuna_trials=list(complete),
-                                                       directions=list(study.directions)))
+                    data.workloads.append(
+                        WorkloadData(
+                            workload,
+                            text,
+                            seconds,
+                            points,
+                            optuna_name,
+                            optuna_trials=list(complete),
+                            directions=list(study.directions),
+                        )
+                    )
         finally:
             rdb.remove_session()
             rdb.engine.dispose()
     if not data.workloads:
-        raise UserError(f"campaign '{name}' has no complete trials yet; run rcutune study --hardware "
-                        f"{data.hardware.name} --study {name} first")
+        raise UserError(
+            f"campaign '{name}' has no complete trials yet; run rcutune study --hardware "
+            f"{data.hardware.name} --study {name} first"
+        )
     return data
 
 
@@ -185,13 +241,19 @@ def study_command(data: CampaignData, workloads: Sequence[str], trials: int) -> 
     parts += [f"--workload {w}" for w in workloads]
     parts.append(f"--trials {trials}")
     stored = data.settings
-    quick = bool(stored) and all(stored.get(k) == v for k, v in QUICK_SETTINGS.as_dict().items()
-                                 if k not in ("max_seconds", "replications", "race_replications"))
+    quick = bool(stored) and all(
+        stored.get(k) == v
+        for k, v in QUICK_SETTINGS.as_dict().items()
+        if k not in ("max_seconds", "replications", "race_replications")
+    )
     preset = (QUICK_SETTINGS if quick else DEFAULT_SETTINGS).as_dict()
     if quick:
         parts.append("--quick")
-    for key, flag in (("max_seconds", "--seconds"), ("replications", "--replications"),
-                      ("race_replications", "--race-replications")):
+    for key, flag in (
+        ("max_seconds", "--seconds"),
+        ("replications", "--replications"),
+        ("race_replications", "--race-replications"),
+    ):
         if key in stored and stored[key] != preset[key]:
             parts.append(f"{flag} {stored[key]:g}")
     seed = next((k for k in range(10_000) if list(make_seeds(k, len(data.seeds))) == list(data.seeds)), None)
@@ -203,5 +265,3 @@ def study_command(data: CampaignData, workloads: Sequence[str], trials: int) -> 
         parts.append(f"--objective {data.objective}")
     parts.append(f"--storage {data.url}")
     return " ".join(parts)
-
-

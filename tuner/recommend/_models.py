@@ -31,8 +31,15 @@ def fit_surrogates(data: CampaignData) -> None:
 
 def _fit_set(hw: sim.HardwareProfile, trials: Sequence[TrialPoint]) -> dict[str, MetricSurrogate]:
     rows = [(t.number, t.policy, r, s) for t in trials for r, s in zip(t.runs, _row_seeds(t))]
-    out = {"reserved_mib": exact_metric("reserved_mib", lambda p: reserved_mib(p, hw), [row[1] for row in rows],
-                                        [row[2]["reserved_mib"] for row in rows], len(trials))}
+    out = {
+        "reserved_mib": exact_metric(
+            "reserved_mib",
+            lambda p: reserved_mib(p, hw),
+            [row[1] for row in rows],
+            [row[2]["reserved_mib"] for row in rows],
+            len(trials),
+        )
+    }
     # Policies with no cache at all are a regime of their own, predicted by their replications.
     cached = [row for row in rows if no_cache_key(row[1]) is None] or rows
     uncached = [row for row in rows if no_cache_key(row[1]) is not None and cached is not rows]
@@ -74,8 +81,11 @@ def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
     the share of seeds on which it held, the same for every policy.
     """
     out: dict[str, str] = {}
-    limits = {name: (float(getattr(data.hardware, slo)) if slo else 0.5) for name, _, _, slo in METRICS
-              if slo is not None or name == "oom_events"}
+    limits = {
+        name: (float(getattr(data.hardware, slo)) if slo else 0.5)
+        for name, _, _, slo in METRICS
+        if slo is not None or name == "oom_events"
+    }
     for w in data.workloads:
         for name, limit in limits.items():
             s = w.surrogates.get(name)
@@ -84,8 +94,10 @@ def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
             held = sum(v <= limit for v in s.per_seed)
             if held / len(s.per_seed) < confidence:
                 what = "an OOM kill" if name == "oom_events" else f"{name} above its SLO ({limit:g})"
-                out[w.name] = (f"{what} on {len(s.per_seed) - held} of {len(s.per_seed)} seeds under every policy "
-                               f"studied (the workload's own, not the cache's)")
+                out[w.name] = (
+                    f"{what} on {len(s.per_seed) - held} of {len(s.per_seed)} seeds under every policy "
+                    f"studied (the workload's own, not the cache's)"
+                )
                 break
     return out
 
@@ -100,12 +112,12 @@ def unhealthy(data: CampaignData, confidence: float) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for w in data.workloads:
         if w.name in blocked:
-            w.surrogates = {m: s if not s.accuracy.decisive else replace(s, accuracy=replace(s.accuracy, decisive=False))
-                            for m, s in w.surrogates.items()}
+            w.surrogates = {
+                m: s if not s.accuracy.decisive else replace(s, accuracy=replace(s.accuracy, decisive=False))
+                for m, s in w.surrogates.items()
+            }
             continue
         problems = [f"{m}: {s.accuracy.problem()}" for m, s in w.surrogates.items() if not s.accuracy.healthy]
         if problems:
             out[w.name] = problems
     return out
-
-

@@ -4,9 +4,10 @@ Per workload, the cheapest policy (predicted scalar cost: fallback cost plus res
 GiB) whose probability of meeting every SLO is at least the confidence level. Costs closer than the
 practical threshold are ties, and a tie goes to the stock kernel's policy, then to the fewest knobs
 changed from the kernel default, then to the N nearest the kernel's, then to the smaller N: a
-recommendation changes nothing that does not pay. Overall: the same rule over every workload some stock-kernel policy can serve, costs
-averaged over them. Then knobs other than N go back to their defaults unless fresh seeds show they pay
-(`_confirm.minimal_change`), the choice is confirmed on fresh seeds, and its N is explained.
+recommendation changes nothing that does not pay. Overall: the same rule over every workload some
+stock-kernel policy can serve, costs averaged over them. Then knobs other than N go back to their
+defaults unless fresh seeds show they pay (`_confirm.minimal_change`), the choice is confirmed on
+fresh seeds, and its N is explained.
 
 Practical thresholds (`practical_thresholds`) come from the hardware profile's SLOs and the
 objective's weights, the same rule for every profile: a metric whose whole predicted range over
@@ -75,8 +76,9 @@ def candidate_policies(data: CampaignData) -> list[dict[str, Any]]:
     return out
 
 
-def settle_decisive(data: CampaignData, candidates: Sequence[Mapping[str, Any]],
-                    thresholds: Mapping[str, float]) -> None:
+def settle_decisive(
+    data: CampaignData, candidates: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float]
+) -> None:
     """Mark each surrogate decisive or not: whether its whole predicted range over the candidates (and
     every observed value) reaches its practical threshold. Only a decisive metric's accuracy is required.
 
@@ -99,13 +101,18 @@ def settle_decisive(data: CampaignData, candidates: Sequence[Mapping[str, Any]],
                 decisive = top > thresholds[name] or max(observed, default=0.0) > 0
             else:
                 decisive = top >= thresholds[name]
-            settled[name] = s if s.accuracy.decisive == decisive else replace(
-                s, accuracy=replace(s.accuracy, decisive=decisive))
+            settled[name] = (
+                s if s.accuracy.decisive == decisive else replace(s, accuracy=replace(s.accuracy, decisive=decisive))
+            )
         w.surrogates = settled
 
 
-def p_meet(surrogates: Mapping[str, MetricSurrogate], hw: sim.HardwareProfile,
-           policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> np.ndarray:
+def p_meet(
+    surrogates: Mapping[str, MetricSurrogate],
+    hw: sim.HardwareProfile,
+    policies: Sequence[Mapping[str, Any]],
+    widen: float = 1.0,
+) -> np.ndarray:
     """P(every SLO met and no OOM) per policy, the constraints taken as independent; a constraint that
     cannot come near its SLO (not decisive) counts as met."""
     p = np.ones(len(policies))
@@ -117,8 +124,9 @@ def p_meet(surrogates: Mapping[str, MetricSurrogate], hw: sim.HardwareProfile,
     return p
 
 
-def cost(surrogates: Mapping[str, MetricSurrogate], hw: sim.HardwareProfile,
-         policies: Sequence[Mapping[str, Any]]) -> np.ndarray:
+def cost(
+    surrogates: Mapping[str, MetricSurrogate], hw: sim.HardwareProfile, policies: Sequence[Mapping[str, Any]]
+) -> np.ndarray:
     """Predicted scalar cost: reserved memory per GiB, plus the fallback cost where it can decide."""
     reserved = surrogates["reserved_mib"].interval(policies)[0]
     out = reserved / (hw.memory_mib / 1024)
@@ -137,8 +145,14 @@ def changed_knobs(policy: Mapping[str, Any], kernel: str) -> int:
     return sum(policy[k] != default[k] for k in default if k != "n_per_cpu")
 
 
-def rank(policies: Sequence[Mapping[str, Any]], probs: np.ndarray, costs: np.ndarray, kernel: str,
-         confidence: float, threshold: float = 0.0) -> list[int]:
+def rank(
+    policies: Sequence[Mapping[str, Any]],
+    probs: np.ndarray,
+    costs: np.ndarray,
+    kernel: str,
+    confidence: float,
+    threshold: float = 0.0,
+) -> list[int]:
     """Indices of the policies meeting `confidence`, best first.
 
     Cheapest first; costs within `threshold` (or 2 %) of the cheapest remaining are ties, ordered
@@ -151,15 +165,23 @@ def rank(policies: Sequence[Mapping[str, Any]], probs: np.ndarray, costs: np.nda
     while ok:
         floor = costs[ok[0]]
         tied = [i for i in ok if costs[i] <= floor + max(threshold, TIE_TOLERANCE * abs(floor)) + 1e-12]
-        tied.sort(key=lambda i: (bool(is_what_if(policies[i], kernel)), changed_knobs(policies[i], kernel),
-                                 abs(policies[i]["n_per_cpu"] - default_n), policies[i]["n_per_cpu"], costs[i]))
+        tied.sort(
+            key=lambda i: (
+                bool(is_what_if(policies[i], kernel)),
+                changed_knobs(policies[i], kernel),
+                abs(policies[i]["n_per_cpu"] - default_n),
+                policies[i]["n_per_cpu"],
+                costs[i],
+            )
+        )
         ordered += tied
         ok = [i for i in ok if i not in tied]
     return ordered
 
 
-def _predicted(surrogates: Mapping[str, MetricSurrogate], policy: Mapping[str, Any],
-               widen: float) -> dict[str, Interval]:
+def _predicted(
+    surrogates: Mapping[str, MetricSurrogate], policy: Mapping[str, Any], widen: float
+) -> dict[str, Interval]:
     out = {}
     for name in METRIC_NAMES:
         mid, lo, hi = surrogates[name].interval([policy], widen)
@@ -170,8 +192,15 @@ def _predicted(surrogates: Mapping[str, MetricSurrogate], policy: Mapping[str, A
 class _Judge:
     """Probabilities and costs of the candidates for a set of workloads (one, or all served ones)."""
 
-    def __init__(self, data: CampaignData, workloads: Sequence[WorkloadData], policies: Sequence[dict[str, Any]],
-                 confidence: float, widen: float, threshold: float) -> None:
+    def __init__(
+        self,
+        data: CampaignData,
+        workloads: Sequence[WorkloadData],
+        policies: Sequence[dict[str, Any]],
+        confidence: float,
+        widen: float,
+        threshold: float,
+    ) -> None:
         self.data, self.workloads, self.policies = data, list(workloads), list(policies)
         self.confidence, self.widen, self.threshold = confidence, widen, threshold
         hw = data.hardware
@@ -185,9 +214,15 @@ class _Judge:
         hw = self.data.hardware
         p = min(float(p_meet(w.surrogates, hw, [policy], self.widen)[0]) for w in self.workloads)
         c = float(np.mean([cost(w.surrogates, hw, [policy])[0] for w in self.workloads]))
-        return Choice(sim.Policy(**policy), self.data.kernel, p, c,
-                      {w.name: _predicted(w.surrogates, policy, self.widen) for w in self.workloads},
-                      is_what_if(policy, self.data.kernel), gain)
+        return Choice(
+            sim.Policy(**policy),
+            self.data.kernel,
+            p,
+            c,
+            {w.name: _predicted(w.surrogates, policy, self.widen) for w in self.workloads},
+            is_what_if(policy, self.data.kernel),
+            gain,
+        )
 
     def best(self) -> tuple[Choice | None, Choice | None]:
         """The best stock-kernel policy, and the best of all when it is a what-if cheaper by more than the threshold."""
@@ -200,8 +235,14 @@ class _Judge:
         return faithful, None
 
 
-def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, confirm_seeds: int = CONFIRM_SEEDS,
-              widen: float = 1.0, extrapolated: bool = False) -> Recommendation:
+def recommend(
+    data: CampaignData,
+    *,
+    confidence: float = DEFAULT_CONFIDENCE,
+    confirm_seeds: int = CONFIRM_SEEDS,
+    widen: float = 1.0,
+    extrapolated: bool = False,
+) -> Recommendation:
     """The recommendation for every workload of a fitted campaign (call `fit_surrogates` first)."""
     if not 0.5 <= confidence < 1.0:
         raise UserError(f"--confidence {confidence}: must be at least 0.5 and below 1")
@@ -216,8 +257,11 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
     results = []
     for w in data.workloads:
         if bad.get(w.name) or w.name in blocked:
-            results.append(WorkloadRecommendation(w.name, None, problems=tuple(bad.get(w.name, ())),
-                                                  unattainable=blocked.get(w.name)))
+            results.append(
+                WorkloadRecommendation(
+                    w.name, None, problems=tuple(bad.get(w.name, ())), unattainable=blocked.get(w.name)
+                )
+            )
             continue
         judge = _Judge(data, [w], policies, confidence, widen, threshold)
         faithful, what_if = judge.best()
@@ -255,14 +299,30 @@ def recommend(data: CampaignData, *, confidence: float = DEFAULT_CONFIDENCE, con
         trials = max(len(w.trials) for w in data.workloads if w.name in bad)
         fix = study_command(data, list(bad), trials)
     return Recommendation(
-        campaign=data.name, hardware=hw.name, kernel=data.kernel, simulator_version=data.simulator_version,
-        confidence=confidence, seeds=tuple(data.seeds), fresh_seeds=fresh.seeds, overall=overall,
-        overall_what_if=overall_what_if, workloads=tuple(results),
-        surrogate={w.name: surrogate_figures(w.surrogates) for w in data.workloads}, thresholds=thresholds,
-        unhealthy=bad, overall_confirmation=overall_confirmation, knob_changes=knob_changes,
-        n_explanation=explanation, extrapolated=extrapolated, fix_command=fix, served=tuple(w.name for w in served),
-        profiles={"hardware": sim.profile_text(hw),
-                  "workloads": {w.name: sim.profile_text(w.profile) for w in data.workloads}})
+        campaign=data.name,
+        hardware=hw.name,
+        kernel=data.kernel,
+        simulator_version=data.simulator_version,
+        confidence=confidence,
+        seeds=tuple(data.seeds),
+        fresh_seeds=fresh.seeds,
+        overall=overall,
+        overall_what_if=overall_what_if,
+        workloads=tuple(results),
+        surrogate={w.name: surrogate_figures(w.surrogates) for w in data.workloads},
+        thresholds=thresholds,
+        unhealthy=bad,
+        overall_confirmation=overall_confirmation,
+        knob_changes=knob_changes,
+        n_explanation=explanation,
+        extrapolated=extrapolated,
+        fix_command=fix,
+        served=tuple(w.name for w in served),
+        profiles={
+            "hardware": sim.profile_text(hw),
+            "workloads": {w.name: sim.profile_text(w.profile) for w in data.workloads},
+        },
+    )
 
 
 def explain_n(judge: _Judge, choice: Choice) -> NExplanation:
@@ -271,34 +331,62 @@ def explain_n(judge: _Judge, choice: Choice) -> NExplanation:
     default_n = sim.Policy.kernel_default(sim.kernel_behaviour(judge.data.kernel)).n_per_cpu
     t = judge.threshold
     if n == default_n:
-        return NExplanation(n, None, f"the kernel default: no other N changes the predicted cost by more than the "
-                                     f"practical {t:g} ms/s while meeting every SLO")
+        return NExplanation(
+            n,
+            None,
+            f"the kernel default: no other N changes the predicted cost by more than the "
+            f"practical {t:g} ms/s while meeting every SLO",
+        )
     step = n - 1 if n > default_n else n + 1
     nearer = choice.policy.with_(n_per_cpu=step, refill_low_watermark=min(choice.policy.refill_low_watermark, step))
     hw = judge.data.hardware
     probs = {w.name: float(p_meet(w.surrogates, hw, [asdict(nearer)], judge.widen)[0]) for w in judge.workloads}
     worst = min(probs, key=probs.get)  # type: ignore[arg-type]
     if probs[worst] < judge.confidence:
-        return NExplanation(n, worst, f"with N={step}, {worst} meets every SLO with probability "
-                                      f"{probs[worst]:.3f} < {judge.confidence:g}")
+        return NExplanation(
+            n,
+            worst,
+            f"with N={step}, {worst} meets every SLO with probability {probs[worst]:.3f} < {judge.confidence:g}",
+        )
     cheapest_index = min(judge.order, key=lambda i: judge.costs[i])
     cheapest = judge.policies[cheapest_index]
-    rise = {w.name: float(cost(w.surrogates, hw, [asdict(nearer)])[0] - cost(w.surrogates, hw, [cheapest])[0])
-            for w in judge.workloads}
+    rise = {
+        w.name: float(cost(w.surrogates, hw, [asdict(nearer)])[0] - cost(w.surrogates, hw, [cheapest])[0])
+        for w in judge.workloads
+    }
     total = sum(rise.values()) / len(rise)
     top = max(rise, key=rise.get)  # type: ignore[arg-type]
     floor = float(judge.costs[cheapest_index])
     if total > max(t, TIE_TOLERANCE * abs(floor)):
-        return NExplanation(n, top, f"with N={step} the predicted cost is {floor + total:.3g} ms/s, more than the "
-                                    f"practical {t:g} ms/s above the cheapest ({floor:.3g} ms/s at "
-                                    f"N={cheapest['n_per_cpu']}); most of it in {top} (+{rise[top]:.3g} ms/s there)")
-    return NExplanation(n, None, f"N={step} costs within the practical {t:g} ms/s of the cheapest, but no studied "
-                                 f"policy with it ties with the other knobs as chosen")
+        return NExplanation(
+            n,
+            top,
+            f"with N={step} the predicted cost is {floor + total:.3g} ms/s, more than the "
+            f"practical {t:g} ms/s above the cheapest ({floor:.3g} ms/s at "
+            f"N={cheapest['n_per_cpu']}); most of it in {top} (+{rise[top]:.3g} ms/s there)",
+        )
+    return NExplanation(
+        n,
+        None,
+        f"N={step} costs within the practical {t:g} ms/s of the cheapest, but no studied "
+        f"policy with it ties with the other knobs as chosen",
+    )
 
 
 def surrogate_figures(models: Mapping[str, MetricSurrogate]) -> dict[str, SurrogateFigures]:
     from ..surrogate import describe
 
-    return {m: SurrogateFigures(s.accuracy.estimator, s.accuracy.n_trials, s.accuracy.cv_r2,
-                                s.accuracy.rank_correlation, s.accuracy.coverage, bool(s.accuracy.decisive),
-                                s.accuracy.noise_limited, s.accuracy.healthy, describe(s)) for m, s in models.items()}
+    return {
+        m: SurrogateFigures(
+            s.accuracy.estimator,
+            s.accuracy.n_trials,
+            s.accuracy.cv_r2,
+            s.accuracy.rank_correlation,
+            s.accuracy.coverage,
+            bool(s.accuracy.decisive),
+            s.accuracy.noise_limited,
+            s.accuracy.healthy,
+            describe(s),
+        )
+        for m, s in models.items()
+    }

@@ -51,7 +51,8 @@ def trials_digest(engine: sa.Engine, optuna_study_names: list[str]) -> str:
     query = sa.text(
         "SELECT s.study_name, t.number, t.state, t.datetime_complete FROM trials t "
         "JOIN studies s ON s.study_id = t.study_id WHERE s.study_name IN :names "
-        "ORDER BY s.study_name, t.number").bindparams(sa.bindparam("names", expanding=True))
+        "ORDER BY s.study_name, t.number"
+    ).bindparams(sa.bindparam("names", expanding=True))
     with engine.connect() as conn:
         rows = conn.execute(query, {"names": list(optuna_study_names)}).all() if optuna_study_names else []
     text = "\n".join(f"{name}|{number}|{state}|{done}" for name, number, state, done in rows)
@@ -72,12 +73,17 @@ def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
     db = storage.open_database(url, create=False)
     try:
         with db.session() as session:
-            rows = [(c.updated_at, c.name, c.hardware_profile) for c in storage.list_campaigns(session)
-                    if c.hardware_name == target.name]
+            rows = [
+                (c.updated_at, c.name, c.hardware_profile)
+                for c in storage.list_campaigns(session)
+                if c.hardware_name == target.name
+            ]
     finally:
         db.close()
     if not rows:
-        raise UserError(f"no campaign for hardware '{target.name}' in {url}; run rcutune study --hardware {target.name}")
+        raise UserError(
+            f"no campaign for hardware '{target.name}' in {url}; run rcutune study --hardware {target.name}"
+        )
     exact = [r for r in rows if r[2] == sim.profile_text(target)]
     if exact:
         return max(exact)[1], False
@@ -91,10 +97,14 @@ def campaign_for(url: str, target: sim.HardwareProfile) -> tuple[str, bool]:
         except sim.ProfileError:
             continue  # a campaign of another simulator version is no neighbour
     if not family:
-        raise UserError(f"no campaign for hardware '{target.name}' in {url} that this rcutune can read; "
-                        f"run rcutune study --hardware {target.name}")
-    best = min(family, key=lambda f: (abs(math.log(f[1].cpus / target.cpus)),
-                                      abs(math.log(f[1].memory_mib / target.memory_mib))))
+        raise UserError(
+            f"no campaign for hardware '{target.name}' in {url} that this rcutune can read; "
+            f"run rcutune study --hardware {target.name}"
+        )
+    best = min(
+        family,
+        key=lambda f: (abs(math.log(f[1].cpus / target.cpus)), abs(math.log(f[1].memory_mib / target.memory_mib))),
+    )
     return best[0], True
 
 
@@ -148,9 +158,12 @@ def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recomm
             c = storage.find_campaign(session, campaign)
             if c is None:
                 return None
-            row = session.scalars(sa.select(storage.AnswerRecord).where(
-                storage.AnswerRecord.campaign_id == c.id,
-                storage.AnswerRecord.options_sha256 == options_key(options))).one_or_none()
+            row = session.scalars(
+                sa.select(storage.AnswerRecord).where(
+                    storage.AnswerRecord.campaign_id == c.id,
+                    storage.AnswerRecord.options_sha256 == options_key(options),
+                )
+            ).one_or_none()
             if row is None or row.rcutune_version != rcutune_version():
                 return None
             names = [s.optuna_study_name for s in c.studies]
@@ -162,7 +175,7 @@ def stored_answer(url: str, campaign: str, options: Mapping[str, Any]) -> Recomm
         db.close()
 
 
-def store(url: str, rec: Recommendation, data: "CampaignData", options: Mapping[str, Any]) -> None:
+def store(url: str, rec: Recommendation, data: CampaignData, options: Mapping[str, Any]) -> None:
     """Record the answer (replacing the one for the same options), the surrogates with their fitted
     estimators, and the recommended policies (replacing the campaign's earlier ones).
 
@@ -174,47 +187,90 @@ def store(url: str, rec: Recommendation, data: "CampaignData", options: Mapping[
     db = storage.open_database(url)  # a database of an older rcutune gains the answers table here
     try:
         with db.session() as session:
-            campaign = session.scalars(sa.select(storage.Campaign).where(storage.Campaign.name == rec.campaign)
-                                       .with_for_update()).one_or_none()
+            campaign = session.scalars(
+                sa.select(storage.Campaign).where(storage.Campaign.name == rec.campaign).with_for_update()
+            ).one_or_none()
             if campaign is None:
                 return
-            studies = {s.workload_name: s for s in session.scalars(
-                sa.select(storage.StudyRecord).where(storage.StudyRecord.campaign_id == campaign.id))}
+            studies = {
+                s.workload_name: s
+                for s in session.scalars(
+                    sa.select(storage.StudyRecord).where(storage.StudyRecord.campaign_id == campaign.id)
+                )
+            }
             key = options_key(options)
-            session.execute(sa.delete(storage.SurrogateRecord)
-                            .where(storage.SurrogateRecord.study_id.in_([s.id for s in studies.values()])))
-            session.execute(sa.delete(storage.RecommendationRecord)
-                            .where(storage.RecommendationRecord.campaign_id == campaign.id))
-            session.execute(sa.delete(storage.AnswerRecord).where(storage.AnswerRecord.campaign_id == campaign.id,
-                                                                  storage.AnswerRecord.options_sha256 == key))
+            session.execute(
+                sa.delete(storage.SurrogateRecord).where(
+                    storage.SurrogateRecord.study_id.in_([s.id for s in studies.values()])
+                )
+            )
+            session.execute(
+                sa.delete(storage.RecommendationRecord).where(storage.RecommendationRecord.campaign_id == campaign.id)
+            )
+            session.execute(
+                sa.delete(storage.AnswerRecord).where(
+                    storage.AnswerRecord.campaign_id == campaign.id, storage.AnswerRecord.options_sha256 == key
+                )
+            )
             for workload, metrics in rec.surrogate.items():
                 study = studies.get(workload)
                 if study is None:
                     continue
                 for metric, a in metrics.items():
                     estimator = getattr(fitted.get(workload, {}).get(metric), "estimator", None)
-                    session.add(storage.SurrogateRecord(
-                        study_id=study.id, metric=metric, estimator=a.estimator, estimator_params=a.model,
-                        n_trials=a.n_trials, cv_r2=a.cv_r2, rank_correlation=a.rank_correlation,
-                        interval_coverage=a.coverage, passed=a.healthy,
-                        model=None if estimator is None else pickle.dumps(estimator)))
-            figures = {w: {m: {"cv_r2": a.cv_r2, "coverage": a.coverage} for m, a in ms.items()}
-                       for w, ms in rec.surrogate.items()}
-            rows = [(None, rec.overall, {})] + [(w.workload, w.faithful, {"confirmed": w.confirmed})
-                                                 for w in rec.workloads]
+                    session.add(
+                        storage.SurrogateRecord(
+                            study_id=study.id,
+                            metric=metric,
+                            estimator=a.estimator,
+                            estimator_params=a.model,
+                            n_trials=a.n_trials,
+                            cv_r2=a.cv_r2,
+                            rank_correlation=a.rank_correlation,
+                            interval_coverage=a.coverage,
+                            passed=a.healthy,
+                            model=None if estimator is None else pickle.dumps(estimator),
+                        )
+                    )
+            figures = {
+                w: {m: {"cv_r2": a.cv_r2, "coverage": a.coverage} for m, a in ms.items()}
+                for w, ms in rec.surrogate.items()
+            }
+            rows = [(None, rec.overall, {})] + [
+                (w.workload, w.faithful, {"confirmed": w.confirmed}) for w in rec.workloads
+            ]
             for workload, choice, extra in rows:
                 if choice is None:
                     continue
-                session.add(storage.RecommendationRecord(
-                    campaign_id=campaign.id, workload_name=workload, policy=_policy_json(choice.policy),
-                    kernel_cmdline=choice.kernel_cmdline, confidence=rec.confidence, p_meet_slos=choice.p_meet,
-                    source="surrogate", what_if=choice.what_if, extrapolated=rec.extrapolated,
-                    details={"surrogate": figures if workload is None else figures.get(workload),
-                             "fresh_seeds": list(rec.fresh_seeds), **extra}))
+                session.add(
+                    storage.RecommendationRecord(
+                        campaign_id=campaign.id,
+                        workload_name=workload,
+                        policy=_policy_json(choice.policy),
+                        kernel_cmdline=choice.kernel_cmdline,
+                        confidence=rec.confidence,
+                        p_meet_slos=choice.p_meet,
+                        source="surrogate",
+                        what_if=choice.what_if,
+                        extrapolated=rec.extrapolated,
+                        details={
+                            "surrogate": figures if workload is None else figures.get(workload),
+                            "fresh_seeds": list(rec.fresh_seeds),
+                            **extra,
+                        },
+                    )
+                )
             digest = data.trials_sha256 or trials_digest(db.engine, [s.optuna_study_name for s in studies.values()])
-            session.add(storage.AnswerRecord(
-                campaign_id=campaign.id, options=dict(options), options_sha256=key, rcutune_version=rcutune_version(),
-                trials_sha256=digest, document=json.loads(json.dumps(rec.to_json(), default=json_default))))
+            session.add(
+                storage.AnswerRecord(
+                    campaign_id=campaign.id,
+                    options=dict(options),
+                    options_sha256=key,
+                    rcutune_version=rcutune_version(),
+                    trials_sha256=digest,
+                    document=json.loads(json.dumps(rec.to_json(), default=json_default)),
+                )
+            )
     finally:
         db.close()
 

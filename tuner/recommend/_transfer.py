@@ -35,9 +35,13 @@ def transfer(data: CampaignData, target: sim.HardwareProfile) -> None:
     for w in data.workloads:
         trials = w.trials
         w.surrogates = dict(w.surrogates)
-        w.surrogates["reserved_mib"] = exact_metric("reserved_mib", lambda p: reserved_mib(p, target),
-                                                    [t.policy for t in trials], [reserved_mib(t.policy, target) for t in trials],
-                                                    len(trials))
+        w.surrogates["reserved_mib"] = exact_metric(
+            "reserved_mib",
+            lambda p: reserved_mib(p, target),
+            [t.policy for t in trials],
+            [reserved_mib(t.policy, target) for t in trials],
+            len(trials),
+        )
         for name in EXTENSIVE:
             w.surrogates[name] = replace(w.surrogates[name], scale=ratio)
 
@@ -57,18 +61,30 @@ class TransferError:
 
 def nearest_profile(target: sim.HardwareProfile, studied: Sequence[CampaignData]) -> CampaignData:
     """The studied campaign whose hardware is nearest the target (log CPU count, then log memory)."""
+
     def distance(c: CampaignData) -> tuple[float, float]:
         return (abs(math.log(c.hardware.cpus / target.cpus)), abs(math.log(c.hardware.memory_mib / target.memory_mib)))
+
     return min(studied, key=distance)
 
 
-def transfer_error(source: CampaignData, target: CampaignData, widen: float = EXTRAPOLATION_WIDEN) -> list[TransferError]:
+def transfer_error(
+    source: CampaignData, target: CampaignData, widen: float = EXTRAPOLATION_WIDEN
+) -> list[TransferError]:
     """Predict every trial of `target` with the surrogates of `source`, transferred to the target's
     hardware as an extrapolated recommendation is (`transfer`), and score them."""
-    fitted = CampaignData(source.name, source.url, source.hardware, source.kernel, source.simulator_version,
-                          source.seeds, [WorkloadData(w.name, w.profile, w.seconds, w.trials, w.optuna_name)
-                                         for w in source.workloads], source.search_space, source.settings,
-                          source.objective)
+    fitted = CampaignData(
+        source.name,
+        source.url,
+        source.hardware,
+        source.kernel,
+        source.simulator_version,
+        source.seeds,
+        [WorkloadData(w.name, w.profile, w.seconds, w.trials, w.optuna_name) for w in source.workloads],
+        source.search_space,
+        source.settings,
+        source.objective,
+    )
     fit_surrogates(fitted)
     transfer(fitted, target.hardware)
     out = []
@@ -81,8 +97,10 @@ def transfer_error(source: CampaignData, target: CampaignData, widen: float = EX
             rows = [(t.policy, r[name]) for t in held.trials for r in t.runs]
             z = np.log(np.maximum([v for _, v in rows], 0.0) + s.offset)
             mean, std = s.predict([p for p, _ in rows])
-            inside = lambda k: float(np.mean(np.abs(z - mean) <= Z90 * std * k + 1e-9))  # noqa: E731
-            means = np.array([np.mean(np.log(np.maximum([r[name] for r in t.runs], 0.0) + s.offset)) for t in held.trials])
+            inside = lambda k, dev=np.abs(z - mean), std=std: float(np.mean(dev <= Z90 * std * k + 1e-9))  # noqa: E731
+            means = np.array(
+                [np.mean(np.log(np.maximum([r[name] for r in t.runs], 0.0) + s.offset)) for t in held.trials]
+            )
             predicted = s.predict([t.policy for t in held.trials])[0]
             ss = float(np.sum((means - means.mean()) ** 2))
             r2 = None if ss <= 1e-12 else 1.0 - float(np.sum((means - predicted) ** 2)) / ss

@@ -196,8 +196,9 @@ class Recommendation:
             else:
                 out[w.workload] = f"no stock-kernel policy meets its SLOs with probability {self.confidence:g}"
                 if w.what_if is not None:
-                    out[w.workload] += (f" (a what-if does: {'; '.join(w.what_if.what_if_reasons)}, "
-                                        f"N={w.what_if.policy.n_per_cpu})")
+                    out[w.workload] += (
+                        f" (a what-if does: {'; '.join(w.what_if.what_if_reasons)}, N={w.what_if.policy.n_per_cpu})"
+                    )
         return out
 
     # -- the edge: recommendation.json ---------------------------------------------------------
@@ -207,17 +208,23 @@ class Recommendation:
         doc_overall = None
         if overall is not None:
             confirmation = {w: _overall_confirmation_json(c) for w, c in self.overall_confirmation.items()}
-            doc_overall = {**_choice_json(overall),
-                           "confirmed": all(c.feasible for c in self.overall_confirmation.values())
-                           if self.overall_confirmation else None,
-                           "confirmation": confirmation}
+            doc_overall = {
+                **_choice_json(overall),
+                "confirmed": all(c.feasible for c in self.overall_confirmation.values())
+                if self.overall_confirmation
+                else None,
+                "confirmation": confirmation,
+            }
         return {
-            "hardware": self.hardware, "campaign": self.campaign, "kernel": self.kernel,
+            "hardware": self.hardware,
+            "campaign": self.campaign,
+            "kernel": self.kernel,
             "kernel_cmdline": self.kernel_cmdline,
             "revert_cmdline": self.revert_cmdline,
-            "boot_parameters": {"rcu_min_cached_objs": self.behaviour.boot_param("rcu_min_cached_objs"),
-                                "rcu_delay_page_cache_fill_msec":
-                                    self.behaviour.boot_param("rcu_delay_page_cache_fill_msec")},
+            "boot_parameters": {
+                "rcu_min_cached_objs": self.behaviour.boot_param("rcu_min_cached_objs"),
+                "rcu_delay_page_cache_fill_msec": self.behaviour.boot_param("rcu_delay_page_cache_fill_msec"),
+            },
             "confidence": self.confidence,
             "overall": doc_overall,
             "overall_what_if": _choice_json(self.overall_what_if),
@@ -231,7 +238,8 @@ class Recommendation:
             "unhealthy": self.unhealthy,
             "fix_command": self.fix_command,
             "simulator_version": self.simulator_version,
-            "seeds": list(self.seeds), "fresh_seeds": list(self.fresh_seeds),
+            "seeds": list(self.seeds),
+            "fresh_seeds": list(self.fresh_seeds),
             "profiles": self.profiles,
         }
 
@@ -242,24 +250,41 @@ class Recommendation:
         overall = doc.get("overall")
         overall_confirmation = {}
         if overall is not None:
-            overall_confirmation = {w: _overall_confirmation_from(c, doc.get("fresh_seeds", ()))
-                                    for w, c in (overall.get("confirmation") or {}).items()}
+            overall_confirmation = {
+                w: _overall_confirmation_from(c, doc.get("fresh_seeds", ()))
+                for w, c in (overall.get("confirmation") or {}).items()
+            }
         workloads = tuple(_workload_from(name, w, kernel) for name, w in doc["workloads"].items())
-        surrogate = {w: {m: SurrogateFigures(**figures) for m, figures in per.items()}
-                     for w, per in _surrogate_from(doc["surrogate"]).items()}
+        surrogate = {
+            w: {m: SurrogateFigures(**figures) for m, figures in per.items()}
+            for w, per in _surrogate_from(doc["surrogate"]).items()
+        }
         explanation = doc.get("n_explanation")
         return cls(
-            campaign=doc["campaign"], hardware=doc["hardware"], kernel=kernel,
-            simulator_version=doc["simulator_version"], confidence=doc["confidence"],
-            seeds=tuple(doc["seeds"]), fresh_seeds=tuple(doc["fresh_seeds"]),
-            overall=_choice_from(overall, kernel), overall_what_if=_choice_from(doc.get("overall_what_if"), kernel),
-            workloads=workloads, surrogate=surrogate, thresholds=dict(doc.get("thresholds", {})),
-            unhealthy=dict(doc.get("unhealthy", {})), overall_confirmation=overall_confirmation,
-            knob_changes=tuple(KnobChange(k["knob"], k["value"], k["default"], Stat(**k["buys"]), k["kept"])
-                               for k in doc.get("knob_changes", [])),
+            campaign=doc["campaign"],
+            hardware=doc["hardware"],
+            kernel=kernel,
+            simulator_version=doc["simulator_version"],
+            confidence=doc["confidence"],
+            seeds=tuple(doc["seeds"]),
+            fresh_seeds=tuple(doc["fresh_seeds"]),
+            overall=_choice_from(overall, kernel),
+            overall_what_if=_choice_from(doc.get("overall_what_if"), kernel),
+            workloads=workloads,
+            surrogate=surrogate,
+            thresholds=dict(doc.get("thresholds", {})),
+            unhealthy=dict(doc.get("unhealthy", {})),
+            overall_confirmation=overall_confirmation,
+            knob_changes=tuple(
+                KnobChange(k["knob"], k["value"], k["default"], Stat(**k["buys"]), k["kept"])
+                for k in doc.get("knob_changes", [])
+            ),
             n_explanation=None if explanation is None else NExplanation(**explanation),
-            extrapolated=doc["extrapolated"], fix_command=doc.get("fix_command"), served=tuple(doc["served"]),
-            profiles=dict(doc.get("profiles", {})))
+            extrapolated=doc["extrapolated"],
+            fix_command=doc.get("fix_command"),
+            served=tuple(doc["served"]),
+            profiles=dict(doc.get("profiles", {})),
+        )
 
 
 def _interval_json(i: Interval) -> dict[str, float]:
@@ -279,11 +304,17 @@ def _choice_json(c: Choice | None, *, flat: bool = False) -> dict[str, Any] | No
     if c is None:
         return None
     predicted = {w: {m: _interval_json(i) for m, i in per.items()} for w, per in c.predicted.items()}
-    return {"kernel_cmdline": c.kernel_cmdline, "policy": asdict(c.policy), "n_per_cpu": c.policy.n_per_cpu,
-            "layout": c.policy.layout, "what_if_reasons": list(c.what_if_reasons),
-            "slo_met_probability": c.p_meet, "cost": c.cost,
-            "predicted": next(iter(predicted.values()), {}) if flat else predicted,
-            "gain": c.gain}
+    return {
+        "kernel_cmdline": c.kernel_cmdline,
+        "policy": asdict(c.policy),
+        "n_per_cpu": c.policy.n_per_cpu,
+        "layout": c.policy.layout,
+        "what_if_reasons": list(c.what_if_reasons),
+        "slo_met_probability": c.p_meet,
+        "cost": c.cost,
+        "predicted": next(iter(predicted.values()), {}) if flat else predicted,
+        "gain": c.gain,
+    }
 
 
 def _choice_from(doc: Mapping[str, Any] | None, kernel: str, workload: str | None = None) -> Choice | None:
@@ -293,8 +324,15 @@ def _choice_from(doc: Mapping[str, Any] | None, kernel: str, workload: str | Non
     if workload is not None:
         predicted_doc = {workload: predicted_doc}
     predicted = {w: {m: Interval(**i) for m, i in per.items()} for w, per in predicted_doc.items()}
-    return Choice(sim.Policy(**doc["policy"]), kernel, doc["slo_met_probability"], doc["cost"], predicted,
-                  tuple(doc.get("what_if_reasons", ())), doc.get("gain"))
+    return Choice(
+        sim.Policy(**doc["policy"]),
+        kernel,
+        doc["slo_met_probability"],
+        doc["cost"],
+        predicted,
+        tuple(doc.get("what_if_reasons", ())),
+        doc.get("gain"),
+    )
 
 
 def _workload_json(w: WorkloadRecommendation) -> dict[str, Any]:
@@ -309,11 +347,18 @@ def _workload_json(w: WorkloadRecommendation) -> dict[str, Any]:
         "cost": None if f is None else f.cost,
         "predicted": None if f is None else _choice_json(f, flat=True)["predicted"],  # type: ignore[index]
         "confirmed": w.confirmed,
-        "confirmation": {} if c is None else {"seeds": list(c.seeds), "seconds": c.seconds,
-                                              "constraints": c.constraints,
-                                              "recommended": _stats_json(c.recommended)},
+        "confirmation": {}
+        if c is None
+        else {
+            "seeds": list(c.seeds),
+            "seconds": c.seconds,
+            "constraints": c.constraints,
+            "recommended": _stats_json(c.recommended),
+        },
         "what_if": _choice_json(w.what_if, flat=True),
-        "default_comparison": {} if c is None else {
+        "default_comparison": {}
+        if c is None
+        else {
             "kernel_default": {"summary": _stats_json(c.kernel_default)},
             "n_zero": {"summary": _stats_json(c.n_zero)},
             "recommended_minus_default": _stats_json(c.minus_default, "diff"),
@@ -327,36 +372,63 @@ def _workload_json(w: WorkloadRecommendation) -> dict[str, Any]:
 def _workload_from(name: str, doc: Mapping[str, Any], kernel: str) -> WorkloadRecommendation:
     faithful = None
     if doc.get("policy") is not None:
-        faithful = _choice_from({**doc, "what_if_reasons": [], "gain": None,
-                                 "cost": doc.get("cost", 0.0)}, kernel, name)
+        faithful = _choice_from(
+            {**doc, "what_if_reasons": [], "gain": None, "cost": doc.get("cost", 0.0)}, kernel, name
+        )
     c, comparison = doc.get("confirmation") or {}, doc.get("default_comparison") or {}
     confirmation = None
     if c:
         confirmation = Confirmation(
-            tuple(c["seeds"]), c["seconds"], dict(c["constraints"]), _stats_from(c["recommended"]),
+            tuple(c["seeds"]),
+            c["seconds"],
+            dict(c["constraints"]),
+            _stats_from(c["recommended"]),
             _stats_from(comparison.get("kernel_default", {}).get("summary")),
             _stats_from(comparison.get("recommended_minus_default"), "diff"),
             _stats_from(comparison.get("n_zero", {}).get("summary")),
-            _stats_from(comparison.get("recommended_minus_n_zero"), "diff"))
-    return WorkloadRecommendation(name, faithful, _choice_from(doc.get("what_if"), kernel, name),
-                                  doc.get("confirmed"), confirmation, tuple(doc.get("unhealthy") or ()),
-                                  doc.get("unattainable"))
+            _stats_from(comparison.get("recommended_minus_n_zero"), "diff"),
+        )
+    return WorkloadRecommendation(
+        name,
+        faithful,
+        _choice_from(doc.get("what_if"), kernel, name),
+        doc.get("confirmed"),
+        confirmation,
+        tuple(doc.get("unhealthy") or ()),
+        doc.get("unattainable"),
+    )
 
 
 def _overall_confirmation_json(c: Confirmation) -> dict[str, Any]:
-    return {"feasible": c.feasible, "constraints": c.constraints, "seconds": c.seconds,
-            "summary": _stats_json(c.recommended), "kernel_default": _stats_json(c.kernel_default),
-            "minus_default": _stats_json(c.minus_default, "diff")}
+    return {
+        "feasible": c.feasible,
+        "constraints": c.constraints,
+        "seconds": c.seconds,
+        "summary": _stats_json(c.recommended),
+        "kernel_default": _stats_json(c.kernel_default),
+        "minus_default": _stats_json(c.minus_default, "diff"),
+    }
 
 
 def _overall_confirmation_from(doc: Mapping[str, Any], seeds) -> Confirmation:
-    return Confirmation(tuple(seeds), doc.get("seconds", 0.0), dict(doc["constraints"]), _stats_from(doc["summary"]),
-                        _stats_from(doc["kernel_default"]), _stats_from(doc["minus_default"], "diff"))
+    return Confirmation(
+        tuple(seeds),
+        doc.get("seconds", 0.0),
+        dict(doc["constraints"]),
+        _stats_from(doc["summary"]),
+        _stats_from(doc["kernel_default"]),
+        _stats_from(doc["minus_default"], "diff"),
+    )
 
 
 def _knob_json(k: KnobChange) -> dict[str, Any]:
-    return {"knob": k.knob, "value": k.value, "default": k.default, "buys": {"mean": k.buys.mean, "ci95": k.buys.ci95},
-            "kept": k.kept}
+    return {
+        "knob": k.knob,
+        "value": k.value,
+        "default": k.default,
+        "buys": {"mean": k.buys.mean, "ci95": k.buys.ci95},
+        "kept": k.kept,
+    }
 
 
 def _surrogate_json(table: Mapping[str, Mapping[str, SurrogateFigures]]) -> dict[str, Any]:
@@ -369,9 +441,11 @@ def _surrogate_json(table: Mapping[str, Mapping[str, SurrogateFigures]]) -> dict
         deciding = [p for p in per.values() if p["decisive"]]
         r2 = [p["cv_r2"] for p in deciding if p["cv_r2"] is not None]
         cov = [p["coverage"] for p in deciding if p["coverage"] is not None]
-        out[name] = {"cv_r2": min(r2) if r2 else None,
-                     "coverage": max(cov, key=lambda c: abs(c - 0.9)) if cov else None,
-                     "per_workload": per}
+        out[name] = {
+            "cv_r2": min(r2) if r2 else None,
+            "coverage": max(cov, key=lambda c: abs(c - 0.9)) if cov else None,
+            "per_workload": per,
+        }
     return out
 
 
@@ -381,7 +455,6 @@ def _surrogate_from(doc: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any
         for workload, figures in entry.get("per_workload", {}).items():
             out.setdefault(workload, {})[metric] = figures
     return out
-
 
 
 def json_default(value: Any) -> Any:

@@ -19,9 +19,9 @@ from ..recommend import (
     CampaignData,
     Recommendation,
     fit_surrogates,
+    json_default,
     load_campaign,
     recommend,
-    json_default,
     store,
     study_command,
 )
@@ -30,8 +30,16 @@ from ._files import publish_directory, replace_directory, write_atomic
 from ._html import render_html
 from ._markdown import render_markdown
 
-__all__ = ["PreparedReport", "prepare_report", "publish_report", "render_html", "render_markdown",
-           "replace_directory", "write_atomic", "write_report"]
+__all__ = [
+    "PreparedReport",
+    "prepare_report",
+    "publish_report",
+    "render_html",
+    "render_markdown",
+    "replace_directory",
+    "write_atomic",
+    "write_report",
+]
 
 
 @dataclass(frozen=True)
@@ -46,8 +54,9 @@ class PreparedReport:
     options: dict[str, Any]
 
 
-def write_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
-                 confirm_seeds: int = 4) -> PreparedReport:
+def write_report(
+    url: str, name: str, out: Path | None = None, *, confidence: float = 0.95, confirm_seeds: int = 4
+) -> PreparedReport:
     """Fit, recommend and write `reports/<hardware>/<campaign>/`; returns what was written.
 
     Raises:
@@ -58,8 +67,9 @@ def write_report(url: str, name: str, out: Path | None = None, *, confidence: fl
     return report
 
 
-def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: float = 0.95,
-                   confirm_seeds: int = 4) -> PreparedReport:
+def prepare_report(
+    url: str, name: str, out: Path | None = None, *, confidence: float = 0.95, confirm_seeds: int = 4
+) -> PreparedReport:
     """Everything `write_report` computes (surrogates, recommendation, plots, text); writes nothing."""
     data = load_campaign(url, name)
     fit_surrogates(data)
@@ -89,10 +99,15 @@ def prepare_report(url: str, name: str, out: Path | None = None, *, confidence: 
             pngs[f"timeseries-{w.name}.png"] = _plots.time_series(data, w, lines, seed)
             captions[f"{w.name}: pending memory and fallbacks, recommended vs default"] = f"timeseries-{w.name}.png"
     trials = max((len(w.trials) for w in data.workloads), default=0)
-    markdown = render_markdown(rec, captions, url=url,
-                               study_command=study_command(data, [w.name for w in data.workloads], trials))
-    files = {**pngs, "recommendation.json": json.dumps(rec.to_json(), indent=2, default=json_default) + "\n",
-             "report.md": markdown, "report.html": render_html(markdown, pngs)}
+    markdown = render_markdown(
+        rec, captions, url=url, study_command=study_command(data, [w.name for w in data.workloads], trials)
+    )
+    files = {
+        **pngs,
+        "recommendation.json": json.dumps(rec.to_json(), indent=2, default=json_default) + "\n",
+        "report.md": markdown,
+        "report.html": render_html(markdown, pngs),
+    }
     options = {"workload": None, "confidence": confidence, "confirm_seeds": confirm_seeds}
     return PreparedReport(url, directory, files, rec, data, options)
 
@@ -143,7 +158,10 @@ def _importances(study: optuna.Study) -> dict[str, float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return dict(optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=log_fallback_cost))
+            return dict(
+                optuna.importance.get_param_importances(
+                    study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0), target=log_fallback_cost
+                )
+            )
     except (ValueError, RuntimeError):  # fewer than two complete trials, or no parameter varied
         return {}

@@ -74,16 +74,36 @@ def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> byt
         ax.fill_between(ns, lo, hi, alpha=0.25, color="tab:blue", label="90% interval")
         ax.plot(ns, mid, color="tab:blue", label="surrogate")
         zero_mid, zero_lo, zero_hi = (float(v[0]) for v in s.interval([dict(default, n_per_cpu=0)]))
-        ax.errorbar([0], [zero_mid], yerr=[[zero_mid - max(zero_lo, 0)], [zero_hi - zero_mid]], fmt="s",
-                    color="tab:blue", capsize=3, label="N=0 (its own regime)")
+        ax.errorbar(
+            [0],
+            [zero_mid],
+            yerr=[[zero_mid - max(zero_lo, 0)], [zero_hi - zero_mid]],
+            fmt="s",
+            color="tab:blue",
+            capsize=3,
+            label="N=0 (its own regime)",
+        )
         pts = [t for t in w.trials if t.policy["layout"] == "per-cpu"]
         stock = [t for t in pts if not t.what_if]
         other = [t for t in pts if t.what_if]
-        ax.scatter([t.policy["n_per_cpu"] for t in stock], [t.metrics[name] for t in stock], s=18, color="black",
-                   zorder=3, label="stock-kernel trials (mean)")
+        ax.scatter(
+            [t.policy["n_per_cpu"] for t in stock],
+            [t.metrics[name] for t in stock],
+            s=18,
+            color="black",
+            zorder=3,
+            label="stock-kernel trials (mean)",
+        )
         if other:  # per-CPU what-ifs (watermark, emergency reserve): not on the curve's slice of the space
-            ax.scatter([t.policy["n_per_cpu"] for t in other], [t.metrics[name] for t in other], s=22,
-                       facecolors="none", edgecolors="tab:orange", zorder=3, label="per-CPU what-if trials (mean)")
+            ax.scatter(
+                [t.policy["n_per_cpu"] for t in other],
+                [t.metrics[name] for t in other],
+                s=22,
+                facecolors="none",
+                edgecolors="tab:orange",
+                zorder=3,
+                label="per-CPU what-if trials (mean)",
+            )
         values = [*mid, *hi, *lo, zero_mid, zero_hi] + [t.metrics[name] for t in pts]
         if slo is not None:
             ax.axhline(getattr(data.hardware, slo), color="tab:red", ls="--", label="SLO")
@@ -101,8 +121,11 @@ def metric_vs_n(data: CampaignData, w: WorkloadData, rec: Recommendation) -> byt
         ax.set_xlabel("N (rcu_min_cached_objs)")
         ax.set_title(f"{label}" + (f" ({unit})" if unit else ""), fontsize=10)
         ax.grid(alpha=0.3)
-    _legend_below(fig, axes.flat, f"{data.hardware.name} / {w.name}: metrics against N (per-CPU layout, other "
-                  "knobs at the kernel defaults)")
+    _legend_below(
+        fig,
+        axes.flat,
+        f"{data.hardware.name} / {w.name}: metrics against N (per-CPU layout, other knobs at the kernel defaults)",
+    )
     return _png(fig)
 
 
@@ -114,8 +137,9 @@ def _legend_below(fig, axes, title: str) -> None:
             handles.setdefault(label, handle)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 1, 0.96))
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles.values(), handles.keys(), loc="lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False
+    )
 
 
 def pareto(data: CampaignData, rec: Recommendation, fronts: Mapping[str, set[int]]) -> bytes:
@@ -128,31 +152,68 @@ def pareto(data: CampaignData, rec: Recommendation, fronts: Mapping[str, set[int
     for ax, w in zip(axes.flat, data.workloads):
         ok = [t for t in w.trials if t.feasible]
         bad = [t for t in w.trials if not t.feasible]
-        ax.scatter([t.metrics["reserved_mib"] for t in bad], [t.metrics["fallback_cost"] for t in bad], marker="x",
-                   color="tab:red", s=20, label="infeasible")
-        ax.scatter([t.metrics["reserved_mib"] for t in ok], [t.metrics["fallback_cost"] for t in ok],
-                   color="tab:blue", s=16, label="feasible")
-        front = sorted((t.metrics["reserved_mib"], t.metrics["fallback_cost"]) for t in w.trials
-                       if t.number in fronts.get(w.name, set()))
+        ax.scatter(
+            [t.metrics["reserved_mib"] for t in bad],
+            [t.metrics["fallback_cost"] for t in bad],
+            marker="x",
+            color="tab:red",
+            s=20,
+            label="infeasible",
+        )
+        ax.scatter(
+            [t.metrics["reserved_mib"] for t in ok],
+            [t.metrics["fallback_cost"] for t in ok],
+            color="tab:blue",
+            s=16,
+            label="feasible",
+        )
+        front = sorted(
+            (t.metrics["reserved_mib"], t.metrics["fallback_cost"])
+            for t in w.trials
+            if t.number in fronts.get(w.name, set())
+        )
         if front:
-            ax.step([p[0] for p in front], [p[1] for p in front], where="post", color="tab:blue", alpha=0.6,
-                    label="Pareto front (feasible)")
+            ax.step(
+                [p[0] for p in front],
+                [p[1] for p in front],
+                where="post",
+                color="tab:blue",
+                alpha=0.6,
+                label="Pareto front (feasible)",
+            )
         own = rec.workload(w.name)
         if own is not None and own.faithful is not None:
             p = own.faithful.predicted[w.name]
-            ax.scatter([p["reserved_mib"].mean], [p["fallback_cost"].mean], marker="*", s=160, color="tab:green",
-                       edgecolor="black", zorder=4, label="workload's own pick")
+            ax.scatter(
+                [p["reserved_mib"].mean],
+                [p["fallback_cost"].mean],
+                marker="*",
+                s=160,
+                color="tab:green",
+                edgecolor="black",
+                zorder=4,
+                label="workload's own pick",
+            )
         if rec.overall is not None and w.name in rec.overall.predicted:
             p = rec.overall.predicted[w.name]
-            ax.scatter([p["reserved_mib"].mean], [p["fallback_cost"].mean], marker="D", s=70,
-                       color=OVERALL["color"], edgecolor="black", zorder=5, label="recommended (command line)")
+            ax.scatter(
+                [p["reserved_mib"].mean],
+                [p["fallback_cost"].mean],
+                marker="D",
+                s=70,
+                color=OVERALL["color"],
+                edgecolor="black",
+                zorder=5,
+                label="recommended (command line)",
+            )
         positive = [t.metrics["reserved_mib"] for t in w.trials if t.metrics["reserved_mib"] > 0]
         linthresh = min(positive) if positive else 0.1
         ax.set_xscale("symlog", linthresh=linthresh)
         top = max(positive) if positive else 1.0
         # 0, then whole decades above the linear zone (a decade inside it would crowd the 0 label)
-        ax.set_xticks([0.0] + [10.0 ** k for k in range(math.ceil(math.log10(linthresh) + 0.3),
-                                                         math.ceil(math.log10(top)) + 1)])
+        ax.set_xticks(
+            [0.0] + [10.0**k for k in range(math.ceil(math.log10(linthresh) + 0.3), math.ceil(math.log10(top)) + 1)]
+        )
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         costs = [t.metrics["fallback_cost"] for t in w.trials]
         if min(costs, default=1.0) > 0:
@@ -173,7 +234,11 @@ def importances(data: CampaignData, table: Mapping[str, Mapping[str, float]]) ->
     """Parameter importances for the fallback cost, per workload (Optuna's fANOVA evaluator)."""
     params = sorted({p for per in table.values() for p in per})
     names = [w.name for w in data.workloads]
-    m = np.array([[table.get(w, {}).get(p, 0.0) for p in params] for w in names]) if params else np.zeros((len(names), 1))
+    m = (
+        np.array([[table.get(w, {}).get(p, 0.0) for p in params] for w in names])
+        if params
+        else np.zeros((len(names), 1))
+    )
     labels = params or ["(no parameter varied)"]
     fig, ax = plt.subplots(figsize=(1.3 * len(labels) + 2.5, 0.45 * len(names) + 1.8))
     im = ax.imshow(m, cmap="viridis", vmin=0, vmax=1, aspect="auto")
@@ -181,8 +246,15 @@ def importances(data: CampaignData, table: Mapping[str, Mapping[str, float]]) ->
     ax.set_yticks(range(len(names)), names, fontsize=8)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if m[i, j] < 0.6 else "black")
+            ax.text(
+                j,
+                i,
+                f"{m[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if m[i, j] < 0.6 else "black",
+            )
     fig.colorbar(im, ax=ax, label="importance")
     ax.set_title(f"{data.hardware.name}: what drives the fallback cost (fANOVA importances)", fontsize=10)
     fig.tight_layout()
@@ -196,8 +268,9 @@ def time_series(data: CampaignData, w: WorkloadData, policies: Mapping[str, sim.
     colors = iter(("tab:purple", "tab:green", "tab:grey", "tab:orange"))
     for label, policy in policies.items():
         color = next(colors)
-        _, trace = sim.simulate_with_trace(data.hardware, w.profile, policy, seconds=w.seconds, seed=seed,
-                                           kernel=data.kernel)
+        _, trace = sim.simulate_with_trace(
+            data.hardware, w.profile, policy, seconds=w.seconds, seed=seed, kernel=data.kernel
+        )
         t = np.asarray(trace.t)
         marker = "o" if len(t) < 30 else None  # a short run has few samples: show them
         pending = np.asarray(trace.bytes_pending) / 2**20
@@ -217,7 +290,8 @@ def time_series(data: CampaignData, w: WorkloadData, policies: Mapping[str, sim.
     bottom.legend(fontsize=7)
     top.grid(alpha=0.3)
     bottom.grid(alpha=0.3)
-    fig.suptitle(f"{data.hardware.name} / {w.name}: recommended vs default (seed {seed}, not used by the search)",
-                 fontsize=10)
+    fig.suptitle(
+        f"{data.hardware.name} / {w.name}: recommended vs default (seed {seed}, not used by the search)", fontsize=10
+    )
     fig.tight_layout()
     return _png(fig)

@@ -10,8 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from rcutune import sim
-from rcutune import storage
+from rcutune import sim, storage
 
 from .._errors import UserError
 from ._space import SearchSpace, build_search_space
@@ -56,8 +55,9 @@ class Settings:
 
 
 DEFAULT_SETTINGS = Settings()
-QUICK_SETTINGS = Settings(max_seconds=1.0, low_fidelity_fraction=0.25, replications=2, race_replications=2,
-                          race_top_k=2)
+QUICK_SETTINGS = Settings(
+    max_seconds=1.0, low_fidelity_fraction=0.25, replications=2, race_replications=2, race_top_k=2
+)
 DEFAULT_TRIALS = 30
 QUICK_TRIALS = 40  # ten design points and thirty searched: what a quick phone-8 study needs to stay healthy
 
@@ -91,23 +91,33 @@ class CampaignDefinition:
         """The campaign row for this definition (its studies are added separately)."""
         text = self.hardware_text()
         return storage.Campaign(
-            name=name, hardware_name=self.hardware.name, hardware_profile=text, hardware_sha256=_sha(text),
-            kernel=self.kernel, simulator_version=self.simulator_version, search_space=self.space.to_json(),
-            search_space_sha256=self.space.sha256(), objective=self.objective, seeds=list(self.seeds),
+            name=name,
+            hardware_name=self.hardware.name,
+            hardware_profile=text,
+            hardware_sha256=_sha(text),
+            kernel=self.kernel,
+            simulator_version=self.simulator_version,
+            search_space=self.space.to_json(),
+            search_space_sha256=self.space.sha256(),
+            objective=self.objective,
+            seeds=list(self.seeds),
             settings=self.settings.as_dict(),
         )
 
     def new_study(self, campaign_name: str, workload: sim.WorkloadProfile) -> storage.StudyRecord:
         text = sim.profile_text(workload)
-        return storage.StudyRecord(workload_name=workload.name, workload_profile=text, workload_sha256=_sha(text),
-                                   optuna_study_name=study_name(campaign_name, workload.name))
+        return storage.StudyRecord(
+            workload_name=workload.name,
+            workload_profile=text,
+            workload_sha256=_sha(text),
+            optuna_study_name=study_name(campaign_name, workload.name),
+        )
 
     def difference(self, campaign: storage.Campaign) -> str | None:
         """What differs between this definition and a stored campaign, in a few words; None if nothing."""
         text = self.hardware_text()
         if campaign.hardware_profile != text:
-            return (f"hardware profile {campaign.hardware_name} "
-                    f"({_first_change(campaign.hardware_profile, text)})")
+            return f"hardware profile {campaign.hardware_name} ({_first_change(campaign.hardware_profile, text)})"
         if campaign.kernel != self.kernel:
             return f"kernel version ({campaign.kernel} -> {self.kernel})"
         if campaign.simulator_version != self.simulator_version:
@@ -124,7 +134,8 @@ class CampaignDefinition:
         for workload in self.workloads:
             record = stored.get(workload.name)
             if record is not None and record.workload_profile != sim.profile_text(workload):
-                return f"workload profile {workload.name} ({_first_change(record.workload_profile, sim.profile_text(workload))})"
+                change = _first_change(record.workload_profile, sim.profile_text(workload))
+                return f"workload profile {workload.name} ({change})"
         return None
 
 
@@ -133,9 +144,11 @@ def stored_profile(campaign: storage.Campaign, kind: str, text: str) -> sim.Hard
     try:
         return sim.profile_from_text(kind, text)
     except sim.ProfileError:
-        raise UserError(f"campaign '{campaign.name}' was made by simulator {campaign.simulator_version} (this rcutune "
-                        f"has {sim.SIMULATOR_VERSION}) and its {kind} profile no longer loads; study it again with "
-                        "--new, or use the rcutune that made it") from None
+        raise UserError(
+            f"campaign '{campaign.name}' was made by simulator {campaign.simulator_version} (this rcutune "
+            f"has {sim.SIMULATOR_VERSION}) and its {kind} profile no longer loads; study it again with "
+            "--new, or use the rcutune that made it"
+        ) from None
 
 
 def stored_definition(campaign: storage.Campaign) -> CampaignDefinition:
@@ -146,20 +159,31 @@ def stored_definition(campaign: storage.Campaign) -> CampaignDefinition:
             space no longer load the same (another rcutune release).
     """
     if campaign.simulator_version != sim.SIMULATOR_VERSION:
-        raise UserError(f"campaign '{campaign.name}' was created with simulator {campaign.simulator_version}, this "
-                        f"rcutune has {sim.SIMULATOR_VERSION}; run it with the rcutune version that created it")
+        raise UserError(
+            f"campaign '{campaign.name}' was created with simulator {campaign.simulator_version}, this "
+            f"rcutune has {sim.SIMULATOR_VERSION}; run it with the rcutune version that created it"
+        )
     hardware = stored_profile(campaign, "hardware", campaign.hardware_profile)
     workloads = tuple(stored_profile(campaign, "workload", s.workload_profile) for s in campaign.studies)
     stored = campaign.search_space
-    space = build_search_space(campaign.kernel, int(stored["cpus"]), fixed=dict(stored["fixed"]),
-                               faithful=bool(stored["faithful"]))
-    definition = CampaignDefinition(hardware=hardware, workloads=workloads, kernel=campaign.kernel, space=space,
-                                    objective=campaign.objective, seeds=tuple(int(s) for s in campaign.seeds),
-                                    settings=Settings(**campaign.settings))
+    space = build_search_space(
+        campaign.kernel, int(stored["cpus"]), fixed=dict(stored["fixed"]), faithful=bool(stored["faithful"])
+    )
+    definition = CampaignDefinition(
+        hardware=hardware,
+        workloads=workloads,
+        kernel=campaign.kernel,
+        space=space,
+        objective=campaign.objective,
+        seeds=tuple(int(s) for s in campaign.seeds),
+        settings=Settings(**campaign.settings),
+    )
     change = definition.difference(campaign)
     if change is not None:
-        raise UserError(f"campaign '{campaign.name}' cannot be rebuilt by this rcutune (different {change}); "
-                        "run it with the rcutune version that created it")
+        raise UserError(
+            f"campaign '{campaign.name}' cannot be rebuilt by this rcutune (different {change}); "
+            "run it with the rcutune version that created it"
+        )
     return definition
 
 
@@ -172,8 +196,10 @@ def check_resumable(definition: CampaignDefinition, campaign: storage.Campaign) 
     """Refuse (UserError, one line) to resume a campaign whose definition changed."""
     change = definition.difference(campaign)
     if change is not None:
-        raise UserError(f"campaign '{campaign.name}' was stored with a different {change}; run it with its "
-                        f"stored definition, or pass --new to start a fresh campaign")
+        raise UserError(
+            f"campaign '{campaign.name}' was stored with a different {change}; run it with its "
+            f"stored definition, or pass --new to start a fresh campaign"
+        )
 
 
 def _sha(text: str) -> str:

@@ -50,8 +50,18 @@ def list_studies(url: str) -> list[CampaignSummary]:
     try:
         with db.session() as session:
             campaigns = storage.list_campaigns(session)
-            rows = [(c.name, c.hardware_name, c.kernel, c.objective, c.created_at, c.updated_at,
-                     [(s.optuna_study_name, s.workload_name) for s in c.studies]) for c in campaigns]
+            rows = [
+                (
+                    c.name,
+                    c.hardware_name,
+                    c.kernel,
+                    c.objective,
+                    c.created_at,
+                    c.updated_at,
+                    [(s.optuna_study_name, s.workload_name) for s in c.studies],
+                )
+                for c in campaigns
+            ]
     finally:
         db.close()
     if not rows:
@@ -63,8 +73,11 @@ def list_studies(url: str) -> list[CampaignSummary]:
         for name, hardware, kernel, objective, created, updated, studies in rows:
             summaries = []
             for optuna_name, workload in studies:
-                trials = optuna.load_study(study_name=optuna_name, storage=rdb).get_trials(deepcopy=False) \
-                    if optuna_name in names else []
+                trials = (
+                    optuna.load_study(study_name=optuna_name, storage=rdb).get_trials(deepcopy=False)
+                    if optuna_name in names
+                    else []
+                )
                 summaries.append(_summarise(optuna_name, workload, trials))
             out.append(CampaignSummary(name, hardware, kernel, objective, created, updated, tuple(summaries)))
         return out
@@ -80,7 +93,15 @@ def _summarise(optuna_name: str, workload: str, trials: list[optuna.trial.Frozen
         summary = best.user_attrs.get("summary", {})
         values = {k: summary[k]["mean"] for k in ("reserved_mib", "fallback_cost", "scalar") if k in summary}
     stamps = [t.datetime_complete or t.datetime_start for t in trials if (t.datetime_complete or t.datetime_start)]
-    return StudySummary(optuna_name, workload, count[TrialState.COMPLETE], count[TrialState.PRUNED],
-                        count[TrialState.FAIL], count[TrialState.RUNNING] + count[TrialState.WAITING],
-                        best.number if best else None, values, max(stamps) if stamps else None,
-                        dict(best.user_attrs.get("policy", {})) if best else None)
+    return StudySummary(
+        optuna_name,
+        workload,
+        count[TrialState.COMPLETE],
+        count[TrialState.PRUNED],
+        count[TrialState.FAIL],
+        count[TrialState.RUNNING] + count[TrialState.WAITING],
+        best.number if best else None,
+        values,
+        max(stamps) if stamps else None,
+        dict(best.user_attrs.get("policy", {})) if best else None,
+    )

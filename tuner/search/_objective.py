@@ -41,10 +41,7 @@ PENDING_PEAK_COST_MS = 1.0
 MIB_PER_GIB_COST_MS = 1.0
 OBJECTIVES = ("reserved_mib", "fallback_cost")
 CONSTRAINTS = ("oom", "p99_latency", "sync_fallbacks", "pending_peak")
-NUMERIC_METRICS = tuple(
-    f.name for f in fields(sim.Metrics)
-    if f.name not in ("what_if", "what_if_reasons")
-)
+NUMERIC_METRICS = tuple(f.name for f in fields(sim.Metrics) if f.name not in ("what_if", "what_if_reasons"))
 
 
 def objective_values(m: sim.Metrics, hw: sim.HardwareProfile) -> dict[str, float]:
@@ -54,12 +51,16 @@ def objective_values(m: sim.Metrics, hw: sim.HardwareProfile) -> dict[str, float
     stall_ms_per_s = 1000.0 * (m.sync_stall_seconds + m.lock_wait_seconds + m.head_extra_cpu_seconds) / seconds
     pending = PENDING_PEAK_COST_MS * m.bytes_pending_peak / (hw.slo_pending_peak_mib * 2**20)
     fallback_cost = stall_ms_per_s + pending
-    return {"reserved_mib": reserved_mib, "fallback_cost": fallback_cost,
-            "scalar": fallback_cost + MIB_PER_GIB_COST_MS * reserved_mib / (hw.memory_mib / 1024)}
+    return {
+        "reserved_mib": reserved_mib,
+        "fallback_cost": fallback_cost,
+        "scalar": fallback_cost + MIB_PER_GIB_COST_MS * reserved_mib / (hw.memory_mib / 1024),
+    }
 
 
 def constraint_values(runs: Sequence[sim.Metrics], hw: sim.HardwareProfile) -> dict[str, float]:
     """The constraints of a policy over its replications (feasible when every value is <= 0)."""
+
     def mean(get) -> float:
         return float(np.mean([get(m) for m in runs]))
 

@@ -31,8 +31,9 @@ class SimTask:
     kernel: str
 
     def run(self) -> sim.Metrics:
-        return sim.simulate(self.hardware, self.workload, self.policy, seconds=self.seconds, seed=self.seed,
-                            kernel=self.kernel)
+        return sim.simulate(
+            self.hardware, self.workload, self.policy, seconds=self.seconds, seed=self.seed, kernel=self.kernel
+        )
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,14 @@ class SimulationPool:
                     w.task = None
                 results.append(result)
             elif time.monotonic() > w.deadline:
-                results.append(SimResult(w.task.key, None, f"simulation exceeded the {self.timeout_s:g} s wall-clock "
-                                                            f"limit (seed {w.task.seed}, {w.task.seconds:g} simulated s)"))
+                results.append(
+                    SimResult(
+                        w.task.key,
+                        None,
+                        f"simulation exceeded the {self.timeout_s:g} s wall-clock "
+                        f"limit (seed {w.task.seed}, {w.task.seconds:g} simulated s)",
+                    )
+                )
                 self._workers[i] = self._replace(w)
         self._dispatch()
         return results
@@ -168,7 +175,7 @@ class SimulationPool:
         self._workers = []
         self._queue = []
 
-    def __enter__(self) -> "SimulationPool":
+    def __enter__(self) -> SimulationPool:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -64,13 +64,16 @@ def best_text(study: optuna.Study) -> str:
         return "-"
     policy = best.user_attrs.get("policy", {})
     summary = best.user_attrs.get("summary", {})
-    return (f"#{best.number} N={policy.get('n_per_cpu')} {policy.get('layout')}: "
-            f"{summary['reserved_mib']['mean']:.3g} MiB, {summary['fallback_cost']['mean']:.3g} ms/s")
+    return (
+        f"#{best.number} N={policy.get('n_per_cpu')} {policy.get('layout')}: "
+        f"{summary['reserved_mib']['mean']:.3g} MiB, {summary['fallback_cost']['mean']:.3g} ms/s"
+    )
 
 
 def _state_word(state: TrialState) -> str:
     return {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}.get(
-        state, state.name.lower())
+        state, state.name.lower()
+    )
 
 
 class PlainProgress(ProgressSink):
@@ -86,7 +89,9 @@ class PlainProgress(ProgressSink):
         print(text, file=self.out, flush=True)
 
     def begin(self, campaign: str, workloads: list[tuple[str, int, int]]) -> None:
-        self._print(f"campaign {campaign}: {len(workloads)} studies, {workloads[0][1] if workloads else 0} new trials each")
+        self._print(
+            f"campaign {campaign}: {len(workloads)} studies, {workloads[0][1] if workloads else 0} new trials each"
+        )
         for name, total, _ in workloads:
             self.total[name], self.done[name] = total, 0
 
@@ -96,13 +101,14 @@ class PlainProgress(ProgressSink):
     def trial(self, workload: str, outcome: TrialOutcome, study: optuna.Study) -> None:
         self.done[workload] += 1
         extra = f" ({outcome.error})" if outcome.error else (" raced" if outcome.raced else "")
-        self._print(f"{workload}: trial {outcome.number} {_state_word(outcome.state)} {describe_outcome(outcome)}{extra}"
-                    f" [{self.done[workload]}/{self.total[workload]}]")
+        self._print(
+            f"{workload}: trial {outcome.number} {_state_word(outcome.state)} {describe_outcome(outcome)}{extra}"
+            f" [{self.done[workload]}/{self.total[workload]}]"
+        )
 
     def end_study(self, workload: str, study: optuna.Study) -> None:
         took = time.monotonic() - self.started.get(workload, time.monotonic())
         self._print(f"{workload}: done in {took:.1f} s; best {best_text(study)}")
-
 
     def aborted(self, workload: str, reason: str) -> None:
         self._print(f"{workload}: stopped early: {reason}")
@@ -115,9 +121,14 @@ class RichProgress(ProgressSink):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._progress = Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn(), TextColumn("best {task.fields[best]}"),
-                                  console=Console(stderr=True))
+        self._progress = Progress(
+            TextColumn("{task.description:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("best {task.fields[best]}"),
+            console=Console(stderr=True),
+        )
         self._tasks: dict[str, Any] = {}
 
     def begin(self, campaign: str, workloads: list[tuple[str, int, int]]) -> None:
@@ -130,8 +141,11 @@ class RichProgress(ProgressSink):
         self._progress.start_task(self._tasks[workload])
 
     def trial(self, workload: str, outcome: TrialOutcome, study: optuna.Study) -> None:
-        self._progress.update(self._tasks[workload], advance=1, best=best_text(study) if outcome.raced else
-                              self._progress.tasks[self._tasks[workload]].fields["best"])
+        self._progress.update(
+            self._tasks[workload],
+            advance=1,
+            best=best_text(study) if outcome.raced else self._progress.tasks[self._tasks[workload]].fields["best"],
+        )
 
     def end_study(self, workload: str, study: optuna.Study) -> None:
         self._progress.update(self._tasks[workload], best=best_text(study))

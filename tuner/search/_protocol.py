@@ -25,8 +25,15 @@ from optuna.trial import FrozenTrial, TrialState
 from rcutune import sim
 
 from ._campaign import CampaignDefinition
-from ._objective import (CONSTRAINTS, OBJECTIVES, constraint_values, feasible, objective_values, replication_table,
-                         summary_table)
+from ._objective import (
+    CONSTRAINTS,
+    OBJECTIVES,
+    constraint_values,
+    feasible,
+    objective_values,
+    replication_table,
+    summary_table,
+)
 from ._space import SearchSpace
 
 SAMPLERS = ("tpe", "random")
@@ -89,8 +96,9 @@ def make_sampler(kind: str, d: CampaignDefinition, workload: str, history: int) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # constant_liar: the batch's earlier suggestions count as bad guesses, so a batch spreads out.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=5)
+        return optuna.samplers.TPESampler(
+            seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=5
+        )
 
 
 def batch_of(trial: FrozenTrial) -> int:
@@ -98,8 +106,9 @@ def batch_of(trial: FrozenTrial) -> int:
     return int(trial.user_attrs.get("batch", -1))
 
 
-def plan_batch(trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: str, *, size: int,
-               sampler: str, refine: bool) -> list[Planned]:
+def plan_batch(
+    trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: str, *, size: int, sampler: str, refine: bool
+) -> list[Planned]:
     """The next batch of a study whose every trial is told: at most `size` trials.
 
     Design points not yet tried come first (the kernel default, N=0, then log-spaced N); after
@@ -117,7 +126,9 @@ def plan_batch(trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: s
     design = [(label, values) for label, values in space.initial_design() if untried(values)]
     seen = [s for s in (seen_from(t, d) for t in trials) if s is not None]
     best = best_number(seen)
-    neighbours_left = neighbours(space, dict(trials_by_number(trials)[best].params)) if refine and best is not None else []
+    neighbours_left = (
+        neighbours(space, dict(trials_by_number(trials)[best].params)) if refine and best is not None else []
+    )
     counted = sum(t.state != TrialState.FAIL for t in trials)
     sampled = 0
     for slot in range(size):
@@ -138,8 +149,14 @@ def plan_batch(trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: s
     return planned
 
 
-def _suggest(trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: str, pending: list[dict[str, Any]],
-             count: int, sampler: str) -> list[dict[str, Any]]:
+def _suggest(
+    trials: Sequence[FrozenTrial],
+    d: CampaignDefinition,
+    workload: str,
+    pending: list[dict[str, Any]],
+    count: int,
+    sampler: str,
+) -> list[dict[str, Any]]:
     """`count` sampler suggestions after the told trials, the batch's other trials counting as running.
 
     The sampler runs on an in-memory copy of the study, so planning a batch writes nothing and
@@ -147,14 +164,18 @@ def _suggest(trials: Sequence[FrozenTrial], d: CampaignDefinition, workload: str
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        mirror = optuna.create_study(directions=directions(d),
-                                     sampler=make_sampler(sampler, d, workload, len(trials)))
+        mirror = optuna.create_study(directions=directions(d), sampler=make_sampler(sampler, d, workload, len(trials)))
     for t in trials:
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            mirror.add_trial(optuna.trial.create_trial(
-                state=t.state, params=t.params, distributions=t.distributions,
-                values=t.values if t.state == TrialState.COMPLETE else None,
-                intermediate_values=t.intermediate_values))
+            mirror.add_trial(
+                optuna.trial.create_trial(
+                    state=t.state,
+                    params=t.params,
+                    distributions=t.distributions,
+                    values=t.values if t.state == TrialState.COMPLETE else None,
+                    intermediate_values=t.intermediate_values,
+                )
+            )
     for params in pending:
         mirror.enqueue_trial(params)
     out = []
@@ -169,8 +190,9 @@ def directions(d: CampaignDefinition) -> list[str]:
     return ["minimize"] if d.objective == "scalar" else ["minimize"] * len(OBJECTIVES)
 
 
-def trial_protocol(d: CampaignDefinition, workload: sim.WorkloadProfile, label: str | None,
-                   seen: Sequence[Seen]) -> Generator[list[SimJob], list[sim.Metrics], TrialRun]:
+def trial_protocol(
+    d: CampaignDefinition, workload: sim.WorkloadProfile, label: str | None, seen: Sequence[Seen]
+) -> Generator[list[SimJob], list[sim.Metrics], TrialRun]:
     """One trial, as a generator: it yields the simulations it needs and receives their metrics.
 
     Low fidelity (a fraction of the simulated time, first seed); pruned when an earlier trial,
@@ -187,12 +209,14 @@ def trial_protocol(d: CampaignDefinition, workload: sim.WorkloadProfile, label: 
     runs = list((yield [(seed, seconds) for seed in d.seeds[:r]]))
     raced = should_race(runs, label, seen, d)
     if raced:
-        runs += (yield [(seed, seconds) for seed in d.seeds[r:]])
+        runs += yield [(seed, seconds) for seed in d.seeds[r:]]
     return TrialRun(low, tuple(runs), raced)
 
 
-def drive(protocol: Generator[list[SimJob], list[sim.Metrics], TrialRun],
-          simulate: Callable[[list[SimJob]], list[sim.Metrics]]) -> TrialRun:
+def drive(
+    protocol: Generator[list[SimJob], list[sim.Metrics], TrialRun],
+    simulate: Callable[[list[SimJob]], list[sim.Metrics]],
+) -> TrialRun:
     """Run a protocol to its end, one request at a time."""
     try:
         request = next(protocol)
@@ -211,15 +235,18 @@ def pruned_by(low: Mapping[str, float], earlier: Sequence[Seen], d: CampaignDefi
         if d.objective == "scalar":
             hopeless = low["scalar"] > s.prune_ratio * other.low["scalar"] + s.prune_slack
         else:  # clearly dominated: no more memory, and a fallback cost `prune_ratio` times lower
-            hopeless = (other.low["reserved_mib"] <= low["reserved_mib"]
-                        and other.low["fallback_cost"] * s.prune_ratio + s.prune_slack <= low["fallback_cost"])
+            hopeless = (
+                other.low["reserved_mib"] <= low["reserved_mib"]
+                and other.low["fallback_cost"] * s.prune_ratio + s.prune_slack <= low["fallback_cost"]
+            )
         if hopeless:
             return other.number
     return None
 
 
-def should_race(base_runs: Sequence[sim.Metrics], label: str | None, seen: Sequence[Seen],
-                d: CampaignDefinition) -> bool:
+def should_race(
+    base_runs: Sequence[sim.Metrics], label: str | None, seen: Sequence[Seen], d: CampaignDefinition
+) -> bool:
     """Whether a trial runs the racing seeds: feasible and among the best so far, or the kernel default."""
     base = means(base_runs, d.hardware)
     ok = feasible(constraint_values(base_runs, d.hardware))
@@ -239,8 +266,9 @@ def start_trial(trial: optuna.Trial, d: CampaignDefinition) -> sim.Policy:
     return policy
 
 
-def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.WorkloadProfile, run: TrialRun,
-                 simulations: int) -> tuple[TrialState, float | list[float] | None, dict[str, float] | None, bool]:
+def finish_trial(
+    trial: optuna.Trial, d: CampaignDefinition, workload: sim.WorkloadProfile, run: TrialRun, simulations: int
+) -> tuple[TrialState, float | list[float] | None, dict[str, float] | None, bool]:
     """Store what the protocol found; returns (state, values to tell, base-seed means, feasible).
 
     Constraints are stored by `store_constraints`, where Optuna and optuna-dashboard both read
@@ -249,10 +277,16 @@ def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.Workl
     hw = d.hardware
     low_values = objective_values(run.low, hw)
     low_ok = feasible(constraint_values([run.low], hw))
-    trial.set_user_attr("low_fidelity", {
-        "seconds": d.settings.low_seconds_for(workload), "seed": d.seeds[0], **low_values, "feasible": low_ok,
-        "metrics": {k: v[0] for k, v in replication_table([run.low], hw).items()},
-    })
+    trial.set_user_attr(
+        "low_fidelity",
+        {
+            "seconds": d.settings.low_seconds_for(workload),
+            "seed": d.seeds[0],
+            **low_values,
+            "feasible": low_ok,
+            "metrics": {k: v[0] for k, v in replication_table([run.low], hw).items()},
+        },
+    )
     trial.set_user_attr("simulations", simulations)
     if run.pruned_by is not None:
         store_constraints(trial, constraint_values([run.low], hw))
@@ -266,7 +300,7 @@ def finish_trial(trial: optuna.Trial, d: CampaignDefinition, workload: sim.Workl
     store_constraints(trial, constraints)
     table = replication_table(runs, hw)
     trial.set_user_attr("seconds", d.settings.seconds_for(workload))
-    trial.set_user_attr("seeds", list(d.seeds[:len(runs)]))
+    trial.set_user_attr("seeds", list(d.seeds[: len(runs)]))
     trial.set_user_attr("replications", table)
     trial.set_user_attr("summary", summary_table(table))
     trial.set_user_attr("raced", run.raced)
@@ -290,7 +324,8 @@ def store_constraints(trial: optuna.Trial, constraints: Mapping[str, float]) -> 
         trial.set_constraint(name, value)
     storage = trial.storage
     trial_id = storage.get_trial_id_from_study_id_trial_number(
-        storage.get_study_id_from_name(trial.study.study_name), trial.number)
+        storage.get_study_id_from_name(trial.study.study_name), trial.number
+    )
     storage.set_trial_system_attr(trial_id, "constraints", [float(constraints[name]) for name in CONSTRAINTS])
 
 
@@ -355,8 +390,7 @@ def neighbours(space: SearchSpace, params: dict[str, Any]) -> list[dict[str, Any
         for layout in layouts:
             change = {"n_per_cpu": n} if layout is None else {"n_per_cpu": n, "layout": layout}
             first.append({**params, **change})
-    rest = [{**params, name: value} for name in params if name not in ("n_per_cpu", "layout")
-            for value in steps(name)]
+    rest = [{**params, name: value} for name in params if name not in ("n_per_cpu", "layout") for value in steps(name)]
     candidates = [space.active(c) for c in first[1:] + rest]
     return [c for c in candidates if space.complete(c)]
 

@@ -27,11 +27,26 @@ from optuna.trial import TrialState
 from rcutune import storage
 
 _WAIT_THROUGH_OUTAGES = (
-    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
-    "get_study_system_attrs", "get_trial_user_attrs", "get_trial_system_attrs", "get_all_studies",
-    "get_trial_id_from_study_id_trial_number", "get_trial", "get_trial_param", "_get_trials", "_get_best_trial_id",
-    "set_study_user_attr", "set_study_system_attr", "set_trial_user_attr", "set_trial_system_attr",
-    "_set_trial_param", "set_trial_intermediate_value", "_create_new_trial",
+    "get_study_id_from_name",
+    "get_study_name_from_id",
+    "get_study_directions",
+    "get_study_user_attrs",
+    "get_study_system_attrs",
+    "get_trial_user_attrs",
+    "get_trial_system_attrs",
+    "get_all_studies",
+    "get_trial_id_from_study_id_trial_number",
+    "get_trial",
+    "get_trial_param",
+    "_get_trials",
+    "_get_best_trial_id",
+    "set_study_user_attr",
+    "set_study_system_attr",
+    "set_trial_user_attr",
+    "set_trial_system_attr",
+    "_set_trial_param",
+    "set_trial_intermediate_value",
+    "_create_new_trial",
 )
 """RDBStorage's methods that run statements (the public ones delegate to the private ones named here)."""
 

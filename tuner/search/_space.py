@@ -33,8 +33,15 @@ SHARED_RESERVE_PAGES_PER_CPU_MAX = 16
 DESIGN_N = (1, 2, 4, 8, 16, 32, 64, 128)
 """N values enqueued after the kernel default and N=0: a log-spaced start (small N matter most)."""
 
-PARAM_NAMES = ("n_per_cpu", "layout", "shared_reserve_pages", "refill_delay_ms",
-               "refill_low_watermark_fraction", "emergency_reserve_fraction", "prealloc_at_boot")
+PARAM_NAMES = (
+    "n_per_cpu",
+    "layout",
+    "shared_reserve_pages",
+    "refill_delay_ms",
+    "refill_low_watermark_fraction",
+    "emergency_reserve_fraction",
+    "prealloc_at_boot",
+)
 
 
 @dataclass(frozen=True)
@@ -46,8 +53,11 @@ class Param:
     when: tuple[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "distribution": json.loads(distribution_to_json(self.distribution)),
-                "when": list(self.when) if self.when else None}
+        return {
+            "name": self.name,
+            "distribution": json.loads(distribution_to_json(self.distribution)),
+            "when": list(self.when) if self.when else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -81,9 +91,13 @@ class SearchSpace:
 
     def to_json(self) -> dict[str, Any]:
         """The canonical description stored with the campaign."""
-        return {"kernel": self.kernel, "cpus": self.cpus, "faithful": self.faithful,
-                "params": [p.to_json() for p in self.params],
-                "fixed": {k: v for k, v in self.fixed}}
+        return {
+            "kernel": self.kernel,
+            "cpus": self.cpus,
+            "faithful": self.faithful,
+            "params": [p.to_json() for p in self.params],
+            "fixed": {k: v for k, v in self.fixed},
+        }
 
     def sha256(self) -> str:
         return hashlib.sha256(json.dumps(self.to_json(), sort_keys=True).encode()).hexdigest()
@@ -122,8 +136,8 @@ class SearchSpace:
     def complete(self, values: Mapping[str, Any]) -> bool:
         """Whether `values` holds every parameter that is active for them, and nothing else."""
         return set(self.active(values)) == set(values) and all(
-            p.name in values for p in self.params
-            if p.when is None or self._value(p.when[0], values) == p.when[1])
+            p.name in values for p in self.params if p.when is None or self._value(p.when[0], values) == p.when[1]
+        )
 
     def policy(self, values: Mapping[str, Any]) -> Policy:
         """The policy that parameter values (plus the fixed ones and the kernel's defaults) describe.
@@ -192,22 +206,34 @@ def _lowest(d: BaseDistribution) -> Any:
 
 def kernel_defaults(kernel: sim.KernelBehaviour) -> dict[str, Any]:
     """Every parameter at the value a stock kernel of the release uses."""
-    return {"n_per_cpu": kernel.default_n, "layout": "per-cpu", "shared_reserve_pages": 0,
-            "refill_delay_ms": 5000, "refill_low_watermark_fraction": 0.0,
-            "emergency_reserve_fraction": 0.0, "prealloc_at_boot": kernel.prealloc_at_boot}
+    return {
+        "n_per_cpu": kernel.default_n,
+        "layout": "per-cpu",
+        "shared_reserve_pages": 0,
+        "refill_delay_ms": 5000,
+        "refill_low_watermark_fraction": 0.0,
+        "emergency_reserve_fraction": 0.0,
+        "prealloc_at_boot": kernel.prealloc_at_boot,
+    }
 
 
 def _full_space(cpus: int) -> dict[str, Param]:
-    return {p.name: p for p in (
-        Param("n_per_cpu", IntDistribution(0, N_MAX)),
-        Param("layout", CategoricalDistribution(sim.LAYOUTS)),
-        Param("shared_reserve_pages", IntDistribution(1, max(2, SHARED_RESERVE_PAGES_PER_CPU_MAX * cpus), log=True),
-              when=("layout", "hybrid")),
-        Param("refill_delay_ms", IntDistribution(0, 100_000, step=500)),
-        Param("refill_low_watermark_fraction", FloatDistribution(0.0, 1.0, step=0.125)),
-        Param("emergency_reserve_fraction", FloatDistribution(0.0, 0.5, step=0.025)),
-        Param("prealloc_at_boot", CategoricalDistribution((False, True))),
-    )}
+    return {
+        p.name: p
+        for p in (
+            Param("n_per_cpu", IntDistribution(0, N_MAX)),
+            Param("layout", CategoricalDistribution(sim.LAYOUTS)),
+            Param(
+                "shared_reserve_pages",
+                IntDistribution(1, max(2, SHARED_RESERVE_PAGES_PER_CPU_MAX * cpus), log=True),
+                when=("layout", "hybrid"),
+            ),
+            Param("refill_delay_ms", IntDistribution(0, 100_000, step=500)),
+            Param("refill_low_watermark_fraction", FloatDistribution(0.0, 1.0, step=0.125)),
+            Param("emergency_reserve_fraction", FloatDistribution(0.0, 0.5, step=0.025)),
+            Param("prealloc_at_boot", CategoricalDistribution((False, True))),
+        )
+    }
 
 
 def _unsupported(kernel: sim.KernelBehaviour) -> dict[str, str]:
@@ -258,14 +284,21 @@ def parse_fix(items: list[str] | None) -> dict[str, Any]:
                 value = raw
         except ValueError:
             whole = ("n_per_cpu", "shared_reserve_pages", "refill_delay_ms")
-            kind = "true or false" if key == "prealloc_at_boot" else "a whole number" if key in whole else "a finite number"
+            kind = (
+                "true or false"
+                if key == "prealloc_at_boot"
+                else "a whole number"
+                if key in whole
+                else "a finite number"
+            )
             raise UserError(f"--fix {key}={raw}: expected {kind}") from None
         out[key] = value
     return out
 
 
-def build_search_space(kernel: str, cpus: int, *, fixed: Mapping[str, Any] | None = None,
-                       faithful: bool = False) -> SearchSpace:
+def build_search_space(
+    kernel: str, cpus: int, *, fixed: Mapping[str, Any] | None = None, faithful: bool = False
+) -> SearchSpace:
     """The search space for one kernel release and hardware profile.
 
     Args:
@@ -291,25 +324,34 @@ def build_search_space(kernel: str, cpus: int, *, fixed: Mapping[str, Any] | Non
         if name in unsupported and value != defaults[name]:
             raise UserError(f"--fix {name}={value}: not a parameter on this release ({unsupported[name]})")
     if faithful:
-        for name, value in (("layout", "per-cpu"), ("shared_reserve_pages", 0), ("refill_low_watermark_fraction", 0.0),
-                            ("emergency_reserve_fraction", 0.0), ("prealloc_at_boot", behaviour.prealloc_at_boot)):
+        for name, value in (
+            ("layout", "per-cpu"),
+            ("shared_reserve_pages", 0),
+            ("refill_low_watermark_fraction", 0.0),
+            ("emergency_reserve_fraction", 0.0),
+            ("prealloc_at_boot", behaviour.prealloc_at_boot),
+        ):
             if name in fixed and fixed[name] != value:
-                raise UserError(f"--fix {name}={fixed[name]} contradicts --faithful (the stock kernel has {name}={value})")
+                raise UserError(
+                    f"--fix {name}={fixed[name]} contradicts --faithful (the stock kernel has {name}={value})"
+                )
             pinned[name] = value
     for name in unsupported:
         pinned[name] = defaults[name]
     full = _full_space(cpus)
     for name, value in fixed.items():
         d = full[name].distribution
-        if isinstance(d, (IntDistribution, FloatDistribution)) and not d.low <= value <= d.high \
-                and value != defaults[name]:
+        if (
+            isinstance(d, (IntDistribution, FloatDistribution))
+            and not d.low <= value <= d.high
+            and value != defaults[name]
+        ):
             raise UserError(f"--fix {name}={value}: outside the range rcutune models ({_num(d.low)} to {_num(d.high)})")
     pinned.update(fixed)
     if pinned.get("layout", "hybrid") != "hybrid":
         pinned.setdefault("shared_reserve_pages", 0)
     params = tuple(p for name, p in full.items() if name not in pinned)
-    space = SearchSpace(kernel=kernel, cpus=cpus, params=params,
-                        fixed=tuple(sorted(pinned.items())), faithful=faithful)
+    space = SearchSpace(kernel=kernel, cpus=cpus, params=params, fixed=tuple(sorted(pinned.items())), faithful=faithful)
     try:
         space.policy({})  # the pinned values must make a policy on their own
     except ValueError as err:

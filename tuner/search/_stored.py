@@ -30,21 +30,28 @@ GRACE_PERIOD_S = 30
 """A RUNNING trial whose worker's heartbeat is older than this is failed and queued again."""
 
 
-def open_study(rdb: optuna.storages.RDBStorage, d: CampaignDefinition, campaign: str,
-               workload: sim.WorkloadProfile) -> optuna.Study:
+def open_study(
+    rdb: optuna.storages.RDBStorage, d: CampaignDefinition, campaign: str, workload: sim.WorkloadProfile
+) -> optuna.Study:
     """The Optuna study of one workload of a campaign, created with its metric names and labels if new."""
     name = study_name(campaign, workload.name)
     exists = name in optuna.get_all_study_names(rdb)
-    study = optuna.create_study(storage=rdb, study_name=name, directions=directions(d), load_if_exists=True,
-                                sampler=PLANNED)
+    study = optuna.create_study(
+        storage=rdb, study_name=name, directions=directions(d), load_if_exists=True, sampler=PLANNED
+    )
     if not exists:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names(["scalar"] if d.objective == "scalar" else list(OBJECTIVES))
-        for key, value in (("campaign", campaign), ("hardware", d.hardware.name), ("workload", workload.name),
-                           ("kernel", d.kernel), ("objective", d.objective),
-                           ("simulator_version", d.simulator_version),
-                           ("constraints", list(CONSTRAINTS))):  # the order of each trial's constraint list
+        for key, value in (
+            ("campaign", campaign),
+            ("hardware", d.hardware.name),
+            ("workload", workload.name),
+            ("kernel", d.kernel),
+            ("objective", d.objective),
+            ("simulator_version", d.simulator_version),
+            ("constraints", list(CONSTRAINTS)),
+        ):  # the order of each trial's constraint list
             study.set_user_attr(key, value)
     return study
 

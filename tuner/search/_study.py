@@ -119,14 +119,28 @@ def build_definition(request: StudyRequest) -> CampaignDefinition:
     workloads = tuple(sim.load_workload(name, overrides["workload"]) for name in names)
     space = build_search_space(request.kernel, hardware.cpus, fixed=dict(request.fixed), faithful=request.faithful)
     settings = QUICK_SETTINGS if request.quick else DEFAULT_SETTINGS
-    changes = {k: v for k, v in (("max_seconds", request.max_seconds), ("replications", request.replications),
-                                 ("race_replications", request.race_replications)) if v is not None}
+    changes = {
+        k: v
+        for k, v in (
+            ("max_seconds", request.max_seconds),
+            ("replications", request.replications),
+            ("race_replications", request.race_replications),
+        )
+        if v is not None
+    }
     settings = replace(settings, **changes)
     if settings.replications < 1:
         raise UserError("--replications must be at least 1")
     seeds = make_seeds(request.seed, settings.replications + settings.race_replications)
-    return CampaignDefinition(hardware=hardware, workloads=workloads, kernel=request.kernel, space=space,
-                              objective=request.objective, seeds=seeds, settings=settings)
+    return CampaignDefinition(
+        hardware=hardware,
+        workloads=workloads,
+        kernel=request.kernel,
+        space=space,
+        objective=request.objective,
+        seeds=seeds,
+        settings=settings,
+    )
 
 
 def default_campaign_name(request: StudyRequest, hardware: sim.HardwareProfile) -> str:
@@ -180,7 +194,8 @@ def run_campaign(request: StudyRequest, progress: ProgressSink | None = None) ->
             raise storage.DatabaseUnreachable(
                 f"lost the database {storage.display_url(url)} mid-run; everything stored before is kept: once "
                 "the server is back, run the same command again (on a server that restarts, rcutune worker "
-                "processes wait for it)") from err
+                "processes wait for it)"
+            ) from err
         raise
     finally:
         db.close()
@@ -199,10 +214,15 @@ def _unwritable_message(url: str, err: BaseException) -> str:
     while cause.__cause__ is not None or cause.__context__ is not None:
         cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
     words = " ".join(str(cause).split()) or type(cause).__name__
-    why = ("its file system is read-only" if read_only
-           else f"{words}: its file system may have turned read-only, or its disk failed")
-    return (f"cannot write to {where} ({why}); everything stored before is kept: once it can be written again, "
-            "run the same command again")
+    why = (
+        "its file system is read-only"
+        if read_only
+        else f"{words}: its file system may have turned read-only, or its disk failed"
+    )
+    return (
+        f"cannot write to {where} ({why}); everything stored before is kept: once it can be written again, "
+        "run the same command again"
+    )
 
 
 def _claim(db: storage.Database, d: CampaignDefinition, name: str, request: StudyRequest) -> tuple[int, str, bool]:
@@ -240,8 +260,10 @@ def _claim_once(db: storage.Database, d: CampaignDefinition, name: str, request:
             check_resumable(d, campaign)
             busy = live_worker_trials(db.engine, [s.optuna_study_name for s in campaign.studies])
             if busy and request.run:
-                raise UserError(f"campaign '{name}' has {busy} trials running in rcutune worker processes; "
-                                f"wait for them, or add workers with: rcutune worker --study {name}")
+                raise UserError(
+                    f"campaign '{name}' has {busy} trials running in rcutune worker processes; "
+                    f"wait for them, or add workers with: rcutune worker --study {name}"
+                )
         else:
             campaign = d.new_campaign(name)
             session.add(campaign)
@@ -255,8 +277,16 @@ def _claim_once(db: storage.Database, d: CampaignDefinition, name: str, request:
         return campaign.id, name, created
 
 
-def _run_studies(db: storage.Database, url: str, campaign_id: int, d: CampaignDefinition, request: StudyRequest,
-                 trials: int, progress: ProgressSink, result: CampaignResult) -> None:
+def _run_studies(
+    db: storage.Database,
+    url: str,
+    campaign_id: int,
+    d: CampaignDefinition,
+    request: StudyRequest,
+    trials: int,
+    progress: ProgressSink,
+    result: CampaignResult,
+) -> None:
     rdb = optuna.storages.RDBStorage(url, engine_kwargs=storage.engine_kwargs(url))
     try:
         studies = {}
@@ -274,9 +304,16 @@ def _run_studies(db: storage.Database, url: str, campaign_id: int, d: CampaignDe
         with SimulationPool(request.jobs, timeout) as pool:
             for workload in d.workloads:
                 study = studies[workload.name]
-                loop = StudyLoop(rdb, study, d, workload, pool, sampler=request.sampler,
-                                 on_trial=lambda outcome, w=workload.name, s=study: progress.trial(w, outcome, s),
-                                 heartbeat=lambda: storage.beat(db, campaign_id))
+                loop = StudyLoop(
+                    rdb,
+                    study,
+                    d,
+                    workload,
+                    pool,
+                    sampler=request.sampler,
+                    on_trial=lambda outcome, w=workload.name, s=study: progress.trial(w, outcome, s),
+                    heartbeat=lambda: storage.beat(db, campaign_id),
+                )
                 progress.start_study(workload.name)
                 try:
                     result.told[workload.name] = loop.run(trials)
@@ -322,10 +359,18 @@ class StudyLoop:
         heartbeat: called at least every HEARTBEAT_EVERY_S seconds while the loop runs.
     """
 
-    def __init__(self, rdb: optuna.storages.RDBStorage, study: optuna.Study, definition: CampaignDefinition,
-                 workload: sim.WorkloadProfile, pool: SimulationPool, *, sampler: str = "tpe",
-                 on_trial: Callable[[TrialOutcome], None] | None = None,
-                 heartbeat: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        rdb: optuna.storages.RDBStorage,
+        study: optuna.Study,
+        definition: CampaignDefinition,
+        workload: sim.WorkloadProfile,
+        pool: SimulationPool,
+        *,
+        sampler: str = "tpe",
+        on_trial: Callable[[TrialOutcome], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
+    ) -> None:
         self.rdb, self.study, self.d, self.workload, self.pool = rdb, study, definition, workload, pool
         self.sampler = sampler
         self.on_trial = on_trial or (lambda outcome: None)
@@ -351,8 +396,14 @@ class StudyLoop:
         existing = self.study.get_trials(deepcopy=False)
         if not any(t.state == TrialState.WAITING for t in existing):
             refine = self.sampler == "tpe" and "n_per_cpu" in self.d.space.names()
-            for planned in plan_batch(existing, self.d, self.workload.name, size=self.d.settings.batch_size,
-                                      sampler=self.sampler, refine=refine):
+            for planned in plan_batch(
+                existing,
+                self.d,
+                self.workload.name,
+                size=self.d.settings.batch_size,
+                sampler=self.sampler,
+                refine=refine,
+            ):
                 self.study.enqueue_trial(planned.params, user_attrs=planned.attrs)
             existing = self.study.get_trials(deepcopy=False)
         waiting = sum(t.state == TrialState.WAITING for t in existing)
@@ -397,8 +448,9 @@ class StudyLoop:
             if known is not None:  # an identical simulation already ran in this loop
                 t.results[index] = known
                 continue
-            task = SimTask((t.trial.number, index), self.d.hardware, self.workload, t.policy, seconds, seed,
-                           self.d.kernel)
+            task = SimTask(
+                (t.trial.number, index), self.d.hardware, self.workload, t.policy, seconds, seed, self.d.kernel
+            )
             self.pool.submit(task, priority=(t.trial.number, index))
             t.simulations += 1
         if t.waiting == 0:

@@ -134,8 +134,11 @@ class _RetryStale(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
 
 
-def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial, str | None], None] | None = None,
-               on_outage: Callable[[str], None] | None = None) -> WorkerResult:
+def run_worker(
+    request: WorkerRequest,
+    on_trial: Callable[[str, FrozenTrial, str | None], None] | None = None,
+    on_outage: Callable[[str], None] | None = None,
+) -> WorkerResult:
     """Run trials of every study of a campaign until each study's budget is spent.
 
     Several workers, on one machine or many, may run this at once against one database server.
@@ -152,9 +155,11 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial, str
     start = time.monotonic()
     url = storage.resolve_url(request.storage_url)
     if storage.sqlite_path(url) is not None or url.startswith("sqlite"):
-        raise UserError(f"rcutune worker needs a database server that several processes write at once "
-                        f"(--storage postgresql+psycopg://...), not {url}; on one machine, "
-                        "rcutune study --jobs J runs a SQLite campaign in parallel")
+        raise UserError(
+            f"rcutune worker needs a database server that several processes write at once "
+            f"(--storage postgresql+psycopg://...), not {url}; on one machine, "
+            "rcutune study --jobs J runs a SQLite campaign in parallel"
+        )
     # A session of ours idle inside a transaction for a grace period belongs to a worker that froze or
     # was cut off holding row locks: the server ends it (the others' waits end; its trial goes stale).
     idle = float(request.grace_period_s)
@@ -167,20 +172,33 @@ def run_worker(request: WorkerRequest, on_trial: Callable[[str, FrozenTrial, str
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.simplefilter("ignore", FutureWarning)
             rdb = open_reconnecting(
-                url, reconnect, engine_kwargs=storage.engine_kwargs(url, idle_in_transaction_s=idle),
+                url,
+                reconnect,
+                engine_kwargs=storage.engine_kwargs(url, idle_in_transaction_s=idle),
                 skip_table_creation=True,
-                heartbeat_interval=request.heartbeat_interval_s, grace_period=request.grace_period_s,
-                heartbeat_stale_trial_callback=_RetryStale(max_retry=MAX_RETRIES))
+                heartbeat_interval=request.heartbeat_interval_s,
+                grace_period=request.grace_period_s,
+                heartbeat_stale_trial_callback=_RetryStale(max_retry=MAX_RETRIES),
+            )
         workloads = {w.name: w for w in definition.workloads}
         studies = []
         for record_id, workload, optuna_name in records:
             study = optuna.load_study(study_name=optuna_name, storage=rdb, sampler=PLANNED)
             if BUDGET_ATTR not in study.user_attrs:
-                raise UserError(f"study '{optuna_name}' has no trial budget; create the campaign for workers with "
-                                f"rcutune study --hardware {definition.hardware.name} --study {request.campaign} "
-                                "--storage URL --trials T --no-run")
-            studies.append(_Study(workloads[workload], record_id, study, int(study.user_attrs[BUDGET_ATTR]),
-                                  study.user_attrs.get(SAMPLER_ATTR, "tpe")))
+                raise UserError(
+                    f"study '{optuna_name}' has no trial budget; create the campaign for workers with "
+                    f"rcutune study --hardware {definition.hardware.name} --study {request.campaign} "
+                    "--storage URL --trials T --no-run"
+                )
+            studies.append(
+                _Study(
+                    workloads[workload],
+                    record_id,
+                    study,
+                    int(study.user_attrs[BUDGET_ATTR]),
+                    study.user_attrs.get(SAMPLER_ATTR, "tpe"),
+                )
+            )
         result = WorkerResult(campaign=request.campaign, storage_url=url)
         timeout = request.sim_timeout_s or max(30.0, 30.0 * definition.settings.max_seconds)
         with SimulationPool(request.jobs, timeout) as pool:
@@ -207,29 +225,45 @@ def _quietly(close: Callable[[], None]) -> None:
             raise
 
 
-def _load_campaign(db: storage.Database, url: str, name: str) -> tuple[CampaignDefinition, int,
-                                                                        list[tuple[int, str, str]]]:
+def _load_campaign(
+    db: storage.Database, url: str, name: str
+) -> tuple[CampaignDefinition, int, list[tuple[int, str, str]]]:
     with db.session() as session:
         has_tables = storage.ensure_schema(db.engine, create=False) is not None
         campaign = storage.find_campaign(session, name) if has_tables else None
         if campaign is None:
             known = ", ".join(c.name for c in storage.list_campaigns(session)) if has_tables else ""
-            raise UserError(f"no campaign named '{name}' in {url}{f' (campaigns: {known})' if known else ''}; "
-                            f"create it with rcutune study --hardware H --study {name} --no-run")
+            raise UserError(
+                f"no campaign named '{name}' in {url}{f' (campaigns: {known})' if known else ''}; "
+                f"create it with rcutune study --hardware H --study {name} --no-run"
+            )
         if campaign.owner and storage.owner_alive(campaign.owner, campaign.owner_heartbeat_at):
-            raise storage.CampaignBusy(f"campaign '{campaign.name}' is being run by {campaign.owner} "
-                                       "(rcutune study); wait for it to finish")
-        return (stored_definition(campaign), campaign.id,
-                [(s.id, s.workload_name, s.optuna_study_name) for s in campaign.studies])
+            raise storage.CampaignBusy(
+                f"campaign '{campaign.name}' is being run by {campaign.owner} (rcutune study); wait for it to finish"
+            )
+        return (
+            stored_definition(campaign),
+            campaign.id,
+            [(s.id, s.workload_name, s.optuna_study_name) for s in campaign.studies],
+        )
 
 
 class _Fleet:
     """One worker's loop over the studies of a campaign."""
 
-    def __init__(self, db: storage.Database, rdb: ReconnectingStorage, reconnect: storage.Reconnect,
-                 campaign_id: int, d: CampaignDefinition, studies: list[_Study], pool: SimulationPool,
-                 result: WorkerResult, request: WorkerRequest,
-                 on_trial: Callable[[str, FrozenTrial, str | None], None] | None) -> None:
+    def __init__(
+        self,
+        db: storage.Database,
+        rdb: ReconnectingStorage,
+        reconnect: storage.Reconnect,
+        campaign_id: int,
+        d: CampaignDefinition,
+        studies: list[_Study],
+        pool: SimulationPool,
+        result: WorkerResult,
+        request: WorkerRequest,
+        on_trial: Callable[[str, FrozenTrial, str | None], None] | None,
+    ) -> None:
         self.db, self.rdb, self.d, self.studies, self.pool, self.result = db, rdb, d, studies, pool, result
         self.reconnect = reconnect
         self.campaign_id = campaign_id
@@ -273,13 +307,20 @@ class _Fleet:
 
         def owner() -> tuple[str | None, object]:
             with self.db.session() as session:
-                return tuple(session.execute(sa.select(storage.Campaign.owner, storage.Campaign.owner_heartbeat_at)
-                                             .where(storage.Campaign.id == self.campaign_id)).one())
+                return tuple(
+                    session.execute(
+                        sa.select(storage.Campaign.owner, storage.Campaign.owner_heartbeat_at).where(
+                            storage.Campaign.id == self.campaign_id
+                        )
+                    ).one()
+                )
 
         owner, beat_at = self.reconnect.call(owner)
         if owner and storage.owner_alive(owner, beat_at):
-            raise storage.CampaignBusy(f"campaign '{self.result.campaign}' is being run by {owner} (rcutune study); "
-                                       "this worker stops until it finishes")
+            raise storage.CampaignBusy(
+                f"campaign '{self.result.campaign}' is being run by {owner} (rcutune study); "
+                "this worker stops until it finishes"
+            )
 
     @staticmethod
     def _counts(s: _Study) -> _Counts:
@@ -323,8 +364,10 @@ class _Fleet:
 
         Not within a grace period after this worker lost the database, or after the server started:
         no worker could beat meanwhile."""
-        if self.reconnect.lost_within(self.request.grace_period_s) or \
-                self.reconnect.call(self.rdb.server_up_for) < self.request.grace_period_s:
+        if (
+            self.reconnect.lost_within(self.request.grace_period_s)
+            or self.reconnect.call(self.rdb.server_up_for) < self.request.grace_period_s
+        ):
             self.unbeaten.clear()
             return
         running = s.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -334,9 +377,14 @@ class _Fleet:
 
         def beating_ids() -> set[int]:
             with self.rdb.engine.connect() as conn:
-                return set(conn.execute(sa.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids")
-                                        .bindparams(sa.bindparam("ids", expanding=True)),
-                                        {"ids": list(ids)}).scalars())
+                return set(
+                    conn.execute(
+                        sa.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+                            sa.bindparam("ids", expanding=True)
+                        ),
+                        {"ids": list(ids)},
+                    ).scalars()
+                )
 
         beating = self.reconnect.call(beating_ids)
         now = time.monotonic()
@@ -367,8 +415,9 @@ class _Fleet:
             conn = self.db.engine.connect()
             try:
                 tx = conn.begin()
-                conn.execute(sa.select(storage.StudyRecord.id).where(storage.StudyRecord.id == s.record_id)
-                             .with_for_update())
+                conn.execute(
+                    sa.select(storage.StudyRecord.id).where(storage.StudyRecord.id == s.record_id).with_for_update()
+                )
             except BaseException:
                 _quietly(conn.close)
                 raise
@@ -376,6 +425,7 @@ class _Fleet:
 
         conn, tx = self.reconnect.call(acquire)
         try:
+
             def release() -> None:
                 if tx.is_active:
                     _quietly(tx.commit)
@@ -424,7 +474,9 @@ class _Fleet:
                     raise
                 self.result.dropped[s.workload.name] = self.result.dropped.get(s.workload.name, 0) + 1
                 dropped = stored_trial(self.rdb, s.study, objective.number)  # type: ignore[arg-type]
-                self.on_trial(s.workload.name, dropped, "dropped: another worker declared it stale meanwhile and runs it again")
+                self.on_trial(
+                    s.workload.name, dropped, "dropped: another worker declared it stale meanwhile and runs it again"
+                )
                 return
             except BaseException:
                 release()
@@ -441,8 +493,10 @@ class _Fleet:
             self.result.failed[w] = self.result.failed.get(w, 0) + 1
             s.failures_in_a_row += 1
             if s.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                self.result.aborted[w] = (f"{s.failures_in_a_row} trials in a row failed, the last with: "
-                                          f"{trial.user_attrs.get('fail_reason', 'failed')}")
+                self.result.aborted[w] = (
+                    f"{s.failures_in_a_row} trials in a row failed, the last with: "
+                    f"{trial.user_attrs.get('fail_reason', 'failed')}"
+                )
         elif trial.state in SPENT:
             s.failures_in_a_row = 0
             self.result.finished[w] = self.result.finished.get(w, 0) + 1
@@ -455,8 +509,9 @@ class _Fleet:
         for planned in plan_batch(trials, self.d, s.workload.name, size=size, sampler=s.sampler, refine=refine):
             s.study.enqueue_trial(planned.params, user_attrs=planned.attrs)
 
-    def simulate(self, number: int, workload: sim.WorkloadProfile, policy: sim.Policy,
-                 jobs: list[SimJob]) -> list[sim.Metrics]:
+    def simulate(
+        self, number: int, workload: sim.WorkloadProfile, policy: sim.Policy, jobs: list[SimJob]
+    ) -> list[sim.Metrics]:
         """Run (seed, seconds) simulations of one policy in the pool; raises TrialFailed on the first failure."""
         out: dict[int, sim.Metrics] = {}
         for i, (seed, seconds) in enumerate(jobs):
@@ -464,8 +519,10 @@ class _Fleet:
             if known is not None:
                 out[i] = known
             else:
-                self.pool.submit(SimTask((number, i), self.d.hardware, workload, policy, seconds, seed, self.d.kernel),
-                                 priority=(number, i))
+                self.pool.submit(
+                    SimTask((number, i), self.d.hardware, workload, policy, seconds, seed, self.d.kernel),
+                    priority=(number, i),
+                )
         while len(out) < len(jobs):
             for result in self.pool.collect(timeout=1.0):
                 _, i = result.key  # type: ignore[misc]
@@ -513,8 +570,9 @@ class _Objective:
         trial.set_user_attr("worker", storage.this_owner())
         policy = start_trial(trial, d)
         told = [t for t in trials if t.state in SPENT]
-        protocol = trial_protocol(d, s.workload, trial.user_attrs.get("design"),
-                                  seen_before(told, int(trial.user_attrs.get("batch", -1)), d))
+        protocol = trial_protocol(
+            d, s.workload, trial.user_attrs.get("design"), seen_before(told, int(trial.user_attrs.get("batch", -1)), d)
+        )
         simulations = [0]
 
         def simulate(jobs: list[SimJob]) -> list[sim.Metrics]:

@@ -22,6 +22,20 @@ from ._fit import (
 )
 
 __all__ = [
-    "COVERAGE_RANGE", "FEATURES", "INTERVAL_LEVEL", "MIN_R2", "Z90", "Accuracy", "ForestSurrogate", "GPSurrogate",
-    "MetricSurrogate", "cross_validate", "describe", "exact_metric", "fit_metric", "flat_within_noise", "no_cache_key", "policy_features",
+    "COVERAGE_RANGE",
+    "FEATURES",
+    "INTERVAL_LEVEL",
+    "MIN_R2",
+    "Z90",
+    "Accuracy",
+    "ForestSurrogate",
+    "GPSurrogate",
+    "MetricSurrogate",
+    "cross_validate",
+    "describe",
+    "exact_metric",
+    "fit_metric",
+    "flat_within_noise",
+    "no_cache_key",
+    "policy_features",
 ]

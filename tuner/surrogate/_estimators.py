@@ -19,29 +19,40 @@ from sklearn.gaussian_process import GaussianProcessRegressor
 from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 from sklearn.tree import DecisionTreeRegressor
 
-FEATURES = ("log_n_per_cpu", "layout_global", "layout_hybrid", "shared_reserve_pages", "log_refill_delay_ms",
-            "refill_low_watermark", "prealloc_at_boot", "emergency_reserve_fraction", "emergency_reserve_on",
-            "refill_low_watermark_on")
+FEATURES = (
+    "log_n_per_cpu",
+    "layout_global",
+    "layout_hybrid",
+    "shared_reserve_pages",
+    "log_refill_delay_ms",
+    "refill_low_watermark",
+    "prealloc_at_boot",
+    "emergency_reserve_fraction",
+    "emergency_reserve_on",
+    "refill_low_watermark_on",
+)
 
 
 def policy_features(policies: Sequence[Mapping[str, Any]]) -> np.ndarray:
     """The numeric feature matrix of policies (dicts of `sim.Policy` fields), columns as `FEATURES`."""
     rows = []
     for p in policies:
-        rows.append([
-            math.log1p(float(p["n_per_cpu"])),
-            1.0 if p["layout"] == "global" else 0.0,
-            1.0 if p["layout"] == "hybrid" else 0.0,
-            math.log1p(float(p.get("shared_reserve_pages", 0))),
-            math.log1p(float(p.get("refill_delay_ms", 5000))),
-            float(p.get("refill_low_watermark", 0)) / max(1.0, float(p["n_per_cpu"])),
-            1.0 if p.get("prealloc_at_boot") else 0.0,
-            float(p.get("emergency_reserve_fraction", 0.0)),
-            # Off (0, the stock kernel) and on are different mechanisms, not two ends of a scale: a
-            # metric may step between them, which a smooth model only fits with the switch as a feature.
-            1.0 if float(p.get("emergency_reserve_fraction", 0.0)) > 0 else 0.0,
-            1.0 if int(p.get("refill_low_watermark", 0)) > 0 else 0.0,
-        ])
+        rows.append(
+            [
+                math.log1p(float(p["n_per_cpu"])),
+                1.0 if p["layout"] == "global" else 0.0,
+                1.0 if p["layout"] == "hybrid" else 0.0,
+                math.log1p(float(p.get("shared_reserve_pages", 0))),
+                math.log1p(float(p.get("refill_delay_ms", 5000))),
+                float(p.get("refill_low_watermark", 0)) / max(1.0, float(p["n_per_cpu"])),
+                1.0 if p.get("prealloc_at_boot") else 0.0,
+                float(p.get("emergency_reserve_fraction", 0.0)),
+                # Off (0, the stock kernel) and on are different mechanisms, not two ends of a scale: a
+                # metric may step between them, which a smooth model only fits with the switch as a feature.
+                1.0 if float(p.get("emergency_reserve_fraction", 0.0)) > 0 else 0.0,
+                1.0 if int(p.get("refill_low_watermark", 0)) > 0 else 0.0,
+            ]
+        )
     return np.asarray(rows, dtype=float)
 
 
@@ -49,8 +60,7 @@ def _bounded_lbfgs(objective, initial_theta, bounds):
     """L-BFGS-B on the log marginal likelihood, capped at 60 iterations (the fit is cross-validated anyway)."""
     from scipy.optimize import minimize
 
-    result = minimize(objective, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds,
-                      options={"maxiter": 60})
+    result = minimize(objective, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 60})
     return result.x, result.fun
 
 
@@ -73,12 +83,16 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
         y = np.asarray(y, dtype=float)
         self.x_mean_ = X.mean(axis=0)
         self.x_scale_ = np.where(X.std(axis=0) > 0, X.std(axis=0), 1.0)
-        kernel = (ConstantKernel(1.0, (1e-3, 1e3))
-                  * Matern(length_scale=np.ones(X.shape[1]), length_scale_bounds=(1e-2, 1e3), nu=self.nu)
-                  + WhiteKernel(1e-2, (1e-6, 1e1)))
-        self.model_ = GaussianProcessRegressor(kernel=kernel, normalize_y=True, optimizer=_bounded_lbfgs,
-                                               n_restarts_optimizer=self.n_restarts_optimizer,
-                                               random_state=self.random_state)
+        kernel = ConstantKernel(1.0, (1e-3, 1e3)) * Matern(
+            length_scale=np.ones(X.shape[1]), length_scale_bounds=(1e-2, 1e3), nu=self.nu
+        ) + WhiteKernel(1e-2, (1e-6, 1e1))
+        self.model_ = GaussianProcessRegressor(
+            kernel=kernel,
+            normalize_y=True,
+            optimizer=_bounded_lbfgs,
+            n_restarts_optimizer=self.n_restarts_optimizer,
+            random_state=self.random_state,
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model_.fit((X - self.x_mean_) / self.x_scale_, y)
@@ -124,8 +138,9 @@ class ForestSurrogate(RegressorMixin, BaseEstimator):
         for _ in range(self.n_estimators):
             draws = np.bincount(rng.integers(0, len(labels), len(labels)), minlength=len(labels))
             weight = draws[index].astype(float)
-            tree = DecisionTreeRegressor(min_samples_leaf=self.min_samples_leaf,
-                                         random_state=int(rng.integers(2**31 - 1)))
+            tree = DecisionTreeRegressor(
+                min_samples_leaf=self.min_samples_leaf, random_state=int(rng.integers(2**31 - 1))
+            )
             tree.fit(X[weight > 0], y[weight > 0], sample_weight=weight[weight > 0], check_input=False)
             self.estimators_.append(tree)
             out = weight == 0

@@ -47,8 +47,11 @@ class Accuracy:
         covered = self.coverage is not None and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1]
         if self.noise_limited:  # a flat response: only the calibration of its interval matters
             return covered
-        return (self.cv_r2 >= MIN_R2 and self.coverage is not None
-                and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1])
+        return (
+            self.cv_r2 >= MIN_R2
+            and self.coverage is not None
+            and COVERAGE_RANGE[0] <= self.coverage <= COVERAGE_RANGE[1]
+        )
 
     def problem(self) -> str | None:
         """Why the surrogate is unhealthy, in a few words; None when healthy."""
@@ -92,11 +95,12 @@ class MetricSurrogate:
     observed: Mapping[tuple[str, float], tuple[float, float]] = field(default_factory=dict)  # no-cache regimes
     scale: float = 1.0  # transfer to another CPU count: the metric's values are multiplied by this
 
-
     def predict(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """Mean and standard deviation on the log(value + offset) scale."""
         if self.exact is not None:
-            return np.log(np.array([self.exact(p) for p in policies], dtype=float) + self.offset), np.full(len(policies), 1e-9)
+            return np.log(np.array([self.exact(p) for p in policies], dtype=float) + self.offset), np.full(
+                len(policies), 1e-9
+            )
         if self.per_seed:
             z = np.log(np.array(self.per_seed) + self.offset)
             return np.full(len(policies), float(z.mean())), np.full(len(policies), max(float(z.std()), 1e-9) * widen)
@@ -118,7 +122,9 @@ class MetricSurrogate:
             mean = np.log(self.scale * np.maximum(np.exp(mean) - self.offset, 0.0) + self.offset)
         return mean, std * widen
 
-    def interval(self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def interval(
+        self, policies: Sequence[Mapping[str, Any]], widen: float = 1.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Median prediction and the 90% interval, on the metric's own scale."""
         mean, std = self.predict(policies, widen)
         back = lambda z: np.exp(z) - self.offset  # noqa: E731
@@ -137,8 +143,12 @@ class MetricSurrogate:
 def describe(s: MetricSurrogate) -> dict[str, Any]:
     """What it takes to rebuild a fitted surrogate: estimator, hyper-parameters (for a GP, the fitted
     kernel), features, target transform, and the no-cache and per-seed values it predicts from."""
-    out: dict[str, Any] = {"estimator": s.accuracy.estimator, "target": "log(value + offset)", "offset": s.offset,
-                           "features": [FEATURES[c] for c in s.columns] if s.estimator is not None else []}
+    out: dict[str, Any] = {
+        "estimator": s.accuracy.estimator,
+        "target": "log(value + offset)",
+        "offset": s.offset,
+        "features": [FEATURES[c] for c in s.columns] if s.estimator is not None else [],
+    }
     if s.estimator is not None:
         out["params"] = s.estimator.get_params()
         if isinstance(s.estimator, GPSurrogate):
@@ -150,13 +160,15 @@ def describe(s: MetricSurrogate) -> dict[str, Any]:
     if s.per_seed:
         out["per_seed"] = list(s.per_seed)
     if s.observed:
-        out["observed"] = {f"{k[0]} (emergency_reserve_fraction={k[1]:g})": {"mean": m, "std": sd}
-                           for k, (m, sd) in s.observed.items()}
+        out["observed"] = {
+            f"{k[0]} (emergency_reserve_fraction={k[1]:g})": {"mean": m, "std": sd} for k, (m, sd) in s.observed.items()
+        }
     return out
 
 
-def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
-                folds: int = CV_FOLDS) -> tuple[np.ndarray, np.ndarray]:
+def out_of_fold(
+    estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = CV_FOLDS
+) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold predictive mean and standard deviation of every row; a trial's replications stay
     in one fold, so each is the prediction of an unseen policy."""
     k = max(2, min(folds, len(set(groups.tolist()))))
@@ -168,8 +180,9 @@ def out_of_fold(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray,
     return mean, std
 
 
-def score(y: np.ndarray, mean: np.ndarray, std: np.ndarray, groups: np.ndarray,
-          common: np.ndarray | None = None) -> tuple[float, float, float]:
+def score(
+    y: np.ndarray, mean: np.ndarray, std: np.ndarray, groups: np.ndarray, common: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """(R², Spearman rank correlation, 90% interval coverage) of predictions. R² and rank correlation
     compare trial means over the rows in `common` (the seeds every trial ran: under common random
     numbers a raced trial's extra seeds would shift its mean by their own luck); coverage counts
@@ -185,8 +198,9 @@ def score(y: np.ndarray, mean: np.ndarray, std: np.ndarray, groups: np.ndarray,
     return r2, float(0.0 if not np.isfinite(rho) else rho), coverage
 
 
-def cross_validate(estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = CV_FOLDS,
-                   common: np.ndarray | None = None) -> tuple[float, float, float]:
+def cross_validate(
+    estimator, X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = CV_FOLDS, common: np.ndarray | None = None
+) -> tuple[float, float, float]:
     """`score` of the `out_of_fold` predictions: the accuracy of predicting an unseen policy."""
     mean, std = out_of_fold(estimator, X, y, groups, folds)
     return score(y, mean, std, groups, common)
@@ -210,9 +224,16 @@ def seed_determined(values: np.ndarray, groups: np.ndarray, seeds: np.ndarray) -
     return all(np.ptp(values[common & (seeds == s)]) == 0 for s in shared)
 
 
-def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Sequence[float],
-               groups: Sequence[int] | None = None, *, decisive: bool = True,
-               candidates: Sequence[Any] | None = None, seeds: Sequence[int] | None = None) -> MetricSurrogate:
+def fit_metric(
+    metric: str,
+    policies: Sequence[Mapping[str, Any]],
+    values: Sequence[float],
+    groups: Sequence[int] | None = None,
+    *,
+    decisive: bool = True,
+    candidates: Sequence[Any] | None = None,
+    seeds: Sequence[int] | None = None,
+) -> MetricSurrogate:
     """Fit each candidate estimator to log(values + offset), keep the one with the best CV R² (coverage breaks ties).
 
     Args:
@@ -238,14 +259,19 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
     if s is not None and seed_determined(y_raw, g, s):
         common = common_seed_rows(g, s)
         per_seed = tuple(float(y_raw[common & (s == x)][0]) for x in np.unique(s[common]))
-        return MetricSurrogate(metric, None, None, Accuracy("seed-determined", n_trials, None, None, None, False),
-                               offset=offset, per_seed=per_seed)
+        return MetricSurrogate(
+            metric,
+            None,
+            None,
+            Accuracy("seed-determined", n_trials, None, None, None, False),
+            offset=offset,
+            per_seed=per_seed,
+        )
     X_all = policy_features(policies)
     columns = tuple(int(c) for c in np.flatnonzero(np.ptp(X_all, axis=0) > 0)) or (0,)
     X = X_all[:, list(columns)]
     common = None if s is None else common_seed_rows(g, s)
-    noise_limited = (flat_within_noise(y, g) if common is None
-                     else flat_within_noise(y[common], g[common], s[common]))
+    noise_limited = flat_within_noise(y, g) if common is None else flat_within_noise(y[common], g[common], s[common])
     best = None
     for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
         mean, std = out_of_fold(estimator, X, y, g)
@@ -253,8 +279,11 @@ def fit_metric(metric: str, policies: Sequence[Mapping[str, Any]], values: Seque
         candidate = Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive, noise_limited)
         key = (candidate.healthy, round(r2, 3), -abs(coverage - INTERVAL_LEVEL))  # a healthy model first
         if best is None or key > best[0]:
-            best = (key, estimator, Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive,
-                                             noise_limited))
+            best = (
+                key,
+                estimator,
+                Accuracy(type(estimator).__name__, n_trials, r2, rho, coverage, decisive, noise_limited),
+            )
     _, estimator, accuracy = best  # type: ignore[misc]
     return MetricSurrogate(metric, clone(estimator).fit(X, y, groups=g), None, accuracy, columns, offset=offset)
 
@@ -282,7 +311,7 @@ def flat_within_noise(y: np.ndarray, groups: np.ndarray, seeds: np.ndarray | Non
         grand = table.mean()
         ss_trials = b * float(np.sum((table.mean(axis=1) - grand) ** 2))
         residual = table - table.mean(axis=1, keepdims=True) - table.mean(axis=0, keepdims=True) + grand
-        ss_error = float(np.sum(residual ** 2))
+        ss_error = float(np.sum(residual**2))
         if ss_error <= 1e-12 * max(ss_trials, 1e-300):
             return ss_trials <= 1e-12  # no noise left: any difference between trials is real
         p = stats.f.sf((ss_trials / (a - 1)) / (ss_error / ((a - 1) * (b - 1))), a - 1, (a - 1) * (b - 1))
@@ -297,8 +326,13 @@ def flat_within_noise(y: np.ndarray, groups: np.ndarray, seeds: np.ndarray | Non
     return bool(np.isfinite(p) and p > 0.05)
 
 
-def exact_metric(metric: str, formula: Callable[[Mapping[str, Any]], float], policies: Sequence[Mapping[str, Any]],
-                 values: Sequence[float], n_trials: int | None = None) -> MetricSurrogate:
+def exact_metric(
+    metric: str,
+    formula: Callable[[Mapping[str, Any]], float],
+    policies: Sequence[Mapping[str, Any]],
+    values: Sequence[float],
+    n_trials: int | None = None,
+) -> MetricSurrogate:
     """A metric known in closed form (reserved memory); its accuracy is checked against the observed values."""
     predicted = np.array([formula(p) for p in policies], dtype=float)
     observed = np.asarray(values, dtype=float)
@@ -306,6 +340,17 @@ def exact_metric(metric: str, formula: Callable[[Mapping[str, Any]], float], pol
     r2 = 1.0 - float(np.sum((observed - predicted) ** 2)) / ss if ss > 0 else 1.0
     exact = bool(np.allclose(predicted, observed, rtol=1e-9, atol=1e-12))
     rho = stats.spearmanr(observed, predicted).statistic if np.ptp(predicted) > 0 and np.ptp(observed) > 0 else 1.0
-    return MetricSurrogate(metric, None, None, Accuracy("exact" if exact else "formula (mismatch)",
-                                                       n_trials or len(observed), r2, float(rho), 1.0 if exact else 0.0, not exact),
-                           exact=formula)
+    return MetricSurrogate(
+        metric,
+        None,
+        None,
+        Accuracy(
+            "exact" if exact else "formula (mismatch)",
+            n_trials or len(observed),
+            r2,
+            float(rho),
+            1.0 if exact else 0.0,
+            not exact,
+        ),
+        exact=formula,
+    )

@@ -22,10 +22,35 @@ from pathlib import Path
 
 from rcutune import sim
 
-from ._agreement import (Agreement, FigureAgreement, NEffect, agreement, block_lines, n_effect_line, n_effect_pairs,
-                         n_effect_table, n_effects, oom_side, point_table, spearman, summary_lines)
-from ._data import (OOM_SWEEPS, Boot, DataError, Measured, Point, PointParams, csv_files, load_measured, load_points,
-                    points_from_boots, pressure_siblings, read_boots)
+from ._agreement import (
+    Agreement,
+    FigureAgreement,
+    NEffect,
+    agreement,
+    block_lines,
+    n_effect_line,
+    n_effect_pairs,
+    n_effect_table,
+    n_effects,
+    oom_side,
+    point_table,
+    spearman,
+    summary_lines,
+)
+from ._data import (
+    OOM_SWEEPS,
+    Boot,
+    DataError,
+    Measured,
+    Point,
+    PointParams,
+    csv_files,
+    load_measured,
+    load_points,
+    points_from_boots,
+    pressure_siblings,
+    read_boots,
+)
 from ._fit import STAGES, GuestFit, Loss, Stage, calibration_text, fit_guest, profile_text, write_atomic
 from ._run import GuestModel, Runner, SimPoint, anon_fraction, point_inputs, profile_name
 from ._split import SPLIT_SALT, split_points
@@ -40,13 +65,54 @@ CALIBRATION_SEEDS = 2  # per point in every evaluation of the fit (hundreds of t
 CALIBRATION_OOM_SEEDS = 8
 
 __all__ = [
-    "Agreement", "Boot", "CALIBRATION_FILE", "CALIBRATION_OOM_SEEDS", "CALIBRATION_SEEDS", "Calibrated",
-    "Calibration", "Comparison", "DATA_DIR", "DEFAULT_OOM_SEEDS", "DEFAULT_SEEDS", "DataError", "FigureAgreement",
-    "GuestFit", "GuestModel", "Loss", "Measured", "NEffect", "OOM_SWEEPS", "Point", "PointParams", "STAGES", "SimPoint",
-    "Stage", "agreement", "anon_fraction", "block_lines", "calibrate", "compare", "csv_files", "load_calibration",
-    "load_measured", "load_points", "n_effect_line", "n_effect_pairs", "n_effect_table", "n_effects", "oom_side",
-    "point_inputs", "point_table", "points_from_boots", "pressure_siblings", "profile_name", "read_boots", "report_lines",
-    "spearman", "split_points", "summary_lines",
+    "Agreement",
+    "Boot",
+    "CALIBRATION_FILE",
+    "CALIBRATION_OOM_SEEDS",
+    "CALIBRATION_SEEDS",
+    "Calibrated",
+    "Calibration",
+    "Comparison",
+    "DATA_DIR",
+    "DEFAULT_OOM_SEEDS",
+    "DEFAULT_SEEDS",
+    "DataError",
+    "FigureAgreement",
+    "GuestFit",
+    "GuestModel",
+    "Loss",
+    "Measured",
+    "NEffect",
+    "OOM_SWEEPS",
+    "Point",
+    "PointParams",
+    "STAGES",
+    "SimPoint",
+    "Stage",
+    "agreement",
+    "anon_fraction",
+    "block_lines",
+    "calibrate",
+    "compare",
+    "csv_files",
+    "load_calibration",
+    "load_measured",
+    "load_points",
+    "n_effect_line",
+    "n_effect_pairs",
+    "n_effect_table",
+    "n_effects",
+    "oom_side",
+    "point_inputs",
+    "point_table",
+    "points_from_boots",
+    "pressure_siblings",
+    "profile_name",
+    "read_boots",
+    "report_lines",
+    "spearman",
+    "split_points",
+    "summary_lines",
 ]
 
 
@@ -95,8 +161,9 @@ def load_calibration(calibration_file: Path | str = CALIBRATION_FILE) -> Calibra
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
-        raise DataError(f"{path}: cannot read the calibration ({err.strerror}); run "
-                        "`rcutune validate kernel --calibrate ...` first") from None
+        raise DataError(
+            f"{path}: cannot read the calibration ({err.strerror}); run `rcutune validate kernel --calibrate ...` first"
+        ) from None
     except tomllib.TOMLDecodeError as err:
         raise DataError(f"{path}: malformed TOML: {err}") from None
     guests = {}
@@ -117,20 +184,29 @@ def load_calibration(calibration_file: Path | str = CALIBRATION_FILE) -> Calibra
 
 def _check(points: list[Point], calibrated: Calibrated, held_out_only: bool) -> None:
     """Every point has a calibrated guest; a held-out point was never seen by the fit."""
-    missing = sorted({profile_name(p.params.accelerator, p.params.guest_cpus) for p in points}
-                     - set(calibrated.guests))
+    missing = sorted({profile_name(p.params.accelerator, p.params.guest_cpus) for p in points} - set(calibrated.guests))
     if missing:
-        raise DataError(f"{calibrated.path}: no calibrated guest for {', '.join(missing)}; "
-                        "calibrate on data that has such guests")
+        raise DataError(
+            f"{calibrated.path}: no calibrated guest for {', '.join(missing)}; calibrate on data that has such guests"
+        )
     seen = sorted(p.point_id for p in points if p.point_id in calibrated.training_points)
     if held_out_only and seen:
-        raise DataError(f"{calibrated.path}: {len(seen)} held-out point(s) were in the calibration's training "
-                        f"half (first: {seen[0]}); the data changed since the fit: rerun --calibrate")
+        raise DataError(
+            f"{calibrated.path}: {len(seen)} held-out point(s) were in the calibration's training "
+            f"half (first: {seen[0]}); the data changed since the fit: rerun --calibrate"
+        )
 
 
-def compare(paths: list[Path | str], pressure: list[Path | str] | None = None, *, held_out_only: bool = True,
-            seeds: int = DEFAULT_SEEDS, oom_seeds: int = DEFAULT_OOM_SEEDS, jobs: int = 1,
-            calibration_file: Path | str = CALIBRATION_FILE) -> Comparison:
+def compare(
+    paths: list[Path | str],
+    pressure: list[Path | str] | None = None,
+    *,
+    held_out_only: bool = True,
+    seeds: int = DEFAULT_SEEDS,
+    oom_seeds: int = DEFAULT_OOM_SEEDS,
+    jobs: int = 1,
+    calibration_file: Path | str = CALIBRATION_FILE,
+) -> Comparison:
     """Simulate every held-out point (kernel 6.1, same parameters) and compare with the measured medians.
 
     Args:
@@ -160,8 +236,17 @@ def compare(paths: list[Path | str], pressure: list[Path | str] | None = None, *
     with Runner(jobs) as runner:
         simulated = runner.simulate(points + extra, calibrated.guests, seeds=seeds, oom_seeds=oom_seeds)
     effects = n_effects(pairs, simulated, {p.point_id for p in held_out})
-    return Comparison(measured, points, simulated, agreement(points, simulated), time.monotonic() - t0, effects,
-                      seeds, oom_seeds, held_out_only)
+    return Comparison(
+        measured,
+        points,
+        simulated,
+        agreement(points, simulated),
+        time.monotonic() - t0,
+        effects,
+        seeds,
+        oom_seeds,
+        held_out_only,
+    )
 
 
 def report_lines(result: Comparison) -> list[str]:
@@ -169,8 +254,10 @@ def report_lines(result: Comparison) -> list[str]:
     overall and per block, the N effect per group, the N-effect line, and last the agreement line."""
     lines = [f"block found with the CSVs given: {_relative(found)}" for found in result.measured.found_pressure]
     half = "held-out half" if result.held_out_only else "all points"
-    lines.append(f"{half}: {len(result.points)} points, {result.agreement.rows} boots; kernel 6.1; "
-                 f"{result.seeds} runs per point, {result.oom_seeds} per OOM-block point")
+    lines.append(
+        f"{half}: {len(result.points)} points, {result.agreement.rows} boots; kernel 6.1; "
+        f"{result.seeds} runs per point, {result.oom_seeds} per OOM-block point"
+    )
     lines += point_table(result.points, result.simulated)
     lines += block_lines(result.points, result.simulated)
     lines += summary_lines(result.agreement)
@@ -180,13 +267,21 @@ def report_lines(result: Comparison) -> list[str]:
     return lines
 
 
-def calibrate(paths: list[Path | str], pressure: list[Path | str] | None = None, *,
-              seeds: int = CALIBRATION_SEEDS, oom_seeds: int = CALIBRATION_OOM_SEEDS, jobs: int = 1,
-              start_profile: str = "vm-2", profiles_dir: Path | str = PROFILES_DIR,
-              calibration_file: Path | str = CALIBRATION_FILE,
-              command: str = "rcutune validate kernel --calibrate ...", write: bool = True,
-              stages: tuple[Stage, ...] = STAGES,
-              progress: Callable[[str], None] = lambda s: None) -> Calibration:
+def calibrate(
+    paths: list[Path | str],
+    pressure: list[Path | str] | None = None,
+    *,
+    seeds: int = CALIBRATION_SEEDS,
+    oom_seeds: int = CALIBRATION_OOM_SEEDS,
+    jobs: int = 1,
+    start_profile: str = "vm-2",
+    profiles_dir: Path | str = PROFILES_DIR,
+    calibration_file: Path | str = CALIBRATION_FILE,
+    command: str = "rcutune validate kernel --calibrate ...",
+    write: bool = True,
+    stages: tuple[Stage, ...] = STAGES,
+    progress: Callable[[str], None] = lambda s: None,
+) -> Calibration:
     """Fit every guest found in the data on the training half only, and write its profile.
 
     Args:
@@ -209,8 +304,19 @@ def calibrate(paths: list[Path | str], pressure: list[Path | str] | None = None,
     fits = []
     with Runner(jobs) as runner:
         for accelerator, cpus in guests:
-            fits.append(fit_guest(training, accelerator, cpus, runner, seeds=seeds, oom_seeds=oom_seeds,
-                                  start=start, stages=stages, progress=progress))
+            fits.append(
+                fit_guest(
+                    training,
+                    accelerator,
+                    cpus,
+                    runner,
+                    seeds=seeds,
+                    oom_seeds=oom_seeds,
+                    start=start,
+                    stages=stages,
+                    progress=progress,
+                )
+            )
     written: list[Path] = []
     if write:
         sources = [_relative(f) for f in measured.sources]

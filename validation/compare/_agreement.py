@@ -14,7 +14,6 @@ import statistics
 from dataclasses import dataclass
 
 import numpy as np
-
 from scipy.stats import spearmanr
 
 from ._data import Point
@@ -48,9 +47,11 @@ class Agreement:
 
     def last_line(self) -> str:
         """The summary line, in the fixed form scripts and the README rely on."""
-        return (f"rows={self.rows} time_spearman={self.time.spearman:.3f} "
-                f"batches_spearman={self.batches.spearman:.3f} footprint_spearman={self.footprint.spearman:.3f} "
-                f"oom_accuracy={self.oom_accuracy:.3f} time_median_rel_err={self.time.median_rel_err:.3f}")
+        return (
+            f"rows={self.rows} time_spearman={self.time.spearman:.3f} "
+            f"batches_spearman={self.batches.spearman:.3f} footprint_spearman={self.footprint.spearman:.3f} "
+            f"oom_accuracy={self.oom_accuracy:.3f} time_median_rel_err={self.time.median_rel_err:.3f}"
+        )
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -77,9 +78,13 @@ def oom_side(probability: float) -> bool:
 
 def agreement(points: list[Point], simulated: dict[str, SimPoint]) -> Agreement:
     """Compare measured points with their simulated medians (see the module docstring)."""
+
     def pairs_of(subset: list[Point], measured_of, simulated_of) -> list[tuple[float, float]]:
-        return [(float(m), float(s)) for p in subset
-                if (m := measured_of(p)) is not None and (s := simulated_of(simulated[p.point_id])) is not None]
+        return [
+            (float(m), float(s))
+            for p in subset
+            if (m := measured_of(p)) is not None and (s := simulated_of(simulated[p.point_id])) is not None
+        ]
 
     pressure = [p for p in points if p.pressure]
     hits = [oom_side(p.oom_fraction) == oom_side(simulated[p.point_id].oom_probability) for p in pressure]
@@ -88,11 +93,14 @@ def agreement(points: list[Point], simulated: dict[str, SimPoint]) -> Agreement:
         points=len(points),
         time=figure_agreement("time", pairs_of(points, lambda p: p.time_ms, lambda s: s.time_ms)),
         batches=figure_agreement("batches", pairs_of(points, lambda p: p.batches, lambda s: s.batches)),
-        footprint=figure_agreement("footprint", pairs_of(points, lambda p: p.footprint_mb, lambda s: s.footprint_mb),
-                                   floor=FOOTPRINT_FLOOR_MB),
+        footprint=figure_agreement(
+            "footprint", pairs_of(points, lambda p: p.footprint_mb, lambda s: s.footprint_mb), floor=FOOTPRINT_FLOOR_MB
+        ),
         footprint_pressure=figure_agreement(
-            "footprint (pressure points)", pairs_of(pressure, lambda p: p.footprint_mb, lambda s: s.footprint_mb),
-            floor=FOOTPRINT_FLOOR_MB),
+            "footprint (pressure points)",
+            pairs_of(pressure, lambda p: p.footprint_mb, lambda s: s.footprint_mb),
+            floor=FOOTPRINT_FLOOR_MB,
+        ),
         oom_points=len(pressure),
         oom_accuracy=sum(hits) / len(hits) if hits else math.nan,
     )
@@ -105,15 +113,18 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def point_table(points: list[Point], simulated: dict[str, SimPoint]) -> list[str]:
     """One line per point: measured and simulated medians side by side (time ms, batches, footprint MB, OOM)."""
-    head = (f"{'point':<44} {'boots':>5} {'time_ms':>8} {'sim':>8} {'batches':>7} {'sim':>6} "
-            f"{'fp_MB':>6} {'sim':>6} {'oom':>5} {'sim':>5}")
+    head = (
+        f"{'point':<44} {'boots':>5} {'time_ms':>8} {'sim':>8} {'batches':>7} {'sim':>6} "
+        f"{'fp_MB':>6} {'sim':>6} {'oom':>5} {'sim':>5}"
+    )
     lines = [head]
     for p in points:
         s = simulated[p.point_id]
         lines.append(
             f"{p.point_id:<44} {p.boots:>5} {_fmt(p.time_ms, '8.0f')} {_fmt(s.time_ms, '8.0f')} "
             f"{_fmt(p.batches, '7.1f')} {_fmt(s.batches, '6.1f')} {_fmt(p.footprint_mb, '6.1f')} "
-            f"{_fmt(s.footprint_mb, '6.1f')} {p.oom_fraction:5.2f} {s.oom_probability:5.2f}")
+            f"{_fmt(s.footprint_mb, '6.1f')} {p.oom_fraction:5.2f} {s.oom_probability:5.2f}"
+        )
     return lines
 
 
@@ -121,9 +132,13 @@ def summary_lines(result: Agreement) -> list[str]:
     """Per figure: points compared, Spearman, median relative error; then OOM agreement."""
     lines = []
     for f in (result.time, result.batches, result.footprint, result.footprint_pressure):
-        lines.append(f"{f.name:<10} points={f.points:<3} spearman={f.spearman:.3f} median_rel_err={f.median_rel_err:.3f}")
-    lines.append(f"{'oom':<10} points={result.oom_points:<3} accuracy={result.oom_accuracy:.3f} "
-                 "(simulated OOM probability on the same side of 0.5 as the measured fraction)")
+        lines.append(
+            f"{f.name:<10} points={f.points:<3} spearman={f.spearman:.3f} median_rel_err={f.median_rel_err:.3f}"
+        )
+    lines.append(
+        f"{'oom':<10} points={result.oom_points:<3} accuracy={result.oom_accuracy:.3f} "
+        "(simulated OOM probability on the same side of 0.5 as the measured fraction)"
+    )
     return lines
 
 
@@ -182,11 +197,16 @@ def n_effect_pairs(points: list[Point]) -> list[tuple[Point, Point]]:
     for p in points:
         if p.params.rcu_min_cached_objs in (N_LOW, N_HIGH) and p.time_ms and p.batches:
             by_group.setdefault(p.group, {})[p.params.rcu_min_cached_objs] = p
-    return [(g[N_LOW], g[N_HIGH]) for _, g in sorted(by_group.items(), key=lambda kv: str(kv[0]))
-            if N_LOW in g and N_HIGH in g]
+    return [
+        (g[N_LOW], g[N_HIGH])
+        for _, g in sorted(by_group.items(), key=lambda kv: str(kv[0]))
+        if N_LOW in g and N_HIGH in g
+    ]
 
 
-def ratio_interval(low: tuple[float, ...], high: tuple[float, ...], rng: np.random.Generator) -> tuple[float, float] | None:
+def ratio_interval(
+    low: tuple[float, ...], high: tuple[float, ...], rng: np.random.Generator
+) -> tuple[float, float] | None:
     """Bootstrap interval (INTERVAL, percentile) of median(high)/median(low), boots resampled within each point:
     how far the measured ratio itself is known."""
     if len(low) < 2 or len(high) < 2:
@@ -207,11 +227,19 @@ def n_effects(pairs: list[tuple[Point, Point]], simulated: dict[str, SimPoint], 
         if s_low and s_high and s_low.time_ms and s_high.time_ms and s_low.batches and s_high.batches:
             t_sim = s_high.time_ms / s_low.time_ms
             g_sim = s_high.batches / s_low.batches
-        out.append(NEffect(group_label(low), low.point_id in held_out and high.point_id in held_out,
-                           high.time_ms / low.time_ms, high.batches / low.batches, t_sim, g_sim,
-                           survivors_only=low.oom > 0 or high.oom > 0,
-                           time_interval=ratio_interval(low.times_ms, high.times_ms, rng),
-                           gp_interval=ratio_interval(low.batches_each, high.batches_each, rng)))
+        out.append(
+            NEffect(
+                group_label(low),
+                low.point_id in held_out and high.point_id in held_out,
+                high.time_ms / low.time_ms,
+                high.batches / low.batches,
+                t_sim,
+                g_sim,
+                survivors_only=low.oom > 0 or high.oom > 0,
+                time_interval=ratio_interval(low.times_ms, high.times_ms, rng),
+                gp_interval=ratio_interval(low.batches_each, high.batches_each, rng),
+            )
+        )
     return out
 
 
@@ -232,22 +260,30 @@ def n_effect_table(effects: list[NEffect]) -> list[str]:
     intervals, and the simulated ones; then how many held-out groups have the kernel's GP sign and
     how many simulated ratios fall inside the measured interval."""
     pct = int(round(INTERVAL * 100))
-    lines = [f"{'N=64 / N=0, group':<44} {'half':<9} {'time':>6} {f'[{pct}% interval]':>15} {'sim':>6} "
-             f"{'GPs':>6} {f'[{pct}% interval]':>15} {'sim':>6} {'GP sign':>7}"]
+    lines = [
+        f"{'N=64 / N=0, group':<44} {'half':<9} {'time':>6} {f'[{pct}% interval]':>15} {'sim':>6} "
+        f"{'GPs':>6} {f'[{pct}% interval]':>15} {'sim':>6} {'GP sign':>7}"
+    ]
     for e in effects:
         sign = {None: "-", True: "right", False: "WRONG"}[e.gp_sign_right]
         half = ("held-out" if e.held_out else "training") + ("*" if e.survivors_only else "")
-        lines.append(f"{e.label:<44} {half:<9} {e.time_measured:6.3f} {_interval(e.time_interval):>15} "
-                     f"{_fmt(e.time_simulated, '6.3f')} {e.gp_measured:6.3f} {_interval(e.gp_interval):>15} "
-                     f"{_fmt(e.gp_simulated, '6.3f')} {sign:>7}")
+        lines.append(
+            f"{e.label:<44} {half:<9} {e.time_measured:6.3f} {_interval(e.time_interval):>15} "
+            f"{_fmt(e.time_simulated, '6.3f')} {e.gp_measured:6.3f} {_interval(e.gp_interval):>15} "
+            f"{_fmt(e.gp_simulated, '6.3f')} {sign:>7}"
+        )
     lines.append("* boots of the group ended in an OOM: its medians are the survivors', not counted below")
     counted = [e for e in effects if e.counted]
     signed = [e for e in counted if e.gp_sign_right is not None]
-    lines.append(f"GP effects with the kernel's sign (held-out groups): {sum(e.gp_sign_right for e in signed)}/{len(signed)}")
+    lines.append(
+        f"GP effects with the kernel's sign (held-out groups): {sum(e.gp_sign_right for e in signed)}/{len(signed)}"
+    )
     inside_t = sum(_inside(e.time_simulated, e.time_interval) for e in counted)
     inside_g = sum(_inside(e.gp_simulated, e.gp_interval) for e in counted)
-    lines.append(f"simulated ratios inside the measured {pct}% interval (held-out groups): "
-                 f"time {inside_t}/{len(counted)}, GPs {inside_g}/{len(counted)}")
+    lines.append(
+        f"simulated ratios inside the measured {pct}% interval (held-out groups): "
+        f"time {inside_t}/{len(counted)}, GPs {inside_g}/{len(counted)}"
+    )
     return lines
 
 
@@ -267,9 +303,11 @@ def block_lines(points: list[Point], simulated: dict[str, SimPoint]) -> list[str
     lines = []
     for name, members in sorted(blocks.items()):
         a = agreement(members, simulated)
-        line = (f"block {name:<10} points={a.points:<3} boots={a.rows:<4} time_spearman={a.time.spearman:.3f} "
-                f"batches_spearman={a.batches.spearman:.3f} footprint_spearman={a.footprint.spearman:.3f} "
-                f"time_median_rel_err={a.time.median_rel_err:.3f} footprint_median_rel_err={a.footprint.median_rel_err:.3f}")
+        line = (
+            f"block {name:<10} points={a.points:<3} boots={a.rows:<4} time_spearman={a.time.spearman:.3f} "
+            f"batches_spearman={a.batches.spearman:.3f} footprint_spearman={a.footprint.spearman:.3f} "
+            f"time_median_rel_err={a.time.median_rel_err:.3f} footprint_median_rel_err={a.footprint.median_rel_err:.3f}"
+        )
         if a.oom_points:
             line += f" oom_accuracy={a.oom_accuracy:.3f}"
         lines.append(line)

@@ -13,14 +13,39 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REQUIRED_COLUMNS = (
-    "point_id", "rep", "guest_cpus", "guest_mem_mib", "rcu_min_cached_objs", "rcu_delay_page_cache_fill_msec",
-    "kfree_nthreads", "kfree_alloc_num", "kfree_loops", "kfree_mult", "kfree_rcu_test_single",
-    "kfree_rcu_test_double", "mode", "status", "total_time_ns", "batches", "footprint_mb",
-    "guest_mem_available_kib", "guest_mem_total_kib", "accelerator", "sweep",
+    "point_id",
+    "rep",
+    "guest_cpus",
+    "guest_mem_mib",
+    "rcu_min_cached_objs",
+    "rcu_delay_page_cache_fill_msec",
+    "kfree_nthreads",
+    "kfree_alloc_num",
+    "kfree_loops",
+    "kfree_mult",
+    "kfree_rcu_test_single",
+    "kfree_rcu_test_double",
+    "mode",
+    "status",
+    "total_time_ns",
+    "batches",
+    "footprint_mb",
+    "guest_mem_available_kib",
+    "guest_mem_total_kib",
+    "accelerator",
+    "sweep",
 )
 _INT_PARAMS = (
-    "guest_cpus", "guest_mem_mib", "rcu_min_cached_objs", "rcu_delay_page_cache_fill_msec", "kfree_nthreads",
-    "kfree_alloc_num", "kfree_loops", "kfree_mult", "kfree_rcu_test_single", "kfree_rcu_test_double",
+    "guest_cpus",
+    "guest_mem_mib",
+    "rcu_min_cached_objs",
+    "rcu_delay_page_cache_fill_msec",
+    "kfree_nthreads",
+    "kfree_alloc_num",
+    "kfree_loops",
+    "kfree_mult",
+    "kfree_rcu_test_single",
+    "kfree_rcu_test_double",
 )
 PRESSURE_SWEEP = "pressure"
 """Points of a sweep with this name (or of a file given with --pressure) make up the OOM block."""
@@ -120,8 +145,14 @@ class Point:
     def order_key(self) -> tuple:
         """Position inside the stratum: the parameters that vary within one."""
         p = self.params
-        return (p.rcu_min_cached_objs, p.rcu_delay_page_cache_fill_msec, p.guest_mem_mib, p.kfree_alloc_num,
-                p.kfree_nthreads, self.point_id)
+        return (
+            p.rcu_min_cached_objs,
+            p.rcu_delay_page_cache_fill_msec,
+            p.guest_mem_mib,
+            p.kfree_alloc_num,
+            p.kfree_nthreads,
+            self.point_id,
+        )
 
 
 def _int(value: str, where: str, column: str) -> int:
@@ -177,21 +208,30 @@ def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
             where = f"{path}:{line}"
             ints = {c: _int(row[c], where, c) for c in _INT_PARAMS}
             extra = {c: (row.get(c) or default) for c, default in OPTIONAL_COLUMNS.items()}
-            params = PointParams(**ints, mode=row["mode"], accelerator=row["accelerator"] or "tcg",
-                                 preempt_model=extra["preempt_model"],
-                                 nocb_cpus=_nocb_count(extra["nocb_offloaded_cpus"] or extra["rcu_nocbs"],
-                                                       ints["guest_cpus"], where),
-                                 config_variant=extra["config_variant"])
+            params = PointParams(
+                **ints,
+                mode=row["mode"],
+                accelerator=row["accelerator"] or "tcg",
+                preempt_model=extra["preempt_model"],
+                nocb_cpus=_nocb_count(extra["nocb_offloaded_cpus"] or extra["rcu_nocbs"], ints["guest_cpus"], where),
+                config_variant=extra["config_variant"],
+            )
             sweep = PRESSURE_SWEEP if pressure else row["sweep"]
-            boots.append(Boot(
-                point_id=row["point_id"], rep=_int(row["rep"], where, "rep"), params=params, sweep=sweep,
-                status=row["status"], total_time_ns=_opt_int(row["total_time_ns"], where, "total_time_ns"),
-                batches=_opt_int(row["batches"], where, "batches"),
-                footprint_mb=_opt_int(row["footprint_mb"], where, "footprint_mb"),
-                guest_mem_available_kib=_opt_int(row["guest_mem_available_kib"], where, "guest_mem_available_kib"),
-                guest_mem_total_kib=_opt_int(row["guest_mem_total_kib"], where, "guest_mem_total_kib"),
-                source=str(path),
-            ))
+            boots.append(
+                Boot(
+                    point_id=row["point_id"],
+                    rep=_int(row["rep"], where, "rep"),
+                    params=params,
+                    sweep=sweep,
+                    status=row["status"],
+                    total_time_ns=_opt_int(row["total_time_ns"], where, "total_time_ns"),
+                    batches=_opt_int(row["batches"], where, "batches"),
+                    footprint_mb=_opt_int(row["footprint_mb"], where, "footprint_mb"),
+                    guest_mem_available_kib=_opt_int(row["guest_mem_available_kib"], where, "guest_mem_available_kib"),
+                    guest_mem_total_kib=_opt_int(row["guest_mem_total_kib"], where, "guest_mem_total_kib"),
+                    source=str(path),
+                )
+            )
     return boots
 
 
@@ -259,11 +299,14 @@ def load_measured(paths: list[Path | str], pressure: list[Path | str] | None = N
     found: list[Path] = []
     have = {b.sweep for b in boots}
     # Files named as the OOM block choose the blocks themselves; else bring the measurement's others.
-    for f in ([] if pressure_files or marked else pressure_siblings(files + pressure_files)):
+    for f in [] if pressure_files or marked else pressure_siblings(files + pressure_files):
         # The other blocks of the same measurement: sweeps with a committed sweep file (so a
         # probe sweep's rows are not), and not already given.
-        rows = [b for b in read_boots(f)
-                if b.sweep not in have and (b.sweep == PRESSURE_SWEEP or (SWEEPS_DIR / f"{b.sweep}.toml").exists())]
+        rows = [
+            b
+            for b in read_boots(f)
+            if b.sweep not in have and (b.sweep == PRESSURE_SWEEP or (SWEEPS_DIR / f"{b.sweep}.toml").exists())
+        ]
         if rows:
             boots.extend(rows)
             found.append(f)
@@ -295,17 +338,24 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
         total = [b.guest_mem_total_kib for b in group if b.guest_mem_total_kib]
         if not avail or not total:
             raise DataError(f"{first.source}: point {pid} has no guest_mem_available_kib/guest_mem_total_kib")
-        points.append(Point(
-            point_id=pid, params=first.params, pressure=any(b.sweep in OOM_SWEEPS for b in group),
-            boots=len(group), ok=len(ok), oom=sum(b.status == "oom" for b in group),
-            time_ms=_median([b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None]),
-            batches=_median([b.batches for b in ok if b.batches is not None]),
-            footprint_mb=_median([b.footprint_mb for b in ok if b.footprint_mb is not None]),
-            guest_mem_available_kib=int(statistics.median(avail)), guest_mem_total_kib=int(statistics.median(total)),
-            block=PRESSURE_SWEEP if first.sweep == PRESSURE_SWEEP else first.sweep,
-            times_ms=tuple(b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None),
-            batches_each=tuple(float(b.batches) for b in ok if b.batches is not None),
-        ))
+        points.append(
+            Point(
+                point_id=pid,
+                params=first.params,
+                pressure=any(b.sweep in OOM_SWEEPS for b in group),
+                boots=len(group),
+                ok=len(ok),
+                oom=sum(b.status == "oom" for b in group),
+                time_ms=_median([b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None]),
+                batches=_median([b.batches for b in ok if b.batches is not None]),
+                footprint_mb=_median([b.footprint_mb for b in ok if b.footprint_mb is not None]),
+                guest_mem_available_kib=int(statistics.median(avail)),
+                guest_mem_total_kib=int(statistics.median(total)),
+                block=PRESSURE_SWEEP if first.sweep == PRESSURE_SWEEP else first.sweep,
+                times_ms=tuple(b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None),
+                batches_each=tuple(float(b.batches) for b in ok if b.batches is not None),
+            )
+        )
     return points
 
 

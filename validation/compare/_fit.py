@@ -89,21 +89,24 @@ class FitParameter:
         return (value - self.low) / (self.high - self.low)
 
 
-PARAMETERS: dict[str, FitParameter] = {p.name: p for p in (
-    FitParameter("kfree_call_ns", 100.0, 10_000.0),
-    FitParameter("kmalloc_ns_per_kib", 1.0, 10_000.0),
-    FitParameter("kfree_slow_ns", 5.0, 20_000.0),
-    FitParameter("kfree_fast_ns", 1.0, 5_000.0),
-    FitParameter("loop_jitter", 0.01, 1.0),
-    FitParameter("context_switch_us", 0.1, 1000.0),
-    FitParameter("hrtimer_latency_us", 0.5, 10_000.0),
-    FitParameter("cb_invoke_us", 1.0, 100_000.0),
-    FitParameter("alloc_fast_us", 0.05, 200.0),
-    FitParameter("direct_reclaim_ms", 0.01, 200.0),
-    FitParameter("alloc_fail_softness", 0.01, 5.0),
-    FitParameter("watermark_scale_factor", 1.0, 1000.0, integer=True),
-    FitParameter(BOOT_EXTRA, 0.0, 200.0, log=False),
-)}
+PARAMETERS: dict[str, FitParameter] = {
+    p.name: p
+    for p in (
+        FitParameter("kfree_call_ns", 100.0, 10_000.0),
+        FitParameter("kmalloc_ns_per_kib", 1.0, 10_000.0),
+        FitParameter("kfree_slow_ns", 5.0, 20_000.0),
+        FitParameter("kfree_fast_ns", 1.0, 5_000.0),
+        FitParameter("loop_jitter", 0.01, 1.0),
+        FitParameter("context_switch_us", 0.1, 1000.0),
+        FitParameter("hrtimer_latency_us", 0.5, 10_000.0),
+        FitParameter("cb_invoke_us", 1.0, 100_000.0),
+        FitParameter("alloc_fast_us", 0.05, 200.0),
+        FitParameter("direct_reclaim_ms", 0.01, 200.0),
+        FitParameter("alloc_fail_softness", 0.01, 5.0),
+        FitParameter("watermark_scale_factor", 1.0, 1000.0, integer=True),
+        FitParameter(BOOT_EXTRA, 0.0, 200.0, log=False),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -118,12 +121,19 @@ class Stage:
 
 ALL_PARTS = ("time", "batches", "footprint", "oom")
 STAGES = (
-    Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"),
-          ("time",), 80),
-    Stage("grace periods and deferred work", ("loop_jitter", "context_switch_us", "hrtimer_latency_us", "cb_invoke_us"),
-          ("time", "batches"), 80),
-    Stage("memory", (BOOT_EXTRA, "alloc_fail_softness", "watermark_scale_factor", "direct_reclaim_ms", "alloc_fast_us"),
-          ALL_PARTS, 100),
+    Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"), ("time",), 80),
+    Stage(
+        "grace periods and deferred work",
+        ("loop_jitter", "context_switch_us", "hrtimer_latency_us", "cb_invoke_us"),
+        ("time", "batches"),
+        80,
+    ),
+    Stage(
+        "memory",
+        (BOOT_EXTRA, "alloc_fail_softness", "watermark_scale_factor", "direct_reclaim_ms", "alloc_fast_us"),
+        ALL_PARTS,
+        100,
+    ),
     Stage("all together", tuple(PARAMETERS), ALL_PARTS, 160),
 )
 
@@ -147,11 +157,16 @@ def loss(points: list[Point], simulated: dict[str, SimPoint]) -> Loss:
         if p.time_ms is not None:
             t_err.append(math.log(s.time_ms / p.time_ms) if s.time_ms else MISSING_PENALTY)
         if p.batches is not None:
-            b_err.append(math.log(max(s.batches, 1.0) / max(p.batches, 1.0)) if s.batches is not None else MISSING_PENALTY)
+            b_err.append(
+                math.log(max(s.batches, 1.0) / max(p.batches, 1.0)) if s.batches is not None else MISSING_PENALTY
+            )
         if p.pressure:
             if p.footprint_mb is not None and s.footprint_mb is not None:
-                f_err.append(math.log(max(s.footprint_mb + FOOTPRINT_OFFSET_MB, 1.0)
-                                      / max(p.footprint_mb + FOOTPRINT_OFFSET_MB, 1.0)))
+                f_err.append(
+                    math.log(
+                        max(s.footprint_mb + FOOTPRINT_OFFSET_MB, 1.0) / max(p.footprint_mb + FOOTPRINT_OFFSET_MB, 1.0)
+                    )
+                )
             o_err.append(s.oom_probability - p.oom_fraction)
 
     def ms(errors: list[float]) -> float:
@@ -172,12 +187,15 @@ def initial_values(points: list[Point], start: sim.HardwareProfile) -> dict[str,
     small = [p for p in points if p.time_ms and p.params.kfree_mult == 1]
     if small:
         values["kfree_call_ns"] = statistics.median(
-            p.time_ms * 1e6 / (p.params.kfree_loops * p.params.kfree_alloc_num) for p in small)
+            p.time_ms * 1e6 / (p.params.kfree_loops * p.params.kfree_alloc_num) for p in small
+        )
     large = [p for p in points if p.time_ms and p.params.kfree_mult > 1]
     if small and large:
         values["kmalloc_ns_per_kib"] = statistics.median(
             (p.time_ms * 1e6 / (p.params.kfree_loops * p.params.kfree_alloc_num) - values["kfree_call_ns"])
-            / (_slab_kib(p.params.kfree_mult)) for p in large)
+            / (_slab_kib(p.params.kfree_mult))
+            for p in large
+        )
     return {k: min(PARAMETERS[k].high, max(PARAMETERS[k].low, v)) for k, v in values.items()}
 
 
@@ -213,9 +231,18 @@ class GuestFit:
         return guest_from(self.values, self.name, self.cpus, memory_mib)
 
 
-def fit_guest(points: list[Point], accelerator: str, cpus: int, runner: Runner, *, seeds: int, oom_seeds: int,
-              start: sim.HardwareProfile, stages: tuple[Stage, ...] = STAGES,
-              progress: Callable[[str], None] = lambda s: None) -> GuestFit:
+def fit_guest(
+    points: list[Point],
+    accelerator: str,
+    cpus: int,
+    runner: Runner,
+    *,
+    seeds: int,
+    oom_seeds: int,
+    start: sim.HardwareProfile,
+    stages: tuple[Stage, ...] = STAGES,
+    progress: Callable[[str], None] = lambda s: None,
+) -> GuestFit:
     """Fit one guest (`qemu-<accelerator>-<cpus>`) on its training points.
 
     Args:
@@ -253,9 +280,11 @@ def fit_guest(points: list[Point], accelerator: str, cpus: int, runner: Runner, 
             return sum(getattr(result, p) for p in stage.parts)
 
         def report(result: Loss, stage=stage) -> None:
-            progress(f"[fit {name}] {stage.name}: J={result.total:.4f} (time {result.time:.4f}, batches "
-                     f"{result.batches:.4f}, footprint {result.footprint:.4f}, oom {result.oom:.4f}) "
-                     f"after {evaluations} evaluations")
+            progress(
+                f"[fit {name}] {stage.name}: J={result.total:.4f} (time {result.time:.4f}, batches "
+                f"{result.batches:.4f}, footprint {result.footprint:.4f}, oom {result.oom:.4f}) "
+                f"after {evaluations} evaluations"
+            )
 
         best = part(evaluate(values))
         # A coarse scan of each parameter's whole range first: the OOM part is a step function of
@@ -281,12 +310,20 @@ def fit_guest(points: list[Point], accelerator: str, cpus: int, runner: Runner, 
             return part(result)
 
         u0 = np.array([prm.position(base[prm.name]) for prm in params])
-        minimize(objective, u0, method="Powell", bounds=[(0.0, 1.0)] * len(params),
-                 options={"maxfev": stage.max_evaluations, "xtol": 1e-3, "ftol": 1e-4})
-        progress(f"[fit {name}] stage '{stage.name}' done: J={evaluate(values).total:.4f}, {evaluations} "
-                 f"evaluations, {time.monotonic() - t0:.0f} s")
-    return GuestFit(name, cpus, values, evaluate(values), start_loss, evaluations, time.monotonic() - t0,
-                    [p.point_id for p in mine])
+        minimize(
+            objective,
+            u0,
+            method="Powell",
+            bounds=[(0.0, 1.0)] * len(params),
+            options={"maxfev": stage.max_evaluations, "xtol": 1e-3, "ftol": 1e-4},
+        )
+        progress(
+            f"[fit {name}] stage '{stage.name}' done: J={evaluate(values).total:.4f}, {evaluations} "
+            f"evaluations, {time.monotonic() - t0:.0f} s"
+        )
+    return GuestFit(
+        name, cpus, values, evaluate(values), start_loss, evaluations, time.monotonic() - t0, [p.point_id for p in mine]
+    )
 
 
 def _toml_value(v: object) -> str:
@@ -319,8 +356,15 @@ def profile_text(fit: GuestFit, command: str, sources: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibration_text(fits: list[GuestFit], hardware: dict[str, str], command: str, sources: list[str], split: str,
-                     seeds: int, oom_seeds: int) -> str:
+def calibration_text(
+    fits: list[GuestFit],
+    hardware: dict[str, str],
+    command: str,
+    sources: list[str],
+    split: str,
+    seeds: int,
+    oom_seeds: int,
+) -> str:
     """validation/calibration-6.1.toml: what the profiles cannot hold, and how the fit went.
 
     `hardware` maps each guest to its profile: a shipped name, or a file relative to the calibration.

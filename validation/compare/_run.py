@@ -21,8 +21,13 @@ from ._data import Point
 
 KERNEL = "6.1"
 TIME_CAP_S = 120.0  # the harness's boot timeout; a simulated run never needs more
-PREEMPT_MODELS = {"none": ("none", False), "voluntary": ("voluntary", False), "full": ("full", False),
-                  "dynamic": ("voluntary", True), "rt": ("full", False)}
+PREEMPT_MODELS = {
+    "none": ("none", False),
+    "voluntary": ("voluntary", False),
+    "full": ("full", False),
+    "dynamic": ("voluntary", True),
+    "rt": ("full", False),
+}
 """The harness's preempt_model column -> the hardware profile's (preempt, preempt_dynamic)."""
 
 
@@ -79,17 +84,27 @@ def point_inputs(point: Point, guest: GuestModel) -> tuple[sim.HardwareProfile, 
     p = point.params
     # The build's preemption model and the offloaded CPUs are the point's, not the fit's.
     preempt, dynamic = PREEMPT_MODELS.get(p.preempt_model, ("none", False))
-    hw = guest.hardware.model_copy(update={"memory_mib": p.guest_mem_mib, "cpus": p.guest_cpus, "preempt": preempt,
-                                           "preempt_dynamic": dynamic, "nocb_cpus": p.nocb_cpus})
-    wl = sim.load_workload("rcuscale", {
-        "kfree_nthreads": str(p.kfree_nthreads),
-        "kfree_alloc_num": str(p.kfree_alloc_num),
-        "kfree_loops": str(p.kfree_loops),
-        "kfree_mult": str(p.kfree_mult),
-        "kfree_rcu_test_single": "true" if p.kfree_rcu_test_single else "false",
-        "kfree_rcu_test_double": "true" if p.kfree_rcu_test_double else "false",
-        "anon_fraction": repr(anon_fraction(point, guest.boot_extra_mib)),
-    })
+    hw = guest.hardware.model_copy(
+        update={
+            "memory_mib": p.guest_mem_mib,
+            "cpus": p.guest_cpus,
+            "preempt": preempt,
+            "preempt_dynamic": dynamic,
+            "nocb_cpus": p.nocb_cpus,
+        }
+    )
+    wl = sim.load_workload(
+        "rcuscale",
+        {
+            "kfree_nthreads": str(p.kfree_nthreads),
+            "kfree_alloc_num": str(p.kfree_alloc_num),
+            "kfree_loops": str(p.kfree_loops),
+            "kfree_mult": str(p.kfree_mult),
+            "kfree_rcu_test_single": "true" if p.kfree_rcu_test_single else "false",
+            "kfree_rcu_test_double": "true" if p.kfree_rcu_test_double else "false",
+            "anon_fraction": repr(anon_fraction(point, guest.boot_extra_mib)),
+        },
+    )
     policy = sim.Policy(n_per_cpu=p.rcu_min_cached_objs, refill_delay_ms=p.rcu_delay_page_cache_fill_msec)
     return hw, wl, policy
 
@@ -102,8 +117,9 @@ def run_seed(point: Point, guest: GuestModel, seed: int) -> SeedResult:
         return SeedResult(point.point_id, seed, True, None, None, None)
     if m.rcuscale_total_time_ns is None:  # still running at the cap, as a boot that timed out
         return SeedResult(point.point_id, seed, False, TIME_CAP_S * 1e3, m.grace_periods, None)
-    return SeedResult(point.point_id, seed, False, m.rcuscale_total_time_ns / 1e6, m.rcuscale_batches,
-                      m.rcuscale_footprint_mb)
+    return SeedResult(
+        point.point_id, seed, False, m.rcuscale_total_time_ns / 1e6, m.rcuscale_batches, m.rcuscale_footprint_mb
+    )
 
 
 def _run_task(task: tuple[Point, GuestModel, int]) -> SeedResult:
@@ -119,7 +135,9 @@ def summarize_runs(point_id: str, results: Iterable[SeedResult]) -> SimPoint:
         return float(statistics.median(values)) if values else None
 
     return SimPoint(
-        point_id=point_id, runs=len(results), oom=len(results) - len(ok),
+        point_id=point_id,
+        runs=len(results),
+        oom=len(results) - len(ok),
         time_ms=med([r.time_ms for r in ok if r.time_ms is not None]),
         batches=med([r.batches for r in ok if r.batches is not None]),
         footprint_mb=med([r.footprint_mb for r in ok if r.footprint_mb is not None]),
@@ -141,7 +159,7 @@ class Runner:
         self.jobs = max(1, jobs)
         self._pool: ProcessPoolExecutor | None = None
 
-    def __enter__(self) -> "Runner":
+    def __enter__(self) -> Runner:
         if self.jobs > 1:
             self._pool = ProcessPoolExecutor(max_workers=self.jobs)
         return self
@@ -151,8 +169,9 @@ class Runner:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def simulate(self, points: list[Point], guests: dict[str, GuestModel], *, seeds: int,
-                 oom_seeds: int) -> dict[str, SimPoint]:
+    def simulate(
+        self, points: list[Point], guests: dict[str, GuestModel], *, seeds: int, oom_seeds: int
+    ) -> dict[str, SimPoint]:
         """Every point under its guest model, `seeds` runs each (`oom_seeds` for pressure points).
 
         Raises:

@@ -26,9 +26,9 @@ import subprocess
 import sys
 import time
 import tomllib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 HERE = Path(__file__).resolve().parent
 FRAGMENT = HERE / "config.fragment"
@@ -49,20 +49,33 @@ DEFAULT_ACCEL = "tcg,thread=single"
 BUILD_RECIPE_VERSION = "1"
 
 APT_PACKAGES = (
-    "linux-source-6.1", "qemu-system-x86", "build-essential", "flex", "bison", "bc",
-    "libelf-dev", "libssl-dev", "cpio", "gzip", "xz-utils",
+    "linux-source-6.1",
+    "qemu-system-x86",
+    "build-essential",
+    "flex",
+    "bison",
+    "bc",
+    "libelf-dev",
+    "libssl-dev",
+    "cpio",
+    "gzip",
+    "xz-utils",
 )
 
 MODES = ("single", "double", "mixed")
 STATUSES = ("ok", "oom", "timeout", "emulation_failure", "panic", "no_result")
 # The kvfree_rcu() trace events of include/trace/events/rcu.h (compiled in with CONFIG_RCU_TRACE).
-KVFREE_TRACE_EVENTS = ("rcu:rcu_invoke_kfree_bulk_callback", "rcu:rcu_invoke_kvfree_callback",
-                       "rcu:rcu_kvfree_callback")
+KVFREE_TRACE_EVENTS = (
+    "rcu:rcu_invoke_kfree_bulk_callback",
+    "rcu:rcu_invoke_kvfree_callback",
+    "rcu:rcu_kvfree_callback",
+)
 
 
 # --------------------------------------------------------------------------------------------
 # Config variants
 # --------------------------------------------------------------------------------------------
+
 
 def available_variants() -> tuple[str, ...]:
     """Names of the committed config variants (variants/*.fragment)."""
@@ -88,8 +101,7 @@ def normalize_variants(value) -> tuple[str, ...]:
     known = available_variants()
     unknown = sorted(names - set(known))
     if unknown:
-        raise ValueError(f"unknown config variant(s) {', '.join(unknown)}; "
-                         f"known: {', '.join((BASE_VARIANT,) + known)}")
+        raise ValueError(f"unknown config variant(s) {', '.join(unknown)}; known: {', '.join((BASE_VARIANT,) + known)}")
     return tuple(sorted(names))
 
 
@@ -165,6 +177,7 @@ def cpulist_cpus(cpulist: str) -> set[int]:
 # --------------------------------------------------------------------------------------------
 # Data types
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class BuildResult:
@@ -244,10 +257,12 @@ class BootParams:
         # offloading and other builds add suffixes, so ids stay unique across all CSVs.
         nocbs = f"-nocbs{self.nocb_cpulist}" if self.nocb_cpulist else ""
         variant = f"@{self.config_variant}" if self.config_variant != BASE_VARIANT else ""
-        return (f"c{self.guest_cpus}-m{self.guest_mem_mib}-n{self.rcu_min_cached_objs}"
-                f"-d{self.rcu_delay_page_cache_fill_msec}-t{self.kfree_nthreads}"
-                f"-a{self.kfree_alloc_num}-l{self.kfree_loops}-x{self.kfree_mult}-{mode}"
-                f"{nocbs}{variant}")
+        return (
+            f"c{self.guest_cpus}-m{self.guest_mem_mib}-n{self.rcu_min_cached_objs}"
+            f"-d{self.rcu_delay_page_cache_fill_msec}-t{self.kfree_nthreads}"
+            f"-a{self.kfree_alloc_num}-l{self.kfree_loops}-x{self.kfree_mult}-{mode}"
+            f"{nocbs}{variant}"
+        )
 
     def kernel_cmdline(self, shutdown: bool = True, extra: Iterable[str] = ()) -> str:
         """The boot parameters: the test powers the guest off; a panic (e.g. OOM) ends qemu.
@@ -256,19 +271,24 @@ class BootParams:
         parameters (e.g. trace_event=...) go last.
         """
         nocbs = [f"rcu_nocbs={self.nocb_cpulist}"] if self.nocb_cpulist else []
-        return " ".join([
-            "console=ttyS0", "panic=-1", "rcuscale.kfree_rcu_test=1",
-            f"rcuscale.shutdown={int(shutdown)}",
-            f"rcutree.rcu_min_cached_objs={self.rcu_min_cached_objs}",
-            f"rcutree.rcu_delay_page_cache_fill_msec={self.rcu_delay_page_cache_fill_msec}",
-            f"rcuscale.kfree_nthreads={self.kfree_nthreads}",
-            f"rcuscale.kfree_alloc_num={self.kfree_alloc_num}",
-            f"rcuscale.kfree_loops={self.kfree_loops}",
-            f"rcuscale.kfree_mult={self.kfree_mult}",
-            f"rcuscale.kfree_rcu_test_single={self.kfree_rcu_test_single}",
-            f"rcuscale.kfree_rcu_test_double={self.kfree_rcu_test_double}",
-            *nocbs, *extra,
-        ])
+        return " ".join(
+            [
+                "console=ttyS0",
+                "panic=-1",
+                "rcuscale.kfree_rcu_test=1",
+                f"rcuscale.shutdown={int(shutdown)}",
+                f"rcutree.rcu_min_cached_objs={self.rcu_min_cached_objs}",
+                f"rcutree.rcu_delay_page_cache_fill_msec={self.rcu_delay_page_cache_fill_msec}",
+                f"rcuscale.kfree_nthreads={self.kfree_nthreads}",
+                f"rcuscale.kfree_alloc_num={self.kfree_alloc_num}",
+                f"rcuscale.kfree_loops={self.kfree_loops}",
+                f"rcuscale.kfree_mult={self.kfree_mult}",
+                f"rcuscale.kfree_rcu_test_single={self.kfree_rcu_test_single}",
+                f"rcuscale.kfree_rcu_test_double={self.kfree_rcu_test_double}",
+                *nocbs,
+                *extra,
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -333,7 +353,8 @@ class CsvMismatchError(ValueError):
 
 KFREE_LINE_RE = re.compile(
     r"Total time taken by all kfree'ers: (?P<ns>\d+) ns, loops: (?P<loops>-?\d+), "
-    r"batches: (?P<batches>-?\d+), memory footprint: (?P<fp>-?\d+)MB")
+    r"batches: (?P<batches>-?\d+), memory footprint: (?P<fp>-?\d+)MB"
+)
 _TS_RE = re.compile(r"^\[\s*(\d+\.\d+)\]")
 _OBJ_SIZE_RE = re.compile(r"kfree object size=(\d+)")
 _VERSION_RE = re.compile(r"Linux version (\S+)")
@@ -341,8 +362,7 @@ _MEMORY_RE = re.compile(r"Memory: (\d+)K/(\d+)K available")
 _HYPERVISOR_RE = re.compile(r"Hypervisor detected: (\S+)")
 _NOCB_RE = re.compile(r"Offload RCU callbacks from CPUs: (.*?)\.?\s*$")
 
-OOM_MARKERS = ("invoked oom-killer", "Out of memory", "page allocation failure",
-               "rcu-scale!!! out of memory")
+OOM_MARKERS = ("invoked oom-killer", "Out of memory", "page allocation failure", "rcu-scale!!! out of memory")
 EMULATION_MARKERS = ("emulation failure", "KVM internal error")
 PANIC_MARKERS = ("Kernel panic", "BUG:", "Oops:", "general protection fault")
 
@@ -437,6 +457,7 @@ def classify_console(text: str, timed_out: bool, returncode: int | None = 0) -> 
 # Host facts
 # --------------------------------------------------------------------------------------------
 
+
 def host_cpu_model() -> str:
     """CPU model of the host; recorded instead of the hostname, which has no place in the repo."""
     try:
@@ -468,6 +489,7 @@ def qemu_version() -> str:
 # --------------------------------------------------------------------------------------------
 # Build
 # --------------------------------------------------------------------------------------------
+
 
 def cache_root(cache_dir: Path | str | None = None) -> Path:
     """Build products live outside the repository (they are large and machine-specific)."""
@@ -503,8 +525,7 @@ def missing_packages(packages: Iterable[str] = APT_PACKAGES) -> list[str]:
     """Debian packages not installed yet (dpkg-query is quick, apt-get is not)."""
     missing = []
     for pkg in packages:
-        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg],
-                           capture_output=True, text=True)
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
         if r.returncode != 0 or "install ok installed" not in r.stdout:
             missing.append(pkg)
     return missing
@@ -524,8 +545,7 @@ def ensure_packages(packages: Iterable[str] = APT_PACKAGES) -> None:
     subprocess.run(sudo + ["apt-get", "install", "-y", "-q", *missing], check=True, env=env)
 
 
-def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None,
-                env: dict | None = None) -> None:
+def _run_logged(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
     """Run a build step with its output in a log file; on failure show the log's tail."""
     with log.open("a") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n")
@@ -555,8 +575,7 @@ def config_mismatches(fragment: Path | dict[str, str], config: Path) -> list[str
     (dropped by Kconfig)."""
     want = fragment if isinstance(fragment, dict) else read_kconfig(fragment)
     have = read_kconfig(config)
-    return [f"{k}: wanted {v}, got {have.get(k, 'n (absent)')}"
-            for k, v in want.items() if have.get(k, "n") != v]
+    return [f"{k}: wanted {v}, got {have.get(k, 'n (absent)')}" for k, v in want.items() if have.get(k, "n") != v]
 
 
 def _extract_source(root: Path, log: Path) -> Path:
@@ -585,8 +604,9 @@ def _pack_initramfs(init_bin: Path, out: Path, log: Path) -> None:
     stage.mkdir()
     shutil.copy2(init_bin, stage / "init")
     (stage / "init").chmod(0o755)
-    cpio = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=stage, input=b"init\n",
-                          capture_output=True, check=True)
+    cpio = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--quiet"], cwd=stage, input=b"init\n", capture_output=True, check=True
+    )
     gz = subprocess.run(["gzip", "-9", "-n"], input=cpio.stdout, capture_output=True, check=True)
     out.write_bytes(gz.stdout)
     shutil.rmtree(stage)
@@ -594,8 +614,7 @@ def _pack_initramfs(init_bin: Path, out: Path, log: Path) -> None:
         fh.write(f"\n[initramfs] {out} {out.stat().st_size} bytes\n")
 
 
-def find_build(cache_dir: Path | str | None = None,
-               variants: Iterable[str] = ()) -> BuildResult | None:
+def find_build(cache_dir: Path | str | None = None, variants: Iterable[str] = ()) -> BuildResult | None:
     """The cached build for the current fragments and init, or None if it must be built."""
     variants = normalize_variants(variants)
     out = cache_root(cache_dir) / "builds" / build_key(variants)
@@ -607,13 +626,20 @@ def find_build(cache_dir: Path | str | None = None,
     if not (image.exists() and initrd.exists()):
         return None
     model = info.get("preempt_model") or preempt_model(read_kconfig(out / "config"))
-    return BuildResult(image, initrd, out / "config", info["kernel_version"], info["build_key"],
-                       info["build_seconds"], cached=True, variants=variants,
-                       preempt_model=model)
+    return BuildResult(
+        image,
+        initrd,
+        out / "config",
+        info["kernel_version"],
+        info["build_key"],
+        info["build_seconds"],
+        cached=True,
+        variants=variants,
+        preempt_model=model,
+    )
 
 
-def build(cache_dir: Path | str | None = None, jobs: int = 2,
-          variants: Iterable[str] = ()) -> BuildResult:
+def build(cache_dir: Path | str | None = None, jobs: int = 2, variants: Iterable[str] = ()) -> BuildResult:
     """Build bzImage and initramfs from the committed fragments, reusing the cache if current.
 
     tinyconfig + config.fragment (+ the variants' fragments, in name order) keeps the build to a
@@ -626,8 +652,11 @@ def build(cache_dir: Path | str | None = None, jobs: int = 2,
     ensure_packages()
     found = find_build(cache_dir, variants)
     if found is not None:
-        print(f"[build] cached {found.build_key} ({found.config_variant}): Linux "
-              f"{found.kernel_version} (built in {found.build_seconds:.0f} s earlier)", flush=True)
+        print(
+            f"[build] cached {found.build_key} ({found.config_variant}): Linux "
+            f"{found.kernel_version} (built in {found.build_seconds:.0f} s earlier)",
+            flush=True,
+        )
         return found
 
     root = cache_root(cache_dir)
@@ -643,45 +672,78 @@ def build(cache_dir: Path | str | None = None, jobs: int = 2,
     make = ["make", "-C", str(src), f"O={obj}", "ARCH=x86_64"]
     t_cfg = time.monotonic()
     _run_logged(make + ["tinyconfig"], log)
-    _run_logged([str(src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(obj),
-                 str(obj / ".config"), *map(str, variant_fragments(variants))], log, cwd=src)
+    _run_logged(
+        [
+            str(src / "scripts/kconfig/merge_config.sh"),
+            "-m",
+            "-O",
+            str(obj),
+            str(obj / ".config"),
+            *map(str, variant_fragments(variants)),
+        ],
+        log,
+        cwd=src,
+    )
     _run_logged(make + ["olddefconfig"], log)
     bad = config_mismatches(want, obj / ".config")
     if bad:
-        raise RuntimeError("options of the config fragments did not survive olddefconfig "
-                           "(missing dependencies?):\n  " + "\n  ".join(bad))
-    print(f"[build] configured in {time.monotonic() - t_cfg:.0f} s; make -j{jobs} bzImage",
-          flush=True)
+        raise RuntimeError(
+            "options of the config fragments did not survive olddefconfig "
+            "(missing dependencies?):\n  " + "\n  ".join(bad)
+        )
+    print(f"[build] configured in {time.monotonic() - t_cfg:.0f} s; make -j{jobs} bzImage", flush=True)
     t_make = time.monotonic()
     _run_logged(make + [f"-j{jobs}", "bzImage"], log)
     print(f"[build] bzImage in {time.monotonic() - t_make:.0f} s", flush=True)
-    release = subprocess.run(make + ["-s", "kernelrelease"], capture_output=True, text=True,
-                             check=True).stdout.strip().splitlines()[-1]
+    release = (
+        subprocess.run(make + ["-s", "kernelrelease"], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
 
     init_bin = out / "init"
-    _run_logged(["gcc", "-static", "-O2", "-s", "-o", str(init_bin), str(variant_init(variants))],
-                log)
+    _run_logged(["gcc", "-static", "-O2", "-s", "-o", str(init_bin), str(variant_init(variants))], log)
     _pack_initramfs(init_bin, out / "initramfs.cpio.gz", log)
     shutil.copy2(obj / "arch/x86/boot/bzImage", out / "bzImage")
     shutil.copy2(obj / ".config", out / "config")
 
     seconds = time.monotonic() - t0
     model = preempt_model(read_kconfig(out / "config"))
-    (out / "build.json").write_text(json.dumps({
-        "build_key": key, "kernel_version": release, "build_seconds": round(seconds, 1),
-        "jobs": jobs, "host_cpu": host_cpu_model(), "host_cores": os.cpu_count(),
-        "built_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "variants": list(variants), "preempt_model": model,
-    }, indent=2) + "\n")
-    print(f"[build] done: Linux {release} ({variant_label(variants)}, preempt {model}) "
-          f"in {seconds:.0f} s", flush=True)
-    return BuildResult(out / "bzImage", out / "initramfs.cpio.gz", out / "config", release, key,
-                       round(seconds, 1), cached=False, variants=variants, preempt_model=model)
+    (out / "build.json").write_text(
+        json.dumps(
+            {
+                "build_key": key,
+                "kernel_version": release,
+                "build_seconds": round(seconds, 1),
+                "jobs": jobs,
+                "host_cpu": host_cpu_model(),
+                "host_cores": os.cpu_count(),
+                "built_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                "variants": list(variants),
+                "preempt_model": model,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"[build] done: Linux {release} ({variant_label(variants)}, preempt {model}) in {seconds:.0f} s", flush=True)
+    return BuildResult(
+        out / "bzImage",
+        out / "initramfs.cpio.gz",
+        out / "config",
+        release,
+        key,
+        round(seconds, 1),
+        cached=False,
+        variants=variants,
+        preempt_model=model,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # Boot
 # --------------------------------------------------------------------------------------------
+
 
 def accel_facts(accel: str) -> tuple[str, str]:
     """Split a qemu -accel value into (accelerator, tcg thread mode) for the CSV."""
@@ -695,13 +757,27 @@ def accel_facts(accel: str) -> tuple[str, str]:
     return "tcg", threads
 
 
-def qemu_command(params: BootParams, kernel: BuildResult, accel: str = DEFAULT_ACCEL,
-                 cmdline: str | None = None) -> list[str]:
+def qemu_command(
+    params: BootParams, kernel: BuildResult, accel: str = DEFAULT_ACCEL, cmdline: str | None = None
+) -> list[str]:
     """TCG only: the nested KVM here dies on cmpxchg16b/xrstor, and -icount distorts timing."""
-    return [QEMU, "-accel", accel, "-smp", str(params.guest_cpus),
-            "-m", f"{params.guest_mem_mib}M", "-nographic", "-no-reboot",
-            "-kernel", str(kernel.kernel_image), "-initrd", str(kernel.initramfs),
-            "-append", params.kernel_cmdline() if cmdline is None else cmdline]
+    return [
+        QEMU,
+        "-accel",
+        accel,
+        "-smp",
+        str(params.guest_cpus),
+        "-m",
+        f"{params.guest_mem_mib}M",
+        "-nographic",
+        "-no-reboot",
+        "-kernel",
+        str(kernel.kernel_image),
+        "-initrd",
+        str(kernel.initramfs),
+        "-append",
+        params.kernel_cmdline() if cmdline is None else cmdline,
+    ]
 
 
 def _build_hint(variants: tuple[str, ...]) -> str:
@@ -709,8 +785,7 @@ def _build_hint(variants: tuple[str, ...]) -> str:
     return f"`python -m rcutune.validation.kernel build{opt}`"
 
 
-def kernel_for(variants: Iterable[str], kernel: BuildResult | None = None,
-               build_missing: bool = False) -> BuildResult:
+def kernel_for(variants: Iterable[str], kernel: BuildResult | None = None, build_missing: bool = False) -> BuildResult:
     """The build a point or sweep needs: `kernel` if it is that variant set, else the cached one,
     else (build_missing) a new build; RuntimeError when none is available."""
     variants = normalize_variants(variants)
@@ -721,12 +796,18 @@ def kernel_for(variants: Iterable[str], kernel: BuildResult | None = None,
         return found
     if build_missing:
         return build(variants=variants)
-    raise RuntimeError(f"no kernel built for config variant {variant_label(variants)}; "
-                       f"run {_build_hint(variants)} first")
+    raise RuntimeError(
+        f"no kernel built for config variant {variant_label(variants)}; run {_build_hint(variants)} first"
+    )
 
 
-def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | None = None,
-         accel: str = DEFAULT_ACCEL, cmdline: str | None = None) -> BootResult:
+def boot(
+    params: BootParams,
+    timeout_s: float = 120.0,
+    kernel: BuildResult | None = None,
+    accel: str = DEFAULT_ACCEL,
+    cmdline: str | None = None,
+) -> BootResult:
     """Boot one guest and classify it; the timeout backstops runs whose shutdown never comes.
 
     The kernel must be the build of the point's config variant (found in the cache if None).
@@ -734,14 +815,15 @@ def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | Non
     if kernel is None:
         kernel = kernel_for(params.variants)
     elif tuple(kernel.variants) != params.variants:
-        raise RuntimeError(f"point {params.point_id} needs the {params.config_variant} build, "
-                           f"got {kernel.config_variant} ({kernel.build_key})")
+        raise RuntimeError(
+            f"point {params.point_id} needs the {params.config_variant} build, "
+            f"got {kernel.config_variant} ({kernel.build_key})"
+        )
     cmd = qemu_command(params, kernel, accel, cmdline)
     t0 = time.monotonic()
     timed_out = False
     try:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
-                           timeout=timeout_s)
+        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout_s)
         out, err, rc = r.stdout, r.stderr, r.returncode
     except subprocess.TimeoutExpired as e:  # run() has killed qemu and collected its output
         timed_out = True
@@ -763,15 +845,20 @@ def boot(params: BootParams, timeout_s: float = 120.0, kernel: BuildResult | Non
 
 # The integer knobs, in the order of the CSV's first columns (the original format).
 PARAM_FIELDS = (
-    "guest_cpus", "guest_mem_mib", "rcu_min_cached_objs", "rcu_delay_page_cache_fill_msec",
-    "kfree_nthreads", "kfree_alloc_num", "kfree_loops", "kfree_mult", "kfree_rcu_test_single",
+    "guest_cpus",
+    "guest_mem_mib",
+    "rcu_min_cached_objs",
+    "rcu_delay_page_cache_fill_msec",
+    "kfree_nthreads",
+    "kfree_alloc_num",
+    "kfree_loops",
+    "kfree_mult",
+    "kfree_rcu_test_single",
     "kfree_rcu_test_double",
 )
-assert set(PARAM_FIELDS) | {"rcu_nocbs", "config_variant"} == {
-    f.name for f in dataclasses.fields(BootParams)}
+assert set(PARAM_FIELDS) | {"rcu_nocbs", "config_variant"} == {f.name for f in dataclasses.fields(BootParams)}
 _GRID_KEYS = set(PARAM_FIELDS) | {"mode", "repetitions", "rcu_nocbs"}
-_SWEEP_KEYS = {"name", "seed", "repetitions", "timeout_s", "accel", "description",
-               "config_variant"}
+_SWEEP_KEYS = {"name", "seed", "repetitions", "timeout_s", "accel", "description", "config_variant"}
 
 
 @dataclass(frozen=True)
@@ -849,26 +936,29 @@ def validate_params(where: str, values: dict, variants: Iterable[str] = ()) -> B
     if "rcu_nocbs" in v:
         nocbs = v["rcu_nocbs"]
         if not isinstance(nocbs, str):
-            raise SweepError(f"{where}: rcu_nocbs must be a string ('', 'all' or a cpulist such "
-                             f"as '0-1'), got {nocbs!r}")
+            raise SweepError(
+                f"{where}: rcu_nocbs must be a string ('', 'all' or a cpulist such as '0-1'), got {nocbs!r}"
+            )
         nocbs = v["rcu_nocbs"] = nocbs.strip()
         if nocbs:
             cpus = v.get("guest_cpus", BootParams.guest_cpus)
             resolved = resolve_cpulist(nocbs, cpus)
             if not _CPULIST_RE.match(resolved):
-                raise SweepError(f"{where}: rcu_nocbs = {nocbs!r} is not 'all' or a cpulist "
-                                 "such as '0-1' or '0,2'")
+                raise SweepError(f"{where}: rcu_nocbs = {nocbs!r} is not 'all' or a cpulist such as '0-1' or '0,2'")
             if max(cpulist_cpus(resolved)) >= cpus:
-                raise SweepError(f"{where}: rcu_nocbs = {nocbs!r} names CPUs the guest "
-                                 f"({cpus} CPUs) does not have")
+                raise SweepError(f"{where}: rcu_nocbs = {nocbs!r} names CPUs the guest ({cpus} CPUs) does not have")
             if wanted_config(variants).get("CONFIG_RCU_NOCB_CPU") != "y":
-                raise SweepError(f"{where}: rcu_nocbs needs a kernel with CONFIG_RCU_NOCB_CPU; "
-                                 f"set [sweep] config_variant to one that has it (e.g. 'nocb')")
+                raise SweepError(
+                    f"{where}: rcu_nocbs needs a kernel with CONFIG_RCU_NOCB_CPU; "
+                    f"set [sweep] config_variant to one that has it (e.g. 'nocb')"
+                )
     params = BootParams(**v, config_variant=variant_label(variants))
     if mode is not None and params.mode != mode:
-        raise SweepError(f"{where}: mode = {mode!r} contradicts kfree_rcu_test_single = "
-                         f"{params.kfree_rcu_test_single}, kfree_rcu_test_double = "
-                         f"{params.kfree_rcu_test_double}")
+        raise SweepError(
+            f"{where}: mode = {mode!r} contradicts kfree_rcu_test_single = "
+            f"{params.kfree_rcu_test_single}, kfree_rcu_test_double = "
+            f"{params.kfree_rcu_test_double}"
+        )
     return params
 
 
@@ -883,8 +973,9 @@ def load_sweep(path: Path | str) -> Sweep:
         raise SweepError(f"{path}: not valid TOML: {e}") from None
     unknown_top = set(doc) - {"sweep", "defaults", "grid"}
     if unknown_top:
-        raise SweepError(f"{path}: unknown top-level keys {sorted(unknown_top)} "
-                         "(expected [sweep], [defaults], [[grid]])")
+        raise SweepError(
+            f"{path}: unknown top-level keys {sorted(unknown_top)} (expected [sweep], [defaults], [[grid]])"
+        )
     head = doc.get("sweep", {})
     if not isinstance(head, dict):
         raise SweepError(f"{path}: [sweep] must be a table")
@@ -908,8 +999,9 @@ def load_sweep(path: Path | str) -> Sweep:
         raise SweepError(f"{path}: [defaults] must be a table")
     bad = set(defaults) - (_GRID_KEYS - {"repetitions"})
     if bad:
-        raise SweepError(f"{path}: [defaults]: unknown keys {sorted(bad)}; "
-                         f"known: {', '.join(sorted(_GRID_KEYS - {'repetitions'}))}")
+        raise SweepError(
+            f"{path}: [defaults]: unknown keys {sorted(bad)}; known: {', '.join(sorted(_GRID_KEYS - {'repetitions'}))}"
+        )
     grids = doc.get("grid")
     if not grids or not isinstance(grids, list):
         raise SweepError(f"{path}: needs at least one [[grid]] table")
@@ -919,8 +1011,7 @@ def load_sweep(path: Path | str) -> Sweep:
         where = f"{path}: [[grid]] #{gi}"
         bad = set(grid) - _GRID_KEYS
         if bad:
-            raise SweepError(f"{where}: unknown keys {sorted(bad)}; "
-                             f"known: {', '.join(sorted(_GRID_KEYS))}")
+            raise SweepError(f"{where}: unknown keys {sorted(bad)}; known: {', '.join(sorted(_GRID_KEYS))}")
         reps = _check_int(where, "repetitions", grid.get("repetitions", reps_default), 1)
         merged = {**defaults, **{k: v for k, v in grid.items() if k != "repetitions"}}
         axes = []
@@ -938,8 +1029,9 @@ def load_sweep(path: Path | str) -> Sweep:
                 points[pid] = SweepPoint(params, reps)
     accel = head.get("accel", DEFAULT_ACCEL)
     if not isinstance(accel, str) or not accel.startswith(("tcg", "kvm")):
-        raise SweepError(f"{path}: [sweep]: accel must be a qemu -accel value such as "
-                         f"'tcg' or '{DEFAULT_ACCEL}', got {accel!r}")
+        raise SweepError(
+            f"{path}: [sweep]: accel must be a qemu -accel value such as 'tcg' or '{DEFAULT_ACCEL}', got {accel!r}"
+        )
     return Sweep(name, seed, float(timeout), tuple(points.values()), accel, variants)
 
 
@@ -949,13 +1041,37 @@ def load_sweep(path: Path | str) -> Sweep:
 
 # The columns of the first committed CSVs (main, pressure), which are kept byte for byte.
 LEGACY_COLUMNS = (
-    "point_id", "rep", *PARAM_FIELDS, "mode", "kfree_threads_effective", "object_size_bytes",
-    "status", "failure_detail", "total_time_ns", "loops", "batches", "footprint_mb",
-    "boot_wall_s", "kernel_ts_test_start_s", "kernel_ts_result_s", "kernel_ts_last_s",
-    "guest_mem_available_kib", "guest_mem_total_kib", "oom_seen",
-    "kernel_version", "qemu_version", "accelerator", "tcg_threads", "host_cpu", "host_cores",
+    "point_id",
+    "rep",
+    *PARAM_FIELDS,
+    "mode",
+    "kfree_threads_effective",
+    "object_size_bytes",
+    "status",
+    "failure_detail",
+    "total_time_ns",
+    "loops",
+    "batches",
+    "footprint_mb",
+    "boot_wall_s",
+    "kernel_ts_test_start_s",
+    "kernel_ts_result_s",
+    "kernel_ts_last_s",
+    "guest_mem_available_kib",
+    "guest_mem_total_kib",
+    "oom_seen",
+    "kernel_version",
+    "qemu_version",
+    "accelerator",
+    "tcg_threads",
+    "host_cpu",
+    "host_cores",
     "host_load1",
-    "sweep", "seed", "boot_index", "started_utc", "build_key",
+    "sweep",
+    "seed",
+    "boot_index",
+    "started_utc",
+    "build_key",
 )
 # Columns added with config variants and callback offloading, after all the original ones; a
 # file with the legacy header reads as having these defaults (it was all base builds,
@@ -985,23 +1101,43 @@ def result_row(res: BootResult, *, rep: int, context: dict) -> dict[str, str]:
     p, f, r = res.params, res.facts, res.facts.result
     row = {k: getattr(p, k) for k in PARAM_FIELDS}
     row.update(
-        point_id=p.point_id, rep=rep, mode=p.mode,
+        point_id=p.point_id,
+        rep=rep,
+        mode=p.mode,
         kfree_threads_effective=p.kfree_threads_effective,
         object_size_bytes=f.object_size_bytes or p.object_size_bytes,
-        status=res.status, failure_detail=res.failure_detail,
-        total_time_ns=r.total_time_ns if r else None, loops=r.loops if r else None,
-        batches=r.batches if r else None, footprint_mb=r.footprint_mb if r else None,
-        boot_wall_s=res.boot_wall_s, kernel_ts_test_start_s=f.kernel_ts_test_start_s,
-        kernel_ts_result_s=f.kernel_ts_result_s, kernel_ts_last_s=f.kernel_ts_last_s,
+        status=res.status,
+        failure_detail=res.failure_detail,
+        total_time_ns=r.total_time_ns if r else None,
+        loops=r.loops if r else None,
+        batches=r.batches if r else None,
+        footprint_mb=r.footprint_mb if r else None,
+        boot_wall_s=res.boot_wall_s,
+        kernel_ts_test_start_s=f.kernel_ts_test_start_s,
+        kernel_ts_result_s=f.kernel_ts_result_s,
+        kernel_ts_last_s=f.kernel_ts_last_s,
         guest_mem_available_kib=f.guest_mem_available_kib,
-        guest_mem_total_kib=f.guest_mem_total_kib, oom_seen=f.oom_seen,
+        guest_mem_total_kib=f.guest_mem_total_kib,
+        oom_seen=f.oom_seen,
         kernel_version=f.kernel_version or context.get("kernel_version", ""),
-        accelerator=res.accelerator, tcg_threads=res.tcg_threads,
-        config_variant=p.config_variant, rcu_nocbs=p.nocb_cpulist,
+        accelerator=res.accelerator,
+        tcg_threads=res.tcg_threads,
+        config_variant=p.config_variant,
+        rcu_nocbs=p.nocb_cpulist,
         nocb_offloaded_cpus=f.nocb_offloaded_cpus,
     )
-    for k in ("qemu_version", "host_cpu", "host_cores", "host_load1", "sweep", "seed",
-              "boot_index", "started_utc", "build_key", "preempt_model"):
+    for k in (
+        "qemu_version",
+        "host_cpu",
+        "host_cores",
+        "host_load1",
+        "sweep",
+        "seed",
+        "boot_index",
+        "started_utc",
+        "build_key",
+        "preempt_model",
+    ):
         row.setdefault(k, context.get(k))
     return {k: _fmt(row.get(k)) for k in CSV_COLUMNS}
 
@@ -1016,8 +1152,7 @@ def _csv_header(csv_path: Path) -> tuple[str, ...] | None:
         return None
     header = tuple(header)
     if header not in (CSV_COLUMNS, LEGACY_COLUMNS):
-        raise CsvMismatchError(
-            f"{csv_path}: header differs from this harness's columns; write to a new file")
+        raise CsvMismatchError(f"{csv_path}: header differs from this harness's columns; write to a new file")
     return header
 
 
@@ -1067,11 +1202,15 @@ def append_row(csv_path: Path, row: dict[str, str]) -> None:
     new = header is None
     columns = header or CSV_COLUMNS
     if columns == LEGACY_COLUMNS:
-        differ = {k: row.get(k, "") for k, v in EXTRA_COLUMN_DEFAULTS.items()
-                  if k != "nocb_offloaded_cpus" and row.get(k, v) != v}
+        differ = {
+            k: row.get(k, "")
+            for k, v in EXTRA_COLUMN_DEFAULTS.items()
+            if k != "nocb_offloaded_cpus" and row.get(k, v) != v
+        }
         if differ:
-            raise CsvMismatchError(f"{csv_path}: has the columns of the base build only; rows "
-                                   f"with {differ} go to a new file")
+            raise CsvMismatchError(
+                f"{csv_path}: has the columns of the base build only; rows with {differ} go to a new file"
+            )
         row = {k: row[k] for k in LEGACY_COLUMNS}
     if not new:
         _repair_tail(csv_path)
@@ -1088,6 +1227,7 @@ def append_row(csv_path: Path, row: dict[str, str]) -> None:
 # Sweep runner
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass
 class SweepSummary:
     planned: int
@@ -1097,10 +1237,16 @@ class SweepSummary:
     seconds: float
 
 
-def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResult | None = None,
-              timeout_s: float | None = None, limit: int | None = None,
-              log_dir: Path | str | None = None,
-              progress: Callable[[str], None] = lambda s: print(s, flush=True)) -> SweepSummary:
+def run_sweep(
+    sweep_file: Path | str,
+    out_csv: Path | str,
+    *,
+    kernel: BuildResult | None = None,
+    timeout_s: float | None = None,
+    limit: int | None = None,
+    log_dir: Path | str | None = None,
+    progress: Callable[[str], None] = lambda s: print(s, flush=True),
+) -> SweepSummary:
     """Boot every (point, repetition) of a sweep one after another, appending to out_csv.
 
     Boots run sequentially (the host has 2 cores, and parallel guests would perturb each other's
@@ -1114,10 +1260,11 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
     sweep = load_sweep(sweep_file)
     out_csv = Path(out_csv)
     done = completed_runs(out_csv)
-    if _csv_header(out_csv) == LEGACY_COLUMNS and (
-            sweep.variants or any(p.params.nocb_cpulist for p in sweep.points)):
-        raise CsvMismatchError(f"{out_csv}: has the columns of the base build only; sweep "
-                               f"{sweep.name} ({sweep.config_variant}) goes to a new file")
+    if _csv_header(out_csv) == LEGACY_COLUMNS and (sweep.variants or any(p.params.nocb_cpulist for p in sweep.points)):
+        raise CsvMismatchError(
+            f"{out_csv}: has the columns of the base build only; sweep "
+            f"{sweep.name} ({sweep.config_variant}) goes to a new file"
+        )
     if not all(p.params.variants == sweep.variants for p in sweep.points):
         raise SweepError(f"{sweep_file}: points of another config variant than the sweep's")
     kernel = kernel_for(sweep.variants, kernel, build_missing=kernel is not None)
@@ -1131,19 +1278,31 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
     skipped = len(runs) - len(todo)
     if limit is not None:
         todo = todo[:limit]
-    context = {"qemu_version": qemu_version(), "host_cpu": host_cpu_model(),
-               "host_cores": os.cpu_count(), "sweep": sweep.name, "seed": sweep.seed,
-               "build_key": kernel.build_key, "kernel_version": kernel.kernel_version,
-               "preempt_model": kernel.preempt_model}
-    progress(f"[sweep] {sweep.name}: {len(sweep.points)} points, {len(runs)} boots planned, "
-             f"{skipped} already in {out_csv.name}, {len(todo)} to run "
-             f"(build {kernel.build_key} {kernel.config_variant}, accel {sweep.accel}, "
-             f"timeout {timeout:.0f} s)")
+    context = {
+        "qemu_version": qemu_version(),
+        "host_cpu": host_cpu_model(),
+        "host_cores": os.cpu_count(),
+        "sweep": sweep.name,
+        "seed": sweep.seed,
+        "build_key": kernel.build_key,
+        "kernel_version": kernel.kernel_version,
+        "preempt_model": kernel.preempt_model,
+    }
+    progress(
+        f"[sweep] {sweep.name}: {len(sweep.points)} points, {len(runs)} boots planned, "
+        f"{skipped} already in {out_csv.name}, {len(todo)} to run "
+        f"(build {kernel.build_key} {kernel.config_variant}, accel {sweep.accel}, "
+        f"timeout {timeout:.0f} s)"
+    )
     t0 = time.monotonic()
     by_status: dict[str, int] = {}
     for n, (index, point, rep) in enumerate(todo, 1):
-        ctx = dict(context, boot_index=index, host_load1=host_load1(),
-                   started_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+        ctx = dict(
+            context,
+            boot_index=index,
+            host_load1=host_load1(),
+            started_utc=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        )
         res = boot(point.params, timeout, kernel, sweep.accel)
         (logs / f"{point.point_id}-r{rep}.log").write_text(res.console)
         append_row(out_csv, result_row(res, rep=rep, context=ctx))
@@ -1151,13 +1310,20 @@ def run_sweep(sweep_file: Path | str, out_csv: Path | str, *, kernel: BuildResul
         elapsed = time.monotonic() - t0
         eta = elapsed / n * (len(todo) - n)
         r = res.result
-        figs = (f"time={r.total_time_ns / 1e6:.1f}ms batches={r.batches} fp={r.footprint_mb}MB"
-                if r else res.failure_detail[:70])
-        progress(f"[sweep] {n}/{len(todo)} {point.point_id} r{rep}: {res.status} "
-                 f"{res.boot_wall_s:.1f}s {figs} | eta {eta / 60:.1f} min")
+        figs = (
+            f"time={r.total_time_ns / 1e6:.1f}ms batches={r.batches} fp={r.footprint_mb}MB"
+            if r
+            else res.failure_detail[:70]
+        )
+        progress(
+            f"[sweep] {n}/{len(todo)} {point.point_id} r{rep}: {res.status} "
+            f"{res.boot_wall_s:.1f}s {figs} | eta {eta / 60:.1f} min"
+        )
     seconds = time.monotonic() - t0
-    progress(f"[sweep] done: {sum(by_status.values())} boots in {seconds / 60:.1f} min"
-             + "".join(f", {k}={v}" for k, v in sorted(by_status.items())))
+    progress(
+        f"[sweep] done: {sum(by_status.values())} boots in {seconds / 60:.1f} min"
+        + "".join(f", {k}={v}" for k, v in sorted(by_status.items()))
+    )
     return SweepSummary(len(runs), skipped, len(todo), by_status, round(seconds, 1))
 
 
@@ -1171,7 +1337,8 @@ TRACE_VARIANT = "trace"
 # event name, the event's own fields.
 TRACE_LINE_RE = re.compile(
     r"^\s*(?P<task>.+?)-(?P<pid>\d+)\s+(?:\(\s*[-\d]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<fields>.*?)\r?$")
+    r"(?:(?P<flags>[^\s:]{4,5})\s+)?(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<fields>.*?)\r?$"
+)
 _OVERRUN_RE = re.compile(r"^overrun:\s*(\d+)")
 
 
@@ -1209,8 +1376,9 @@ def count_trace_events(text: str) -> TraceSummary:
     return TraceSummary(events, dict(sorted(by_cpu.items())), overrun, first, last)
 
 
-def trace_cmdline(params: BootParams, events: Iterable[str] = KVFREE_TRACE_EVENTS,
-                  quiet_ms: int = 6000, buf_size: str = "4M") -> str:
+def trace_cmdline(
+    params: BootParams, events: Iterable[str] = KVFREE_TRACE_EVENTS, quiet_ms: int = 6000, buf_size: str = "4M"
+) -> str:
     """Boot parameters of a trace boot: the events enabled from boot, rcuscale leaving the
     power-off to the trace variant's PID 1, which dumps the trace once it is quiet.
 
@@ -1218,21 +1386,32 @@ def trace_cmdline(params: BootParams, events: Iterable[str] = KVFREE_TRACE_EVENT
     clock detected") at late_initcall_sync, but that switch empties the ring buffer and so
     drops the events of rcuscale, which runs earlier (device_initcall); naming it avoids that.
     """
-    return params.kernel_cmdline(shutdown=False, extra=[
-        f"trace_event={','.join(events)}", f"trace_buf_size={buf_size}", "trace_clock=global",
-        f"rcutune_quiet_ms={quiet_ms}"])
+    return params.kernel_cmdline(
+        shutdown=False,
+        extra=[
+            f"trace_event={','.join(events)}",
+            f"trace_buf_size={buf_size}",
+            "trace_clock=global",
+            f"rcutune_quiet_ms={quiet_ms}",
+        ],
+    )
 
 
-def trace_boot(params: BootParams, out: Path | str, *, kernel: BuildResult | None = None,
-               events: Iterable[str] = KVFREE_TRACE_EVENTS, quiet_ms: int = 6000,
-               timeout_s: float = 300.0, accel: str = DEFAULT_ACCEL,
-               ) -> tuple[BootResult, TraceSummary]:
+def trace_boot(
+    params: BootParams,
+    out: Path | str,
+    *,
+    kernel: BuildResult | None = None,
+    events: Iterable[str] = KVFREE_TRACE_EVENTS,
+    quiet_ms: int = 6000,
+    timeout_s: float = 300.0,
+    accel: str = DEFAULT_ACCEL,
+) -> tuple[BootResult, TraceSummary]:
     """Boot the trace build once (building it first if the cache lacks it) and write its
     console, exactly as qemu printed it, to `out`."""
     params = dataclasses.replace(params, config_variant=TRACE_VARIANT)
     kernel = kernel_for(params.variants, kernel, build_missing=True)
-    res = boot(params, timeout_s, kernel, accel,
-               cmdline=trace_cmdline(params, events, quiet_ms))
+    res = boot(params, timeout_s, kernel, accel, cmdline=trace_cmdline(params, events, quiet_ms))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="", encoding="utf-8") as fh:
@@ -1259,26 +1438,39 @@ def summarize(csv_path: Path | str) -> list[dict]:
     for pid, rows in groups.items():
         ok = [r for r in rows if r["status"] == "ok"]
         times = [float(r["total_time_ns"]) for r in ok]
-        out.append({
-            "point_id": pid, "boots": len(rows), "ok": len(ok),
-            "oom_fraction": sum(r["status"] == "oom" for r in rows) / len(rows),
-            "other_failures": sum(r["status"] not in ("ok", "oom") for r in rows),
-            "time_ms_median": med(ok, "total_time_ns") / 1e6 if ok else None,
-            "time_cv": (statistics.stdev(times) / statistics.mean(times)
-                        if len(times) > 1 else None),
-            "batches_median": med(ok, "batches"), "footprint_mb_median": med(ok, "footprint_mb"),
-            "boot_wall_s_median": med(rows, "boot_wall_s"),
-        })
+        out.append(
+            {
+                "point_id": pid,
+                "boots": len(rows),
+                "ok": len(ok),
+                "oom_fraction": sum(r["status"] == "oom" for r in rows) / len(rows),
+                "other_failures": sum(r["status"] not in ("ok", "oom") for r in rows),
+                "time_ms_median": med(ok, "total_time_ns") / 1e6 if ok else None,
+                "time_cv": (statistics.stdev(times) / statistics.mean(times) if len(times) > 1 else None),
+                "batches_median": med(ok, "batches"),
+                "footprint_mb_median": med(ok, "footprint_mb"),
+                "boot_wall_s_median": med(rows, "boot_wall_s"),
+            }
+        )
     return out
 
 
 def _print_summary(rows: list[dict]) -> None:
-    cols = ("point_id", "boots", "ok", "oom_fraction", "other_failures", "time_ms_median",
-            "time_cv", "batches_median", "footprint_mb_median", "boot_wall_s_median")
+    cols = (
+        "point_id",
+        "boots",
+        "ok",
+        "oom_fraction",
+        "other_failures",
+        "time_ms_median",
+        "time_cv",
+        "batches_median",
+        "footprint_mb_median",
+        "boot_wall_s_median",
+    )
     print("\t".join(cols))
     for r in sorted(rows, key=lambda r: r["point_id"]):
-        print("\t".join("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float)
-                        else str(r[c]) for c in cols))
+        print("\t".join("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1286,11 +1478,14 @@ def main(argv: list[str] | None = None) -> int:
     summary CSV | trace ... --out FILE`."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m rcutune.validation.kernel",
-                                 description="Build/boot Linux 6.1 rcuscale guests under qemu TCG.")
+    ap = argparse.ArgumentParser(
+        prog="python -m rcutune.validation.kernel", description="Build/boot Linux 6.1 rcuscale guests under qemu TCG."
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    variant_help = (f"config variant(s) layered on the base fragment: "
-                    f"{', '.join((BASE_VARIANT,) + available_variants())}; 'a+b' combines")
+    variant_help = (
+        f"config variant(s) layered on the base fragment: "
+        f"{', '.join((BASE_VARIANT,) + available_variants())}; 'a+b' combines"
+    )
     b = sub.add_parser("build", help="install packages and build kernel + initramfs (cached)")
     b.add_argument("--cache-dir")
     b.add_argument("--jobs", type=int, default=2)
@@ -1298,24 +1493,28 @@ def main(argv: list[str] | None = None) -> int:
 
     def point_args(o, defaults: BootParams) -> None:
         for name in PARAM_FIELDS:
-            o.add_argument("--" + name.replace("_", "-"), type=int,
-                           default=getattr(defaults, name))
+            o.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
         o.add_argument("--mode", choices=MODES)
         o.add_argument("--accel", default=DEFAULT_ACCEL, help="qemu -accel value")
 
     o = sub.add_parser("boot", help="one boot with the given parameters; prints the figures")
     point_args(o, BootParams())
     o.add_argument("--variant", default=BASE_VARIANT, help=variant_help)
-    o.add_argument("--rcu-nocbs", default="",
-                   help="offload callbacks of these guest CPUs ('all' or a cpulist; needs nocb)")
+    o.add_argument(
+        "--rcu-nocbs", default="", help="offload callbacks of these guest CPUs ('all' or a cpulist; needs nocb)"
+    )
     o.add_argument("--timeout", type=float, default=120)
     o.add_argument("--console", action="store_true", help="print the guest console")
-    t = sub.add_parser("trace", help="boot the trace build once and write its console (the "
-                                     "kvfree_rcu() trace events of one rcuscale run) to a file")
+    t = sub.add_parser(
+        "trace",
+        help="boot the trace build once and write its console (the "
+        "kvfree_rcu() trace events of one rcuscale run) to a file",
+    )
     point_args(t, BootParams(kfree_loops=4, kfree_alloc_num=100))
     t.add_argument("--out", required=True, help="console file to write")
-    t.add_argument("--quiet-ms", type=int, default=6000,
-                   help="dump the trace once no event came for this long after the result")
+    t.add_argument(
+        "--quiet-ms", type=int, default=6000, help="dump the trace once no event came for this long after the result"
+    )
     t.add_argument("--timeout", type=float, default=300)
     s = sub.add_parser("sweep", help="run a sweep file, appending to (and resuming) a CSV")
     s.add_argument("file")
@@ -1325,14 +1524,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--dry-run", action="store_true", help="validate and list, boot nothing")
     s.add_argument("--build", action="store_true", help="build (or reuse cache) first")
     e = sub.add_parser("measure", help="build, then run every committed sweep (one command)")
-    e.add_argument("--out-dir", default=str(HERE.parent / "data"),
-                   help="where rcuscale-6.1-<sweep>.csv go (existing rows are kept and skipped)")
+    e.add_argument(
+        "--out-dir",
+        default=str(HERE.parent / "data"),
+        help="where rcuscale-6.1-<sweep>.csv go (existing rows are kept and skipped)",
+    )
     e.add_argument("--jobs", type=int, default=2)
     m = sub.add_parser("summary", help="per-point medians and OOM fractions of a CSV")
     m.add_argument("csv")
     a = ap.parse_args(argv)
 
     try:
+
         def cli_params(variants: tuple[str, ...], nocbs: str = "") -> BootParams:
             vals = {k: getattr(a, k) for k in PARAM_FIELDS}
             if a.mode:
@@ -1347,12 +1550,15 @@ def main(argv: list[str] | None = None) -> int:
             build(a.cache_dir, a.jobs, normalize_variants(a.variant))
         elif a.cmd == "trace":
             params = cli_params((TRACE_VARIANT,))
-            res, tr = trace_boot(params, a.out, quiet_ms=a.quiet_ms, timeout_s=a.timeout,
-                                 accel=a.accel)
-            print(f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
-                  f"console={a.out} ({Path(a.out).stat().st_size} bytes)")
-            print(f"  events: {tr.events or 'none'}; by CPU: {tr.events_by_cpu}; "
-                  f"overrun: {tr.overrun}; span: {tr.first_ts_s}-{tr.last_ts_s} s")
+            res, tr = trace_boot(params, a.out, quiet_ms=a.quiet_ms, timeout_s=a.timeout, accel=a.accel)
+            print(
+                f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
+                f"console={a.out} ({Path(a.out).stat().st_size} bytes)"
+            )
+            print(
+                f"  events: {tr.events or 'none'}; by CPU: {tr.events_by_cpu}; "
+                f"overrun: {tr.overrun}; span: {tr.first_ts_s}-{tr.last_ts_s} s"
+            )
             return 0 if res.status == "ok" and tr.events else 1
         elif a.cmd == "boot":
             params = cli_params(normalize_variants(a.variant), a.rcu_nocbs)
@@ -1360,13 +1566,14 @@ def main(argv: list[str] | None = None) -> int:
             if a.console:
                 print(res.console)
             r, f = res.result, res.facts
-            print(f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
-                  f"accel={res.accelerator} kernel={f.kernel_version} "
-                  f"test_start={f.kernel_ts_test_start_s} result_at={f.kernel_ts_result_s}"
-                  + (f" offloaded={f.nocb_offloaded_cpus}" if f.nocb_offloaded_cpus else ""))
+            print(
+                f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
+                f"accel={res.accelerator} kernel={f.kernel_version} "
+                f"test_start={f.kernel_ts_test_start_s} result_at={f.kernel_ts_result_s}"
+                + (f" offloaded={f.nocb_offloaded_cpus}" if f.nocb_offloaded_cpus else "")
+            )
             if r:
-                print(f"  total_time_ns={r.total_time_ns} batches={r.batches} "
-                      f"footprint_mb={r.footprint_mb}")
+                print(f"  total_time_ns={r.total_time_ns} batches={r.batches} footprint_mb={r.footprint_mb}")
             else:
                 print(f"  {res.failure_detail}")
         elif a.cmd == "measure":
@@ -1382,8 +1589,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = sw.runs()
                 for p in sw.points:
                     print(f"{p.point_id} x{p.repetitions}")
-                print(f"{len(sw.points)} points, {len(runs)} boots, seed {sw.seed}, "
-                      f"config variant {sw.config_variant}")
+                print(f"{len(sw.points)} points, {len(runs)} boots, seed {sw.seed}, config variant {sw.config_variant}")
                 return 0
             kernel = build(variants=load_sweep(a.file).variants) if a.build else None
             run_sweep(a.file, a.out, kernel=kernel, timeout_s=a.timeout, limit=a.limit)

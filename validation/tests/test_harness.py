@@ -51,15 +51,16 @@ HANGING_LOG = """\
 
 # --- parsing ------------------------------------------------------------------------------
 
+
 def test_parse_kfree_line_positive():
-    r = h.parse_kfree_line("[ 0.65] Total time taken by all kfree'ers: 97675810 ns, loops: 10, "
-                           "batches: 13, memory footprint: 3MB")
+    r = h.parse_kfree_line(
+        "[ 0.65] Total time taken by all kfree'ers: 97675810 ns, loops: 10, batches: 13, memory footprint: 3MB"
+    )
     assert r == h.KfreeResult(97675810, 10, 13, 3)
 
 
 def test_parse_kfree_line_negative_footprint():
-    r = h.parse_kfree_line("Total time taken by all kfree'ers: 5 ns, loops: 50, batches: 0, "
-                           "memory footprint: -4MB\r")
+    r = h.parse_kfree_line("Total time taken by all kfree'ers: 5 ns, loops: 50, batches: 0, memory footprint: -4MB\r")
     assert r is not None and r.footprint_mb == -4 and r.batches == 0
 
 
@@ -82,16 +83,20 @@ def test_parse_console_collects_context():
 
 # --- failure classification -----------------------------------------------------------------
 
-@pytest.mark.parametrize("log, timed_out, status, detail_has", [
-    (OK_LOG, False, "ok", ""),
-    (OOM_LOG, False, "oom", "invoked oom-killer"),
-    (OOM_LOG, True, "oom", "invoked oom-killer"),  # the cause wins over the symptom
-    (PANIC_LOG, False, "panic", "No working init"),
-    (EMULATION_LOG, False, "emulation_failure", "KVM internal error"),
-    (HANGING_LOG, True, "timeout", "timeout"),
-    (HANGING_LOG, False, "no_result", "exited"),
-    ("", False, "no_result", "exited"),
-])
+
+@pytest.mark.parametrize(
+    "log, timed_out, status, detail_has",
+    [
+        (OK_LOG, False, "ok", ""),
+        (OOM_LOG, False, "oom", "invoked oom-killer"),
+        (OOM_LOG, True, "oom", "invoked oom-killer"),  # the cause wins over the symptom
+        (PANIC_LOG, False, "panic", "No working init"),
+        (EMULATION_LOG, False, "emulation_failure", "KVM internal error"),
+        (HANGING_LOG, True, "timeout", "timeout"),
+        (HANGING_LOG, False, "no_result", "exited"),
+        ("", False, "no_result", "exited"),
+    ],
+)
 def test_classify_console(log, timed_out, status, detail_has):
     got, detail = h.classify_console(log, timed_out, 0 if not timed_out else None)
     assert got == status
@@ -112,14 +117,19 @@ def test_result_line_wins_over_late_oom():
 
 # --- boot parameters ---------------------------------------------------------------------------
 
+
 def test_boot_params_mode_and_cmdline():
-    p = h.BootParams(guest_cpus=4, rcu_min_cached_objs=0, kfree_loops=50,
-                     kfree_rcu_test_double=1)
+    p = h.BootParams(guest_cpus=4, rcu_min_cached_objs=0, kfree_loops=50, kfree_rcu_test_double=1)
     assert p.mode == "double"
     assert p.kfree_threads_effective == 4
     cmd = p.kernel_cmdline()
-    for want in ("rcutree.rcu_min_cached_objs=0", "rcuscale.kfree_loops=50",
-                 "rcuscale.kfree_rcu_test_double=1", "rcuscale.shutdown=1", "panic=-1"):
+    for want in (
+        "rcutree.rcu_min_cached_objs=0",
+        "rcuscale.kfree_loops=50",
+        "rcuscale.kfree_rcu_test_double=1",
+        "rcuscale.shutdown=1",
+        "panic=-1",
+    ):
         assert want in cmd
     assert h.BootParams().mode == "mixed"
     assert h.BootParams(kfree_rcu_test_single=1).mode == "single"
@@ -134,6 +144,7 @@ def test_accel_facts():
 
 
 # --- sweep files ----------------------------------------------------------------------------
+
 
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "sweep.toml"
@@ -186,23 +197,26 @@ def test_sweep_order_is_seeded_and_complete(tmp_path):
     assert [(p.point_id, r) for p, r in a] != ordered  # shuffled, not grid order
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[[grid]]\nguest_cpus = 0\n", "guest_cpus = 0 must be in [1, 16]"),
-    ("[[grid]]\nkfree_loops = 2\n", "kfree_loops = 2"),
-    ("[[grid]]\nmode = \"triple\"\n", "mode must be one of"),
-    ("[[grid]]\nguest_cpu = 2\n", "unknown keys ['guest_cpu']"),
-    ("[[grid]]\nrcu_min_cached_objs = \"5\"\n", "rcu_min_cached_objs must be an integer"),
-    ("[[grid]]\nrcu_delay_page_cache_fill_msec = 200000\n", "rcu_delay_page_cache_fill_msec"),
-    ("[[grid]]\nguest_cpus = []\n", "empty list"),
-    ("[[grid]]\nmode = \"double\"\nkfree_rcu_test_single = 1\n", "contradicts"),
-    ("[[grid]]\nmode = \"mixed\"\nkfree_rcu_test_single = 1\n", "contradicts"),
-    ("[sweep]\nrepetitions = 0\n[[grid]]\nguest_cpus = 2\n", "repetitions = 0"),
-    ("[sweep]\ntimeout_s = -1\n[[grid]]\nguest_cpus = 2\n", "timeout_s must be a positive"),
-    ("[sweep]\nname = \"x\"\n", "needs at least one [[grid]]"),
-    ("[swep]\n[[grid]]\nguest_cpus = 2\n", "unknown top-level keys"),
-    ("[[grid]\nguest_cpus = 2\n", "not valid TOML"),
-    ("[[grid]]\nkfree_nthreads = 0\n", "kfree_nthreads = 0"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[[grid]]\nguest_cpus = 0\n", "guest_cpus = 0 must be in [1, 16]"),
+        ("[[grid]]\nkfree_loops = 2\n", "kfree_loops = 2"),
+        ('[[grid]]\nmode = "triple"\n', "mode must be one of"),
+        ("[[grid]]\nguest_cpu = 2\n", "unknown keys ['guest_cpu']"),
+        ('[[grid]]\nrcu_min_cached_objs = "5"\n', "rcu_min_cached_objs must be an integer"),
+        ("[[grid]]\nrcu_delay_page_cache_fill_msec = 200000\n", "rcu_delay_page_cache_fill_msec"),
+        ("[[grid]]\nguest_cpus = []\n", "empty list"),
+        ('[[grid]]\nmode = "double"\nkfree_rcu_test_single = 1\n', "contradicts"),
+        ('[[grid]]\nmode = "mixed"\nkfree_rcu_test_single = 1\n', "contradicts"),
+        ("[sweep]\nrepetitions = 0\n[[grid]]\nguest_cpus = 2\n", "repetitions = 0"),
+        ("[sweep]\ntimeout_s = -1\n[[grid]]\nguest_cpus = 2\n", "timeout_s must be a positive"),
+        ('[sweep]\nname = "x"\n', "needs at least one [[grid]]"),
+        ("[swep]\n[[grid]]\nguest_cpus = 2\n", "unknown top-level keys"),
+        ("[[grid]\nguest_cpus = 2\n", "not valid TOML"),
+        ("[[grid]]\nkfree_nthreads = 0\n", "kfree_nthreads = 0"),
+    ],
+)
 def test_bad_sweep_files_give_clear_errors(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(h.SweepError) as e:
@@ -226,6 +240,7 @@ def test_committed_sweeps_are_valid():
 
 
 # --- CSV rows and resume -------------------------------------------------------------------
+
 
 def fake_result(params: h.BootParams, log: str, status: str) -> h.BootResult:
     return h.BootResult(params, status, "", h.parse_console(log), 1.5, "tcg", "single", 0, log)
@@ -296,11 +311,13 @@ def test_run_sweep_skips_done_rows(tmp_path, monkeypatch):
 
 # --- config variants and the kernel build cache ------------------------------------------------
 
+
 def test_base_build_key_is_the_one_of_the_committed_data():
     """The base key is computed as before variants existed: it is the CSVs' build_key."""
     root = Path(h.__file__).resolve().parents[1] / "data"
-    keys = {r["build_key"] for f in ("rcuscale-6.1-main.csv", "rcuscale-6.1-pressure.csv")
-            for r in h.read_rows(root / f)}
+    keys = {
+        r["build_key"] for f in ("rcuscale-6.1-main.csv", "rcuscale-6.1-pressure.csv") for r in h.read_rows(root / f)
+    }
     assert keys == {h.build_key()} == {h.build_key(())}
 
 
@@ -328,8 +345,7 @@ def test_variant_names_are_checked():
     assert set(h.available_variants()) >= {"voluntary", "nocb", "trace"}
     with pytest.raises(ValueError, match="unknown config variant.*preempt_rt"):
         h.normalize_variants("preempt_rt")
-    assert h.variant_label(()) == "base" and h.variant_label(("nocb", "voluntary")) == \
-        "nocb+voluntary"
+    assert h.variant_label(()) == "base" and h.variant_label(("nocb", "voluntary")) == "nocb+voluntary"
 
 
 def test_committed_variants_ask_for_what_the_blocks_need():
@@ -385,13 +401,11 @@ def test_nocb_point_ids_and_cmdline():
     base = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1)
     assert base.point_id == "c4-m512-n5-d5000-t-1-a8000-l50-x1-double"  # as in the old CSVs
     assert "rcu_nocbs" not in base.kernel_cmdline()
-    off = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1, rcu_nocbs="all",
-                       config_variant="nocb")
+    off = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1, rcu_nocbs="all", config_variant="nocb")
     assert off.nocb_cpulist == "0-3"
     assert off.point_id == "c4-m512-n5-d5000-t-1-a8000-l50-x1-double-nocbs0-3@nocb"
     assert off.kernel_cmdline().split()[-1] == "rcu_nocbs=0-3"
-    ctl = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1,
-                       config_variant="nocb")
+    ctl = h.BootParams(guest_cpus=4, kfree_loops=50, kfree_rcu_test_double=1, config_variant="nocb")
     assert ctl.point_id == "c4-m512-n5-d5000-t-1-a8000-l50-x1-double@nocb"
     assert h.BootParams(guest_cpus=1, rcu_nocbs="all").nocb_cpulist == "0"
     assert "rcuscale.shutdown=0" in base.kernel_cmdline(shutdown=False, extra=["x=1"])
@@ -440,16 +454,20 @@ def test_sweep_with_a_config_variant(tmp_path):
     assert h.load_sweep(write(tmp_path, GOOD)).variants == ()
 
 
-@pytest.mark.parametrize("text, message", [
-    ("[sweep]\nconfig_variant = \"rt\"\n[[grid]]\nguest_cpus = 2\n", "unknown config variant"),
-    ("[[grid]]\nrcu_nocbs = \"all\"\n", "needs a kernel with CONFIG_RCU_NOCB_CPU"),
-    ("[sweep]\nconfig_variant = \"voluntary\"\n[[grid]]\nrcu_nocbs = \"all\"\n",
-     "needs a kernel with CONFIG_RCU_NOCB_CPU"),
-    ("[sweep]\nconfig_variant = \"nocb\"\n[[grid]]\nrcu_nocbs = \"0-3\"\nguest_cpus = 2\n",
-     "names CPUs the guest"),
-    ("[sweep]\nconfig_variant = \"nocb\"\n[[grid]]\nrcu_nocbs = \"some\"\n", "cpulist"),
-    ("[sweep]\nconfig_variant = \"nocb\"\n[[grid]]\nrcu_nocbs = 1\n", "must be a string"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[sweep]\nconfig_variant = "rt"\n[[grid]]\nguest_cpus = 2\n', "unknown config variant"),
+        ('[[grid]]\nrcu_nocbs = "all"\n', "needs a kernel with CONFIG_RCU_NOCB_CPU"),
+        (
+            '[sweep]\nconfig_variant = "voluntary"\n[[grid]]\nrcu_nocbs = "all"\n',
+            "needs a kernel with CONFIG_RCU_NOCB_CPU",
+        ),
+        ('[sweep]\nconfig_variant = "nocb"\n[[grid]]\nrcu_nocbs = "0-3"\nguest_cpus = 2\n', "names CPUs the guest"),
+        ('[sweep]\nconfig_variant = "nocb"\n[[grid]]\nrcu_nocbs = "some"\n', "cpulist"),
+        ('[sweep]\nconfig_variant = "nocb"\n[[grid]]\nrcu_nocbs = 1\n', "must be a string"),
+    ],
+)
 def test_bad_variant_sweeps(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(h.SweepError) as e:
@@ -464,27 +482,32 @@ DATA = Path(h.__file__).resolve().parents[1] / "data"
 
 def test_new_columns_come_after_the_original_ones():
     assert h.CSV_COLUMNS[: len(h.LEGACY_COLUMNS)] == h.LEGACY_COLUMNS
-    assert h.CSV_COLUMNS[len(h.LEGACY_COLUMNS):] == (
-        "config_variant", "preempt_model", "rcu_nocbs", "nocb_offloaded_cpus")
+    assert h.CSV_COLUMNS[len(h.LEGACY_COLUMNS) :] == (
+        "config_variant",
+        "preempt_model",
+        "rcu_nocbs",
+        "nocb_offloaded_cpus",
+    )
 
 
 def test_legacy_csvs_read_with_defaults():
     rows = h.read_rows(DATA / "rcuscale-6.1-main.csv")
     assert len(rows) == 408
-    assert {(r["config_variant"], r["preempt_model"], r["rcu_nocbs"]) for r in rows} == {
-        ("base", "none", "")}
+    assert {(r["config_variant"], r["preempt_model"], r["rcu_nocbs"]) for r in rows} == {("base", "none", "")}
     assert len(h.completed_runs(DATA / "rcuscale-6.1-pressure.csv")) == 198
     assert {r["point_id"] for r in h.summarize(DATA / "rcuscale-6.1-pressure.csv")}
 
 
 def test_variant_row_has_the_new_columns():
-    p = h.BootParams(guest_cpus=4, kfree_rcu_test_double=1, rcu_nocbs="all",
-                     config_variant="nocb")
-    row = h.result_row(fake_result(p, NOCB_LOG, "ok"), rep=0,
-                       context={"preempt_model": "none"})
+    p = h.BootParams(guest_cpus=4, kfree_rcu_test_double=1, rcu_nocbs="all", config_variant="nocb")
+    row = h.result_row(fake_result(p, NOCB_LOG, "ok"), rep=0, context={"preempt_model": "none"})
     assert tuple(row) == h.CSV_COLUMNS
-    assert (row["config_variant"], row["preempt_model"], row["rcu_nocbs"],
-            row["nocb_offloaded_cpus"]) == ("nocb", "none", "0-3", "0-3")
+    assert (row["config_variant"], row["preempt_model"], row["rcu_nocbs"], row["nocb_offloaded_cpus"]) == (
+        "nocb",
+        "none",
+        "0-3",
+        "0-3",
+    )
 
 
 def test_appending_to_a_legacy_file_keeps_its_format(tmp_path):
@@ -492,8 +515,7 @@ def test_appending_to_a_legacy_file_keeps_its_format(tmp_path):
     src = (DATA / "rcuscale-6.1-main.csv").read_bytes()
     old.write_bytes(src)
     p = h.BootParams(kfree_loops=10)
-    h.append_row(old, h.result_row(fake_result(p, OK_LOG, "ok"), rep=0,
-                                   context={"preempt_model": "none"}))
+    h.append_row(old, h.result_row(fake_result(p, OK_LOG, "ok"), rep=0, context={"preempt_model": "none"}))
     data = old.read_bytes()
     assert data.startswith(src)
     last = data.decode().splitlines()[-1]
@@ -501,13 +523,11 @@ def test_appending_to_a_legacy_file_keeps_its_format(tmp_path):
     assert (p.point_id, 0) in h.completed_runs(old)
     v = h.BootParams(kfree_loops=10, config_variant="voluntary")
     with pytest.raises(h.CsvMismatchError, match="new file"):
-        h.append_row(old, h.result_row(fake_result(v, OK_LOG, "ok"), rep=0,
-                                       context={"preempt_model": "voluntary"}))
+        h.append_row(old, h.result_row(fake_result(v, OK_LOG, "ok"), rep=0, context={"preempt_model": "voluntary"}))
 
 
 def kernel_of(variants=(), model="none", key="k"):
-    return h.BuildResult(Path("bz"), Path("rd"), Path("cfg"), "6.1.192", key, 1.0, True,
-                         tuple(variants), model)
+    return h.BuildResult(Path("bz"), Path("rd"), Path("cfg"), "6.1.192", key, 1.0, True, tuple(variants), model)
 
 
 def test_run_sweep_boots_the_build_of_the_sweeps_variant(tmp_path, monkeypatch):
@@ -533,8 +553,7 @@ def test_run_sweep_boots_the_build_of_the_sweeps_variant(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="build --variant nocb"):
         h.run_sweep(sweep, out, log_dir=tmp_path / "logs", progress=lambda s: None)
     # The base build given (as `measure` or `validate kernel --build` do): the variant is built.
-    s = h.run_sweep(sweep, out, kernel=kernel_of(), log_dir=tmp_path / "logs",
-                    progress=lambda s: None)
+    s = h.run_sweep(sweep, out, kernel=kernel_of(), log_dir=tmp_path / "logs", progress=lambda s: None)
     assert s.ran == 32 and built == [("nocb",)] and set(kernels) == {"nocb-key"}
     rows = h.read_rows(out)
     assert {r["config_variant"] for r in rows} == {"nocb"}
@@ -546,8 +565,7 @@ def test_a_variant_sweep_does_not_go_into_a_legacy_file(tmp_path):
     old = tmp_path / "old.csv"
     old.write_bytes((DATA / "rcuscale-6.1-main.csv").read_bytes())
     with pytest.raises(h.CsvMismatchError, match="new file"):
-        h.run_sweep(write(tmp_path, NOCB_SWEEP), old, kernel=kernel_of(("nocb",)),
-                    progress=lambda s: None)
+        h.run_sweep(write(tmp_path, NOCB_SWEEP), old, kernel=kernel_of(("nocb",)), progress=lambda s: None)
 
 
 def test_boot_refuses_another_variants_kernel():
@@ -562,8 +580,8 @@ TRACES = Path(h.__file__).resolve().parents[2] / "tests" / "data" / "traces"
 
 TRACE_CMD_REPORT = """\
 cpus=2
-     kworker/0:1-13    [000]     0.426883: rcu_invoke_kfree_bulk_callback: rcu_sched bulk=0x00000000a1b2c3d4 nr_records=190
-     kworker/1:1-24    [001]     0.406114: rcu_invoke_kvfree_callback: rcu_sched rhp=0000000012345678 func=8
+  kworker/0:1-13    [000]     0.426883: rcu_invoke_kfree_bulk_callback: rcu_sched bulk=0x00000000a1b2c3d4 nr_records=190
+  kworker/1:1-24    [001]     0.406114: rcu_invoke_kvfree_callback: rcu_sched rhp=0000000012345678 func=8
 """
 
 
@@ -573,8 +591,10 @@ def test_trace_lines_of_tracefs_and_trace_cmd_are_counted():
     assert tr.events_by_cpu == {0: 1, 1: 1}
     assert (tr.first_ts_s, tr.last_ts_s) == (0.406114, 0.426883)
     assert tr.overrun is None
-    line = ("     kworker/1:1-24      [001] .....     0.406114: rcu_invoke_kvfree_callback: "
-            "rcu_sched rhp=(____ptrval____) func=8\r")
+    line = (
+        "     kworker/1:1-24      [001] .....     0.406114: rcu_invoke_kvfree_callback: "
+        "rcu_sched rhp=(____ptrval____) func=8\r"
+    )
     m = h.TRACE_LINE_RE.match(line)
     assert m and m["task"] == "kworker/1:1" and m["flags"] == "....." and m["fields"].endswith("func=8")
     # Kernel log lines and the trace header are not events.
@@ -582,18 +602,21 @@ def test_trace_lines_of_tracefs_and_trace_cmd_are_counted():
 
 
 def test_trace_cmdline_enables_the_events_and_leaves_the_power_off_to_init():
-    cmd = h.trace_cmdline(h.BootParams(kfree_loops=8, kfree_alloc_num=100,
-                                       kfree_rcu_test_double=1))
+    cmd = h.trace_cmdline(h.BootParams(kfree_loops=8, kfree_alloc_num=100, kfree_rcu_test_double=1))
     assert "rcuscale.shutdown=0" in cmd and "trace_clock=global" in cmd
-    assert ("trace_event=rcu:rcu_invoke_kfree_bulk_callback,rcu:rcu_invoke_kvfree_callback,"
-            "rcu:rcu_kvfree_callback") in cmd
+    assert (
+        "trace_event=rcu:rcu_invoke_kfree_bulk_callback,rcu:rcu_invoke_kvfree_callback,rcu:rcu_kvfree_callback"
+    ) in cmd
     assert "rcutune_quiet_ms=6000" in cmd  # no dot: reaches PID 1 as an environment variable
 
 
-@pytest.mark.parametrize("mode, events", [
-    ("double", {"rcu_invoke_kvfree_callback": 900, "rcu_invoke_kfree_bulk_callback": 2}),
-    ("single", {"rcu_invoke_kfree_bulk_callback": 160}),
-])
+@pytest.mark.parametrize(
+    "mode, events",
+    [
+        ("double", {"rcu_invoke_kvfree_callback": 900, "rcu_invoke_kfree_bulk_callback": 2}),
+        ("single", {"rcu_invoke_kfree_bulk_callback": 160}),
+    ],
+)
 def test_committed_trace_captures(mode, events):
     path = TRACES / f"rcuscale-6.1-{mode}.console.txt"
     data = path.read_bytes()
@@ -605,7 +628,10 @@ def test_committed_trace_captures(mode, events):
     facts = h.parse_console(text)
     assert facts.result is not None and facts.kernel_version == "6.1.192"
     assert f"rcuscale.kfree_rcu_test_{mode}=1" in text
-    records = sum(int(line.rsplit("=", 1)[1]) for line in text.splitlines()
-                  if "rcu_invoke_kfree_bulk_callback:" in line and "nr_records=" in line)
+    records = sum(
+        int(line.rsplit("=", 1)[1])
+        for line in text.splitlines()
+        if "rcu_invoke_kfree_bulk_callback:" in line and "nr_records=" in line
+    )
     kvfree = events.get("rcu_invoke_kvfree_callback", 0)
     assert records + kvfree == {"double": 2 * 8 * 100, "single": 2 * 20 * 2000}[mode]
