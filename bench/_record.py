@@ -30,12 +30,15 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, {platform.system()} {platform.release()}, load average {load:.1f}"
 
 
-def record(name: str, lines: list[str], readme: Path = README) -> None:
-    """Replace bench `name`'s section of bench/README.md with `lines` (appending the section if new)."""
+def record(name: str, lines: list[str], readme: Path = README, intro: str = "") -> None:
+    """Replace bench `name`'s section of bench/README.md with `lines` (appending the section if new);
+    `intro`, when given, is a paragraph saying what the figures are, printed before them."""
     command = "python bench/" + Path(sys.argv[0]).name + "".join(f" {a}" for a in sys.argv[1:] if a != "--record")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = (
-        f"<!-- bench:{name} -->\n`{command}` on {stamp} ({machine()}):\n\n```\n"
+        f"<!-- bench:{name} -->\n"
+        + (intro.strip() + "\n\n" if intro else "")
+        + f"`{command}` on {stamp} ({machine()}):\n\n```\n"
         + "\n".join(lines)
         + f"\n```\n<!-- /bench:{name} -->"
     )

@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import _readme  # noqa: E402
+from bench._record import record  # noqa: E402
 from tests.support import postgres_server  # noqa: E402
 from tests.support.memory import PeakRSS  # noqa: E402
 
@@ -203,7 +203,6 @@ def main() -> None:
     )
     parser.add_argument("--record", action="store_true", help="write the scale_out section of bench/README.md")
     args = parser.parse_args()
-    machine = _readme.machine()
     rates: dict[str, float] = {}
     memory: dict[str, float] = {}
     with postgres_server.server() as server:
@@ -220,20 +219,13 @@ def main() -> None:
     say(peak)
     say(last)
     if args.record:
-        measured = "\n".join(_SAID)
-        _readme.record(
+        record(
             "scale_out",
-            f"""## Throughput and memory (`python bench/scale_out.py`)
-
-Trials per minute with 1, 2 and 4 `rcutune worker` processes on PostgreSQL against one `rcutune study
---jobs 2` on SQLite ({HARDWARE}, {" and ".join(WORKLOADS)}, {args.trials} trials each, {args.seconds:g} simulated s per
-replication), and peak resident memory (a process with the simulation processes it started, summed,
-sampled every 0.25 s), on {machine}.
-
-```
-{measured}
-```
-""",
+            list(_SAID),
+            intro=f"Trials per minute with 1, 2 and 4 `rcutune worker` processes on PostgreSQL against one "
+            f"`rcutune study --jobs 2` on SQLite ({HARDWARE}, {' and '.join(WORKLOADS)}, {args.trials} trials each, "
+            f"{args.seconds:g} simulated s per replication), and peak resident memory (a process with the "
+            "simulation processes it started, summed, sampled every 0.25 s).",
         )
 
 

@@ -58,7 +58,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import _readme  # noqa: E402
+from bench._record import record  # noqa: E402
 from tests.support import postgres_server  # noqa: E402
 from tests.support.memory import PeakRSS  # noqa: E402
 from tests.support.study import TINY  # noqa: E402
@@ -239,7 +239,6 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, help="keep every worker's stdout and stderr in this directory")
     args = parser.parse_args()
     started = time.monotonic()
-    machine = _readme.machine()
     try:
         cluster_context = postgres_server.throwaway_cluster()
         cluster = cluster_context.__enter__()
@@ -299,20 +298,12 @@ def main() -> None:
     print(memory_line)
     print(last, flush=True)
     if args.record:
-        _readme.record(
+        record(
             "soak",
-            f"""## Soak (`python bench/soak.py --minutes {args.minutes:g} --seed {args.seed}`)
-
-{args.workers} `rcutune worker` processes on a throwaway PostgreSQL server for {args.minutes:g} minutes of faults
-({wall:.1f} minutes in all, the last campaign run to its end), on {machine}. What each figure means is in the
-docstring of `bench/soak.py`.
-
-```
-{summary}
-{memory_line}
-{last}
-```
-""",
+            [summary, memory_line, last],
+            intro=f"{args.workers} `rcutune worker` processes on a throwaway PostgreSQL server for "
+            f"{args.minutes:g} minutes of faults ({wall:.1f} minutes in all, the last campaign run to its end). "
+            "What each figure means is in the docstring of `bench/soak.py`.",
         )
     ok = totals.lost == totals.duplicated == totals.stuck_running == 0 and totals.integrity == "ok"
     sys.exit(0 if ok and not unexpected else 1)
