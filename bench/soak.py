@@ -221,7 +221,8 @@ def expected(w: Worker) -> bool:
     if said and not (w.code == 2 and len(said) == 1 and said[0].startswith("error: cannot connect")):
         return False  # a traceback, a warning, an error: anything but an outage line or the refusal at its start
     if w.signalled == "kill-9":
-        return w.code == -signal.SIGKILL
+        # 0: the worker finished between the soak's look (poll) and the signal, which then met a zombie.
+        return w.code in (-signal.SIGKILL, 0)
     if w.signalled == "term":
         return w.code in (0, 130, -signal.SIGTERM)
     if w.code == 2:  # refused at its start: the server was away

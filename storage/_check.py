@@ -92,17 +92,17 @@ def _check_server(url: str) -> None:
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if parsed.get_backend_name() == "postgresql" else {}
     engine = sa.create_engine(url, connect_args=connect_args, poolclass=sa.pool.NullPool)
     try:
-        try:
-            conn = engine.connect()
-        except DBAPIError as err:
-            reason = " ".join(str(err.orig).split()) if err.orig is not None else type(err).__name__
-            raise StorageError(
-                f"cannot connect to {display_url(url)} ({reason[:300]}); check the host, port, "
-                "user and database name, and that the server is running"
-            ) from None
-        with conn:
+        # A server that goes away during the check (a restart between connect and close) is as
+        # unreachable as one that never answered: one line, not a driver's traceback.
+        with engine.connect() as conn:
             tables = set(sa.inspect(conn).get_table_names())
             _check_versions(display_url(url), url, tables, lambda sql: conn.exec_driver_sql(sql).scalar())
+    except DBAPIError as err:
+        reason = " ".join(str(err.orig).split()) if err.orig is not None else type(err).__name__
+        raise StorageError(
+            f"cannot connect to {display_url(url)} ({reason[:300]}); check the host, port, "
+            "user and database name, and that the server is running"
+        ) from None
     finally:
         engine.dispose()
 

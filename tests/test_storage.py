@@ -155,6 +155,19 @@ def test_an_unreachable_server_is_named_with_what_to_check():
         storage.check_database("postgresql+psycopg://rcutune:secret@127.0.0.1:1/rcutune")
 
 
+def test_a_server_that_goes_away_during_the_check_is_one_line_too(monkeypatch):
+    """A restart between connect and close (the soak met it): the driver's error on the rollback of
+    closing is the same one line as an unreachable server, not a traceback."""
+    from rcutune.storage import _check
+
+    def shut_down(conn):
+        raise sa.exc.OperationalError("ROLLBACK", {}, Exception("terminating connection due to administrator command"))
+
+    monkeypatch.setattr(_check.sa, "inspect", shut_down)
+    with pytest.raises(StorageError, match="cannot connect to .*administrator command.*server is running"):
+        _check._check_server("sqlite://")
+
+
 def test_messages_never_show_a_password():
     with pytest.raises(StorageError) as caught:
         storage.check_database("postgresql+psycopg://rcutune:secret@127.0.0.1:1/rcutune")
