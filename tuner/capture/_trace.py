@@ -207,6 +207,126 @@ def _skew(rates: list[float]) -> float:
     return min(4.0, max(0.0, -slope))
 
 
+def _read_trace(path: Path) -> Trace:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise UserError(f"--from-trace {path}: cannot read it ({err.strerror}); give a trace file") from None
+    trace = parse_trace(text)
+    if not trace.events:
+        raise UserError(
+            f"--from-trace {path}: no {', '.join(EVENTS)} line; record them as docs/apply.md says "
+            "(the kernel needs CONFIG_RCU_TRACE=y)"
+        )
+    return trace
+
+
+def _cpus_and_span(
+    path: Path, trace: Trace, cpus: int | None, duration_s: float | None, assumed: list[str]
+) -> tuple[int, float]:
+    """The machine's CPU count and the seconds the trace stands for, checked against its events."""
+    events = trace.events
+    seen_cpus = max(e.cpu for e in events) + 1
+    if cpus is None:
+        cpus = trace.cpus or seen_cpus
+        if trace.cpus is None:
+            assumed.append(f"{cpus} CPUs: the highest CPU with an event (give --cpus for the machine's count)")
+    if cpus < seen_cpus:
+        raise UserError(f"--cpus {cpus}: the trace has events on CPU {seen_cpus - 1}; give at least {seen_cpus}")
+    span = events[-1].time - events[0].time
+    if duration_s is not None:
+        if duration_s < span:
+            raise UserError(f"--duration {duration_s:g}: the events alone span {span:.6g} s; give at least that")
+        span = duration_s
+    elif span <= 0:
+        raise UserError(f"--from-trace {path}: every event has the same time stamp; give --duration (seconds)")
+    return cpus, span
+
+
+def _rate_keys(
+    keys: dict[str, Any],
+    side: list[TraceEvent],
+    span: float,
+    cpus: int,
+    calls: bool,
+    measured: list[str],
+    assumed: list[str],
+) -> _Bursts:
+    """calls_per_s_per_cpu from the objects between bursts; the bursts themselves for the caller."""
+    times = np.array([e.time for e in side])
+    weights = np.array([float(e.objects) for e in side])
+    window = CALL_WINDOW_S if calls else RECLAIM_WINDOW_S
+    bursts = _bursts(times, weights, span, window)
+    assumed += bursts.notes
+    if bursts.runs:
+        measured.append(
+            f"{bursts.runs} bursts in {bursts.windows} windows of {window:g} s: x{bursts.multiplier:.3g} "
+            f"for {bursts.burst_ms:.3g} ms every {bursts.every_s:.3g} s"
+        )
+        if not calls:
+            assumed.append(
+                f"bursts shorter than {window:g} s are smoothed by batching: the reclaim side shows only longer ones"
+            )
+    keys["calls_per_s_per_cpu"] = _round(bursts.base_per_s / cpus)
+    measured.append(
+        f"calls_per_s_per_cpu = {keys['calls_per_s_per_cpu']:g}: objects per second between bursts, divided by the CPUs"
+    )
+    return bursts
+
+
+def _object_keys(
+    keys: dict[str, Any], calls: list[TraceEvent], reclaims: list[TraceEvent], measured: list[str], assumed: list[str]
+) -> None:
+    """headless_fraction, vmalloc_fraction and object_bytes: what the reclaim events show of the objects."""
+    head_list = [e for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and (e.offset or 0) > 0]
+    vmalloc = sum(1 for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and e.offset == 0)
+    reclaimed = sum(e.objects for e in reclaims)
+    two_arg_floor = len(head_list) / reclaimed if reclaimed else 0.0
+    headless = min(0.1, 1.0 - two_arg_floor)
+    keys["headless_fraction"] = _round(headless, 3)
+    assumed.append(
+        f"headless_fraction = {keys['headless_fraction']:g}: headless and two-argument frees share block "
+        f"pages; only the rcu_head list ({two_arg_floor:.3g} of objects) is surely two-argument"
+    )
+    keys["vmalloc_fraction"] = _round(vmalloc / reclaimed, 3) if reclaimed else 0.0
+    measured.append(f"vmalloc_fraction = {keys['vmalloc_fraction']:g}: pointers freed from vmalloc blocks (func=0)")
+    sized = [e.offset for e in (calls or head_list) if e.offset]
+    if sized:
+        size = int(8 * math.ceil(np.mean([o + RCU_HEAD_BYTES for o in sized]) / 8))
+        keys["object_bytes"] = size
+        measured.append(
+            f"object_bytes = {size}: rcu_head offset + {RCU_HEAD_BYTES} (func=), a lower bound: what "
+            "follows the rcu_head is not in the trace"
+        )
+    else:
+        keys["object_bytes"] = 256
+        assumed.append("object_bytes = 256: block-page frees show no size, and no rcu_head-list free was traced")
+
+
+def _cpu_keys(
+    keys: dict[str, Any], side: list[TraceEvent], cpus: int, known: bool, measured: list[str], assumed: list[str]
+) -> None:
+    """active_cpus_fraction and skew, where the trace says which CPUs called."""
+    if not known:
+        keys["active_cpus_fraction"] = 1.0
+        keys["skew"] = 0.0
+        assumed.append(
+            "active_cpus_fraction = 1, skew = 0: reclaim runs on an unbound workqueue on this release "
+            "(6.12 on), so the trace does not say which CPUs called"
+        )
+        return
+    per_cpu = [0.0] * cpus
+    for e in side:
+        per_cpu[e.cpu] += e.objects
+    active = sum(1 for c in per_cpu if c > 0)
+    keys["active_cpus_fraction"] = _round(active / cpus, 3)
+    keys["skew"] = round(_skew(per_cpu), 3)
+    measured.append(
+        f"active_cpus_fraction = {keys['active_cpus_fraction']:g}, skew = {keys['skew']:g}: "
+        f"objects per CPU {', '.join(f'{c:g}' for c in per_cpu)}"
+    )
+
+
 def capture_workload(
     path: Path | str, *, cpus: int | None = None, kernel: str | None = None, duration_s: float | None = None
 ) -> WorkloadCapture:
@@ -221,44 +341,18 @@ def capture_workload(
         UserError: an unreadable file, no kvfree_rcu() event in it, or a bad option value.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise UserError(f"--from-trace {path}: cannot read it ({err.strerror}); give a trace file") from None
-    trace = parse_trace(text)
-    if not trace.events:
-        raise UserError(
-            f"--from-trace {path}: no {', '.join(EVENTS)} line; record them as docs/apply.md says "
-            "(the kernel needs CONFIG_RCU_TRACE=y)"
-        )
+    trace = _read_trace(path)
     if kernel is not None:
         sim.kernel_behaviour(kernel)  # raises ValueError naming the modelled releases
     events = trace.events
     measured: list[str] = []
     assumed: list[str] = []
-    seen_cpus = max(e.cpu for e in events) + 1
-    if cpus is None:
-        cpus = trace.cpus or seen_cpus
-        if trace.cpus is None:
-            assumed.append(f"{cpus} CPUs: the highest CPU with an event (give --cpus for the machine's count)")
-    if cpus < seen_cpus:
-        raise UserError(f"--cpus {cpus}: the trace has events on CPU {seen_cpus - 1}; give at least {seen_cpus}")
-    first, last = events[0].time, events[-1].time
-    span = last - first
-    if duration_s is not None:
-        if duration_s < span:
-            raise UserError(f"--duration {duration_s:g}: the events alone span {span:.6g} s; give at least that")
-        span = duration_s
-    elif span <= 0:
-        raise UserError(f"--from-trace {path}: every event has the same time stamp; give --duration (seconds)")
+    cpus, span = _cpus_and_span(path, trace, cpus, duration_s, assumed)
     calls = [e for e in events if e.event == "rcu_kvfree_callback"]
     reclaims = [e for e in events if e.event != "rcu_kvfree_callback"]
     side = calls if calls else reclaims
     rcu = sorted({e.rcu for e in events})
     objects = sum(e.objects for e in side)
-    per_cpu = [0.0] * cpus
-    for e in side:
-        per_cpu[e.cpu] += e.objects
     counts = {name: sum(1 for e in events if e.event == name) for name in EVENTS}
     measured.append(
         f"{len(events)} events over {span:.6g} s on {cpus} CPUs ({', '.join(rcu)}): "
@@ -287,62 +381,9 @@ def capture_workload(
             )
     keys: dict[str, Any] = {"shape": "open", "duration_s": 10.0}
     assumed.append("duration_s = 10: the simulated time of each run, not the trace's length")
-    times = np.array([e.time for e in side])
-    weights = np.array([float(e.objects) for e in side])
-    window = CALL_WINDOW_S if calls else RECLAIM_WINDOW_S
-    bursts = _bursts(times, weights, span, window)
-    assumed += bursts.notes
-    if bursts.runs:
-        measured.append(
-            f"{bursts.runs} bursts in {bursts.windows} windows of {window:g} s: x{bursts.multiplier:.3g} "
-            f"for {bursts.burst_ms:.3g} ms every {bursts.every_s:.3g} s"
-        )
-        if not calls:
-            assumed.append(
-                f"bursts shorter than {window:g} s are smoothed by batching: the reclaim side shows only longer ones"
-            )
-    keys["calls_per_s_per_cpu"] = _round(bursts.base_per_s / cpus)
-    measured.append(
-        f"calls_per_s_per_cpu = {keys['calls_per_s_per_cpu']:g}: objects per second between bursts, divided by the CPUs"
-    )
-    head_list = [e for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and (e.offset or 0) > 0]
-    vmalloc = sum(1 for e in reclaims if e.event == "rcu_invoke_kvfree_callback" and e.offset == 0)
-    reclaimed = sum(e.objects for e in reclaims)
-    two_arg_floor = len(head_list) / reclaimed if reclaimed else 0.0
-    headless = min(0.1, 1.0 - two_arg_floor)
-    keys["headless_fraction"] = _round(headless, 3)
-    assumed.append(
-        f"headless_fraction = {keys['headless_fraction']:g}: headless and two-argument frees share block "
-        f"pages; only the rcu_head list ({two_arg_floor:.3g} of objects) is surely two-argument"
-    )
-    keys["vmalloc_fraction"] = _round(vmalloc / reclaimed, 3) if reclaimed else 0.0
-    measured.append(f"vmalloc_fraction = {keys['vmalloc_fraction']:g}: pointers freed from vmalloc blocks (func=0)")
-    sized = [e.offset for e in (calls or head_list) if e.offset]
-    if sized:
-        size = int(8 * math.ceil(np.mean([o + RCU_HEAD_BYTES for o in sized]) / 8))
-        keys["object_bytes"] = size
-        measured.append(
-            f"object_bytes = {size}: rcu_head offset + {RCU_HEAD_BYTES} (func=), a lower bound: what "
-            "follows the rcu_head is not in the trace"
-        )
-    else:
-        keys["object_bytes"] = 256
-        assumed.append("object_bytes = 256: block-page frees show no size, and no rcu_head-list free was traced")
-    if per_cpu_known:
-        active = sum(1 for c in per_cpu if c > 0)
-        keys["active_cpus_fraction"] = _round(active / cpus, 3)
-        keys["skew"] = round(_skew(per_cpu), 3)
-        measured.append(
-            f"active_cpus_fraction = {keys['active_cpus_fraction']:g}, skew = {keys['skew']:g}: "
-            f"objects per CPU {', '.join(f'{c:g}' for c in per_cpu)}"
-        )
-    else:
-        keys["active_cpus_fraction"] = 1.0
-        keys["skew"] = 0.0
-        assumed.append(
-            "active_cpus_fraction = 1, skew = 0: reclaim runs on an unbound workqueue on this release "
-            "(6.12 on), so the trace does not say which CPUs called"
-        )
+    bursts = _rate_keys(keys, side, span, cpus, bool(calls), measured, assumed)
+    _object_keys(keys, calls, reclaims, measured, assumed)
+    _cpu_keys(keys, side, cpus, per_cpu_known, measured, assumed)
     if bursts.runs:
         keys.update(
             burst_every_s=_round(bursts.every_s),
