@@ -31,27 +31,11 @@ from rcutune.tuner.cli import app
 from rcutune.tuner.cli._common import user_errors
 from rcutune.tuner.report import _files as report_files_module  # the write a full disk fails
 from tests.support.fork_runner import ForkRunner
-from tests.support.study import integrity, refuse, trials, url
+from tests.support.study import FAST, integrity, refuse, trials, url
 
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = [
-    "--hardware",
-    "vm-2",
-    "--workload",
-    "steady",
-    "--seconds",
-    "0.1",
-    "--replications",
-    "1",
-    "--race-replications",
-    "1",
-    "--jobs",
-    "1",
-    "--sampler",
-    "random",
-]
 STUDY = "vm-2/steady"
 KILLS = 20
 

@@ -28,27 +28,11 @@ from rcutune.storage import _sqlite_file
 from tests.support import sqlite_states
 from tests.support.fork_runner import ForkRunner
 from tests.support.sqlite_states import DiskState, Wal
-from tests.support.study import files_digest, integrity, refuse, url
+from tests.support.study import FAST, files_digest, integrity, refuse, url
 
 pytestmark = [pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = [
-    "--hardware",
-    "vm-2",
-    "--workload",
-    "steady",
-    "--seconds",
-    "0.1",
-    "--replications",
-    "1",
-    "--race-replications",
-    "1",
-    "--jobs",
-    "1",
-    "--sampler",
-    "random",
-]
 STUDY = "vm-2/steady"
 
 # Holds a read transaction begun before the resume writes, so no checkpoint can copy a frame, then

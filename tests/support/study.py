@@ -11,6 +11,24 @@ from typer.testing import CliRunner
 
 from rcutune.tuner.cli import app
 
+# One steady workload, 0.1 simulated s, one replication, random sampling: the quickest real study,
+# for tests that kill or interrupt it.
+FAST = [
+    "--hardware",
+    "vm-2",
+    "--workload",
+    "steady",
+    "--seconds",
+    "0.1",
+    "--replications",
+    "1",
+    "--race-replications",
+    "1",
+    "--jobs",
+    "1",
+    "--sampler",
+    "random",
+]
 TINY = ["--hardware", "vm-2", "--seconds", "0.3", "--replications", "2", "--race-replications", "1", "--jobs", "1"]
 
 
