@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _record import Printer, record  # noqa: E402
 
 from rcutune import sim  # noqa: E402
-from rcutune.tuner.recommend import fit_surrogates, load_campaign, recommend  # noqa: E402
+from rcutune.tuner.recommend import fit_surrogates, load_campaign, practical_thresholds, recommend  # noqa: E402
 from rcutune.tuner.search import (  # noqa: E402
     StudyRequest,
     build_definition,
@@ -57,6 +57,7 @@ SCREEN_N = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 N_VALUES = range(0, 129)
 LAYOUTS = ("per-cpu", "global", "hybrid")
 SECONDS, BASE, RACE = 1.0, 2, 2
+PRACTICAL_FALLBACK_MS_PER_S = practical_thresholds(sim.load_hardware("vm-2"))["fallback_cost"]  # one for every profile
 BUDGET = 0.10
 CONFIRM_SEEDS = 2
 
@@ -201,7 +202,7 @@ def main() -> None:
         if args.truth_cache is not None:
             args.truth_cache.write_bytes(pickle.dumps(cache))
 
-    regrets, rec_regrets, random_regrets, found, fractions = [], [], [], 0, []
+    regrets, rec_regrets, random_regrets, found, fractions, rec_excess = [], [], [], 0, [], []
     with tempfile.TemporaryDirectory() as tmp, ProcessPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
         if ("screen", sim.SIMULATOR_VERSION) not in cache:
             cache[("screen", sim.SIMULATOR_VERSION)] = screen(pool)
@@ -239,12 +240,19 @@ def main() -> None:
             found += pick == best or regret <= 0.0
             fractions.append(used / sweep_sims)
             rec_text = "none" if rec_pick is None else f"N={rec_pick[0]} {rec_pick[1]}"
+            excess = truth[rec_pick]["scalar"] - truth[best]["scalar"] if rec_pick in truth else float("inf")
+            rec_excess.append(excess)
             out(
                 f"{hardware}/{workload}: optimum N={best[0]} {best[1]} scalar={truth[best]['scalar']:.5g}; "
                 f"study N={pick[0]} {pick[1]} regret={regret:.3f}% with {used}/{sweep_sims} simulations; "
-                f"recommendation {rec_text} regret={rec_regret:.3f}%; random regret={rnd:.3f}% "
+                f"recommendation {rec_text} regret={rec_regret:.3f}% (+{excess:.3g}); random regret={rnd:.3f}% "
                 f"({time.monotonic() - start:.0f} s)"
             )
+    out(
+        f"recommendation's excess over the optimum, median: {statistics.median(rec_excess):.3g} in the scalar "
+        f"objective's units (ms/s of stall, or MiB reserved per GiB); the rule counts differences under "
+        f"{PRACTICAL_FALLBACK_MS_PER_S:g} ms/s as ties and then keeps the kernel default"
+    )
     out(
         f"pairs={len(pairs)} optimum_found={found} median_regret_pct={statistics.median(regrets):.3f} "
         f"random_median_regret_pct={statistics.median(random_regrets):.3f} budget_fraction={max(fractions):.3f} "
