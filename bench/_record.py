@@ -33,7 +33,7 @@ def machine() -> str:
 def record(name: str, lines: list[str], readme: Path = README, intro: str = "") -> None:
     """Replace bench `name`'s section of bench/README.md with `lines` (appending the section if new);
     `intro`, when given, is a paragraph saying what the figures are, printed before them."""
-    command = "python bench/" + Path(sys.argv[0]).name + "".join(f" {a}" for a in sys.argv[1:] if a != "--record")
+    command = "python bench/" + Path(sys.argv[0]).name + "".join(f" {a}" for a in _figure_args(sys.argv[1:]))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     body = (
         f"<!-- bench:{name} -->\n"
@@ -46,6 +46,24 @@ def record(name: str, lines: list[str], readme: Path = README, intro: str = "") 
     pattern = re.compile(rf"<!-- bench:{re.escape(name)} -->.*?<!-- /bench:{re.escape(name)} -->", re.S)
     text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body + "\n"
     readme.write_text(text)
+
+
+LOCAL_OPTIONS = ("--logs", "--truth-cache")
+"""Options that say where this machine keeps files, not what was measured: left out of the record."""
+
+
+def _figure_args(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--record":
+            continue
+        elif a in LOCAL_OPTIONS:
+            skip = True
+        elif not a.startswith(tuple(f"{o}=" for o in LOCAL_OPTIONS)):
+            out.append(a)
+    return out
 
 
 class Printer:
