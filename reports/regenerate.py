@@ -32,20 +32,22 @@ SHIPPED = ("phone-8", "laptop-8", "server-64", "hpc-256-nocb", "rt-16-nocb", "vm
 def rcutune(*args: str, cwd: Path) -> tuple[float, int, str, str]:
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "rcutune.tuner.cli", *args], cwd=cwd, capture_output=True,
-                          text=True, env={**os.environ, "COLUMNS": "200"})
+                          text=True, env={**{k: v for k, v in os.environ.items() if k != "RCUTUNE_STORAGE"}, "COLUMNS": "200"})
     return time.monotonic() - start, done.returncode, done.stdout, done.stderr
 
 
 def regenerate(hardware: str, keep: bool, jobs: int, workdir: Path) -> dict:
-    db = f"sqlite:///{workdir / f'{hardware}.db'}"
+    # Each profile in a directory of its own with the default storage (rcutune.db there), as a user
+    # runs it: the reports then name no path of this machine.
+    workdir = workdir / hardware
+    workdir.mkdir()
     out = HERE if keep else workdir / "reports"
-    study = rcutune("study", "--hardware", hardware, "--quick", "--jobs", str(jobs), "--storage", db, "--quiet",
-                    cwd=workdir)
+    study = rcutune("study", "--hardware", hardware, "--quick", "--jobs", str(jobs), "--quiet", cwd=workdir)
     if study[1] not in (0, 1):
         raise SystemExit(f"{hardware}: rcutune study failed: {study[3].strip()}")
     if keep:
         shutil.rmtree(HERE / hardware, ignore_errors=True)
-    report = rcutune("report", f"{hardware}-quick", "--storage", db, "--out", str(out), cwd=workdir)
+    report = rcutune("report", f"{hardware}-quick", "--out", str(out), cwd=workdir)
     doc = json.loads((out / hardware / f"{hardware}-quick" / "recommendation.json").read_text())
     lines = report[2].splitlines()
     return {"hardware": hardware, "study_s": study[0], "report_s": report[0], "exit": report[1],

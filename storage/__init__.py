@@ -35,7 +35,16 @@ from ._schema import (
     SurrogateRecord,
 )
 from ._snapshot import Snapshot, snapshot
-from ._url import DEFAULT_URL, ENV_VAR, StorageError, database_exists, display_url, resolve_url, sqlite_path
+from ._url import (
+    DEFAULT_URL,
+    ENV_VAR,
+    StorageError,
+    database_exists,
+    display_url,
+    resolve_url,
+    sqlite_path,
+    storage_option,
+)
 
 __all__ = [
     "AnswerRecord",
@@ -76,6 +85,7 @@ __all__ = [
     "release_campaign",
     "resolve_url",
     "sqlite_path",
+    "storage_option",
     "this_owner",
     "Unwritable",
     "is_unwritable",

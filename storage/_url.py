@@ -50,3 +50,8 @@ def database_exists(url: str) -> bool:
     """False only when the URL names a SQLite file that is not there (other databases: True)."""
     path = sqlite_path(url)
     return path is None or path.exists()
+
+
+def storage_option(url: str) -> str:
+    """` --storage URL` for a follow-up command to find the same database, or '' for the default one."""
+    return "" if url == DEFAULT_URL else f" --storage {url}"

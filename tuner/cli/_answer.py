@@ -11,7 +11,7 @@ import typer
 from rcutune import storage
 
 from .._errors import UserError
-from ._common import EXIT_FAILURE, QuietOpt, SetOpt, StorageOpt, load_profiles, storage_flag, user_errors
+from ._common import EXIT_FAILURE, QuietOpt, SetOpt, StorageOpt, load_profiles, user_errors
 
 if TYPE_CHECKING:
     from ..recommend import Recommendation
@@ -76,7 +76,7 @@ def report(
         for line in detail_lines(rec):
             typer.echo(f"  {line}")
         typer.echo(
-            f"  apply: rcutune recommend --study {rec.campaign} --format grub{storage_flag(url)} "
+            f"  apply: rcutune recommend --study {rec.campaign} --format grub{storage.storage_option(url)} "
             "(or cmdline, grubby, tuned)"
         )
 

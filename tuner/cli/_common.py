@@ -82,13 +82,6 @@ def load_profiles(hardware: str, workload: str | None, settings: list[str] | Non
     return hw, wl
 
 
-def storage_flag(url: str) -> str:
-    """` --storage URL` when a follow-up command needs it to find the same database, else ''."""
-    from rcutune import storage
-
-    return "" if url == storage.DEFAULT_URL else f" --storage {url}"
-
-
 def interrupt_on_sigterm(signum, frame) -> None:
     """A polite kill stops like Ctrl-C: in-flight trials are failed and queued again at once."""
     raise KeyboardInterrupt

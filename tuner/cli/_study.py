@@ -23,7 +23,6 @@ from ._common import (
     StorageOpt,
     interrupt_on_sigterm,
     is_terminal,
-    storage_flag,
     user_errors,
 )
 from ._simulate import KernelVersion
@@ -55,7 +54,7 @@ def study(
     ] = None,
     trials: Annotated[
         Optional[int],
-        typer.Option(min=1, metavar="T", help="New trials this run adds to each study (default: 30; --quick: 40)."),
+        typer.Option(min=1, metavar="T", help="New trials this run adds to each study (default: 30; --quick: 48)."),
     ] = None,
     study_name: Annotated[
         Optional[str],
@@ -77,7 +76,7 @@ def study(
         int, typer.Option(min=0, max=2**32 - 1, metavar="K", help="Seed of the seed list and the sampler.")
     ] = 0,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 40 trials per workload.")
+        bool, typer.Option("--quick", help="Small preset: 1 simulated s, 2+2 seeds, 48 trials per workload.")
     ] = False,
     new: Annotated[
         bool, typer.Option("--new", help="Start a fresh campaign (name-2, name-3, ...) instead of resuming.")
@@ -167,7 +166,7 @@ def study(
             result = run_campaign(request, progress)
         finally:
             signal.signal(signal.SIGTERM, previous)
-    where = storage_flag(result.storage_url)
+    where = storage.storage_option(result.storage_url)
     if no_run:
         budgets = ", ".join(f"{w} {b}" for w, b in result.budgets.items())
         if not quiet:

@@ -263,5 +263,4 @@ def study_command(data: CampaignData, workloads: Sequence[str], trials: int) -> 
         parts.append(f"--kernel {data.kernel}")
     if data.objective != "multi":
         parts.append(f"--objective {data.objective}")
-    parts.append(f"--storage {data.url}")
-    return " ".join(parts)
+    return " ".join(parts) + storage.storage_option(data.url)

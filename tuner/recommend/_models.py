@@ -76,9 +76,11 @@ def _observed(s: MetricSurrogate, name: str, rows) -> dict[tuple[str, float], tu
 def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
     """{workload: why} for workloads no policy can serve at the confidence level, whatever the model.
 
-    Only a seed-determined constraint decides this (every policy saw the same value on every common
-    seed, e.g. the OOM kill a workload's own memory storm causes): its probability of being met is
-    the share of seeds on which it held, the same for every policy.
+    Two facts decide this: a seed-determined constraint (every policy saw the same value on every
+    common seed, e.g. the OOM kill a workload's own memory storm causes), whose probability of being
+    met is the share of seeds on which it held, the same for every policy; and a constraint broken on
+    every run of every policy studied (the baseline N = 0..128 and all the search tried), where no
+    model could find a policy that meets it.
     """
     out: dict[str, str] = {}
     limits = {
@@ -88,6 +90,11 @@ def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
     }
     for w in data.workloads:
         for name, limit in limits.items():
+            runs = [r[name] for t in w.trials for r in t.runs]
+            if runs and min(runs) > limit:
+                what = "an OOM kill" if name == "oom_events" else f"{name} above its SLO ({limit:g})"
+                out[w.name] = f"{what} on every run of every policy studied ({len(w.trials)} policies)"
+                break
             s = w.surrogates.get(name)
             if s is None or not s.per_seed:
                 continue

@@ -26,7 +26,7 @@ from rcutune import sim
 
 from .._errors import UserError
 from ..search import PENDING_PEAK_COST_MS
-from ..surrogate import MetricSurrogate
+from ..surrogate import MetricSurrogate, no_cache_key
 from ._confirm import FreshRuns, fresh_seeds, minimal_change
 from ._data import METRIC_NAMES, METRICS, CampaignData, WorkloadData, study_command
 from ._models import unattainable, unhealthy
@@ -80,31 +80,40 @@ def settle_decisive(
     data: CampaignData, candidates: Sequence[Mapping[str, Any]], thresholds: Mapping[str, float]
 ) -> None:
     """Mark each surrogate decisive or not: whether its whole predicted range over the candidates (and
-    every observed value) reaches its practical threshold. Only a decisive metric's accuracy is required.
+    every observed value) reaches its practical threshold. Only a decisive metric's accuracy is required,
+    and only where the estimator's own part decides: the same test over the candidates it predicts
+    (those that cache pages; N = 0 is measured, not predicted) sets `estimator_decides`.
 
     fallback_cost decides when its spread (highest 90 % bound minus lowest) reaches the threshold; a
     constraint when its highest 90 % bound does, so that it could come near its SLO.
     """
+    cached = [p for p in candidates if no_cache_key(p) is None]
     for w in data.workloads:
         settled = {}
         for name, s in w.surrogates.items():
             if name not in thresholds:
                 settled[name] = s
                 continue
-            _, lo, hi = s.interval(candidates)
-            observed = [r[name] for t in w.trials for r in t.runs]
-            top = max(float(np.max(hi)), max(observed, default=0.0))
-            if name == "fallback_cost":
-                bottom = min(float(np.min(lo)), min(observed, default=0.0))
-                decisive = top - bottom >= thresholds[name]
-            elif name == "oom_events":
-                decisive = top > thresholds[name] or max(observed, default=0.0) > 0
-            else:
-                decisive = top >= thresholds[name]
-            settled[name] = (
-                s if s.accuracy.decisive == decisive else replace(s, accuracy=replace(s.accuracy, decisive=decisive))
-            )
+            decisive = _reaches(name, s, candidates, [r[name] for t in w.trials for r in t.runs], thresholds[name])
+            runs = [r[name] for t in w.trials if no_cache_key(t.policy) is None for r in t.runs]
+            estimated = bool(cached) and _reaches(name, s, cached, runs, thresholds[name])
+            if (s.accuracy.decisive, s.accuracy.estimator_decides) != (decisive, estimated):
+                s = replace(s, accuracy=replace(s.accuracy, decisive=decisive, estimator_decides=estimated))
+            settled[name] = s
         w.surrogates = settled
+
+
+def _reaches(
+    name: str, s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float], threshold: float
+) -> bool:
+    """Whether metric `name` over these policies (90 % bounds, and the values observed) reaches `threshold`."""
+    _, lo, hi = s.interval(policies)
+    top = max(float(np.max(hi)), max(observed, default=0.0))
+    if name == "fallback_cost":
+        return top - min(float(np.min(lo)), min(observed, default=0.0)) >= threshold
+    if name == "oom_events":
+        return top > threshold or max(observed, default=0.0) > 0
+    return top >= threshold
 
 
 def p_meet(
@@ -387,6 +396,7 @@ def surrogate_figures(models: Mapping[str, MetricSurrogate]) -> dict[str, Surrog
             s.accuracy.noise_limited,
             s.accuracy.healthy,
             describe(s),
+            s.accuracy.estimator_decides,
         )
         for m, s in models.items()
     }

@@ -124,6 +124,7 @@ class SurrogateFigures:
     noise_limited: bool
     healthy: bool
     model: dict[str, Any] = field(default_factory=dict)
+    estimator_decides: bool = True  # see `surrogate.Accuracy.estimator_decides`
 
 
 @dataclass(frozen=True)
@@ -438,7 +439,7 @@ def _surrogate_json(table: Mapping[str, Mapping[str, SurrogateFigures]]) -> dict
     out = {}
     for name in metrics:
         per = {w: asdict(table[w][name]) for w in table if name in table[w]}
-        deciding = [p for p in per.values() if p["decisive"]]
+        deciding = [p for p in per.values() if p["decisive"] and p["estimator_decides"]]
         r2 = [p["cv_r2"] for p in deciding if p["cv_r2"] is not None]
         cov = [p["coverage"] for p in deciding if p["coverage"] is not None]
         out[name] = {

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..recommend import COMPARED, UNITS, Choice, Recommendation, Stat, WorkloadRecommendation
+from rcutune import storage
+
+from ..recommend import COMPARED, UNITS, Choice, Recommendation, Stat, SurrogateFigures, WorkloadRecommendation
+from ..surrogate import COVERAGE_RANGE
 
 METRIC_LABELS = {
     "reserved_mib": "reserved memory",
@@ -84,7 +87,7 @@ def render_markdown(rec: Recommendation, images: Mapping[str, str], *, url: str,
         "",
         "```",
         study_command,
-        f"rcutune report {rec.campaign} --storage {url}",
+        f"rcutune report {rec.campaign}{storage.storage_option(url)}",
         "```",
         "",
         "<details><summary>Hardware profile</summary>",
@@ -175,7 +178,7 @@ def _no_answer(rec: Recommendation, url: str) -> list[str]:
     if rec.unhealthy:
         lines += [
             "**No recommendation**: the surrogates of some workloads failed their accuracy check on a metric "
-            "that can decide the answer (CV R² ≥ 0.8 and 90% interval coverage within 80-97% are required).",
+            "that can decide the answer (CV R² ≥ 0.8 and 90% interval coverage of at least 80% are required).",
             "",
         ]
         for w, problems in rec.unhealthy.items():
@@ -194,7 +197,7 @@ def _no_answer(rec: Recommendation, url: str) -> list[str]:
             "",
             "```",
             rec.fix_command,
-            f"rcutune report {rec.campaign} --storage {url}",
+            f"rcutune report {rec.campaign}{storage.storage_option(url)}",
             "```",
         ]
     return lines
@@ -290,7 +293,9 @@ def _accuracy(rec: Recommendation) -> list[str]:
         "One model per workload and metric, fitted on every complete trial and cross-validated by trial "
         "(10-fold GroupKFold): R² and Spearman rank correlation of trial means on the common seeds, and the "
         "share of single replications inside the nominal 90% interval. Only metrics that can decide the "
-        "answer (their predicted range reaches the practical threshold) must be accurate; `(flat)` marks "
+        "answer (their predicted range reaches the practical threshold) must be accurate, and only where the "
+        "model itself decides: a metric that reaches the threshold only through N=0, which is measured and not "
+        "predicted, is marked `N=0 only` in the full table; `(flat)` marks "
         "trial means that replication noise cannot tell apart (randomised-block ANOVA over the common seeds, "
         "p > 0.05), where R² measures noise and only the interval's coverage is required.",
         "",
@@ -301,12 +306,12 @@ def _accuracy(rec: Recommendation) -> list[str]:
         (w, m, a)
         for w, per in rec.surrogate.items()
         for m, a in per.items()
-        if a.decisive and a.cv_r2 is not None and a.estimator != "exact"
+        if a.decisive and a.estimator_decides and a.cv_r2 is not None and a.estimator != "exact"
     ]
     for w, m, a in rows:
         r2 = "(flat)" if a.noise_limited else fmt(a.cv_r2, 2)
         lines.append(
-            f"| {w} | {METRIC_LABELS.get(m, m)} | {a.estimator} | {r2} | {fmt(a.coverage, 2)} | "
+            f"| {w} | {METRIC_LABELS.get(m, m)} | {a.estimator} | {r2} | {_coverage(a)} | "
             f"{'yes' if a.healthy else 'NO'} |"
         )
     if not rows:
@@ -323,7 +328,18 @@ def _accuracy(rec: Recommendation) -> list[str]:
             r2 = fmt(a.cv_r2, 2) + (" (flat)" if a.noise_limited else "")
             lines.append(
                 f"| {w} | {METRIC_LABELS.get(m, m)} | {a.estimator} | {a.n_trials} | {r2} | "
-                f"{fmt(a.rank_correlation, 2)} | {fmt(a.coverage, 2)} | {'yes' if a.decisive else 'no'} | "
+                f"{fmt(a.rank_correlation, 2)} | {_coverage(a)} | {_decides(a)} | "
                 f"{'yes' if a.healthy else 'NO'} |"
             )
     return lines + ["", "</details>", ""]
+
+
+def _decides(a: SurrogateFigures) -> str:
+    if not a.decisive:
+        return "no"
+    return "yes" if a.estimator_decides else "N=0 only"
+
+
+def _coverage(a: SurrogateFigures) -> str:
+    wide = a.coverage is not None and a.coverage > COVERAGE_RANGE[1]
+    return fmt(a.coverage, 2) + (" (wide)" if wide else "")
