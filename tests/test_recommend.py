@@ -443,3 +443,48 @@ def test_a_knob_that_pays_on_fresh_seeds_is_kept_with_what_it_buys():
     kept, (change,) = minimal_change(searched, [w], fresh, threshold=0.5)
     assert change.kept and kept == searched
     assert change.buys.mean > 0.5 and change.buys.ci95 is not None
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_decide_beyond_n0_need_not_be_accurate():
+    # Fallback cost 4 ms/s at N=0 (measured, never predicted) and, from N=1 on, values with no shape in
+    # N between 0.05 and 0.15 ms/s: the estimator cannot fit them (poor R²), and its whole range stays
+    # under the practical 0.5 ms/s, so its accuracy is not required; N=0 still costs what it was seen to.
+    from rcutune.tuner.recommend import fit_surrogates, recommend
+
+    data = _constructed_campaign(lambda n: 4.0 if n == 0 else 0.05 + 0.1 * ((n * 7919) % 13) / 13)
+    fit_surrogates(data)
+    rec = recommend(data, confirm_seeds=0)
+    figures = rec.surrogate["steady"]["fallback_cost"]
+    assert figures.decisive and not figures.estimator_decides
+    assert rec.unhealthy == {}
+    assert rec.overall is not None and rec.overall.policy.n_per_cpu == 5
+
+
+def test_intervals_too_wide_are_reported_not_refused_and_too_narrow_are_refused():
+    from rcutune.tuner.surrogate import Accuracy
+
+    wide = Accuracy("GPSurrogate", 40, 0.95, 0.9, 0.99)
+    narrow = Accuracy("GPSurrogate", 40, 0.95, 0.9, 0.75)
+    assert wide.healthy and wide.wide and wide.problem() is None
+    assert not narrow.healthy and narrow.problem() == "90% interval coverage 75.0% < 80%"
+    assert Accuracy("GPSurrogate", 40, 0.5, 0.3, 0.75, estimator_decides=False).healthy
+
+
+def test_a_constraint_broken_on_every_run_of_every_policy_makes_the_workload_unattainable():
+    from rcutune import sim
+    from rcutune.tuner.recommend import CampaignData, TrialPoint, WorkloadData, unattainable
+
+    runs = [
+        {"oom_events": 3.0 + k, "sync_fallbacks_per_s": 0.0, "pending_peak_mib": 1.0, "call_latency_p99_us": 1.0}
+        for k in range(2)
+    ]
+    trials = [TrialPoint(i, _p(n), False, runs, False, (1, 2)) for i, n in enumerate((5, 0, 64, 128))]
+    w = WorkloadData("chain-reaction", sim.load_workload("chain-reaction"), 1.0, trials, "c/chain-reaction")
+    data = CampaignData("c", "sqlite:///x.db", sim.load_hardware("vm-2"), sim.DEFAULT_KERNEL, "v", (1, 2), [w], {})
+    assert unattainable(data, 0.95) == {
+        "chain-reaction": "an OOM kill on every run of every policy studied (4 policies)"
+    }
+    runs_ok = [dict(r, oom_events=0.0) for r in runs]
+    w.trials.append(TrialPoint(4, _p(8), False, runs_ok, True, (1, 2)))
+    assert unattainable(data, 0.95) == {}, "one policy that met it on a run: the model decides"
