@@ -93,7 +93,8 @@ def minimal_change(
     """Put every knob other than N back to the kernel default unless keeping it pays.
 
     A changed knob is kept only when, on the fresh seeds averaged over the served workloads, the
-    paired saving in scalar cost of keeping it exceeds `threshold`, or when reverting it would break
+    paired saving in scalar cost of keeping it is shown to exceed `threshold` (the whole 95 %
+    interval above it: a mean above it on noisy seeds shows nothing), or when reverting it would break
     a constraint the changed policy meets there. Returns the policy and what each change buys.
     """
     default = sim.Policy.kernel_default(sim.kernel_behaviour(fresh.data.kernel))
@@ -110,7 +111,7 @@ def minimal_change(
         )
         buys = Stat(*mean_ci(saving.tolist()))
         needed = any(_feasible(fresh, w, policy) and not _feasible(fresh, w, reverted) for w in served)
-        kept = buys.mean > threshold or needed
+        kept = buys.mean - (buys.ci95 or 0.0) > threshold or needed
         changes.append(KnobChange(knob, value, base, buys, kept))
         if not kept:
             policy = reverted

@@ -97,20 +97,28 @@ def settle_decisive(
             decisive = _reaches(name, s, candidates, [r[name] for t in w.trials for r in t.runs], thresholds[name])
             runs = [r[name] for t in w.trials if no_cache_key(t.policy) is None for r in t.runs]
             estimated = bool(cached) and _reaches(name, s, cached, runs, thresholds[name])
-            if (s.accuracy.decisive, s.accuracy.estimator_decides) != (decisive, estimated):
-                s = replace(s, accuracy=replace(s.accuracy, decisive=decisive, estimator_decides=estimated))
+            narrow = name != "fallback_cost" and bool(cached) and _spread(s, cached, runs) < thresholds[name]
+            flags = {"decisive": decisive, "estimator_decides": estimated, "narrow": narrow}
+            if any(getattr(s.accuracy, k) != v for k, v in flags.items()):
+                s = replace(s, accuracy=replace(s.accuracy, **flags))
             settled[name] = s
         w.surrogates = settled
+
+
+def _spread(s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float]) -> float:
+    """Highest 90 % bound (or observation) minus the lowest, over these policies."""
+    _, lo, hi = s.interval(policies)
+    return max(float(np.max(hi)), max(observed, default=0.0)) - min(float(np.min(lo)), min(observed, default=0.0))
 
 
 def _reaches(
     name: str, s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float], threshold: float
 ) -> bool:
     """Whether metric `name` over these policies (90 % bounds, and the values observed) reaches `threshold`."""
-    _, lo, hi = s.interval(policies)
-    top = max(float(np.max(hi)), max(observed, default=0.0))
     if name == "fallback_cost":
-        return top - min(float(np.min(lo)), min(observed, default=0.0)) >= threshold
+        return _spread(s, policies, observed) >= threshold
+    _, _, hi = s.interval(policies)
+    top = max(float(np.max(hi)), max(observed, default=0.0))
     if name == "oom_events":
         return top > threshold or max(observed, default=0.0) > 0
     return top >= threshold
@@ -397,6 +405,7 @@ def surrogate_figures(models: Mapping[str, MetricSurrogate]) -> dict[str, Surrog
             s.accuracy.healthy,
             describe(s),
             s.accuracy.estimator_decides,
+            s.accuracy.narrow,
         )
         for m, s in models.items()
     }

@@ -125,6 +125,7 @@ class SurrogateFigures:
     healthy: bool
     model: dict[str, Any] = field(default_factory=dict)
     estimator_decides: bool = True  # see `surrogate.Accuracy.estimator_decides`
+    narrow: bool = False  # see `surrogate.Accuracy.narrow`
 
 
 @dataclass(frozen=True)

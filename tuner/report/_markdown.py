@@ -297,7 +297,9 @@ def _accuracy(rec: Recommendation) -> list[str]:
         "model itself decides: a metric that reaches the threshold only through N=0, which is measured and not "
         "predicted, is marked `N=0 only` in the full table; `(flat)` marks "
         "trial means that replication noise cannot tell apart (randomised-block ANOVA over the common seeds, "
-        "p > 0.05), where R² measures noise and only the interval's coverage is required.",
+        "p > 0.05), where R² measures noise and only the interval's coverage is required; `(narrow)` a constraint "
+        "whose predictions over the candidates span less than its practical threshold, where their order cannot "
+        "matter and only the coverage is required.",
         "",
         "| workload | metric | model | CV R² | 90% coverage | healthy |",
         "|---|---|---|---|---|---|",
@@ -309,7 +311,7 @@ def _accuracy(rec: Recommendation) -> list[str]:
         if a.decisive and a.estimator_decides and a.cv_r2 is not None and a.estimator != "exact"
     ]
     for w, m, a in rows:
-        r2 = "(flat)" if a.noise_limited else fmt(a.cv_r2, 2)
+        r2 = "(flat)" if a.noise_limited else "(narrow)" if a.narrow else fmt(a.cv_r2, 2)
         lines.append(
             f"| {w} | {METRIC_LABELS.get(m, m)} | {a.estimator} | {r2} | {_coverage(a)} | "
             f"{'yes' if a.healthy else 'NO'} |"
@@ -325,7 +327,7 @@ def _accuracy(rec: Recommendation) -> list[str]:
     ]
     for w, per in rec.surrogate.items():
         for m, a in per.items():
-            r2 = fmt(a.cv_r2, 2) + (" (flat)" if a.noise_limited else "")
+            r2 = fmt(a.cv_r2, 2) + (" (flat)" if a.noise_limited else " (narrow)" if a.narrow else "")
             lines.append(
                 f"| {w} | {METRIC_LABELS.get(m, m)} | {a.estimator} | {a.n_trials} | {r2} | "
                 f"{fmt(a.rank_correlation, 2)} | {_coverage(a)} | {_decides(a)} | "

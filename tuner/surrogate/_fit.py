@@ -46,13 +46,17 @@ class Accuracy:
     # threshold, so its errors cannot change the answer; the metric may still decide through the
     # regimes measured directly (N = 0, see `no_cache_key`).
     estimator_decides: bool = True
+    # True: a constraint whose predictions over the candidates span less than its practical threshold:
+    # the order among them cannot matter, only whether the band is under the SLO, which the interval
+    # (its coverage) judges; R² is not required.
+    narrow: bool = False
 
     @property
     def healthy(self) -> bool:
         if self.cv_r2 is None or not self.decisive or not self.estimator_decides:
             return True  # constant, exact, or its model too flat to decide anything
         covered = self.coverage is not None and self.coverage >= COVERAGE_RANGE[0]
-        if self.noise_limited:  # a flat response: only the calibration of its interval matters
+        if self.noise_limited or self.narrow:  # only the calibration of its interval matters
             return covered
         return self.cv_r2 >= MIN_R2 and covered
 
@@ -65,7 +69,7 @@ class Accuracy:
         """Why the surrogate is unhealthy, in a few words; None when healthy."""
         if self.healthy:
             return None
-        if self.cv_r2 < MIN_R2 and not self.noise_limited:
+        if self.cv_r2 < MIN_R2 and not (self.noise_limited or self.narrow):
             return f"CV R² {self.cv_r2:.2f} < {MIN_R2}"
         return f"90% interval coverage {self.coverage:.1%} < {COVERAGE_RANGE[0]:.0%}"
 
