@@ -72,8 +72,8 @@ def write_readme(rows: list[dict], command: str) -> None:
     for r in rows:
         text.append(f"- **{r['hardware']}**: {r['risk'] or r['error']}" + (f"; {r['why']}" if r["why"] else "")
                     + (f"; not served: {', '.join(r['not_served'])}" if r["not_served"] else "") + ".")
-    text += ["", "Each row was made with:", "", "```", "rcutune study --hardware H --quick --storage sqlite:///H.db",
-             "rcutune report H-quick --storage sqlite:///H.db --out reports", "```", ""]
+    text += ["", "Each row was made, in an empty directory of its own, with:", "", "```",
+             "rcutune study --hardware H --quick", "rcutune report H-quick --out reports", "```", ""]
     (HERE / "README.md").write_text("\n".join(text))
 
 
@@ -92,7 +92,7 @@ def main() -> None:
                   f"{row['cmdline'] or 'no recommendation'}", flush=True)
             rows.append(row)
     if not args.hardware:
-        write_readme(rows, "python reports/regenerate.py " + " ".join(sys.argv[1:]))
+        write_readme(rows, " ".join(["python reports/regenerate.py", *sys.argv[1:]]))
 
 
 if __name__ == "__main__":
