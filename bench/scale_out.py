@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench._record import record  # noqa: E402
+from rcutune.tuner.search import QUICK_TRIALS  # noqa: E402
 from tests.support import postgres_server  # noqa: E402
 from tests.support.memory import PeakRSS  # noqa: E402
 
@@ -198,8 +199,9 @@ def main() -> None:
     parser.add_argument(
         "--hpc-trials",
         type=int,
-        default=40,
-        help="trials per workload of the hpc-256-nocb --quick memory measurement (0: skip it)",
+        default=QUICK_TRIALS,
+        help=f"trials per workload of the hpc-256-nocb --quick memory measurement (default {QUICK_TRIALS}, "
+        "the preset's; 0: skip it)",
     )
     parser.add_argument("--record", action="store_true", help="write the scale_out section of bench/README.md")
     args = parser.parse_args()
