@@ -315,3 +315,28 @@ def test_worker_bad_input_is_one_line_and_exit_2(postgres_url, tmp_path, setup, 
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and named in lines[0] and lines[0].startswith("error: ")
     assert not (tmp_path / "w.db").exists()
+
+
+def test_an_interrupt_stops_a_heartbeat_thread_optuna_left_running():
+    """The SIGTERM test once saw a worker say "interrupted" and never end: an interrupt inside the
+    start of a trial's heartbeat thread (not a daemon) leaves it beating, and the interpreter waits."""
+    import threading
+
+    import typer
+    from optuna.storages._heartbeat import HeartbeatThread
+
+    from rcutune.tuner.cli._common import user_errors
+
+    class Beats:
+        def get_heartbeat_interval(self):
+            return 0.05
+
+        def record_heartbeat(self, trial_id):
+            pass
+
+    beating = HeartbeatThread(1, Beats())
+    beating.start()
+    with pytest.raises(typer.Exit) as ended, user_errors():
+        raise KeyboardInterrupt
+    assert ended.value.exit_code == 130
+    assert not any("_record_heartbeat" in t.name for t in threading.enumerate())

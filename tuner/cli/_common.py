@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Optional
@@ -65,7 +66,25 @@ def user_errors() -> Iterator[None]:
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
+        stop_stray_heartbeats()
         raise typer.Exit(130) from None
+
+
+def stop_stray_heartbeats() -> None:
+    """Stop Optuna heartbeat threads an interrupt left running, so that the process can end.
+
+    Optuna starts a trial's heartbeat thread (not a daemon) on entering the trial and stops it on
+    leaving; an interrupt that lands between the two (inside the start itself) leaves it beating for
+    ever, and the interpreter waits for it at exit: a worker sent SIGTERM said "interrupted" and
+    never ended. Its stop event is the thread's third argument (`_record_heartbeat`'s signature).
+    """
+    for thread in threading.enumerate():
+        if thread.daemon or "_record_heartbeat" not in thread.name:
+            continue
+        stop = getattr(thread, "_args", ())[2:3]
+        if stop and hasattr(stop[0], "set"):
+            stop[0].set()
+            thread.join(timeout=5)
 
 
 def is_terminal() -> bool:
