@@ -94,10 +94,13 @@ def settle_decisive(
             if name not in thresholds:
                 settled[name] = s
                 continue
-            decisive = _reaches(name, s, candidates, [r[name] for t in w.trials for r in t.runs], thresholds[name])
+            threshold = thresholds[name]
+            observed = [r[name] for t in w.trials for r in t.runs]
+            decisive = _reaches(name, _bounds(s, candidates, observed), observed, threshold)
             runs = [r[name] for t in w.trials if no_cache_key(t.policy) is None for r in t.runs]
-            estimated = bool(cached) and _reaches(name, s, cached, runs, thresholds[name])
-            narrow = name != "fallback_cost" and bool(cached) and _spread(s, cached, runs) < thresholds[name]
+            bottom, top = _bounds(s, cached, runs) if cached else (0.0, 0.0)
+            estimated = bool(cached) and _reaches(name, (bottom, top), runs, threshold)
+            narrow = name != "fallback_cost" and bool(cached) and top - bottom < threshold
             flags = {"decisive": decisive, "estimator_decides": estimated, "narrow": narrow}
             if any(getattr(s.accuracy, k) != v for k, v in flags.items()):
                 s = replace(s, accuracy=replace(s.accuracy, **flags))
@@ -105,20 +108,17 @@ def settle_decisive(
         w.surrogates = settled
 
 
-def _spread(s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float]) -> float:
-    """Highest 90 % bound (or observation) minus the lowest, over these policies."""
+def _bounds(s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float]) -> tuple[float, float]:
+    """The lowest 90 % bound (or observation) and the highest, over these policies."""
     _, lo, hi = s.interval(policies)
-    return max(float(np.max(hi)), max(observed, default=0.0)) - min(float(np.min(lo)), min(observed, default=0.0))
+    return min(float(np.min(lo)), min(observed, default=0.0)), max(float(np.max(hi)), max(observed, default=0.0))
 
 
-def _reaches(
-    name: str, s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float], threshold: float
-) -> bool:
-    """Whether metric `name` over these policies (90 % bounds, and the values observed) reaches `threshold`."""
+def _reaches(name: str, bounds: tuple[float, float], observed: list[float], threshold: float) -> bool:
+    """Whether metric `name`, within `bounds` (see `_bounds`), reaches its practical `threshold`."""
+    bottom, top = bounds
     if name == "fallback_cost":
-        return _spread(s, policies, observed) >= threshold
-    _, _, hi = s.interval(policies)
-    top = max(float(np.max(hi)), max(observed, default=0.0))
+        return top - bottom >= threshold
     if name == "oom_events":
         return top > threshold or max(observed, default=0.0) > 0
     return top >= threshold

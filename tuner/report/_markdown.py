@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from rcutune import storage
 
 from ..recommend import COMPARED, UNITS, Choice, Recommendation, Stat, SurrogateFigures, WorkloadRecommendation
-from ..surrogate import COVERAGE_RANGE
+from ..surrogate import intervals_wide
 
 METRIC_LABELS = {
     "reserved_mib": "reserved memory",
@@ -343,5 +343,4 @@ def _decides(a: SurrogateFigures) -> str:
 
 
 def _coverage(a: SurrogateFigures) -> str:
-    wide = a.coverage is not None and a.coverage > COVERAGE_RANGE[1]
-    return fmt(a.coverage, 2) + (" (wide)" if wide else "")
+    return fmt(a.coverage, 2) + (" (wide)" if intervals_wide(a.coverage) else "")

@@ -18,11 +18,13 @@ from ._fit import (
     exact_metric,
     fit_metric,
     flat_within_noise,
+    intervals_wide,
     no_cache_key,
 )
 
 __all__ = [
     "COVERAGE_RANGE",
+    "intervals_wide",
     "FEATURES",
     "INTERVAL_LEVEL",
     "MIN_R2",

@@ -31,6 +31,11 @@ Z90 = float(stats.norm.ppf(0.5 + INTERVAL_LEVEL / 2))
 CV_FOLDS = 10
 
 
+def intervals_wide(coverage: float | None) -> bool:
+    """Intervals wider than nominal: cautious, not wrong (see COVERAGE_RANGE)."""
+    return coverage is not None and coverage > COVERAGE_RANGE[1]
+
+
 @dataclass(frozen=True)
 class Accuracy:
     """Cross-validated accuracy of one surrogate (on the transformed target)."""
@@ -62,8 +67,7 @@ class Accuracy:
 
     @property
     def wide(self) -> bool:
-        """Intervals wider than nominal: cautious, not wrong (see COVERAGE_RANGE)."""
-        return self.coverage is not None and self.coverage > COVERAGE_RANGE[1]
+        return intervals_wide(self.coverage)
 
     def problem(self) -> str | None:
         """Why the surrogate is unhealthy, in a few words; None when healthy."""

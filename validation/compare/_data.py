@@ -12,19 +12,13 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..kernel.harness import PARAM_FIELDS
+
+# The columns the comparison reads; PARAM_FIELDS (the boot's integer knobs) as the harness writes them.
 REQUIRED_COLUMNS = (
     "point_id",
     "rep",
-    "guest_cpus",
-    "guest_mem_mib",
-    "rcu_min_cached_objs",
-    "rcu_delay_page_cache_fill_msec",
-    "kfree_nthreads",
-    "kfree_alloc_num",
-    "kfree_loops",
-    "kfree_mult",
-    "kfree_rcu_test_single",
-    "kfree_rcu_test_double",
+    *PARAM_FIELDS,
     "mode",
     "status",
     "total_time_ns",
@@ -34,18 +28,6 @@ REQUIRED_COLUMNS = (
     "guest_mem_total_kib",
     "accelerator",
     "sweep",
-)
-_INT_PARAMS = (
-    "guest_cpus",
-    "guest_mem_mib",
-    "rcu_min_cached_objs",
-    "rcu_delay_page_cache_fill_msec",
-    "kfree_nthreads",
-    "kfree_alloc_num",
-    "kfree_loops",
-    "kfree_mult",
-    "kfree_rcu_test_single",
-    "kfree_rcu_test_double",
 )
 PRESSURE_SWEEP = "pressure"
 """Points of a sweep with this name (or of a file given with --pressure) make up the OOM block."""
@@ -206,7 +188,7 @@ def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
             raise DataError(f"{path}: not a validation CSV; missing column(s) {', '.join(missing)}")
         for line, row in enumerate(reader, start=2):
             where = f"{path}:{line}"
-            ints = {c: _int(row[c], where, c) for c in _INT_PARAMS}
+            ints = {c: _int(row[c], where, c) for c in PARAM_FIELDS}
             extra = {c: (row.get(c) or default) for c, default in OPTIONAL_COLUMNS.items()}
             params = PointParams(
                 **ints,
