@@ -406,6 +406,7 @@ def surrogate_figures(models: Mapping[str, MetricSurrogate]) -> dict[str, Surrog
             describe(s),
             s.accuracy.estimator_decides,
             s.accuracy.narrow,
+            s.accuracy.explainable_r2,
         )
         for m, s in models.items()
     }

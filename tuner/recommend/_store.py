@@ -30,13 +30,20 @@ if TYPE_CHECKING:
     from ._data import CampaignData
 
 
+ANSWER_RULE_VERSION = 2
+"""Bumped whenever the recommendation rule or the surrogates' accuracy check changes what a campaign
+answers: a stored answer computed by another rule is stale even if the release number did not move.
+2: the R² check judges the variance beyond replication noise (`surrogate.explainable_r2`)."""
+
+
 def rcutune_version() -> str:
-    """The installed rcutune release and the simulator version: either changing invalidates an answer."""
+    """The installed rcutune release, the simulator and the answer rule: any of them changing
+    invalidates a stored answer."""
     try:
         release = metadata.version("rcutune")
     except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree
         release = "unknown"
-    return f"{release}+sim{sim.SIMULATOR_VERSION}"
+    return f"{release}+sim{sim.SIMULATOR_VERSION}+rule{ANSWER_RULE_VERSION}"
 
 
 def options_key(options: Mapping[str, Any]) -> str:

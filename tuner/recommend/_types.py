@@ -126,6 +126,7 @@ class SurrogateFigures:
     model: dict[str, Any] = field(default_factory=dict)
     estimator_decides: bool = True  # see `surrogate.Accuracy.estimator_decides`
     narrow: bool = False  # see `surrogate.Accuracy.narrow`
+    explainable_r2: float | None = None  # see `surrogate.Accuracy.explainable_r2`
 
 
 @dataclass(frozen=True)
@@ -442,9 +443,11 @@ def _surrogate_json(table: Mapping[str, Mapping[str, SurrogateFigures]]) -> dict
         per = {w: asdict(table[w][name]) for w in table if name in table[w]}
         deciding = [p for p in per.values() if p["decisive"] and p["estimator_decides"]]
         r2 = [p["cv_r2"] for p in deciding if p["cv_r2"] is not None]
+        explained = [p["explainable_r2"] for p in deciding if p.get("explainable_r2") is not None]
         cov = [p["coverage"] for p in deciding if p["coverage"] is not None]
         out[name] = {
             "cv_r2": min(r2) if r2 else None,
+            "explainable_r2": min(explained) if explained else None,
             "coverage": max(cov, key=lambda c: abs(c - 0.9)) if cov else None,
             "per_workload": per,
         }

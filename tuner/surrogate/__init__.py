@@ -16,9 +16,11 @@ from ._fit import (
     cross_validate,
     describe,
     exact_metric,
+    explainable_r2,
     fit_metric,
     flat_within_noise,
     intervals_wide,
+    mean_noise_variance,
     no_cache_key,
 )
 
@@ -36,8 +38,10 @@ __all__ = [
     "cross_validate",
     "describe",
     "exact_metric",
+    "explainable_r2",
     "fit_metric",
     "flat_within_noise",
+    "mean_noise_variance",
     "no_cache_key",
     "policy_features",
 ]
