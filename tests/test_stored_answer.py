@@ -99,3 +99,18 @@ def test_a_database_of_the_previous_schema_is_read_then_upgraded_by_the_first_re
             assert conn.execute(sa.text("SELECT version FROM rcutune_schema_version")).scalars().all() == [2]
     finally:
         engine.dispose()
+
+
+@pytest.mark.slow
+def test_an_answer_stored_by_another_answer_rule_is_recomputed_not_read(answered, monkeypatch):
+    # The release number may not move when the rule does; the stored key carries the rule's version.
+    import rcutune.tuner.recommend._store as store
+
+    db, _ = answered
+    monkeypatch.setattr(store, "ANSWER_RULE_VERSION", store.ANSWER_RULE_VERSION + 1)
+    fits = _refits(monkeypatch)
+    assert CliRunner().invoke(app, [*RECOMMEND, "--storage", url(db)]).exit_code in (0, 1)
+    assert fits == [1] and _count(db, "rcutune_answers") == 1
+    with sqlite3.connect(db) as conn:
+        (version,) = conn.execute("SELECT rcutune_version FROM rcutune_answers").fetchone()
+    assert version.endswith(f"+rule{store.ANSWER_RULE_VERSION}")
