@@ -5,7 +5,7 @@ policy features they read (`policy_features`, `FEATURES`), and one metric's fitt
 accuracy (`fit_metric`, `exact_metric`, `MetricSurrogate`, `Accuracy`).
 """
 
-from ._estimators import FEATURES, ForestSurrogate, GPSurrogate, policy_features
+from ._estimators import FEATURES, ForestSurrogate, GPSurrogate, ReplicationNoise, policy_features
 from ._fit import (
     COVERAGE_RANGE,
     INTERVAL_LEVEL,
@@ -35,6 +35,7 @@ __all__ = [
     "ForestSurrogate",
     "GPSurrogate",
     "MetricSurrogate",
+    "ReplicationNoise",
     "cross_validate",
     "describe",
     "exact_metric",
