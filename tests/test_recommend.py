@@ -327,8 +327,9 @@ def test_the_fitted_surrogates_are_stored_with_their_hyperparameters_and_model(s
         db.close()
 
 
-def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
-    """vm-2 steady trials built by hand: two seeds per policy, 2 % noise, known metric curves in N."""
+def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0, run_factor=lambda n, k: 1.0):
+    """vm-2 steady trials built by hand: two seeds per policy, 2 % noise, known metric curves in N
+    (the fallback cost of run k times `run_factor(n, k)`)."""
     from rcutune import sim
     from rcutune.tuner.recommend import CampaignData, TrialPoint, WorkloadData, reserved_mib
 
@@ -338,11 +339,11 @@ def _constructed_campaign(fallback, sync_per_s=lambda n: 0.0):
     for number, n in enumerate([5, 0, 1, 2, 4, 8, 16, 32, 64, 128, 3, 6, 7, 9, 10, 11, 12, 14, 20, 24, 40]):
         policy = _p(n)
         runs = []
-        for _ in range(2):
+        for k in range(2):
             noise = float(np.exp(rng.normal(0, 0.02)))
             r = {
                 "reserved_mib": reserved_mib(policy, hw),
-                "fallback_cost": fallback(n) * noise,
+                "fallback_cost": fallback(n) * noise * run_factor(n, k),
                 "call_latency_p99_us": 0.15,
                 "sync_fallbacks_per_s": sync_per_s(n) * noise,
                 "pending_peak_mib": 0.2 * noise,
@@ -385,6 +386,20 @@ def test_a_metric_whose_whole_range_is_below_the_practical_threshold_keeps_the_k
     assert not rec.surrogate["steady"]["fallback_cost"].decisive
     assert rec.overall is not None and rec.overall.policy.n_per_cpu == 5
     assert rec.n_explanation is not None and "kernel default" in rec.n_explanation.reason
+
+
+@pytest.mark.slow
+def test_single_runs_that_vary_widely_do_not_make_the_fallback_cost_decide_when_its_means_cannot():
+    # server-64's rcuscale: 0.1 ms/s everywhere, but N=1's runs are 0.02 and 0.7 (mean 0.36): single
+    # runs span more than the practical 0.5 ms/s, the means of every policy stay within 0.26 of each
+    # other. The cost compares means, so the fallback cost does not decide and N = 5 stands.
+    from rcutune.tuner.recommend import fit_surrogates, recommend
+
+    data = _constructed_campaign(lambda n: 0.1, run_factor=lambda n, k: (0.2, 7.0)[k] if n == 1 else 1.0)
+    fit_surrogates(data)
+    rec = recommend(data, confirm_seeds=0)
+    assert not rec.surrogate["steady"]["fallback_cost"].decisive
+    assert rec.overall is not None and rec.overall.policy.n_per_cpu == 5
 
 
 @pytest.mark.slow

@@ -84,8 +84,10 @@ def settle_decisive(
     and only where the estimator's own part decides: the same test over the candidates it predicts
     (those that cache pages; N = 0 is measured, not predicted) sets `estimator_decides`.
 
-    fallback_cost decides when its spread (highest 90 % bound minus lowest) reaches the threshold; a
-    constraint when its highest 90 % bound does, so that it could come near its SLO.
+    fallback_cost decides when the spread of its means (highest 90 % bound of a predicted mean minus
+    the lowest, and every trial's observed mean) reaches the threshold: the cost compares means, so a
+    policy whose single runs vary widely does not make it decide. A constraint decides when its
+    highest 90 % bound of a single run (or any run) does, so that it could come near its SLO.
     """
     cached = [p for p in candidates if no_cache_key(p) is None]
     for w in data.workloads:
@@ -95,10 +97,11 @@ def settle_decisive(
                 settled[name] = s
                 continue
             threshold = thresholds[name]
-            observed = [r[name] for t in w.trials for r in t.runs]
-            decisive = _reaches(name, _bounds(s, candidates, observed), observed, threshold)
-            runs = [r[name] for t in w.trials if no_cache_key(t.policy) is None for r in t.runs]
-            bottom, top = _bounds(s, cached, runs) if cached else (0.0, 0.0)
+            of_means = name == "fallback_cost"
+            observed = _observed_values(w.trials, name, of_means)
+            decisive = _reaches(name, _bounds(s, candidates, observed, of_means), observed, threshold)
+            runs = _observed_values([t for t in w.trials if no_cache_key(t.policy) is None], name, of_means)
+            bottom, top = _bounds(s, cached, runs, of_means) if cached else (0.0, 0.0)
             estimated = bool(cached) and _reaches(name, (bottom, top), runs, threshold)
             narrow = name != "fallback_cost" and bool(cached) and top - bottom < threshold
             flags = {"decisive": decisive, "estimator_decides": estimated, "narrow": narrow}
@@ -108,9 +111,19 @@ def settle_decisive(
         w.surrogates = settled
 
 
-def _bounds(s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float]) -> tuple[float, float]:
-    """The lowest 90 % bound (or observation) and the highest, over these policies."""
-    _, lo, hi = s.interval(policies)
+def _observed_values(trials, name: str, of_means: bool) -> list[float]:
+    """Every run's value of metric `name`, or each trial's mean."""
+    if of_means:
+        return [float(np.mean([r[name] for r in t.runs])) for t in trials if t.runs]
+    return [r[name] for t in trials for r in t.runs]
+
+
+def _bounds(
+    s: MetricSurrogate, policies: Sequence[Mapping[str, Any]], observed: list[float], of_means: bool = False
+) -> tuple[float, float]:
+    """The lowest 90 % bound (or observation) and the highest, over these policies: of a single run, or
+    of the predicted mean (`of_means`)."""
+    _, lo, hi = s.mean_interval(policies) if of_means else s.interval(policies)
     return min(float(np.min(lo)), min(observed, default=0.0)), max(float(np.max(hi)), max(observed, default=0.0))
 
 

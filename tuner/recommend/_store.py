@@ -34,7 +34,8 @@ ANSWER_RULE_VERSION = 3
 """Bumped whenever the recommendation rule or the surrogates' accuracy check changes what a campaign
 answers: a stored answer computed by another rule is stale even if the release number did not move.
 2: the R² check judges the variance beyond replication noise (`surrogate.explainable_r2`); 3: each
-policy's own replication noise in the intervals (`surrogate.ReplicationNoise`)."""
+policy's own replication noise in the intervals (`surrogate.ReplicationNoise`), and the fallback cost
+decides by the spread of its means (`surrogate.MetricSurrogate.mean_interval`)."""
 
 
 def rcutune_version() -> str:

@@ -60,6 +60,9 @@ class Accuracy:
     # `cv_r2`: a trial mean over a few seeds of a metric whose runs split into two outcomes (a chain
     # reaction or none) is noisy itself, and no model, however right, predicts the noise.
     explainable_r2: float | None = None
+    # Root mean square of the out-of-fold errors of trial means (log scale): how far a predicted mean
+    # may be from the policy's true mean. An objective is decided by its means, not by single runs.
+    mean_error: float | None = None
 
     @property
     def judged_r2(self) -> float | None:
@@ -157,6 +160,19 @@ class MetricSurrogate:
         mean, std = self.predict(policies, widen)
         back = lambda z: np.exp(z) - self.offset  # noqa: E731
         return back(mean), back(mean - Z90 * std), back(mean + Z90 * std)
+
+    def mean_interval(self, policies: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predicted mean and its 90 % interval (the model's error of a trial mean, `Accuracy.mean_error`),
+        on the metric's own scale: what an objective, which compares means, can differ by. Replication
+        noise, which a single run adds, is not in it; where the error is unmeasured, `interval`."""
+        error = self.accuracy.mean_error
+        if error is None or self.estimator is None:
+            return self.interval(policies)
+        mean, std = self.predict(policies)
+        keys = [no_cache_key(p) for p in policies]
+        spread = np.array([std[i] if k in self.observed else error for i, k in enumerate(keys)])
+        back = lambda z: np.exp(z) - self.offset  # noqa: E731
+        return back(mean), back(mean - Z90 * spread), back(mean + Z90 * spread)
 
     def prob_at_most(self, policies: Sequence[Mapping[str, Any]], limit: float, widen: float = 1.0) -> np.ndarray:
         """P(metric <= limit) under the predictive distribution."""
@@ -335,8 +351,17 @@ def fit_metric(
         mean, std = out_of_fold(estimator, X, y, g)
         r2, rho, coverage = score(y, mean, std, g, common)
         explained = None if noise is None or noise_limited else explainable_r2(y, mean, g, common, noise)
+        y_mean, p_mean = _trial_means(y, mean, g, common)
         candidate = Accuracy(
-            type(estimator).__name__, n_trials, r2, rho, coverage, decisive, noise_limited, explainable_r2=explained
+            type(estimator).__name__,
+            n_trials,
+            r2,
+            rho,
+            coverage,
+            decisive,
+            noise_limited,
+            explainable_r2=explained,
+            mean_error=float(np.sqrt(np.mean((y_mean - p_mean) ** 2))),
         )
         # a healthy model first, then the better judged R², then the coverage nearer nominal
         key = (candidate.healthy, round(candidate.judged_r2, 3), -abs(coverage - INTERVAL_LEVEL))
