@@ -51,7 +51,7 @@ def rule_text(rec: Recommendation) -> str:
         f"other are ties, which go to the stock kernel, then to the fewest knobs changed from the kernel "
         f"default, then to the smaller N; a knob other than N stays changed only if fresh seeds show it "
         f"saves more than that threshold. A metric whose whole predicted range stays below its practical "
-        f"threshold (half its SLO: {slos}; fallback cost: a spread under {fmt(t['fallback_cost'])} ms/s) "
+        f"threshold (half its SLO: {slos}; fallback cost: its means spread under {fmt(t['fallback_cost'])} ms/s) "
         f"can neither decide nor block the answer, so its surrogate's accuracy is not required."
     )
 
