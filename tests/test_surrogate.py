@@ -184,7 +184,7 @@ def test_the_r2_beyond_noise_credits_a_right_model_that_noisy_trial_means_cap():
     # estimated from 12 noisy trials, so the R² beyond noise itself varies (10 % quantile about 0.79):
     # the tolerances are on shares of designs passing the 0.8 check.
     from rcutune.tuner.surrogate import explainable_r2, mean_noise_variance
-    from rcutune.tuner.surrogate._fit import score
+    from rcutune.tuner.surrogate._fit import score, trial_means
 
     means = np.array([4.0] * 12 + [0.0] * 48)
     sd = np.array([3.0] * 12 + [0.05] * 48)
@@ -195,8 +195,8 @@ def test_the_r2_beyond_noise_credits_a_right_model_that_noisy_trial_means_cap():
         noise = mean_noise_variance(y, groups, seeds)
         truth = means[groups] + (y.mean() - means.mean())
         raw.append(score(y, truth, np.ones_like(y), groups)[0])
-        right.append(explainable_r2(y, truth, groups, None, noise))
-        constant.append(explainable_r2(y, np.full_like(y, y.mean()), groups, None, noise))
+        right.append(explainable_r2(*trial_means(y, truth, groups, None), noise))
+        constant.append(explainable_r2(*trial_means(y, np.full_like(y, y.mean()), groups, None), noise))
     passing = lambda r2: float(np.mean(np.array(r2) >= 0.8))  # noqa: E731
     assert np.median(raw) < 0.8 and passing(raw) <= 0.5
     assert np.median(right) >= 0.95 and passing(right) >= 0.85

@@ -90,9 +90,9 @@ def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
     }
     for w in data.workloads:
         for name, limit in limits.items():
+            what = "an OOM kill" if name == "oom_events" else f"{name} above its SLO ({limit:g})"
             runs = [r[name] for t in w.trials for r in t.runs]
             if runs and min(runs) > limit:
-                what = "an OOM kill" if name == "oom_events" else f"{name} above its SLO ({limit:g})"
                 out[w.name] = f"{what} on every run of every policy studied ({len(w.trials)} policies)"
                 break
             s = w.surrogates.get(name)
@@ -100,7 +100,6 @@ def unattainable(data: CampaignData, confidence: float) -> dict[str, str]:
                 continue
             held = sum(v <= limit for v in s.per_seed)
             if held / len(s.per_seed) < confidence:
-                what = "an OOM kill" if name == "oom_events" else f"{name} above its SLO ({limit:g})"
                 out[w.name] = (
                     f"{what} on {len(s.per_seed) - held} of {len(s.per_seed)} seeds under every policy "
                     f"studied (the workload's own, not the cache's)"

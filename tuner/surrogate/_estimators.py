@@ -140,6 +140,7 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model_.fit((X - self.x_mean_) / self.x_scale_, y)
+        self.y_scale_ = float(np.std(y)) or 1.0  # normalize_y's scale: the white noise is fitted in its units
         self.noise_ = _noise(self.policy_noise, X, y, groups, self.random_state)
         self.n_features_in_ = X.shape[1]
         return self
@@ -151,7 +152,7 @@ class GPSurrogate(RegressorMixin, BaseEstimator):
             if self.noise_ is not None:
                 # The fitted white noise (in the target's units) holds the replication noise and any
                 # misfit the kernel cannot follow: only the replication part is replaced.
-                white = float(self.model_.kernel_.k2.noise_level) * float(self.model_._y_train_std) ** 2
+                white = float(self.model_.kernel_.k2.noise_level) * self.y_scale_**2
                 std = np.sqrt(self.noise_.variance(np.asarray(X, dtype=float), std**2, min(white, self.noise_.pooled)))
             return mean, np.maximum(std, 1e-12)
         return self.model_.predict(Z)

@@ -224,7 +224,7 @@ def out_of_fold(
     return mean, std
 
 
-def _trial_means(
+def trial_means(
     y: np.ndarray, mean: np.ndarray, groups: np.ndarray, common: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Observed and predicted mean of each trial over the rows in `common` (all rows when None)."""
@@ -242,7 +242,7 @@ def score(
     compare trial means over the rows in `common` (the seeds every trial ran: under common random
     numbers a raced trial's extra seeds would shift its mean by their own luck); coverage counts
     single replications inside the 90% interval."""
-    y_mean, p_mean = _trial_means(y, mean, groups, common)
+    y_mean, p_mean = trial_means(y, mean, groups, common)
     ss = float(np.sum((y_mean - y_mean.mean()) ** 2))
     r2 = 1.0 - float(np.sum((y_mean - p_mean) ** 2)) / ss if ss > 0 else 0.0
     rho = stats.spearmanr(y_mean, p_mean).statistic if np.ptp(p_mean) > 0 and np.ptp(y_mean) > 0 else 0.0
@@ -250,18 +250,16 @@ def score(
     return r2, float(0.0 if not np.isfinite(rho) else rho), coverage
 
 
-def explainable_r2(
-    y: np.ndarray, mean: np.ndarray, groups: np.ndarray, common: np.ndarray | None, noise: float
-) -> float | None:
-    """CV R² against the noise ceiling: the share of the variance between trial means that is not
-    replication noise which the predictions explain.
+def explainable_r2(y_mean: np.ndarray, p_mean: np.ndarray, noise: float) -> float | None:
+    """CV R² against the noise ceiling: the share of the variance between trial means (`y_mean`, as
+    `trial_means` gives them with their out-of-fold predictions `p_mean`) that is not replication
+    noise which the predictions explain.
 
     `noise` is the variance one trial mean owes to replication noise (`mean_noise_variance`). Of the
     observed sum of squares about the grand mean, (a - 1) noise is expected from noise alone; of the
     residual sum of squares of out-of-fold predictions, a noise (a: trials). With no noise this is
     the CV R²; None when noise accounts for all the variance (nothing left to explain).
     """
-    y_mean, p_mean = _trial_means(y, mean, groups, common)
     a = len(y_mean)
     explainable = float(np.sum((y_mean - y_mean.mean()) ** 2)) - (a - 1) * noise
     if a < 3 or explainable <= 0:
@@ -350,8 +348,8 @@ def fit_metric(
     for estimator in candidates or (GPSurrogate(), ForestSurrogate()):
         mean, std = out_of_fold(estimator, X, y, g)
         r2, rho, coverage = score(y, mean, std, g, common)
-        explained = None if noise is None or noise_limited else explainable_r2(y, mean, g, common, noise)
-        y_mean, p_mean = _trial_means(y, mean, g, common)
+        y_mean, p_mean = trial_means(y, mean, g, common)
+        explained = None if noise is None or noise_limited else explainable_r2(y_mean, p_mean, noise)
         candidate = Accuracy(
             type(estimator).__name__,
             n_trials,
