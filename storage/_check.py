@@ -82,7 +82,12 @@ def _check_sqlite(path: Path, url: str) -> None:
                 f"{path} is another application's database (tables {shown}); point --storage "
                 "at an rcutune or Optuna database, or at a new file"
             )
-        _check_versions(str(path), url, tables, lambda sql: conn.execute(sql).fetchone()[0])
+
+        def scalar(sql: str) -> object:
+            row = conn.execute(sql).fetchone()  # None: an empty table (a process killed while creating it)
+            return None if row is None else row[0]
+
+        _check_versions(str(path), url, tables, scalar)
 
     check_sqlite_file(path, contents)
 

@@ -40,10 +40,19 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session whose work is committed on normal exit and rolled back on an exception."""
+    def session(self, *, immediate: bool = False) -> Iterator[Session]:
+        """A session whose work is committed on normal exit and rolled back on an exception.
+
+        `immediate`: a session that reads and then writes what it read (take a campaign) holds the
+        write lock from its start. On SQLite a read snapshot cannot become a write once another process
+        has committed since it began: the write fails at once with "database is locked", however long
+        the busy timeout; BEGIN IMMEDIATE waits for the lock (up to that timeout) instead. Other
+        databases lock the rows they update and need nothing here.
+        """
         with self._sessions() as session, _one_line_errors(self.url):
             with session.begin():
+                if immediate and self.engine.dialect.name == "sqlite":
+                    session.connection().exec_driver_sql("BEGIN IMMEDIATE")
                 yield session
 
     def close(self) -> None:

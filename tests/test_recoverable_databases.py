@@ -462,3 +462,19 @@ def test_without_room_for_a_copy_the_file_is_read_in_place_and_its_data_left_byt
         stored = {n: d for n, d in files_digest(db.parent).items() if not n.endswith("-shm")}
         storage.check_database(url(db))  # a hot journal only a write can settle: passed, the open will settle it
         assert {n: d for n, d in files_digest(db.parent).items() if not n.endswith("-shm")} == stored
+
+
+def test_an_optuna_version_table_left_empty_by_a_killed_creator_is_not_refused(tmp_path):
+    # A process killed between creating Optuna's alembic_version table and stamping it leaves the
+    # table empty (seen when two studies race to create a new file and the winner is killed); Optuna
+    # stamps such a table when it opens it, and the check before it must not stumble on it.
+    from tests.support.study import run_study
+
+    db = tmp_path / "stamped-late.db"
+    assert run_study(db, "--trials", "1").exit_code == 0
+    with sqlite3.connect(db) as conn:
+        conn.execute("DELETE FROM alembic_version")
+    resumed = run_study(db, "--trials", "1")
+    assert resumed.exit_code == 0, resumed.output
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1

@@ -57,6 +57,10 @@ def main() -> None:
                 code = 0
             except SystemExit as exit_:
                 code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except BaseException:  # os._exit() below would drop the traceback: into the log with it
+                import traceback
+
+                traceback.print_exc()
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

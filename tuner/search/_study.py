@@ -250,7 +250,7 @@ def _duplicate_insert(err: BaseException) -> bool:
 
 
 def _claim_once(db: storage.Database, d: CampaignDefinition, name: str, request: StudyRequest) -> tuple[int, str, bool]:
-    with db.session() as session:
+    with db.session(immediate=True) as session:
         campaign = storage.find_campaign(session, name)
         if campaign is not None and request.new:
             name = storage.free_campaign_name(session, name)
