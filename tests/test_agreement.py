@@ -12,6 +12,7 @@ import csv
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from rcutune.validation.compare import (
     DATA_DIR,
     DataError,
     GuestModel,
+    Point,
     SimPoint,
     Stage,
     agreement,
@@ -68,17 +70,19 @@ def points():
 
 def test_every_committed_row_is_read_with_its_status():
     main, pressure = read_boots(MAIN_CSV), read_boots(PRESSURE_CSV)
-    assert len(main) == 408 and {b.status for b in main} == {"ok"}
+    assert len(main) == 688 and {b.status for b in main} == {"ok"}
     assert len(pressure) == 198
     assert sum(b.status == "oom" for b in pressure) == 82
     assert all(b.total_time_ns is None for b in pressure if b.status == "oom")
 
 
-def test_point_medians_match_the_harness_summary(points):
+def test_point_medians_are_those_of_the_boots_on_a_quiet_host(points):
     by_id = {p.point_id: p for p in points}
     p = by_id["c2-m512-n0-d5000-t-1-a8000-l200-x1-double"]
-    assert (p.boots, p.ok) == (6, 6)
-    assert round(p.time_ms) == 3053 and p.batches == 210
+    assert (p.boots, p.ok) == (24, 24)
+    # The medians of the 19 boots on a quiet host (the harness's summary takes all 24).
+    assert p.quiet_host and len(p.times_ms) == 19
+    assert round(p.time_ms) == 1657 and p.batches == 186
     assert by_id["c2-m160-n5-d5000-t-1-a8000-l50-x64-mixed"].oom_fraction == 0.75
     assert by_id["c2-m160-n5-d5000-t-1-a8000-l50-x128-mixed"].time_ms is None
 
@@ -158,7 +162,47 @@ def test_siblings_add_only_the_blocks_not_given_and_none_when_the_oom_block_is_n
 
 def test_the_same_boots_in_two_files_are_counted_once_per_file(tmp_path):
     boots = read_boots(MAIN_CSV)
-    assert sum(p.boots for p in points_from_boots(boots + boots)) == 408
+    assert sum(p.boots for p in points_from_boots(boots + boots)) == 688
+
+
+def _point_with_loads(loads: list[float | None], times_ms: list[int]) -> Point:
+    """One point of the main CSV's first row, its boots given these host loads and loop times."""
+    first = read_boots(MAIN_CSV)[0]
+    boots = [
+        replace(first, rep=i, host_load1=load, total_time_ns=t * 1_000_000, batches=t // 10)
+        for i, (load, t) in enumerate(zip(loads, times_ms, strict=True))
+    ]
+    (point,) = points_from_boots(boots)
+    return point
+
+
+def test_figures_are_of_the_boots_on_a_quiet_host_when_there_are_enough():
+    # Three boots with a core to spare, two slowed by other work on the 2-core host.
+    p = _point_with_loads([1.0, 1.9, 2.0, 3.5, 6.0], [1000, 1100, 1200, 2500, 3000])
+    assert p.quiet_host and p.time_ms == 1100 and p.batches == 110
+    assert p.times_ms == (1000, 1100, 1200) and p.boots == 5 and p.ok == 5
+
+
+def test_too_few_quiet_boots_keep_every_boot_and_mark_the_point():
+    p = _point_with_loads([1.0, 1.5, 3.5, 6.0, 7.0], [1000, 1100, 2500, 3000, 3200])
+    assert not p.quiet_host and p.time_ms == 2500 and len(p.times_ms) == 5
+
+
+def test_a_boot_without_a_recorded_load_counts_as_quiet():
+    p = _point_with_loads([None, None], [1000, 3000])
+    assert p.quiet_host and p.time_ms == 2000
+
+
+def test_host_load_columns_are_read_and_a_bad_one_is_named(tmp_path):
+    boots = read_boots(MAIN_CSV)
+    assert all(b.host_load1 is not None and b.host_cores == 2 for b in boots)
+    bad = tmp_path / "bad.csv"
+    lines = MAIN_CSV.read_text().splitlines()
+    header, row = lines[0].split(","), lines[1].split(",")
+    row[header.index("host_load1")] = "high"
+    bad.write_text("\n".join([lines[0], ",".join(row)]) + "\n")
+    with pytest.raises(DataError, match=r"bad\.csv:2: column host_load1='high' is not a number"):
+        read_boots(bad)
 
 
 # Split ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import spearmanr
 
-from ._data import Point
+from ._data import MIN_QUIET_BOOTS, Point
 from ._run import SimPoint
 
 FOOTPRINT_FLOOR_MB = 1.0
@@ -121,7 +121,7 @@ def point_table(points: list[Point], simulated: dict[str, SimPoint]) -> list[str
     for p in points:
         s = simulated[p.point_id]
         lines.append(
-            f"{p.point_id:<44} {p.boots:>5} {_fmt(p.time_ms, '8.0f')} {_fmt(s.time_ms, '8.0f')} "
+            f"{p.point_id:<44} {str(p.boots) + ('' if p.quiet_host else '~'):>5} {_fmt(p.time_ms, '8.0f')} {_fmt(s.time_ms, '8.0f')} "
             f"{_fmt(p.batches, '7.1f')} {_fmt(s.batches, '6.1f')} {_fmt(p.footprint_mb, '6.1f')} "
             f"{_fmt(s.footprint_mb, '6.1f')} {p.oom_fraction:5.2f} {s.oom_probability:5.2f}"
         )
@@ -165,13 +165,16 @@ class NEffect:
     # Boots of either point ended in an OOM: its medians are of the boots that survived, a biased
     # sample, so the group is shown but not counted in the N-effect line.
     survivors_only: bool = False
+    # A point of the group has too few boots on a quiet host (see Boot.quiet): its medians include
+    # boots the host slowed down, at another load than the other point's, so the ratio is not counted.
+    loaded: bool = False
     time_interval: tuple[float, float] | None = None  # bootstrap interval of the measured ratio
     gp_interval: tuple[float, float] | None = None
 
     @property
     def counted(self) -> bool:
-        """Counted in the N-effect line: held out, simulated, and measured on every boot."""
-        return self.held_out and not self.survivors_only and self.time_simulated is not None
+        """Counted in the N-effect line: held out, simulated, measured on every boot, on a quiet host."""
+        return self.held_out and not self.survivors_only and not self.loaded and self.time_simulated is not None
 
     @property
     def gp_sign_right(self) -> bool | None:
@@ -236,6 +239,7 @@ def n_effects(pairs: list[tuple[Point, Point]], simulated: dict[str, SimPoint], 
                 t_sim,
                 g_sim,
                 survivors_only=low.oom > 0 or high.oom > 0,
+                loaded=not (low.quiet_host and high.quiet_host),
                 time_interval=ratio_interval(low.times_ms, high.times_ms, rng),
                 gp_interval=ratio_interval(low.batches_each, high.batches_each, rng),
             )
@@ -266,13 +270,17 @@ def n_effect_table(effects: list[NEffect]) -> list[str]:
     ]
     for e in effects:
         sign = {None: "-", True: "right", False: "WRONG"}[e.gp_sign_right]
-        half = ("held-out" if e.held_out else "training") + ("*" if e.survivors_only else "")
+        half = ("held-out" if e.held_out else "training") + ("*" if e.survivors_only else "") + ("~" if e.loaded else "")
         lines.append(
             f"{e.label:<44} {half:<9} {e.time_measured:6.3f} {_interval(e.time_interval):>15} "
             f"{_fmt(e.time_simulated, '6.3f')} {e.gp_measured:6.3f} {_interval(e.gp_interval):>15} "
             f"{_fmt(e.gp_simulated, '6.3f')} {sign:>7}"
         )
     lines.append("* boots of the group ended in an OOM: its medians are the survivors', not counted below")
+    lines.append(
+        f"~ a point of the group has under {MIN_QUIET_BOOTS} boots on a quiet host: its medians include "
+        "slowed boots, not counted below"
+    )
     counted = [e for e in effects if e.counted]
     signed = [e for e in counted if e.gp_sign_right is not None]
     lines.append(

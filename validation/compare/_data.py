@@ -34,8 +34,17 @@ PRESSURE_SWEEP = "pressure"
 OOM_SWEEPS = (PRESSURE_SWEEP, "oom")
 """Sweeps whose points are judged by their OOM fraction (the pressure block and the OOM boundary)."""
 SWEEPS_DIR = Path(__file__).resolve().parent.parent / "sweeps"
-OPTIONAL_COLUMNS = {"config_variant": "base", "preempt_model": "none", "rcu_nocbs": "", "nocb_offloaded_cpus": ""}
-"""Columns the harness added later; files written before them read with these values."""
+OPTIONAL_COLUMNS = {
+    "config_variant": "base",
+    "preempt_model": "none",
+    "rcu_nocbs": "",
+    "nocb_offloaded_cpus": "",
+    "host_load1": "",
+    "host_cores": "",
+}
+"""Columns the harness added later (or that a hand-made file may lack); files without them read with these values."""
+MIN_QUIET_BOOTS = 3
+"""A point's figures are those of its boots on a quiet host when it has at least this many."""
 
 
 class DataError(ValueError):
@@ -78,14 +87,32 @@ class Boot:
     guest_mem_available_kib: int | None
     guest_mem_total_kib: int | None
     source: str
+    host_load1: float | None = None  # the host's 1-minute load average when the boot started
+    host_cores: int | None = None
+
+    @property
+    def quiet(self) -> bool:
+        """The host had a core for the guest besides everything else it ran.
+
+        A single-threaded TCG guest keeps one host core busy; its clock is the host's wall clock.
+        Whatever else runs takes the guest's core part of the time: its instructions slow down while
+        its jiffies do not, so a loaded host changes the ratios (work per GP, per monitor period),
+        not only the times (in the main block, boots at load 3-4 took 1.36x their point's median).
+        A load above the host's cores means other work competed for the guest's core. A file
+        without the load columns counts as quiet (nothing says otherwise).
+        """
+        if self.host_load1 is None or not self.host_cores:
+            return True
+        return self.host_load1 <= self.host_cores
 
 
 @dataclass(frozen=True)
 class Point:
     """All boots of one parameter point, with the medians the comparison uses.
 
-    Medians are over the boots that printed a result (`ok`); `oom_fraction` is over the boots that
-    either printed a result or ended in an OOM (other failures count in neither).
+    Medians are over the boots that printed a result (`ok`), and of those, the ones on a quiet host
+    (`Boot.quiet`) when there are at least MIN_QUIET_BOOTS of them (`quiet_host`); `oom_fraction` is
+    over the boots that either printed a result or ended in an OOM (other failures count in neither).
     """
 
     point_id: str
@@ -108,6 +135,7 @@ class Point:
     block: str = "main"  # the sweep the point was measured in
     times_ms: tuple[float, ...] = ()  # each ok boot's loop time (for intervals of ratios)
     batches_each: tuple[float, ...] = ()  # each ok boot's GPs
+    quiet_host: bool = True  # the figures are of boots on a quiet host (else of all, some on a loaded one)
 
     @property
     def stratum(self) -> tuple:
@@ -146,6 +174,15 @@ def _int(value: str, where: str, column: str) -> int:
 
 def _opt_int(value: str, where: str, column: str) -> int | None:
     return None if value == "" else _int(value, where, column)
+
+
+def _opt_float(value: str, where: str, column: str) -> float | None:
+    if value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise DataError(f"{where}: column {column}={value!r} is not a number") from None
 
 
 def _nocb_count(cpulist: str, cpus: int, where: str) -> int:
@@ -212,6 +249,8 @@ def read_boots(path: Path | str, *, pressure: bool = False) -> list[Boot]:
                     guest_mem_available_kib=_opt_int(row["guest_mem_available_kib"], where, "guest_mem_available_kib"),
                     guest_mem_total_kib=_opt_int(row["guest_mem_total_kib"], where, "guest_mem_total_kib"),
                     source=str(path),
+                    host_load1=_opt_float(extra["host_load1"], where, "host_load1"),
+                    host_cores=_opt_int(extra["host_cores"], where, "host_cores"),
                 )
             )
     return boots
@@ -316,6 +355,9 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
         if any(b.params != first.params for b in group):
             raise DataError(f"{first.source}: point {pid} appears with different parameters")
         ok = [b for b in group if b.status == "ok"]
+        quiet = [b for b in ok if b.quiet]
+        quiet_host = len(quiet) >= MIN_QUIET_BOOTS or len(quiet) == len(ok)
+        timed = quiet if quiet_host else ok
         avail = [b.guest_mem_available_kib for b in group if b.guest_mem_available_kib]
         total = [b.guest_mem_total_kib for b in group if b.guest_mem_total_kib]
         if not avail or not total:
@@ -328,14 +370,15 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
                 boots=len(group),
                 ok=len(ok),
                 oom=sum(b.status == "oom" for b in group),
-                time_ms=_median([b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None]),
-                batches=_median([b.batches for b in ok if b.batches is not None]),
-                footprint_mb=_median([b.footprint_mb for b in ok if b.footprint_mb is not None]),
+                time_ms=_median([b.total_time_ns / 1e6 for b in timed if b.total_time_ns is not None]),
+                batches=_median([b.batches for b in timed if b.batches is not None]),
+                footprint_mb=_median([b.footprint_mb for b in timed if b.footprint_mb is not None]),
                 guest_mem_available_kib=int(statistics.median(avail)),
                 guest_mem_total_kib=int(statistics.median(total)),
                 block=PRESSURE_SWEEP if first.sweep == PRESSURE_SWEEP else first.sweep,
-                times_ms=tuple(b.total_time_ns / 1e6 for b in ok if b.total_time_ns is not None),
-                batches_each=tuple(float(b.batches) for b in ok if b.batches is not None),
+                times_ms=tuple(b.total_time_ns / 1e6 for b in timed if b.total_time_ns is not None),
+                batches_each=tuple(float(b.batches) for b in timed if b.batches is not None),
+                quiet_host=quiet_host,
             )
         )
     return points

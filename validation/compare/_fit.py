@@ -9,7 +9,10 @@ training points by minimising
         + mean (simulated OOM probability - measured OOM fraction)^2 [pressure points]
 
 over point medians (a point the model ends in OOM on every seed, where the kernel finished at
-least once, costs ln 2 in time and batches). The footprint counts a quarter: the model's footprint
+least once, costs ln 2 in time and batches). Time and batches count only points whose medians come
+from boots on a quiet host (`Point.quiet_host`): a TCG guest sharing its host core runs fewer
+instructions per jiffy, which changes the loop time and the work per GP, not what the model is to
+learn; footprint and OOM, for which no block has quiet boots, count every training point. The footprint counts a quarter: the model's footprint
 in the pressure block is about twice the kernel's whatever the parameters (README, "Validation
 against a real kernel"), and at full weight that error would pull the memory parameters away from
 the OOM boundary, which is a target.
@@ -154,9 +157,9 @@ def loss(points: list[Point], simulated: dict[str, SimPoint]) -> Loss:
     t_err, b_err, f_err, o_err = [], [], [], []
     for p in points:
         s = simulated[p.point_id]
-        if p.time_ms is not None:
+        if p.time_ms is not None and p.quiet_host:
             t_err.append(math.log(s.time_ms / p.time_ms) if s.time_ms else MISSING_PENALTY)
-        if p.batches is not None:
+        if p.batches is not None and p.quiet_host:
             b_err.append(
                 math.log(max(s.batches, 1.0) / max(p.batches, 1.0)) if s.batches is not None else MISSING_PENALTY
             )
@@ -184,12 +187,12 @@ def initial_values(points: list[Point], start: sim.HardwareProfile) -> dict[str,
     """
     values = {name: float(getattr(start, name)) for name in PARAMETERS if name != BOOT_EXTRA}
     values[BOOT_EXTRA] = 0.0
-    small = [p for p in points if p.time_ms and p.params.kfree_mult == 1]
+    small = [p for p in points if p.time_ms and p.quiet_host and p.params.kfree_mult == 1]
     if small:
         values["kfree_call_ns"] = statistics.median(
             p.time_ms * 1e6 / (p.params.kfree_loops * p.params.kfree_alloc_num) for p in small
         )
-    large = [p for p in points if p.time_ms and p.params.kfree_mult > 1]
+    large = [p for p in points if p.time_ms and p.quiet_host and p.params.kfree_mult > 1]
     if small and large:
         values["kmalloc_ns_per_kib"] = statistics.median(
             (p.time_ms * 1e6 / (p.params.kfree_loops * p.params.kfree_alloc_num) - values["kfree_call_ns"])
