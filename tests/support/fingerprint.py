@@ -100,6 +100,7 @@ CASES: tuple[tuple[str, str, str, str, int, str], ...] = (
     ("guest rcuscale 6.1 none N=0", GUEST, RCUSCALE, "6.1", 0, ""),
     ("guest rcuscale 6.1 voluntary N=1", GUEST, RCUSCALE, "6.1", 1, "voluntary"),
     ("guest rcuscale 5.6", GUEST, RCUSCALE, "5.6", 0, ""),
+    ("guest rcuscale 6.1 every CPU offloaded N=0", GUEST + "nocb_cpus = 2\n", RCUSCALE, "6.1", 0, ""),
 )
 
 

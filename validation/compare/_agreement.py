@@ -120,8 +120,9 @@ def point_table(points: list[Point], simulated: dict[str, SimPoint]) -> list[str
     lines = [head]
     for p in points:
         s = simulated[p.point_id]
+        boots = f"{p.boots}{'' if p.quiet_host else '~'}"
         lines.append(
-            f"{p.point_id:<44} {str(p.boots) + ('' if p.quiet_host else '~'):>5} {_fmt(p.time_ms, '8.0f')} {_fmt(s.time_ms, '8.0f')} "
+            f"{p.point_id:<44} {boots:>5} {_fmt(p.time_ms, '8.0f')} {_fmt(s.time_ms, '8.0f')} "
             f"{_fmt(p.batches, '7.1f')} {_fmt(s.batches, '6.1f')} {_fmt(p.footprint_mb, '6.1f')} "
             f"{_fmt(s.footprint_mb, '6.1f')} {p.oom_fraction:5.2f} {s.oom_probability:5.2f}"
         )
@@ -270,7 +271,9 @@ def n_effect_table(effects: list[NEffect]) -> list[str]:
     ]
     for e in effects:
         sign = {None: "-", True: "right", False: "WRONG"}[e.gp_sign_right]
-        half = ("held-out" if e.held_out else "training") + ("*" if e.survivors_only else "") + ("~" if e.loaded else "")
+        half = (
+            ("held-out" if e.held_out else "training") + ("*" if e.survivors_only else "") + ("~" if e.loaded else "")
+        )
         lines.append(
             f"{e.label:<44} {half:<9} {e.time_measured:6.3f} {_interval(e.time_interval):>15} "
             f"{_fmt(e.time_simulated, '6.3f')} {e.gp_measured:6.3f} {_interval(e.gp_interval):>15} "

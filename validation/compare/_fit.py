@@ -12,10 +12,11 @@ over point medians (a point the model ends in OOM on every seed, where the kerne
 least once, costs ln 2 in time and batches). Time and batches count only points whose medians come
 from boots on a quiet host (`Point.quiet_host`): a TCG guest sharing its host core runs fewer
 instructions per jiffy, which changes the loop time and the work per GP, not what the model is to
-learn; footprint and OOM, for which no block has quiet boots, count every training point. The footprint counts a quarter: the model's footprint
-in the pressure block is about twice the kernel's whatever the parameters (README, "Validation
-against a real kernel"), and at full weight that error would pull the memory parameters away from
-the OOM boundary, which is a target.
+learn; footprint and OOM count every training point (the pressure and OOM blocks ran on a loaded
+host only). The footprint counts a quarter: the model's footprint in the pressure block is about
+twice the kernel's whatever the parameters (README, "Validation against a real kernel"), and at
+full weight that error would pull the memory parameters away from the OOM boundary, which is a
+target.
 
 The search runs in stages, each over the parameters that drive one part of J most, then over all of
 them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'

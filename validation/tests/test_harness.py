@@ -492,7 +492,7 @@ def test_new_columns_come_after_the_original_ones():
 
 def test_legacy_csvs_read_with_defaults():
     rows = h.read_rows(DATA / "rcuscale-6.1-main.csv")
-    assert len(rows) == 408
+    assert len(rows) == 688
     assert {(r["config_variant"], r["preempt_model"], r["rcu_nocbs"]) for r in rows} == {("base", "none", "")}
     assert len(h.completed_runs(DATA / "rcuscale-6.1-pressure.csv")) == 198
     assert {r["point_id"] for r in h.summarize(DATA / "rcuscale-6.1-pressure.csv")}
