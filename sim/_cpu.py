@@ -6,12 +6,7 @@ runs CPU-bound works (kernel/workqueue.c: one running worker per pool while it d
 When a busy kernel loop (an rcuscale kfree thread) holds the CPU, the preemption model decides when
 the queued work gets the CPU (kernel/sched/core.c, include/linux/kernel.h):
 
-- ``none`` (CONFIG_PREEMPT_NONE): only at the loop's explicit cond_resched(); there the queued work
-  runs for the share the fair scheduler owes it (half of sched_latency, the most a woken task's
-  vruntime is placed behind, plus the time it waited while the loop ran), and work longer than
-  that shares the CPU with the loop until it ends: each gets half (kernel work such as
-  kfree_rcu_work() passes cond_resched() often, and the loop is runnable), so the rest of it takes
-  twice as long and the loop pays half of that time;
+- ``none`` (CONFIG_PREEMPT_NONE): only at the loop's explicit cond_resched();
 - ``voluntary`` (CONFIG_PREEMPT_VOLUNTARY): at the next might_sleep(), which every GFP_KERNEL
   kmalloc() of the loop passes, so at once in this model;
 - ``full`` (CONFIG_PREEMPT): at once.
@@ -30,7 +25,6 @@ from collections.abc import Callable
 
 import simpy
 
-SCHED_LATENCY_S = 6e-3  # sysctl_sched_latency before scaling (kernel/sched/fair.c)
 SHORT_WORK_S = 50e-6  # work shorter than this completes at its start: not worth an event of its own
 
 Work = Callable[[float], float]
@@ -62,9 +56,6 @@ class RunQueue:
         "at",
         "switch_s",
         "incoming",
-        "half_latency_s",
-        "waiting_since",
-        "turn_ends",
     )
 
     def __init__(
@@ -96,9 +87,6 @@ class RunQueue:
         self.on_idle: Callable[[int, float], None] | None = None  # the loop left and the CPU went idle
         self.switches = 0
         self.at: Callable[[float, Callable[[], None]], None] | None = None  # shared instants (CpuSet.at)
-        self.half_latency_s = 0.0  # half of sched_latency: a woken task's vruntime credit (place_entity())
-        self.waiting_since = 0.0  # when the oldest waiting work became ready
-        self.turn_ends = math.inf  # at a PREEMPT_NONE loop's cond_resched(): when the loop's turn comes back
 
     # Time ------------------------------------------------------------------------------------
 
@@ -174,32 +162,9 @@ class RunQueue:
         ):
             self._run(work)  # an idle pool: the common case, without the queue
             return
-        if not self.waiting:
-            self.waiting_since = self.env.now
         self.waiting.append(work)
         if not self._pumping and self.can_run_now():
             self._pump()
-
-    def shared_part(self, now: float, cost: float) -> float:
-        """Of work of `cost` CPU seconds starting now, the part that runs after the holding PREEMPT_NONE
-        loop's turn came back, sharing the CPU with it (see the module docstring)."""
-        if not (self.held and self.at_point and self.preempt == "none"):
-            return 0.0
-        return max(0.0, cost - max(0.0, self.turn_ends - now))
-
-    def end_of(self, now: float, cost: float) -> float:
-        """When work of `cost` CPU seconds starting now ends (its shared part takes twice as long)."""
-        return now + cost + self.shared_part(now, cost)
-
-    def _account(self, now: float, cost: float) -> None:
-        """Book work that just started: the pool is busy until it ends; the loop pays for what it loses."""
-        shared = self.shared_part(now, cost)
-        self.busy_until = now + cost + shared
-        self.work_seconds += cost
-        if shared:
-            self.charged += shared  # the loop runs at half speed until the work ends
-        elif self.held and not self.at_point:
-            self.charged += cost  # preemptible loop: it pays for the time at its next chunk
 
     def _run(self, work: Work) -> None:
         now = self.env.now
@@ -207,7 +172,10 @@ class RunQueue:
             self.switch(now)
         cost = work(now)
         if cost > 0.0:
-            self._account(now, cost)
+            self.busy_until = now + cost
+            self.work_seconds += cost
+            if self.held and not self.at_point:
+                self.charged += cost
         drained = self._drained
         if drained is not None and not self.waiting:
             if self.busy_until <= now + 1e-12:
@@ -233,15 +201,16 @@ class RunQueue:
                 self.switch(now)  # the loop (or the previous work) is switched out: a context switch
             cost = work(now)
             if cost > 0.0:
-                self._account(now, cost)
-            if waiting:
-                self.waiting_since = now
+                self.busy_until = now + cost
+                self.work_seconds += cost
+                if self.held and not self.at_point:
+                    self.charged += cost  # preemptible loop: it pays for the time at its next chunk
         drained = self._drained
         if drained is not None and not waiting:
             if self.busy_until <= env.now + 1e-12:
                 self._drained = None
                 drained.succeed()
-            elif self.busy_until <= self.turn_ends + 1e-12:  # the last item still runs: the loop resumes when it ends
+            else:  # the last item still runs: the loop resumes when it ends
                 self._pumping = True
                 env.timeout(self.busy_until - env.now).callbacks.append(self._pump)
 
@@ -289,22 +258,15 @@ class RunQueue:
         which the GP engine handles through `on_switch` only when a switch happens).
         """
         env = self.env
-        now = env.now
-        if not self.waiting or self.busy_until > now + 1e-12:
-            # Nothing queued, or the pool's work shares the CPU already and what waits comes after it.
+        if not self.waiting and self.busy_until <= env.now + 1e-12:
             return
         self.at_point = True
-        self.turn_ends = now + self.half_latency_s + (now - self.waiting_since)
         self._drained = drained = env.event()
         if not self._pumping:
             self._pump()
         if not drained.triggered:
-            turn = env.timeout(max(0.0, self.turn_ends - env.now))
-            yield drained | turn
-            if self._drained is drained:
-                self._drained = None
+            yield drained
         self.at_point = False
-        self.turn_ends = math.inf
         self.switch(env.now)  # back to the loop
 
 
@@ -323,11 +285,8 @@ class CpuSet:
     ) -> None:
         self.env = env
         self.queues = [RunQueue(env, cpu, preempt, hz, wakeup_s, on_switch) for cpu in range(cpus)]
-        # sysctl_sched_latency: 6 ms scaled by 1 + ilog2(min(CPUs, 8)) (SCHED_TUNABLESCALING_LOG).
-        latency_s = SCHED_LATENCY_S * (1 + int(math.log2(min(cpus, 8))))
         for rq in self.queues:
             rq.switch_s = switch_s
-            rq.half_latency_s = 0.5 * latency_s
         self.preempt = preempt
         self.any_held = False  # some kernel loop holds a CPU (the rcuscale test)
         self._due: dict[float, list[Callable[[], None]]] = {}

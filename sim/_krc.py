@@ -1035,8 +1035,7 @@ class KfreeRcuCpu:
         if duration < SHORT_WORK_S:
             self._kfree_rcu_work_done(batch)  # a few microseconds: not worth an event of its own
         else:
-            end = c.cpus.queues[run_cpu].end_of(now, duration)  # longer where it shares a held CPU
-            self.env.timeout(end - now).callbacks.append(lambda _e: self._kfree_rcu_work_done(batch))
+            self.env.timeout(duration).callbacks.append(lambda _e: self._kfree_rcu_work_done(batch))
         return duration
 
     def _kfree_rcu_work_done(self, batch: Batch) -> None:

@@ -6,14 +6,9 @@ Follows kernel/rcu/tree.c, tree_nocb.h and kernel/workqueue.c:
   CPU that is not offloaded notices the end at its next scheduler tick (ticks of all CPUs are aligned,
   sched_skew_tick=0) and invokes its callbacks in RCU_SOFTIRQ, whatever runs there; an offloaded
   (NOCB) CPU's callbacks wait for its group's rcuog kthread, woken by the GP kthread, to wake the
-  rcuo kthread that invokes them (one rcuog per nr_cpu_ids / int_sqrt(nr_cpu_ids) CPUs,
-  rcu_organize_nocb_kthreads()). Those kthreads run on the housekeeping CPUs when there are any;
-  else they may run anywhere, and a woken one goes where the scheduler puts it: an idle CPU if there
-  is one, else the waker's (select_task_rq_fair(): wake_affine() then select_idle_sibling(), which
-  returns the target when no sibling is idle). So with every CPU held, the GP kthread's CPU wakes
-  rcuog, which wakes rcuo there: every offloaded CPU's callbacks run on one CPU, and the
-  kfree_rcu_work() they queue on system_wq waits there behind each other. They need a CPU like any
-  kthread (a PREEMPT_NONE loop holding it delays them to its cond_resched()).
+  rcuo kthread that invokes them (one rcuog per `nocb_gp_stride()` CPUs). Those kthreads run on the
+  housekeeping CPUs when there are any, else on the offloaded CPUs themselves, and need a CPU like
+  any kthread (a PREEMPT_NONE loop holding it delays them to its cond_resched()).
 - rcu_work_rcufn() queues kfree_rcu_work() where the callback ran: on system_wq (per-CPU pools, up to
   6.11) the CPU that invoked the callback; on system_unbound_wq (6.12) or rcu_reclaim_wq (6.14) a
   worker the scheduler places on an idle CPU if there is one.
@@ -38,6 +33,12 @@ from ._profiles import HardwareProfile
 RCU_RESCHED_NS = 3_000_000  # rcutree.rcu_resched_ns
 
 
+def nocb_gp_stride(cpus: int) -> int:
+    """CPUs per rcuog kthread: rcu_nocb_gp_stride's default, nr_cpu_ids / int_sqrt(nr_cpu_ids)
+    (rcu_organize_nocb_kthreads()); one rcuog for both CPUs of a 2-CPU machine."""
+    return max(1, cpus // math.isqrt(cpus))
+
+
 class ReclaimPipeline:
     """Invokes RCU callbacks where and when the kernel would, and queues the reclaim work they start."""
 
@@ -49,7 +50,7 @@ class ReclaimPipeline:
         self.cpus = cpus
         self.nocb_cpus = hw.nocb_cpus  # CPUs 0 .. nocb_cpus-1 are offloaded (rcu_nocbs=)
         self.housekeeping = list(range(hw.nocb_cpus, hw.cpus))
-        self.stride = max(1, hw.cpus // math.isqrt(hw.cpus))  # rcu_nocb_gp_stride: CPUs per rcuog kthread
+        self.stride = nocb_gp_stride(hw.cpus)
         self.bound = kernel.reclaim_wq == "system_wq"
         self.resched_limit = RCU_RESCHED_NS * 1e-9 if kernel.qovld else math.inf  # both arrived around v5.7
         self.qovld = kernel.qovld
@@ -61,17 +62,17 @@ class ReclaimPipeline:
     def offloaded(self, cpu: int) -> bool:
         return cpu < self.nocb_cpus
 
-    def rcuo_cpu(self, cpu: int, waker: int) -> int:
-        """Where CPU `cpu`'s rcuo kthread runs when woken from CPU `waker`: a housekeeping CPU when some
-        are not offloaded; else where the scheduler places a woken kthread (an idle CPU, else the waker's)."""
+    def rcuo_cpu(self, cpu: int) -> int:
+        """Where CPU `cpu`'s rcuo kthread runs: a housekeeping CPU when some are not offloaded; else,
+        an unbound kthread, where the scheduler finds an idle CPU (its own CPU when none is)."""
         hk = self.housekeeping
-        return hk[cpu % len(hk)] if hk else self.cpus.unbound_target(waker)
+        return hk[cpu % len(hk)] if hk else self.cpus.unbound_target(cpu)
 
-    def rcuog_cpu(self, cpu: int, waker: int) -> int:
-        """Where the rcuog kthread of `cpu`'s group runs when woken from CPU `waker` (as the rcuo kthreads)."""
+    def rcuog_cpu(self, cpu: int) -> int:
+        """Where the rcuog kthread of `cpu`'s group runs (as the rcuo kthreads)."""
         leader = cpu - cpu % self.stride
         hk = self.housekeeping
-        return hk[leader % len(hk)] if hk else self.cpus.unbound_target(waker)
+        return hk[leader % len(hk)] if hk else self.cpus.unbound_target(leader)
 
     def work_cpu(self, invoked_on: int) -> int:
         """The CPU kfree_rcu_work() runs on when rcu_work_rcufn() runs on `invoked_on`."""
@@ -129,7 +130,7 @@ class ReclaimPipeline:
             for end, target in self.awaiting_rcuog.pop(cpu, []):
                 target(self.gp.request(end))
 
-        og = self.cpus[self.rcuog_cpu(cpu, waker=cpu)]  # call_rcu() wakes it (__call_rcu_nocb_wake())
+        og = self.cpus[self.rcuog_cpu(cpu)]
         if og.held:
             og.run_kthread(rcuog)
         else:
@@ -176,9 +177,7 @@ class ReclaimPipeline:
             cpus.at(rq.tick_after(now), softirq)
             return
 
-        # The GP kthread wakes rcuog (rcu_nocb_gp_cleanup()), which wakes rcuo (nocb_gp_wait()).
-        og_cpu = self.rcuog_cpu(cpu, waker=self.gp.kthread_cpu())
-        run_on = self.rcuo_cpu(cpu, waker=og_cpu)
+        run_on = self.rcuo_cpu(cpu)
         cpus[run_on].claim()
 
         def rcuo(t: float) -> float:
@@ -194,7 +193,7 @@ class ReclaimPipeline:
             rq = cpus[run_on]
             rq.submit(rcuo, delay=0.0 if rq.held else self.nocb_wake, claimed=True)
 
-        og = cpus[og_cpu]
+        og = cpus[self.rcuog_cpu(cpu)]
         if og.held:
             og.run_kthread(rcuog)
         else:

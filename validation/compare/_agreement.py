@@ -266,7 +266,7 @@ def n_effect_table(effects: list[NEffect]) -> list[str]:
     how many simulated ratios fall inside the measured interval."""
     pct = int(round(INTERVAL * 100))
     lines = [
-        f"{'N=64 / N=0, group':<44} {'half':<9} {'time':>6} {f'[{pct}% interval]':>15} {'sim':>6} "
+        f"{'N=64 / N=0, group':<44} {'half':<10} {'time':>6} {f'[{pct}% interval]':>15} {'sim':>6} "
         f"{'GPs':>6} {f'[{pct}% interval]':>15} {'sim':>6} {'GP sign':>7}"
     ]
     for e in effects:
@@ -275,7 +275,7 @@ def n_effect_table(effects: list[NEffect]) -> list[str]:
             ("held-out" if e.held_out else "training") + ("*" if e.survivors_only else "") + ("~" if e.loaded else "")
         )
         lines.append(
-            f"{e.label:<44} {half:<9} {e.time_measured:6.3f} {_interval(e.time_interval):>15} "
+            f"{e.label:<44} {half:<10} {e.time_measured:6.3f} {_interval(e.time_interval):>15} "
             f"{_fmt(e.time_simulated, '6.3f')} {e.gp_measured:6.3f} {_interval(e.gp_interval):>15} "
             f"{_fmt(e.gp_simulated, '6.3f')} {sign:>7}"
         )
