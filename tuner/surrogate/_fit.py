@@ -158,8 +158,12 @@ class MetricSurrogate:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Median prediction and the 90% interval, on the metric's own scale."""
         mean, std = self.predict(policies, widen)
+        return self._on_scale(mean, std)
+
+    def _on_scale(self, mean: np.ndarray, spread: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A log-scale prediction and its 90% bounds back on the metric's own scale."""
         back = lambda z: np.exp(z) - self.offset  # noqa: E731
-        return back(mean), back(mean - Z90 * std), back(mean + Z90 * std)
+        return back(mean), back(mean - Z90 * spread), back(mean + Z90 * spread)
 
     def mean_interval(self, policies: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predicted mean and its 90 % interval (the model's error of a trial mean, `Accuracy.mean_error`),
@@ -171,8 +175,7 @@ class MetricSurrogate:
         mean, std = self.predict(policies)
         keys = [no_cache_key(p) for p in policies]
         spread = np.array([std[i] if k in self.observed else error for i, k in enumerate(keys)])
-        back = lambda z: np.exp(z) - self.offset  # noqa: E731
-        return back(mean), back(mean - Z90 * spread), back(mean + Z90 * spread)
+        return self._on_scale(mean, spread)
 
     def prob_at_most(self, policies: Sequence[Mapping[str, Any]], limit: float, widen: float = 1.0) -> np.ndarray:
         """P(metric <= limit) under the predictive distribution."""

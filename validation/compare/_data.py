@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +359,8 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
         quiet = [b for b in ok if b.quiet]
         quiet_host = len(quiet) >= MIN_QUIET_BOOTS or len(quiet) == len(ok)
         timed = quiet if quiet_host else ok
+        times = tuple(b.total_time_ns / 1e6 for b in timed if b.total_time_ns is not None)
+        gps = tuple(float(b.batches) for b in timed if b.batches is not None)
         avail = [b.guest_mem_available_kib for b in group if b.guest_mem_available_kib]
         total = [b.guest_mem_total_kib for b in group if b.guest_mem_total_kib]
         if not avail or not total:
@@ -370,19 +373,19 @@ def points_from_boots(boots: list[Boot]) -> list[Point]:
                 boots=len(group),
                 ok=len(ok),
                 oom=sum(b.status == "oom" for b in group),
-                time_ms=_median([b.total_time_ns / 1e6 for b in timed if b.total_time_ns is not None]),
-                batches=_median([b.batches for b in timed if b.batches is not None]),
+                time_ms=_median(times),
+                batches=_median(gps),
                 footprint_mb=_median([b.footprint_mb for b in timed if b.footprint_mb is not None]),
                 guest_mem_available_kib=int(statistics.median(avail)),
                 guest_mem_total_kib=int(statistics.median(total)),
                 block=PRESSURE_SWEEP if first.sweep == PRESSURE_SWEEP else first.sweep,
-                times_ms=tuple(b.total_time_ns / 1e6 for b in timed if b.total_time_ns is not None),
-                batches_each=tuple(float(b.batches) for b in timed if b.batches is not None),
+                times_ms=times,
+                batches_each=gps,
                 quiet_host=quiet_host,
             )
         )
     return points
 
 
-def _median(values: list[float]) -> float | None:
+def _median(values: Sequence[float]) -> float | None:
     return float(statistics.median(values)) if values else None
