@@ -6,9 +6,9 @@ This package does not import `tuner` (nor `sim`).
 """
 
 from ._check import CONNECT_TIMEOUT_S, check_database
-from ._disk import DiskFull, Unwritable, is_disk_full, is_unwritable
+from ._disk import DiskFull, Unwritable, exception_chain, is_disk_full, is_unwritable
 from ._engine import BUSY_TIMEOUT_S, create_engine, engine_kwargs
-from ._reconnect import DEFAULT_DB_TIMEOUT_S, DatabaseUnreachable, Reconnect, connection_lost
+from ._reconnect import DEFAULT_DB_TIMEOUT_S, DatabaseUnreachable, Reconnect, connection_lost, interrupted
 from ._registry import (
     OWNER_STALE_AFTER_S,
     CampaignBusy,
@@ -59,6 +59,8 @@ __all__ = [
     "DatabaseUnreachable",
     "Reconnect",
     "connection_lost",
+    "exception_chain",
+    "interrupted",
     "DiskFull",
     "ENV_VAR",
     "OWNER_STALE_AFTER_S",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+from collections.abc import Iterator
 
 try:
     import resource
@@ -14,6 +15,20 @@ except ImportError:  # not POSIX: no file-size limit to run into
 from ._url import StorageError
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def exception_chain(err: BaseException) -> Iterator[BaseException]:
+    """`err` and every exception it was raised from or during (and a driver error a library wrapped),
+    each once: where a cause surfaces depends on which library caught it first."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
 
 
 class DiskFull(StorageError):
@@ -31,13 +46,7 @@ def is_disk_full(err: BaseException) -> bool:
     SQLite says SQLITE_FULL when the disk is full; a write over the file-size limit (`ulimit -f`,
     EFBIG) reaches it as a plain write error, which counts here only while such a limit is set.
     """
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(err):
         if isinstance(e, DiskFull):
             return True
         if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
@@ -46,7 +55,6 @@ def is_disk_full(err: BaseException) -> bool:
             name = getattr(e, "sqlite_errorname", "")
             if name == "SQLITE_FULL" or (name == "SQLITE_IOERR_WRITE" and _file_size_limited()):
                 return True
-        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return False
 
 
@@ -66,18 +74,11 @@ def is_unwritable(err: BaseException) -> bool:
 
     A full disk is `is_disk_full`, checked first by callers.
     """
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(err):
         if isinstance(e, Unwritable):
             return True
         if isinstance(e, OSError) and e.errno == errno.EROFS:
             return True
         if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorname", "").startswith(_UNWRITABLE_SQLITE):
             return True
-        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return False

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
+from ._disk import exception_chain
 from ._url import display_url
 
 T = TypeVar("T")
@@ -47,13 +48,7 @@ def connection_lost(err: BaseException) -> bool:
     and the driver's operational and interface errors (server shut down, restarting, connection
     refused or reset). Errors in the statement itself (integrity, syntax, data) are not.
     """
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [err]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in exception_chain(err):
         if isinstance(e, sa.exc.DBAPIError) and e.connection_invalidated:
             return True
         if isinstance(e, (sa.exc.DisconnectionError, sa.exc.TimeoutError, ConnectionError)):
@@ -67,8 +62,14 @@ def connection_lost(err: BaseException) -> bool:
             ("psycopg", "pymysql", "MySQLdb")
         ):
             return True
-        stack += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return False
+
+
+def interrupted(err: BaseException) -> bool:
+    """Whether `err` is an interrupt (Ctrl-C, or SIGTERM raised as one) that landed inside a database
+    driver and came back as the driver's or a library's own error: psycopg's pool ping, interrupted,
+    leaves the connection mid-transaction and SQLAlchemy, then Optuna, report that instead."""
+    return any(isinstance(e, KeyboardInterrupt) for e in exception_chain(err))
 
 
 def _reason(err: BaseException) -> str:

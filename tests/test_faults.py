@@ -632,3 +632,32 @@ def test_tables_of_another_version_or_application_are_refused_with_the_mend_neve
     if version == "optuna-needs-upgrade":
         err = CliRunner().invoke(app, ["studies", "--storage", url(db)]).stderr
         assert f"optuna storage upgrade --storage {url(db)}" in err
+
+
+def test_an_interrupt_a_database_driver_reported_as_its_own_error_is_still_an_interrupt():
+    """psycopg's pool ping, interrupted by SIGTERM (raised as KeyboardInterrupt), leaves the connection
+    mid-transaction; SQLAlchemy and then Optuna report that instead. It stops like Ctrl-C: exit 130,
+    "interrupted", not a traceback and exit 1."""
+    import optuna
+    import sqlalchemy as sa
+    import typer
+
+    from rcutune import storage
+    from rcutune.tuner.cli._common import user_errors
+
+    def interrupted_ping() -> None:
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise sa.exc.ProgrammingError("SELECT 1", {}, Exception("can't change 'autocommit' now")) from None
+        except sa.exc.ProgrammingError as err:
+            raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.") from err
+
+    with pytest.raises(optuna.exceptions.StorageInternalError) as caught:
+        interrupted_ping()
+    assert storage.interrupted(caught.value)
+    assert not storage.interrupted(optuna.exceptions.StorageInternalError("invalid data"))
+    with pytest.raises(typer.Exit) as stopped, user_errors():
+        interrupted_ping()
+    assert stopped.value.exit_code == 130

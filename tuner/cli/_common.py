@@ -6,13 +6,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
 
 from rcutune import sim
 from rcutune.sim import ProfileError
-from rcutune.storage import DatabaseUnreachable, StorageError, Unwritable, is_disk_full
+from rcutune.storage import DatabaseUnreachable, StorageError, Unwritable, interrupted, is_disk_full
 
 from .._errors import UserError
 
@@ -53,6 +53,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except Exception as err:
+        if interrupted(err):  # Ctrl-C or SIGTERM that a database driver reported as its own error
+            _interrupted()
         if is_disk_full(err):
             typer.echo(f"error: {DISK_FULL}", err=True)
             raise typer.Exit(EXIT_FAILURE) from None
@@ -65,9 +67,13 @@ def user_errors() -> Iterator[None]:
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        stop_stray_heartbeats()
-        raise typer.Exit(130) from None
+        _interrupted()
+
+
+def _interrupted() -> NoReturn:
+    typer.echo("interrupted", err=True)
+    stop_stray_heartbeats()
+    raise typer.Exit(130) from None
 
 
 def stop_stray_heartbeats() -> None:

@@ -558,6 +558,11 @@ class _Objective:
         except KeyboardInterrupt:
             self.fleet.reconnect.stop_waiting()  # Optuna's tell follows: it must not wait out an outage
             raise
+        except Exception as err:
+            if not storage.interrupted(err):
+                raise
+            self.fleet.reconnect.stop_waiting()  # an interrupt a driver reported as its own error
+            raise KeyboardInterrupt from None
 
     def _run(self, trial: optuna.Trial) -> float | list[float]:
         d, s, fleet = self.fleet.d, self.s, self.fleet
