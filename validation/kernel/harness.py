@@ -33,6 +33,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 FRAGMENT = HERE / "config.fragment"
 INIT_C = HERE / "init.c"
+# Included by every PID 1: loads torture.ko and rcuscale.ko after the boot.
+MODULE_LOADER_H = HERE / "rcuscale_module.h"
+# The modules the initramfs carries, as built under the object tree, loaded in this order.
+MODULES = ("kernel/torture.ko", "kernel/rcu/rcuscale.ko")
 # Config variants: variants/<name>.fragment is merged after config.fragment; a variant may bring
 # its own PID 1 as variants/<name>.init.c. A sweep chooses its variant set (README).
 VARIANTS_DIR = HERE / "variants"
@@ -46,7 +50,8 @@ QEMU = "qemu-system-x86_64"
 # single-threaded variant keeps boots at 2-3 s and the run-to-run spread small (README).
 DEFAULT_ACCEL = "tcg,thread=single"
 # Bump when the build recipe changes in a way the hash of fragment + init.c does not see.
-BUILD_RECIPE_VERSION = "1"
+# 2: rcuscale is a module that PID 1 loads after the boot (it was built in and started inside it).
+BUILD_RECIPE_VERSION = "2"
 
 APT_PACKAGES = (
     "linux-source-6.1",
@@ -501,17 +506,14 @@ def cache_root(cache_dir: Path | str | None = None) -> Path:
 def build_key(variants: Iterable[str] = ()) -> str:
     """Hash of what defines the guest image, so an edited fragment or init triggers a rebuild.
 
-    The key covers the set of fragments (base + variants, by name and content) and the init
-    program used. The base build's key is computed as before variants existed, so it matches the
-    `build_key` column of the data taken then.
+    The key covers the recipe version, the set of fragments (base + variants, by name and
+    content), the init program used and the module loader it includes.
     """
     variants = tuple(variants)
     h = hashlib.sha256()
     h.update(BUILD_RECIPE_VERSION.encode())
     h.update(FRAGMENT.read_bytes())
-    if not variants:
-        h.update(INIT_C.read_bytes())
-        return h.hexdigest()[:12]
+    h.update(MODULE_LOADER_H.read_bytes())
     for v in variants:
         h.update(f"\0variant {v}\0".encode())
         h.update((VARIANTS_DIR / f"{v}.fragment").read_bytes())
@@ -597,21 +599,30 @@ def _extract_source(root: Path, log: Path) -> Path:
     return src
 
 
-def _pack_initramfs(init_bin: Path, out: Path, log: Path) -> None:
-    """cpio (newc) + gzip with only /init; the kernel's built-in cpio supplies /dev/console."""
+def _pack_initramfs(init_bin: Path, modules: Iterable[Path], out: Path, log: Path) -> None:
+    """cpio (newc) + gzip with /init and the test's modules at the root; the kernel's built-in
+    cpio supplies /dev/console."""
     stage = out.parent / "initramfs-stage"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     shutil.copy2(init_bin, stage / "init")
     (stage / "init").chmod(0o755)
+    names = ["init"]
+    for module in modules:
+        shutil.copy2(module, stage / module.name)
+        names.append(module.name)
     cpio = subprocess.run(
-        ["cpio", "-o", "-H", "newc", "--quiet"], cwd=stage, input=b"init\n", capture_output=True, check=True
+        ["cpio", "-o", "-H", "newc", "--quiet"],
+        cwd=stage,
+        input="".join(f"{n}\n" for n in names).encode(),
+        capture_output=True,
+        check=True,
     )
     gz = subprocess.run(["gzip", "-9", "-n"], input=cpio.stdout, capture_output=True, check=True)
     out.write_bytes(gz.stdout)
     shutil.rmtree(stage)
     with log.open("a") as fh:
-        fh.write(f"\n[initramfs] {out} {out.stat().st_size} bytes\n")
+        fh.write(f"\n[initramfs] {out} {out.stat().st_size} bytes: {' '.join(names)}\n")
 
 
 def find_build(cache_dir: Path | str | None = None, variants: Iterable[str] = ()) -> BuildResult | None:
@@ -691,10 +702,10 @@ def build(cache_dir: Path | str | None = None, jobs: int = 2, variants: Iterable
             "options of the config fragments did not survive olddefconfig "
             "(missing dependencies?):\n  " + "\n  ".join(bad)
         )
-    print(f"[build] configured in {time.monotonic() - t_cfg:.0f} s; make -j{jobs} bzImage", flush=True)
+    print(f"[build] configured in {time.monotonic() - t_cfg:.0f} s; make -j{jobs} bzImage modules", flush=True)
     t_make = time.monotonic()
-    _run_logged(make + [f"-j{jobs}", "bzImage"], log)
-    print(f"[build] bzImage in {time.monotonic() - t_make:.0f} s", flush=True)
+    _run_logged(make + [f"-j{jobs}", "bzImage", "modules"], log)
+    print(f"[build] bzImage and modules in {time.monotonic() - t_make:.0f} s", flush=True)
     release = (
         subprocess.run(make + ["-s", "kernelrelease"], capture_output=True, text=True, check=True)
         .stdout.strip()
@@ -702,8 +713,9 @@ def build(cache_dir: Path | str | None = None, jobs: int = 2, variants: Iterable
     )
 
     init_bin = out / "init"
-    _run_logged(["gcc", "-static", "-O2", "-s", "-o", str(init_bin), str(variant_init(variants))], log)
-    _pack_initramfs(init_bin, out / "initramfs.cpio.gz", log)
+    init_src = variant_init(variants)
+    _run_logged(["gcc", "-static", "-O2", "-s", f"-I{HERE}", "-o", str(init_bin), str(init_src)], log)
+    _pack_initramfs(init_bin, [obj / m for m in MODULES], out / "initramfs.cpio.gz", log)
     shutil.copy2(obj / "arch/x86/boot/bzImage", out / "bzImage")
     shutil.copy2(obj / ".config", out / "config")
 

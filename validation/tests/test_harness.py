@@ -6,6 +6,9 @@ No kernel is built or booted here; console logs are short samples of what the 6.
 from __future__ import annotations
 
 import csv
+import gzip
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -312,13 +315,54 @@ def test_run_sweep_skips_done_rows(tmp_path, monkeypatch):
 # --- config variants and the kernel build cache ------------------------------------------------
 
 
-def test_base_build_key_is_the_one_of_the_committed_data():
-    """The base key is computed as before variants existed: it is the CSVs' build_key."""
+def test_the_main_block_was_measured_with_the_current_base_build():
     root = Path(h.__file__).resolve().parents[1] / "data"
-    keys = {
-        r["build_key"] for f in ("rcuscale-6.1-main.csv", "rcuscale-6.1-pressure.csv") for r in h.read_rows(root / f)
-    }
-    assert keys == {h.build_key()} == {h.build_key(())}
+    assert {r["build_key"] for r in h.read_rows(root / "rcuscale-6.1-main.csv")} == {h.build_key()}
+
+
+def test_the_module_loader_is_part_of_the_build_key(tmp_path, monkeypatch):
+    base = h.build_key()
+    loader = tmp_path / "rcuscale_module.h"
+    loader.write_text(h.MODULE_LOADER_H.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(h, "MODULE_LOADER_H", loader)
+    assert h.build_key() != base
+
+
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs a C compiler")
+def test_pid1_hands_the_rcuscale_words_of_the_command_line_to_the_module(tmp_path):
+    """rcuscale.<name>=<value> words, and only those, reach finit_module() without the prefix."""
+    prog = tmp_path / "params.c"
+    prog.write_text(
+        '#include "rcuscale_module.h"\n'
+        'int main(int argc, char **argv) { (void)argc; puts(rcuscale_params_from(argv[1])); '
+        "(void)start_rcuscale; return 0; }\n"
+    )
+    exe = tmp_path / "params"
+    subprocess.run(["gcc", "-Wall", "-Werror", f"-I{h.HERE}", "-o", str(exe), str(prog)], check=True)
+    params = h.BootParams(guest_cpus=2, kfree_loops=50, rcu_min_cached_objs=5)
+    cmdline = params.kernel_cmdline(extra=["rcu_nocbs=0-1", "xrcuscale.bogus=1"])
+    out = subprocess.run([str(exe), cmdline], capture_output=True, text=True, check=True).stdout.split()
+    want = [w.removeprefix("rcuscale.") for w in cmdline.split() if w.startswith("rcuscale.")]
+    assert out == want and "kfree_loops=50" in out and "kfree_rcu_test=1" in out
+    assert subprocess.run([str(exe), "console=ttyS0"], capture_output=True, text=True).stdout == "\n"
+
+
+def test_the_initramfs_carries_init_and_the_modules_in_load_order(tmp_path):
+    if shutil.which("cpio") is None:
+        pytest.skip("needs cpio")
+    files = []
+    for name in ("init", "torture.ko", "rcuscale.ko"):
+        f = tmp_path / "in" / name
+        f.parent.mkdir(exist_ok=True)
+        f.write_bytes(name.encode())
+        files.append(f)
+    out = tmp_path / "initramfs.cpio.gz"
+    h._pack_initramfs(files[0], files[1:], out, tmp_path / "log")
+    listing = subprocess.run(
+        ["cpio", "-t", "--quiet"], input=gzip.decompress(out.read_bytes()), capture_output=True, check=True
+    )
+    assert listing.stdout.decode().split() == ["init", "torture.ko", "rcuscale.ko"]
+    assert [Path(m).name for m in h.MODULES] == ["torture.ko", "rcuscale.ko"]
 
 
 def test_build_key_follows_the_fragment_set(tmp_path, monkeypatch):
@@ -351,7 +395,7 @@ def test_variant_names_are_checked():
 def test_committed_variants_ask_for_what_the_blocks_need():
     vol = h.wanted_config(("voluntary",))
     assert vol["CONFIG_PREEMPT_VOLUNTARY"] == "y" and vol["CONFIG_PREEMPT_NONE"] == "n"
-    assert vol["CONFIG_RCU_SCALE_TEST"] == "y"  # the base fragment is still there
+    assert vol["CONFIG_RCU_SCALE_TEST"] == "m"  # the base fragment is still there
     assert h.preempt_model(vol) == "voluntary"
     assert h.preempt_model(h.wanted_config()) == "none"
     nocb = h.wanted_config(("nocb",))

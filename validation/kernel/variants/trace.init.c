@@ -2,7 +2,8 @@
  * PID 1 of the "trace" variant: print the kernel's own trace of the kvfree_rcu() events recorded
  * while rcuscale ran, then power the guest off.
  *
- * The events are enabled on the kernel command line (trace_event=...), so they record from early
+ * It loads rcuscale after the boot like the base init (rcuscale_module.h). The events are enabled
+ * on the kernel command line (trace_event=...), so they record from early
  * boot into the ring buffer. This program mounts tracefs, waits until rcuscale has printed its
  * result line (read from the kernel log with klogctl) and until the number of recorded events has
  * not changed for rcutune_quiet_ms milliseconds (objects still pending after the loop are drained
@@ -27,6 +28,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "rcuscale_module.h"
 
 #define TRACEFS "/tracing"
 #define RESULT "Total time taken by all kfree'ers"
@@ -129,6 +132,7 @@ int main(void)
 	mkdir(TRACEFS, 0755);
 	if (mount("tracefs", TRACEFS, "tracefs", 0, NULL) != 0)
 		printf("rcutune-trace: mounting tracefs failed\n");
+	start_rcuscale();
 
 	while (!(found = result_printed()) && now_s() - t0 < max_wait_s)
 		sleep_ms(100);
