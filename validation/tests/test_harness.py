@@ -534,12 +534,18 @@ def test_new_columns_come_after_the_original_ones():
     )
 
 
+# The first 8 rows of the main block's first measurement, in the format before the new columns.
+LEGACY_CSV = Path(__file__).resolve().parent / "data" / "legacy-main.csv"
+
+
 def test_legacy_csvs_read_with_defaults():
-    rows = h.read_rows(DATA / "rcuscale-6.1-main.csv")
-    assert len(rows) == 688
+    assert h._csv_header(LEGACY_CSV) == h.LEGACY_COLUMNS
+    rows = h.read_rows(LEGACY_CSV)
+    assert len(rows) == 8
     assert {(r["config_variant"], r["preempt_model"], r["rcu_nocbs"]) for r in rows} == {("base", "none", "")}
+    assert len(h.completed_runs(LEGACY_CSV)) == 8
+    assert {r["point_id"] for r in h.summarize(LEGACY_CSV)}
     assert len(h.completed_runs(DATA / "rcuscale-6.1-pressure.csv")) == 198
-    assert {r["point_id"] for r in h.summarize(DATA / "rcuscale-6.1-pressure.csv")}
 
 
 def test_variant_row_has_the_new_columns():
@@ -556,7 +562,7 @@ def test_variant_row_has_the_new_columns():
 
 def test_appending_to_a_legacy_file_keeps_its_format(tmp_path):
     old = tmp_path / "old.csv"
-    src = (DATA / "rcuscale-6.1-main.csv").read_bytes()
+    src = LEGACY_CSV.read_bytes()
     old.write_bytes(src)
     p = h.BootParams(kfree_loops=10)
     h.append_row(old, h.result_row(fake_result(p, OK_LOG, "ok"), rep=0, context={"preempt_model": "none"}))
@@ -607,7 +613,7 @@ def test_run_sweep_boots_the_build_of_the_sweeps_variant(tmp_path, monkeypatch):
 
 def test_a_variant_sweep_does_not_go_into_a_legacy_file(tmp_path):
     old = tmp_path / "old.csv"
-    old.write_bytes((DATA / "rcuscale-6.1-main.csv").read_bytes())
+    old.write_bytes(LEGACY_CSV.read_bytes())
     with pytest.raises(h.CsvMismatchError, match="new file"):
         h.run_sweep(write(tmp_path, NOCB_SWEEP), old, kernel=kernel_of(("nocb",)), progress=lambda s: None)
 
