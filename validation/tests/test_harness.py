@@ -334,7 +334,7 @@ def test_pid1_hands_the_rcuscale_words_of_the_command_line_to_the_module(tmp_pat
     prog = tmp_path / "params.c"
     prog.write_text(
         '#include "rcuscale_module.h"\n'
-        'int main(int argc, char **argv) { (void)argc; puts(rcuscale_params_from(argv[1])); '
+        "int main(int argc, char **argv) { (void)argc; puts(rcuscale_params_from(argv[1])); "
         "(void)start_rcuscale; return 0; }\n"
     )
     exe = tmp_path / "params"
