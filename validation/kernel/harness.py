@@ -370,6 +370,9 @@ _NOCB_RE = re.compile(r"Offload RCU callbacks from CPUs: (.*?)\.?\s*$")
 OOM_MARKERS = ("invoked oom-killer", "Out of memory", "page allocation failure", "rcu-scale!!! out of memory")
 EMULATION_MARKERS = ("emulation failure", "KVM internal error")
 PANIC_MARKERS = ("Kernel panic", "BUG:", "Oops:", "general protection fault")
+# PID 1 could not load the test (rcuscale_module.h says so and powers off); its line for a good
+# load is "rcutune-init: loading rcuscale <params>", without a path.
+LOAD_FAILURE_MARKERS = ("rcutune-init: cannot open", "rcutune-init: loading /")
 
 
 def parse_kfree_line(text: str) -> KfreeResult | None:
@@ -455,6 +458,9 @@ def classify_console(text: str, timed_out: bool, returncode: int | None = 0) -> 
         return "panic", detail
     if timed_out:
         return "timeout", "no result line before the wall-clock timeout"
+    detail = _first_line_with(text, LOAD_FAILURE_MARKERS)
+    if detail:
+        return "no_result", detail
     return "no_result", f"qemu exited with code {returncode} and no result line"
 
 

@@ -86,6 +86,15 @@ def test_parse_console_collects_context():
 
 # --- failure classification -----------------------------------------------------------------
 
+# PID 1 could not load the test (a bad module parameter): it says so and powers the guest off.
+LOAD_FAILED_LOG = """[    0.621363] Run /init as init process
+rcutune-init: loading rcuscale kfree_rcu_test=1 shutdown=1 kfree_loops=abc
+[    0.873943] rcuscale: `abc' invalid for parameter `kfree_loops'
+rcutune-init: loading /rcuscale.ko failed: Invalid argument
+[    0.880214] ACPI: PM: Preparing to enter system sleep state S5
+[    0.886525] reboot: Power down
+"""
+
 
 @pytest.mark.parametrize(
     "log, timed_out, status, detail_has",
@@ -98,6 +107,7 @@ def test_parse_console_collects_context():
         (HANGING_LOG, True, "timeout", "timeout"),
         (HANGING_LOG, False, "no_result", "exited"),
         ("", False, "no_result", "exited"),
+        (LOAD_FAILED_LOG, False, "no_result", "loading /rcuscale.ko failed: Invalid argument"),
     ],
 )
 def test_classify_console(log, timed_out, status, detail_has):
