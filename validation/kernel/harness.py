@@ -1426,8 +1426,11 @@ def trace_boot(
     accel: str = DEFAULT_ACCEL,
 ) -> tuple[BootResult, TraceSummary]:
     """Boot the trace build once (building it first if the cache lacks it) and write its
-    console, exactly as qemu printed it, to `out`."""
-    params = dataclasses.replace(params, config_variant=TRACE_VARIANT)
+    console, exactly as qemu printed it, to `out`. The point's own variants (e.g. `nocb`) are
+    kept: the build is those plus `trace`."""
+    params = dataclasses.replace(
+        params, config_variant=variant_label(normalize_variants((*params.variants, TRACE_VARIANT)))
+    )
     kernel = kernel_for(params.variants, kernel, build_missing=True)
     res = boot(params, timeout_s, kernel, accel, cmdline=trace_cmdline(params, events, quiet_ms))
     out = Path(out)
@@ -1534,6 +1537,13 @@ def main(argv: list[str] | None = None) -> int:
         "--quiet-ms", type=int, default=6000, help="dump the trace once no event came for this long after the result"
     )
     t.add_argument("--timeout", type=float, default=300)
+    t.add_argument("--variant", default=BASE_VARIANT, help="variants to layer under trace (e.g. nocb)")
+    t.add_argument("--rcu-nocbs", default="", help="offload callbacks of these guest CPUs (needs --variant nocb)")
+    t.add_argument(
+        "--events",
+        default=",".join(KVFREE_TRACE_EVENTS),
+        help="comma-separated trace events enabled from boot (default: the kvfree_rcu() ones)",
+    )
     s = sub.add_parser("sweep", help="run a sweep file, appending to (and resuming) a CSV")
     s.add_argument("file")
     s.add_argument("--out", required=True)
@@ -1567,8 +1577,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "build":
             build(a.cache_dir, a.jobs, normalize_variants(a.variant))
         elif a.cmd == "trace":
-            params = cli_params((TRACE_VARIANT,))
-            res, tr = trace_boot(params, a.out, quiet_ms=a.quiet_ms, timeout_s=a.timeout, accel=a.accel)
+            params = cli_params(normalize_variants((*normalize_variants(a.variant), TRACE_VARIANT)), a.rcu_nocbs)
+            events = tuple(e.strip() for e in a.events.split(",") if e.strip())
+            if not events:
+                raise ValueError("--events: name at least one event (subsystem:event)")
+            res, tr = trace_boot(params, a.out, events=events, quiet_ms=a.quiet_ms, timeout_s=a.timeout, accel=a.accel)
             print(
                 f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
                 f"console={a.out} ({Path(a.out).stat().st_size} bytes)"

@@ -670,6 +670,28 @@ def test_trace_cmdline_enables_the_events_and_leaves_the_power_off_to_init():
     assert "rcutune_quiet_ms=6000" in cmd  # no dot: reaches PID 1 as an environment variable
 
 
+def test_a_trace_boot_keeps_the_points_variants_and_its_events(monkeypatch, tmp_path):
+    # An offloaded point is traced on the nocb+trace build, with the events asked for.
+    seen = {}
+
+    def kernel_for(variants, kernel=None, build_missing=False):
+        seen["variants"] = tuple(variants)
+        return kernel
+
+    def boot(params, timeout_s, kernel, accel, cmdline):
+        seen["cmdline"] = cmdline
+        return h.BootResult.__new__(h.BootResult)
+
+    monkeypatch.setattr(h, "kernel_for", kernel_for)
+    monkeypatch.setattr(h, "boot", boot)
+    monkeypatch.setattr(h.BootResult, "console", "", raising=False)
+    params = h.validate_params("test", {"rcu_nocbs": "all", "guest_cpus": 2, "mode": "double"}, ("nocb",))
+    h.trace_boot(params, tmp_path / "c.txt", events=("rcu:rcu_grace_period", "sched:sched_switch"))
+    assert seen["variants"] == ("nocb", "trace")
+    assert "trace_event=rcu:rcu_grace_period,sched:sched_switch" in seen["cmdline"]
+    assert "rcu_nocbs=0-1" in seen["cmdline"]
+
+
 @pytest.mark.parametrize(
     "mode, events",
     [

@@ -15,6 +15,9 @@
  * Unknown kernel parameters without a dot reach PID 1 as environment variables:
  *   rcutune_quiet_ms=6000     quiet period before the dump
  *   rcutune_max_wait_s=120    give up waiting for the result line after this long (then dump)
+ *   rcutune_max_quiet_s=30    dump this long after the result line even if events keep coming
+ *                             (events such as sched:sched_switch never go quiet: this PID 1's
+ *                             own sleeps record some)
  * Built with `gcc -static` by validation/kernel/harness.py.
  */
 #include <dirent.h>
@@ -118,7 +121,8 @@ int main(void)
 {
 	long quiet_ms = env_long("rcutune_quiet_ms", 6000);
 	long max_wait_s = env_long("rcutune_max_wait_s", 120);
-	double t0 = now_s(), quiet_since;
+	long max_quiet_s = env_long("rcutune_max_quiet_s", 30);
+	double t0 = now_s(), quiet_since, result_at;
 	long last = -1;
 	char path[128];
 	int cpu, found;
@@ -140,10 +144,15 @@ int main(void)
 	       found ? "result line seen" : "no result line before the wait limit", quiet_ms);
 	fflush(stdout);
 
-	quiet_since = now_s();
+	quiet_since = result_at = now_s();
 	for (;;) {
 		long n = trace_entries();
 
+		if (now_s() - result_at >= max_quiet_s) {
+			printf("rcutune-trace: still recording after %ld s; dumping\n", max_quiet_s);
+			fflush(stdout);
+			break;
+		}
 		if (n != last) {
 			last = n;
 			quiet_since = now_s();
