@@ -12,7 +12,11 @@ the queued work gets the CPU (kernel/sched/core.c, include/linux/kernel.h):
 - ``full`` (CONFIG_PREEMPT): at once.
 
 The loop loses the CPU time the work takes. Every switch from the loop to queued work and back is a
-context switch, the quiescent state of a non-preemptible RCU; the GP engine is told of each.
+context switch, the quiescent state of a non-preemptible RCU; the GP engine is told of each. Works of
+one worker pool that run back to back are not: the pool's kworker takes the next item of its worklist
+without sleeping (worker_thread() -> process_one_work()), so e.g. kfree_rcu_monitor() and the
+kfree_rcu_work() queued behind it on system_wq share one switch, while the refill on
+system_highpri_wq (another pool, another kworker) or a kthread (rcuo, the GP kthread) take their own.
 Left out: priorities between work items, load balancing, hrtimer/softirq accounting beyond the
 per-callback cost, and the workqueue watchdog's CPU-intensive marking (v6.5).
 """
@@ -30,6 +34,33 @@ SHORT_WORK_S = 50e-6  # work shorter than this completes at its start: not worth
 Work = Callable[[float], float]
 """A work item: called with the time it starts, returns the CPU seconds it takes (it schedules its own
 completion if something must happen at the end)."""
+
+# Which thread runs a work item: a worker pool's kworker (kernel/workqueue.c), or None for a kthread of
+# its own (rcuo, rcuog, the GP kthread), which is always a context switch away.
+EVENTS = "events"  # system_wq: the CPU's bound pool
+EVENTS_HIGHPRI = "events_highpri"  # system_highpri_wq: the CPU's bound high-priority pool
+EVENTS_UNBOUND = "events_unbound"  # system_unbound_wq, rcu_reclaim_wq: the unbound pool's worker here
+
+
+def kworker_protection(cpus: int, eevdf: bool) -> tuple[float, float]:
+    """How long a running kworker keeps its CPU from a woken nice-0 kthread (the GP kthread, rcuog):
+    (preempt at the wake-up once the kworker has run this long, else at the first tick after it has
+    run this long). The scheduler's tunables scale with 1 + ilog2(min(cpus, 8))
+    (SCHED_TUNABLESCALING_LOG, kernel/sched/fair.c).
+
+    CFS (up to 6.5): both sleepers are placed at min_vruntime - sched_latency/2
+    (GENTLE_FAIR_SLEEPERS), so the kworker leads the kthread by its own run time r, and
+    check_preempt_wakeup() preempts only if r > sched_wakeup_granularity (1 ms); otherwise
+    check_preempt_tick() does once r exceeds the kworker's slice, half of sched_latency (6 ms)
+    between the two (the nice-19 rcuscale thread weighs nothing).
+    EEVDF (v6.6, 147f3efaa241): the kworker runs to the end of its slice, sched_base_slice
+    (0.75 ms), RUN_TO_PARITY; the kthread then has the earlier deadline.
+    """
+    factor = 1 + (min(max(cpus, 1), 8).bit_length() - 1)
+    if eevdf:
+        base_slice = 0.75e-3 * factor
+        return base_slice, base_slice
+    return 1e-3 * factor, 6e-3 * factor / 2
 
 
 class RunQueue:
@@ -56,6 +87,11 @@ class RunQueue:
         "at",
         "switch_s",
         "incoming",
+        "_thread",
+        "_thread_until",
+        "_thread_since",
+        "wakeup_gran",
+        "tick_slice",
     )
 
     def __init__(
@@ -76,7 +112,7 @@ class RunQueue:
         self.held = 0  # kernel loops holding this CPU (rcuscale threads inside their loop)
         self.at_point = False  # the loop is at cond_resched() and lets queued work run
         self.busy_until = 0.0  # the work started here runs until then
-        self.waiting: deque[Work] = deque()  # work ready to run, waiting for the CPU
+        self.waiting: deque[tuple[Work, str | None]] = deque()  # (work, its pool) ready, waiting for the CPU
         self.charged = 0.0  # CPU seconds of work a holding loop has not yet paid for (voluntary, full)
         self.incoming = 0  # work on its way here (a wake-up in flight): the CPU is no longer idle
         self.work_seconds = 0.0  # all CPU seconds of kernel work run here
@@ -87,6 +123,10 @@ class RunQueue:
         self.on_idle: Callable[[int, float], None] | None = None  # the loop left and the CPU went idle
         self.switches = 0
         self.at: Callable[[float, Callable[[], None]], None] | None = None  # shared instants (CpuSet.at)
+        self._thread: str | None = None  # the pool whose kworker ran the last work here (None: the loop)
+        self._thread_until = -math.inf  # when that work ended
+        self._thread_since = 0.0  # when that pool's kworker took the CPU
+        self.wakeup_gran, self.tick_slice = kworker_protection(1, False)  # set by CpuSet
 
     # Time ------------------------------------------------------------------------------------
 
@@ -116,61 +156,120 @@ class RunQueue:
         """Something was just placed here and will arrive after a wake-up (see `submit(claimed=True)`)."""
         self.incoming += 1
 
-    def submit(self, work: Work, delay: float = 0.0, wake: bool = False, claimed: bool = False) -> None:
+    def submit(
+        self,
+        work: Work,
+        delay: float = 0.0,
+        wake: bool = False,
+        claimed: bool = False,
+        pool: str | None = EVENTS,
+    ) -> None:
         """Queue work that is ready after `delay` (plus a kthread wake-up when `wake` and the CPU is not held).
 
-        `claimed`: the CPU was claimed for it already (`claim()`)."""
+        `claimed`: the CPU was claimed for it already (`claim()`). `pool`: the worker pool that runs
+        it (EVENTS...), None for a kthread of its own."""
         if wake and not self.held:
             delay += self.wakeup_s
         if delay > 0.0:
             assert self.at is not None
             if not claimed:
                 self.incoming += 1
-            self.at(self.env.now + delay, lambda: self._arrive(work))
+            self.at(self.env.now + delay, lambda: self._arrive(work, pool))
         else:
             if claimed:
                 self.incoming -= 1
-            self._ready(work)
+            self._ready(work, pool)
 
-    def _arrive(self, work: Work) -> None:
+    def _arrive(self, work: Work, pool: str | None) -> None:
         self.incoming -= 1
-        self._ready(work)
+        self._ready(work, pool)
+
+    def start_work(self, now: float, pool: str | None) -> None:
+        """A work item of `pool` starts here: a context switch unless the same pool's kworker is still
+        on the CPU, straight from its previous item."""
+        if pool is None or pool != self._thread or now > self._thread_until + 1e-12:
+            if self.held:
+                self.switch(now)
+            self._thread_since = now
+        self._thread = pool
+
+    def end_work(self, until: float) -> None:
+        """The work just started runs until `until` (its pool's kworker is on the CPU till then)."""
+        self._thread_until = until
 
     def run_kthread(self, step: Callable[[float], None]) -> bool:
-        """A woken kthread (the GP kthread, rcuog) takes the CPU for a moment: at once where the CPU lets
-        it run (it preempts a running worker at its next cond_resched()), else first at the loop's next
+        """A woken kthread (the GP kthread, rcuog) takes the CPU for a moment: where the CPU lets queued
+        work run, at once, or after the running kworker's protection (`kworker_protection`: then at
+        the kworker's next cond_resched(), or when its item ends); else first at the loop's next
         cond_resched(). Returns True if `step` ran now."""
+        now = self.env.now
         if self.can_run_now():
-            if self.held:
-                self.switch(self.env.now)
-            step(self.env.now)
-            return True
+            at = self._kthread_gets_cpu(now)
+            if at <= now:
+                self._preempt_for(step, now)
+                return True
+        else:
+            at = math.inf
+        done = False
 
-        def work(now: float) -> float:
-            step(now)
+        def work(t: float) -> float:
+            nonlocal done
+            if not done:
+                done = True
+                step(t)
             return 0.0
 
-        self.waiting.appendleft(work)  # it slept the longest: the scheduler picks it first
+        entry = (work, None)
+        self.waiting.appendleft(entry)  # it slept the longest: the scheduler picks it first
+        if at < math.inf:
+            assert self.at is not None
+
+            def preempt() -> None:  # the scheduler takes the CPU from the kworker mid-item
+                nonlocal done
+                if done or not self.can_run_now():
+                    return
+                done = True
+                self.waiting.remove(entry)
+                self._preempt_for(step, self.env.now)
+
+            self.at(at, preempt)
         return False
 
-    def _ready(self, work: Work) -> None:
+    def _kthread_gets_cpu(self, now: float) -> float:
+        """When a kthread woken now gets this CPU, which lets queued work run: at once, unless a
+        kworker runs an item here and the scheduler lets it go on (`kworker_protection`)."""
+        if self._thread is None or self.busy_until <= now + 1e-12:
+            return now
+        ran = now - self._thread_since
+        if ran > self.wakeup_gran:
+            return now
+        return min(self.busy_until, self.tick_after(self._thread_since + self.tick_slice - 1e-12))
+
+    def _preempt_for(self, step: Callable[[float], None], now: float) -> None:
+        pool = self._thread
+        if self.held:
+            self.switch(now)
+        step(now)
+        self._thread = pool  # a preempted kworker resumes its item (switching back adds no QS now)
+
+    def _ready(self, work: Work, pool: str | None) -> None:
         if (
             not self._pumping
             and not self.waiting
             and self.busy_until <= self.env.now + 1e-12
             and (not self.held or self.at_point or self.preempt != "none")
         ):
-            self._run(work)  # an idle pool: the common case, without the queue
+            self._run(work, pool)  # an idle pool: the common case, without the queue
             return
-        self.waiting.append(work)
+        self.waiting.append((work, pool))
         if not self._pumping and self.can_run_now():
             self._pump()
 
-    def _run(self, work: Work) -> None:
+    def _run(self, work: Work, pool: str | None) -> None:
         now = self.env.now
-        if self.held:
-            self.switch(now)
+        self.start_work(now, pool)
         cost = work(now)
+        self.end_work(now + max(0.0, cost))
         if cost > 0.0:
             self.busy_until = now + cost
             self.work_seconds += cost
@@ -196,10 +295,10 @@ class RunQueue:
                 self._pumping = True
                 env.timeout(self.busy_until - now).callbacks.append(self._pump)
                 return
-            work = waiting.popleft()
-            if self.held:
-                self.switch(now)  # the loop (or the previous work) is switched out: a context switch
+            work, pool = waiting.popleft()
+            self.start_work(now, pool)  # a context switch, unless this pool's kworker goes on
             cost = work(now)
+            self.end_work(now + max(0.0, cost))
             if cost > 0.0:
                 self.busy_until = now + cost
                 self.work_seconds += cost
@@ -225,6 +324,7 @@ class RunQueue:
         self.switches += 1
         if self.held:
             self.charged += self.switch_s
+        self._thread = None
         self.on_switch(self.cpu, now)
 
     # The holding loop ------------------------------------------------------------------------
@@ -282,11 +382,14 @@ class CpuSet:
         wakeup_s: float,
         on_switch: Callable[[int, float], None],
         switch_s: float = 0.0,
+        eevdf: bool = False,
     ) -> None:
         self.env = env
         self.queues = [RunQueue(env, cpu, preempt, hz, wakeup_s, on_switch) for cpu in range(cpus)]
+        protection = kworker_protection(cpus, eevdf)
         for rq in self.queues:
             rq.switch_s = switch_s
+            rq.wakeup_gran, rq.tick_slice = protection
         self.preempt = preempt
         self.any_held = False  # some kernel loop holds a CPU (the rcuscale test)
         self._due: dict[float, list[Callable[[], None]]] = {}

@@ -86,6 +86,7 @@ class Model:
             hw.wq_latency_us * 1e-6,
             on_switch=lambda cpu, now: self.gp.context_switch(cpu, now),
             switch_s=hw.context_switch_us * 1e-6,
+            eevdf=kernel.eevdf,
         )
         self.gp = GraceEngine(env, hw, kernel, self.cpus, stream(seed, "grace_periods"), stream(seed, "expedited"))
         for rq in self.cpus.queues:

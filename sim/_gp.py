@@ -194,7 +194,7 @@ class GraceEngine:
             s = min(s, self.first_fqs_s + 2.0 / self.hw.hz)
         return s
 
-    def _kthread_cpu(self) -> int:
+    def kthread_cpu(self) -> int:
         """Where the woken GP kthread runs: an idle CPU if there is one, else its home CPU."""
         cpus = self.cpus
         if not cpus.any_held:
@@ -209,7 +209,7 @@ class GraceEngine:
 
     def _kthread_runs(self, step: Callable[[float], None]):
         """Run `step` when the GP kthread gets its CPU (a generator for the kthread's process)."""
-        ran = self.cpus[self._kthread_cpu()].run_kthread(step) if self.cpus.any_held else (step(self.env.now) or True)
+        ran = self.cpus[self.kthread_cpu()].run_kthread(step) if self.cpus.any_held else (step(self.env.now) or True)
         if not ran:
             event = self.env.event()
             self._step_done = event
@@ -234,7 +234,7 @@ class GraceEngine:
         self._holdouts = {}
         self._urgent_at = math.inf
         if cpus.any_held and not self.tick_qs:
-            me = self._kthread_cpu()
+            me = self.kthread_cpu()
             for rq in cpus.queues:
                 if rq.held:
                     # The kthread's own CPU noticed the GP in rcu_gp_init(); the others at their next tick.
@@ -280,7 +280,7 @@ class GraceEngine:
                     self._wake = None
                     # The sleeping kthread takes a wake-up to run where no loop holds its CPU (else it
                     # waits for the CPU below); requests meanwhile share its GP.
-                    rq = self.cpus[self._kthread_cpu()]
+                    rq = self.cpus[self.kthread_cpu()]
                     if not rq.held and rq.wakeup_s > 0:
                         yield env.timeout(rq.wakeup_s)
                 yield from self._kthread_runs(start)

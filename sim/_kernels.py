@@ -59,6 +59,7 @@ class KernelBehaviour:
     # run_page_cache_worker() arms its hrtimer even with rcu_min_cached_objs=0, for a work that fills
     # nothing; from 021a5ff84743 (v6.5, "Do not run a page work if a cache is disabled") it bails out.
     refill_when_disabled: bool = False
+    eevdf: bool = False  # 147f3efaa241 (v6.6): EEVDF replaces CFS; a running kworker keeps its slice
 
     def boot_param(self, name: str) -> str:
         """The command-line name of a kvfree_rcu() parameter on this release, e.g. rcutree.rcu_min_cached_objs."""
@@ -290,6 +291,7 @@ KERNELS: dict[str, KernelBehaviour] = {
             "kernel/rcu/tree.c, system_wq",
             block_header_bytes=40,
             default_n=5,
+            eevdf=True,
             **_POLLED,
         ),
         KernelBehaviour(
@@ -299,6 +301,7 @@ KERNELS: dict[str, KernelBehaviour] = {
             block_header_bytes=40,
             default_n=5,
             reclaim_wq="system_unbound_wq",
+            eevdf=True,
             **_POLLED,
         ),
         KernelBehaviour(
@@ -309,6 +312,7 @@ KERNELS: dict[str, KernelBehaviour] = {
             default_n=5,
             reclaim_wq="rcu_reclaim_wq",
             param_module="slab_common",
+            eevdf=True,
             **_POLLED,
         ),
         KernelBehaviour(
@@ -322,6 +326,7 @@ KERNELS: dict[str, KernelBehaviour] = {
             kvfree_rcu_batched_config=True,
             sheaves=True,
             tick_qs_preempt_count=True,
+            eevdf=True,
             **_POLLED,
         ),
     )

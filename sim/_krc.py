@@ -27,7 +27,7 @@ import numpy as np
 import simpy
 
 from ._arrivals import ArrivalStream
-from ._cpu import SHORT_WORK_S, CpuSet
+from ._cpu import EVENTS, EVENTS_HIGHPRI, EVENTS_UNBOUND, SHORT_WORK_S, CpuSet
 from ._gp import GraceEngine
 from ._kernels import KernelBehaviour
 from ._memory import PageAllocator
@@ -847,10 +847,11 @@ class KfreeRcuCpu:
         c = self.c
         target = self.cpu if (c.pipeline.bound or not c.cpus.any_held) else c.cpus.unbound_target(self.cpu)
         rq = c.cpus.queues[target]
+        pool = EVENTS if c.pipeline.bound else EVENTS_UNBOUND
         if rq.busy_until <= now + 1e-12 and not rq.waiting and (not rq.held or rq.at_point or rq.preempt != "none"):
-            if rq.held:
-                rq.switch(now)
+            rq.start_work(now, pool)
             cost = self.monitor_work(now, target)
+            rq.end_work(now + max(0.0, cost))
             if cost > 0.0:
                 rq.busy_until = now + cost
                 rq.work_seconds += cost
@@ -866,7 +867,7 @@ class KfreeRcuCpu:
             ran.succeed()
             return cost
 
-        rq.submit(work)
+        rq.submit(work, pool=pool)
         return ran
 
     def monitor_work(self, now: float, run_cpu: int) -> float:
@@ -1016,7 +1017,10 @@ class KfreeRcuCpu:
         """The batch's GP ended and its callback runs on `invoked_on` (`delay` from now): queue
         kfree_rcu_work() on the release's workqueue (a kworker wakes there)."""
         target = self.c.pipeline.work_cpu(invoked_on)
-        self.c.cpus.queues[target].submit(lambda now: self.kfree_rcu_work(batch, target, now), delay, wake=True)
+        pool = EVENTS if self.c.pipeline.bound else EVENTS_UNBOUND
+        self.c.cpus.queues[target].submit(
+            lambda now: self.kfree_rcu_work(batch, target, now), delay, wake=True, pool=pool
+        )
 
     def kfree_rcu_work(self, batch: Batch, run_cpu: int, now: float) -> float:
         """The work takes the batch's lists (its krw slot is free again), frees the objects with
@@ -1114,9 +1118,12 @@ class KfreeRcuCpu:
         self.work_in_progress = True
         if self.backoff:
             target = self.cpu if c.pipeline.bound else c.cpus.unbound_target(self.cpu)
-            c.cpus[target].submit(self.fill_page_cache_func, delay=c.policy.refill_delay_ms * 1e-3, wake=True)
+            pool = EVENTS if c.pipeline.bound else EVENTS_UNBOUND
+            c.cpus[target].submit(
+                self.fill_page_cache_func, delay=c.policy.refill_delay_ms * 1e-3, wake=True, pool=pool
+            )
         else:
-            self.rq.submit(self.fill_page_cache_func, wake=True)
+            self.rq.submit(self.fill_page_cache_func, wake=True, pool=EVENTS_HIGHPRI)
 
     def fill_page_cache_func(self, now: float) -> float:
         """The refill work: allocate pages up to N (1 while backing off), stopping at the first

@@ -542,3 +542,34 @@ def test_record_writes_the_output_to_a_file(tmp_path):
     lines = out.read_text().splitlines()
     assert lines[1:] == result.output.strip().splitlines()
     assert LAST_LINE.match(lines[-1]) and N_EFFECT_LINE.match(lines[-2])
+
+
+def test_the_fit_sees_ns_effect_within_each_training_group(points):
+    # The calibration's last part: at each N of a group, loop time and GPs relative to its lowest N.
+    from rcutune.validation.compare._fit import loss, n_curve_pairs
+
+    group = [
+        p
+        for p in points
+        if p.params.guest_cpus == 2
+        and p.params.kfree_loops == 200
+        and p.params.mode == "double"
+        and p.params.rcu_delay_page_cache_fill_msec == 5000
+    ]
+    pairs = n_curve_pairs(group)
+    assert {low.params.rcu_min_cached_objs for low, _ in pairs} == {0}
+    assert sorted(high.params.rcu_min_cached_objs for _, high in pairs) == [1, 2, 5, 16, 64]
+
+    def sim_of(p: Point, time_ms: float, batches: float) -> SimPoint:
+        return SimPoint(p.point_id, 2, 0, time_ms, batches, p.footprint_mb)
+
+    # Every point 10 % slow: the per-point parts see it, the N curve does not.
+    slow = {p.point_id: sim_of(p, 1.1 * p.time_ms, p.batches) for p in group}
+    assert loss(group, slow).time > 0.009 and loss(group, slow).n_effect == pytest.approx(0.0, abs=1e-12)
+    # N does nothing in the model: the N curve part sees what the per-point parts blur.
+    flat = {p.point_id: sim_of(p, 1500.0, 180.0) for p in group}
+    n0, n64 = (next(p for p in group if p.params.rcu_min_cached_objs == n) for n in (0, 64))
+    expected = (math.log(n0.time_ms / n64.time_ms) ** 2 + math.log(n0.batches / n64.batches) ** 2) / 2
+    assert loss([n0, n64], flat).n_effect == pytest.approx(expected)
+    # A group point that ended in an OOM, or was timed on a loaded host, is not on the curve.
+    assert n_curve_pairs([replace(n0, oom=1), n64]) == [] and n_curve_pairs([n0, replace(n64, quiet_host=False)]) == []

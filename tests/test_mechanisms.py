@@ -13,8 +13,9 @@ import pytest
 import simpy
 
 from rcutune import sim
-from rcutune.sim._cpu import CpuSet
+from rcutune.sim._cpu import EVENTS, EVENTS_HIGHPRI, CpuSet, kworker_protection
 from rcutune.sim._engine import Model
+from rcutune.sim._krc import KfreeRcuCpu
 from rcutune.sim._memory import SHRINK_BATCH, PageAllocator, Shrinker
 from rcutune.sim._reclaim import nocb_gp_stride
 from rcutune.sim._slab import FreeCosts, objects_per_slab
@@ -112,6 +113,64 @@ def test_a_cpu_whose_loop_sleeps_with_work_queued_is_no_longer_a_holdout():
     assert idle == [0]
 
 
+def _loop_at_cond_resched(cpus: CpuSet, env: simpy.Environment, cpu: int = 0):
+    """The PREEMPT_NONE loop holding `cpu` (see `hold()`) reaches cond_resched() now, then keeps the CPU."""
+    rq = cpus[cpu]
+
+    def loop():
+        yield env.timeout(0.0)
+        yield from rq.cond_resched()
+
+    return env.process(loop())
+
+
+def test_works_of_one_pool_back_to_back_share_one_context_switch():
+    # worker_thread() takes the next item of its pool without sleeping: monitor + kfree_rcu_work on
+    # system_wq are one switch in and one out; the highpri refill is another kworker, another switch.
+    for pools, expected in (((EVENTS, EVENTS), 2), ((EVENTS, EVENTS_HIGHPRI), 3), ((None, None), 3)):
+        env = simpy.Environment()
+        switches: list[float] = []
+        cpus = CpuSet(env, 1, "none", 1000, 0.0, on_switch=lambda cpu, now, out=switches: out.append(now))
+        cpus[0].hold()
+        for pool in pools:
+            cpus[0].submit(lambda now: 0.002, pool=pool)  # queued behind the loop
+        _loop_at_cond_resched(cpus, env)
+        env.run(until=0.01)
+        assert len(switches) == expected, (pools, switches)
+        assert switches[-1] == pytest.approx(0.004)  # back to the loop when both items are done
+
+
+def test_scheduler_tunables_scale_with_the_cpu_count_as_the_kernel_does():
+    ms = 1e-3
+    assert kworker_protection(1, eevdf=False) == pytest.approx((1 * ms, 3 * ms))
+    assert kworker_protection(2, eevdf=False) == pytest.approx((2 * ms, 6 * ms))
+    assert kworker_protection(4, eevdf=False) == pytest.approx((3 * ms, 9 * ms))
+    assert kworker_protection(64, eevdf=False) == pytest.approx((4 * ms, 12 * ms))  # capped at 8 CPUs
+    assert kworker_protection(2, eevdf=True) == pytest.approx((1.5 * ms, 1.5 * ms))
+    assert not sim.kernel_behaviour("6.1").eevdf and sim.kernel_behaviour("6.6").eevdf
+
+
+@pytest.mark.parametrize(
+    "eevdf, woken_after_ms, runs_at_ms",
+    [
+        (False, 0.5, 5.0),  # CFS: led by 0.5 ms < 2 ms granularity: waits for the item's end
+        (False, 3.0, 3.0),  # led by 3 ms > 2 ms: preempts at the wake-up
+        (True, 0.5, 2.0),  # EEVDF: the kworker keeps its 1.5 ms slice, to the next tick
+        (True, 3.0, 3.0),
+    ],
+)
+def test_a_woken_kthread_preempts_a_running_kworker_only_as_the_scheduler_lets_it(eevdf, woken_after_ms, runs_at_ms):
+    env = simpy.Environment()
+    cpus = CpuSet(env, 2, "none", 1000, 0.0, on_switch=lambda cpu, now: None, eevdf=eevdf)
+    cpus[0].hold()
+    cpus[0].submit(lambda now: 0.005)  # a 5 ms kfree_rcu_work() behind the loop's cond_resched()
+    _loop_at_cond_resched(cpus, env)
+    ran = []
+    cpus.at(woken_after_ms * 1e-3, lambda: cpus[0].run_kthread(lambda now: ran.append(now)))
+    env.run(until=0.02)
+    assert ran == [pytest.approx(runs_at_ms * 1e-3)]
+
+
 # Grace periods under load --------------------------------------------------------------------------
 
 
@@ -143,11 +202,31 @@ def test_tick_qs_with_preempt_count_from_v6_15_on_dynamic_builds():
     assert ticks.mean_residency_seconds < 0.85 * plain.mean_residency_seconds
 
 
-def test_offloaded_callbacks_ask_for_their_grace_period_through_rcuog():
-    none = rcuscale("none", n=64)
-    offloaded = rcuscale("none", n=64, **{"hardware.nocb_cpus": 2})
-    # All CPUs offloaded and held: rcuog and rcuo wait for a loop's end, so fewer GPs complete.
-    assert offloaded.rcuscale_batches < none.rcuscale_batches
+def test_offloaded_callbacks_and_their_reclaim_gather_on_the_gp_kthreads_cpu(monkeypatch):
+    # Every CPU offloaded and busy: the GP kthread, rcuog and the rcuo kthreads share one CPU, and
+    # kfree_rcu_work() (system_wq on 6.1) runs where rcuo invoked the batch's callback. Not offloaded,
+    # each CPU's batches are reclaimed on that CPU, from its own RCU_SOFTIRQ.
+    def reclaim_runs(**overrides) -> tuple[list[tuple[float, int, int]], float]:
+        runs: list[tuple[float, int, int]] = []
+        original = KfreeRcuCpu.kfree_rcu_work
+
+        def kfree_rcu_work(self, batch, run_cpu, now):
+            runs.append((now, self.cpu, run_cpu))
+            return original(self, batch, run_cpu, now)
+
+        with monkeypatch.context() as m:
+            m.setattr(KfreeRcuCpu, "kfree_rcu_work", kfree_rcu_work)
+            result = rcuscale("none", n=0, **overrides)
+        return runs, result.rcuscale_total_time_ns * 1e-9
+
+    plain, _ = reclaim_runs()
+    assert {(owner, run) for _, owner, run in plain} == {(0, 0), (1, 1)}
+    offloaded, seconds = reclaim_runs(**{"hardware.nocb_cpus": 2})
+    # While both loops run (the first half of the test; afterwards the CPU whose loop ended first is
+    # idle, and the kthreads move there), every batch of both CPUs is reclaimed on one CPU.
+    busy = [(owner, run) for t, owner, run in offloaded if t < 0.5 * seconds]
+    assert {owner for owner, _ in busy} == {0, 1}
+    assert len({run for _, run in busy}) == 1, busy
 
 
 def test_one_rcuog_kthread_serves_nr_cpu_ids_over_its_integer_square_root_cpus():

@@ -7,6 +7,7 @@ training points by minimising
     J = mean (ln sim/measured time)^2 + mean (ln sim/measured batches)^2
         + 1/4 mean (ln (sim+8)/(measured+8) footprint MB)^2 [pressure points]
         + mean (simulated OOM probability - measured OOM fraction)^2 [pressure points]
+        + mean (ln sim/measured ratio of N to the lowest N)^2 [time and GPs within training groups]
 
 over point medians (a point the model ends in OOM on every seed, where the kernel finished at
 least once, costs ln 2 in time and batches). Time and batches count only points whose medians come
@@ -16,7 +17,11 @@ learn; footprint and OOM count every training point (the pressure and OOM blocks
 host only). The footprint counts a quarter: the model's footprint in the pressure block is about
 twice the kernel's whatever the parameters (README, "Validation against a real kernel"), and at
 full weight that error would pull the memory parameters away from the OOM boundary, which is a
-target.
+target. The last part is what rcutune tunes: in each training configuration group (quiet host, no
+OOM), the loop time and the GPs at each N relative to the group's lowest N (`n_curve_pairs`). The per-point parts
+alone let a few percent of error in every point hide N's effect, which is a difference between two
+points of similar size; the fit then traded the one cost that sets that effect (the `rcu_head`
+list's per-object free) against context-switch and timer costs that set the absolute times.
 
 The search runs in stages, each over the parameters that drive one part of J most, then over all of
 them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'
@@ -123,13 +128,18 @@ class Stage:
     max_evaluations: int
 
 
-ALL_PARTS = ("time", "batches", "footprint", "oom")
+ALL_PARTS = ("time", "batches", "footprint", "oom", "n_effect")
 STAGES = (
-    Stage("cpu costs", ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"), ("time",), 80),
+    Stage(
+        "cpu costs",
+        ("kfree_call_ns", "kmalloc_ns_per_kib", "kfree_slow_ns", "kfree_fast_ns"),
+        ("time", "n_effect"),
+        80,
+    ),
     Stage(
         "grace periods and deferred work",
         ("loop_jitter", "context_switch_us", "hrtimer_latency_us", "cb_invoke_us"),
-        ("time", "batches"),
+        ("time", "batches", "n_effect"),
         80,
     ),
     Stage(
@@ -151,6 +161,7 @@ class Loss:
     batches: float
     footprint: float  # already weighted
     oom: float
+    n_effect: float = 0.0
 
 
 def loss(points: list[Point], simulated: dict[str, SimPoint]) -> Loss:
@@ -173,11 +184,39 @@ def loss(points: list[Point], simulated: dict[str, SimPoint]) -> Loss:
                 )
             o_err.append(s.oom_probability - p.oom_fraction)
 
+    n_err = []
+    for low, high in n_curve_pairs(points):
+        s_low, s_high = simulated[low.point_id], simulated[high.point_id]
+        for measured_low, measured_high, sim_low, sim_high in (
+            (low.time_ms, high.time_ms, s_low.time_ms, s_high.time_ms),
+            (low.batches, high.batches, s_low.batches, s_high.batches),
+        ):
+            if sim_low and sim_high:
+                n_err.append(math.log((sim_high / sim_low) / (measured_high / measured_low)))
+            else:
+                n_err.append(MISSING_PENALTY)
+
     def ms(errors: list[float]) -> float:
         return float(np.mean(np.square(errors))) if errors else 0.0
 
-    parts = (ms(t_err), ms(b_err), FOOTPRINT_WEIGHT * ms(f_err), ms(o_err))
+    parts = (ms(t_err), ms(b_err), FOOTPRINT_WEIGHT * ms(f_err), ms(o_err), ms(n_err))
     return Loss(sum(parts), *parts)
+
+
+def n_curve_pairs(points: list[Point]) -> list[tuple[Point, Point]]:
+    """The N curve inside each configuration group of `points`: (the lowest N, each higher N), for
+    points measured on a quiet host without an OOM. On the training half a group rarely has both
+    N=0 and N=64 (the split is by point), so the fit learns N's effect from whatever N it has."""
+    groups: dict[tuple, list[Point]] = {}
+    for p in points:
+        if p.time_ms and p.batches and p.quiet_host and not p.oom:
+            groups.setdefault(p.group, []).append(p)
+    pairs = []
+    for _, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        members.sort(key=lambda p: p.params.rcu_min_cached_objs)
+        base = members[0]
+        pairs += [(base, p) for p in members[1:] if p.params.rcu_min_cached_objs > base.params.rcu_min_cached_objs]
+    return pairs
 
 
 def initial_values(points: list[Point], start: sim.HardwareProfile) -> dict[str, float]:
@@ -286,7 +325,8 @@ def fit_guest(
         def report(result: Loss, stage=stage) -> None:
             progress(
                 f"[fit {name}] {stage.name}: J={result.total:.4f} (time {result.time:.4f}, batches "
-                f"{result.batches:.4f}, footprint {result.footprint:.4f}, oom {result.oom:.4f}) "
+                f"{result.batches:.4f}, footprint {result.footprint:.4f}, oom {result.oom:.4f}, "
+                f"N effect {result.n_effect:.4f}) "
                 f"after {evaluations} evaluations"
             )
 
@@ -398,6 +438,7 @@ def calibration_text(
             f"loss_batches = {_toml_value(fit.loss.batches)}",
             f"loss_footprint = {_toml_value(fit.loss.footprint)}",
             f"loss_oom = {_toml_value(fit.loss.oom)}",
+            f"loss_n_effect = {_toml_value(fit.loss.n_effect)}",
             "training_points = [",
             *(f"    {_toml_value(pid)}," for pid in fit.training_points),
             "]",
