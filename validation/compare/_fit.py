@@ -18,10 +18,11 @@ host only). The footprint counts a quarter: the model's footprint in the pressur
 twice the kernel's whatever the parameters (README, "Validation against a real kernel"), and at
 full weight that error would pull the memory parameters away from the OOM boundary, which is a
 target. The last part is what rcutune tunes: in each training configuration group (quiet host, no
-OOM), the loop time and the GPs at each N relative to the group's lowest N (`n_curve_pairs`). The per-point parts
-alone let a few percent of error in every point hide N's effect, which is a difference between two
-points of similar size; the fit then traded the one cost that sets that effect (the `rcu_head`
-list's per-object free) against context-switch and timer costs that set the absolute times.
+OOM), the loop time and the GPs at each N relative to the group's lowest N (`n_curve_pairs`). The
+per-point parts alone let a few percent of error in every point hide N's effect, which is a
+difference between two points of similar size; the fit then traded the one cost that sets that
+effect (the `rcu_head` list's per-object free) against context-switch and timer costs that set the
+absolute times.
 
 The search runs in stages, each over the parameters that drive one part of J most, then over all of
 them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'
