@@ -404,11 +404,13 @@ class _Fleet:
                 self.unbeaten.pop(tid, None)
 
     @contextmanager
-    def _ask_lock(self, s: _Study) -> Iterator[Callable[[], None]]:
-        """Hold the study's row lock; yields a function that releases it (called once the trial is RUNNING).
+    def _ask_lock(self, s: _Study) -> Iterator[_StudyLock]:
+        """Hold the study's row lock; yields it (call it to release, once the trial is RUNNING).
 
         The lock dies with its connection when the server goes away; the caller sees that in
-        `self.reconnect.outages` (and what it guards is safe without it: see the module docstring).
+        `self.reconnect.outages` or, when the storage's pooled connections reconnected without an
+        error (a fast restart), in `alive()` (and what it guards is safe without it: see the module
+        docstring).
         """
 
         def acquire() -> tuple[sa.Connection, sa.RootTransaction]:
@@ -425,12 +427,7 @@ class _Fleet:
 
         conn, tx = self.reconnect.call(acquire)
         try:
-
-            def release() -> None:
-                if tx.is_active:
-                    _quietly(tx.commit)
-
-            yield release
+            yield _StudyLock(conn, tx)
         finally:
             if tx.is_active:
                 _quietly(tx.rollback)
@@ -441,14 +438,14 @@ class _Fleet:
         with self._ask_lock(s) as release:
             held = self.reconnect.outages
             c = self._counts(s)  # again, now that no other worker can ask
-            if not self._actionable(s, c) or self.reconnect.outages != held:
+            if not self._actionable(s, c) or self.reconnect.outages != held or not release.alive():
                 return  # nothing to do, or the lock died with the connection: look again
             if c.waiting == 0:
                 # Planning writes several trials under the lock, each without waiting for a lost server:
                 # after an outage the lock is gone, and another worker may be planning this very batch.
                 try:
                     with self.reconnect.no_wait():
-                        self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size))
+                        self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size), release.alive)
                 except storage.DatabaseUnreachable:
                     self.reconnect.raise_if_gave_up()
                     if self.reconnect.stopped:
@@ -502,11 +499,17 @@ class _Fleet:
             self.result.finished[w] = self.result.finished.get(w, 0) + 1
         self.on_trial(w, trial, None)
 
-    def _plan(self, s: _Study, size: int) -> None:
-        """Queue the study's next batch (the caller holds its lock, and every earlier trial is told)."""
+    def _plan(self, s: _Study, size: int, locked: Callable[[], bool]) -> None:
+        """Queue the study's next batch (the caller holds its lock, and every earlier trial is told).
+
+        Stops when the lock is gone (`locked()`): after a server restart another worker may plan the
+        next batch, numbered after the slots written so far, and the rest of this one would then
+        run on top of the budget."""
         trials = s.study.get_trials(deepcopy=False)
         refine = s.sampler == "tpe" and "n_per_cpu" in self.d.space.names()
         for planned in plan_batch(trials, self.d, s.workload.name, size=size, sampler=s.sampler, refine=refine):
+            if not locked():
+                return
             s.study.enqueue_trial(planned.params, user_attrs=planned.attrs)
 
     def simulate(
@@ -533,6 +536,31 @@ class _Fleet:
                 out[i] = result.metrics
                 self.memo[(policy, *jobs[i])] = result.metrics
         return [out[i] for i in range(len(jobs))]
+
+
+@dataclass
+class _StudyLock:
+    """A study's row lock, held by an open transaction on a connection of its own."""
+
+    conn: sa.Connection
+    tx: sa.RootTransaction
+
+    def __call__(self) -> None:
+        """Release it."""
+        if self.tx.is_active:
+            _quietly(self.tx.commit)
+
+    def alive(self) -> bool:
+        """Whether it still holds: its connection still answers. A server restart ends it while the
+        storage's pooled connections reconnect at their next checkout without raising, so the
+        reconnect count alone does not show it."""
+        if not self.tx.is_active:
+            return False
+        try:
+            self.conn.execute(sa.text("SELECT 1"))
+        except sa.exc.DBAPIError:
+            return False
+        return True
 
 
 class _Objective:
