@@ -23,6 +23,10 @@ with the server, so what it guards is also made safe without it:
 - a trial whose worker was cut off for longer than the grace period was failed and queued again by
   another worker: its first worker drops its result instead of telling it (the retry counts);
 - a tell whose first attempt committed before the connection dropped is recognised, not repeated.
+- a planner asks its lock's own connection before each trial it queues (`_StudyLock.alive()`): a
+  fast restart ends the lock while the storage's pooled connections reconnect without an error, and
+  the rest of a batch written after another worker planned the next one would run on top of the
+  budget.
 
 So each slot of a batch ends complete or pruned once, however the server and the workers fail.
 """
