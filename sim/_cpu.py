@@ -184,7 +184,7 @@ class RunQueue:
         self.incoming -= 1
         self._ready(work, pool)
 
-    def start_work(self, now: float, pool: str | None) -> None:
+    def _start_work(self, now: float, pool: str | None) -> None:
         """A work item of `pool` starts here: a context switch unless the same pool's kworker is still
         on the CPU, straight from its previous item."""
         if pool is None or pool != self._thread or now > self._thread_until + 1e-12:
@@ -192,10 +192,6 @@ class RunQueue:
                 self.switch(now)
             self._thread_since = now
         self._thread = pool
-
-    def end_work(self, until: float) -> None:
-        """The work just started runs until `until` (its pool's kworker is on the CPU till then)."""
-        self._thread_until = until
 
     def run_kthread(self, step: Callable[[float], None]) -> bool:
         """A woken kthread (the GP kthread, rcuog) takes the CPU for a moment: where the CPU lets queued
@@ -252,24 +248,25 @@ class RunQueue:
         step(now)
         self._thread = pool  # a preempted kworker resumes its item (switching back adds no QS now)
 
+    def run_if_free(self, work: Work, pool: str | None = EVENTS) -> bool:
+        """Run `work` now if the CPU lets queued work run and nothing runs or waits here; returns whether it ran."""
+        if self.busy_until <= self.env.now + 1e-12 and not self.waiting and self.can_run_now():
+            self._run(work, pool)
+            return True
+        return False
+
     def _ready(self, work: Work, pool: str | None) -> None:
-        if (
-            not self._pumping
-            and not self.waiting
-            and self.busy_until <= self.env.now + 1e-12
-            and (not self.held or self.at_point or self.preempt != "none")
-        ):
-            self._run(work, pool)  # an idle pool: the common case, without the queue
-            return
+        if not self._pumping and self.run_if_free(work, pool):
+            return  # an idle pool: the common case, without the queue
         self.waiting.append((work, pool))
         if not self._pumping and self.can_run_now():
             self._pump()
 
     def _run(self, work: Work, pool: str | None) -> None:
         now = self.env.now
-        self.start_work(now, pool)
+        self._start_work(now, pool)
         cost = work(now)
-        self.end_work(now + max(0.0, cost))
+        self._thread_until = now + max(0.0, cost)  # its kworker is on the CPU till then
         if cost > 0.0:
             self.busy_until = now + cost
             self.work_seconds += cost
@@ -296,9 +293,9 @@ class RunQueue:
                 env.timeout(self.busy_until - now).callbacks.append(self._pump)
                 return
             work, pool = waiting.popleft()
-            self.start_work(now, pool)  # a context switch, unless this pool's kworker goes on
+            self._start_work(now, pool)  # a context switch, unless this pool's kworker goes on
             cost = work(now)
-            self.end_work(now + max(0.0, cost))
+            self._thread_until = now + max(0.0, cost)  # its kworker is on the CPU till then
             if cost > 0.0:
                 self.busy_until = now + cost
                 self.work_seconds += cost

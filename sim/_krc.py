@@ -848,15 +848,7 @@ class KfreeRcuCpu:
         target = self.cpu if (c.pipeline.bound or not c.cpus.any_held) else c.cpus.unbound_target(self.cpu)
         rq = c.cpus.queues[target]
         pool = EVENTS if c.pipeline.bound else EVENTS_UNBOUND
-        if rq.busy_until <= now + 1e-12 and not rq.waiting and (not rq.held or rq.at_point or rq.preempt != "none"):
-            rq.start_work(now, pool)
-            cost = self.monitor_work(now, target)
-            rq.end_work(now + max(0.0, cost))
-            if cost > 0.0:
-                rq.busy_until = now + cost
-                rq.work_seconds += cost
-                if rq.held and not rq.at_point:
-                    rq.charged += cost
+        if rq.run_if_free(lambda t: self.monitor_work(t, target), pool):
             return None
         self.queued = True
         ran = self.env.event()

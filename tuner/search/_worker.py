@@ -439,17 +439,17 @@ class _Fleet:
 
     def _run_one(self, s: _Study) -> None:
         objective = _Objective(self, s)
-        with self._ask_lock(s) as release:
+        with self._ask_lock(s) as lock:
             held = self.reconnect.outages
             c = self._counts(s)  # again, now that no other worker can ask
-            if not self._actionable(s, c) or self.reconnect.outages != held or not release.alive():
+            if not self._actionable(s, c) or self.reconnect.outages != held or not lock.alive():
                 return  # nothing to do, or the lock died with the connection: look again
             if c.waiting == 0:
                 # Planning writes several trials under the lock, each without waiting for a lost server:
                 # after an outage the lock is gone, and another worker may be planning this very batch.
                 try:
                     with self.reconnect.no_wait():
-                        self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size), release.alive)
+                        self._plan(s, min(s.budget - c.spent, self.d.settings.batch_size), lock.alive)
                 except storage.DatabaseUnreachable:
                     self.reconnect.raise_if_gave_up()
                     if self.reconnect.stopped:
@@ -457,7 +457,7 @@ class _Fleet:
                     return  # what was queued before the outage runs; later batches fill the budget
                 if self.reconnect.outages != held:
                     return
-            objective.release = release
+            objective.release = lock
             # The queued trial Optuna is about to take (the lowest-numbered; no other worker takes one
             # while we hold the lock): an interrupt before our objective starts hands that one back.
             queued = s.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -468,7 +468,7 @@ class _Fleet:
                 # Optuna may replace our exception with its own when the clean-up of a failed tell fails too.
                 self.reconnect.raise_if_gave_up()
                 if self.reconnect.stopped:  # interrupted while the server was away
-                    release()
+                    lock()
                     objective.hand_back()
                     raise KeyboardInterrupt from None
                 if not objective.handed_over():
@@ -480,7 +480,7 @@ class _Fleet:
                 )
                 return
             except BaseException:
-                release()
+                lock()
                 objective.hand_back()
                 raise
         if objective.number is None:

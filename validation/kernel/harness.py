@@ -1577,13 +1577,13 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "build":
             build(a.cache_dir, a.jobs, normalize_variants(a.variant))
         elif a.cmd == "trace":
-            params = cli_params(normalize_variants((*normalize_variants(a.variant), TRACE_VARIANT)), a.rcu_nocbs)
+            params = cli_params(normalize_variants(a.variant), a.rcu_nocbs)
             events = tuple(e.strip() for e in a.events.split(",") if e.strip())
             if not events:
                 raise ValueError("--events: name at least one event (subsystem:event)")
             res, tr = trace_boot(params, a.out, events=events, quiet_ms=a.quiet_ms, timeout_s=a.timeout, accel=a.accel)
             print(
-                f"{params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
+                f"{res.params.point_id}: status={res.status} wall={res.boot_wall_s:.2f}s "
                 f"console={a.out} ({Path(a.out).stat().st_size} bytes)"
             )
             print(
