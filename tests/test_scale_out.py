@@ -180,6 +180,26 @@ def test_four_workers_spend_the_budget_exactly_and_retry_the_trial_of_one_killed
     assert retried, "the killed worker's trial was failed and run again"
 
 
+def test_a_study_lock_the_server_ended_is_seen_dead_and_releases_quietly(postgres_url):
+    # A restart ends the lock's session while pooled connections reconnect without a word: the planner
+    # asks the lock itself (`alive()`), and releasing a dead lock raises nothing.
+    from rcutune.tuner.search._worker import _StudyLock
+
+    engine = sa.create_engine(postgres_url)
+    try:
+        conn = engine.connect()
+        lock = _StudyLock(conn, conn.begin())
+        assert lock.alive()
+        pid = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+        with engine.connect() as other:
+            other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        assert not lock.alive() and not lock.alive()
+        lock()  # the objective releases it once its trial runs: no PendingRollbackError
+        conn.close()
+    finally:
+        engine.dispose()
+
+
 def test_a_trial_left_running_without_any_heartbeat_is_failed_after_the_grace_period_and_retried(
     postgres_url, tmp_path
 ):

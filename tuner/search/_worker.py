@@ -455,8 +455,8 @@ class _Fleet:
                     if self.reconnect.stopped:
                         raise KeyboardInterrupt from None
                     return  # what was queued before the outage runs; later batches fill the budget
-                if self.reconnect.outages != held:
-                    return
+                if self.reconnect.outages != held or not lock.alive():
+                    return  # the lock died while planning: what was queued runs, the rest is planned again
             objective.release = lock
             # The queued trial Optuna is about to take (the lowest-numbered; no other worker takes one
             # while we hold the lock): an interrupt before our objective starts hands that one back.
@@ -563,6 +563,7 @@ class _StudyLock:
         try:
             self.conn.execute(sa.text("SELECT 1"))
         except sa.exc.DBAPIError:
+            _quietly(self.tx.rollback)  # the transaction is gone with its connection: nothing to release
             return False
         return True
 
