@@ -190,8 +190,17 @@ class RunQueue:
         if pool is None or pool != self._thread or now > self._thread_until + 1e-12:
             if self.held:
                 self.switch(now)
+                if now > self._thread_until + 1e-12:  # it takes the CPU from the loop itself
+                    self._switch_back()
             self._thread_since = now
         self._thread = pool
+
+    def _switch_back(self) -> None:
+        """Work that preempted a loop mid-chunk (PREEMPT_VOLUNTARY, PREEMPT) gives the CPU back when it
+        sleeps again: a second switch, which the loop pays for. At cond_resched() the loop counts its own."""
+        if self.held and not self.at_point:
+            self.switches += 1
+            self.charged += self.switch_s
 
     def run_kthread(self, step: Callable[[float], None]) -> bool:
         """A woken kthread (the GP kthread, rcuog) takes the CPU for a moment: where the CPU lets queued
@@ -245,6 +254,7 @@ class RunQueue:
         pool = self._thread
         if self.held:
             self.switch(now)
+            self._switch_back()
         step(now)
         self._thread = pool  # a preempted kworker resumes its item (switching back adds no QS now)
 

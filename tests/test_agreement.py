@@ -32,6 +32,7 @@ from rcutune.validation.compare import (
     anon_fraction,
     calibrate,
     compare,
+    fit_guest,
     load_calibration,
     load_measured,
     load_points,
@@ -423,6 +424,43 @@ def test_the_fit_on_a_tiny_subset_writes_a_profile_and_calibration_that_load(tmp
     calibrated = load_calibration(tmp_path / "cal.toml")
     assert calibrated.guests["qemu-tcg-2"].hardware == profile
     assert calibrated.training_points == set(fit.training_points)
+
+
+class _ScaledRunner:
+    """Simulates a point as its measurement times a factor the guest sets: on the voluntary build,
+    hrtimer_latency_us / 2 (so the fit's answer is 2); on the base build, kfree_call_ns / 700."""
+
+    def __init__(self) -> None:
+        self.calls: list[set[str]] = []
+
+    def simulate(self, points, guests, *, seeds, oom_seeds):
+        self.calls.append({p.params.preempt_model for p in points})
+        (guest,) = guests.values()
+        hw = guest.hardware
+        out = {}
+        for p in points:
+            f = hw.hrtimer_latency_us / 2.0 if p.params.preempt_model == "voluntary" else hw.kfree_call_ns / 700.0
+            out[p.point_id] = SimPoint(p.point_id, 1, 0, p.time_ms * f, p.batches, p.footprint_mb)
+        return out
+
+
+def test_a_stage_of_the_voluntary_build_fits_its_parameters_on_that_builds_points_only():
+    points = [p for p in load_points([MAIN_CSV, VOLUNTARY_CSV]) if p.params.guest_cpus == 2 and p.time_ms]
+    stages = (
+        Stage("cpu costs", ("kfree_call_ns",), ("time",), 30),
+        Stage("refill kick", ("hrtimer_latency_us",), ("time",), 30, preempt_model="voluntary"),
+    )
+    start = sim.load_hardware("qemu-tcg-2")
+    runner = _ScaledRunner()
+    fit = fit_guest(points, "tcg", 2, runner, seeds=1, oom_seeds=1, start=start, stages=stages)
+    assert fit.values["hrtimer_latency_us"] == pytest.approx(2.0, rel=0.02)
+    assert fit.values["kfree_call_ns"] == pytest.approx(700.0, rel=0.02)
+    assert {"none"} in runner.calls and {"voluntary"} in runner.calls
+    assert all(len(builds) == 1 for builds in runner.calls)  # never one build's points in another's J
+    # Without points of that build the stage is skipped and its parameter keeps the start value.
+    base = [p for p in points if p.params.preempt_model == "none"]
+    fit = fit_guest(base, "tcg", 2, _ScaledRunner(), seeds=1, oom_seeds=1, start=start, stages=stages)
+    assert fit.values["hrtimer_latency_us"] == start.hrtimer_latency_us
 
 
 def test_compare_refuses_to_test_the_fit_on_its_own_training_points(tmp_path):

@@ -140,6 +140,24 @@ def test_works_of_one_pool_back_to_back_share_one_context_switch():
         assert switches[-1] == pytest.approx(0.004)  # back to the loop when both items are done
 
 
+@pytest.mark.parametrize("preempt", ["none", "voluntary"])
+def test_work_that_takes_the_cpu_from_a_loop_costs_the_loop_two_switches(preempt):
+    # Loop -> kworker -> loop: whether the loop offers the CPU at cond_resched() (none) or loses it
+    # at its next might_resched() (voluntary), the kworker sleeping again is a second switch.
+    env = simpy.Environment()
+    cpus = CpuSet(env, 1, preempt, 1000, 0.0, on_switch=lambda cpu, now: None)
+    rq = cpus[0]
+    rq.switch_s = 1e-6
+    rq.hold()
+    rq.submit(lambda now: 0.002, pool=EVENTS)
+    rq.submit(lambda now: 0.002, pool=EVENTS_HIGHPRI)  # another kworker straight after: one more
+    if preempt == "none":
+        _loop_at_cond_resched(cpus, env)
+    env.run(until=0.01)
+    assert rq.switches == 3
+    assert rq.charged == pytest.approx(3e-6 + (0.004 if preempt == "voluntary" else 0.0))
+
+
 def test_scheduler_tunables_scale_with_the_cpu_count_as_the_kernel_does():
     ms = 1e-3
     assert kworker_protection(1, eevdf=False) == pytest.approx((1 * ms, 3 * ms))
@@ -312,7 +330,7 @@ def test_a_guest_that_runs_out_of_memory_ends_in_oom():
 # Per-object costs ---------------------------------------------------------------------------------
 
 
-def _costs(allocator: str, locality: float = 1.0) -> FreeCosts:
+def _costs(allocator: str, locality: float = 1.0, slab_bytes: int = 32, memory_latency_ns: float = 0.0) -> FreeCosts:
     hw, _ = load(
         "vm-2",
         "steady",
@@ -321,9 +339,10 @@ def _costs(allocator: str, locality: float = 1.0) -> FreeCosts:
             "hardware.kfree_fast_ns": 10,
             "hardware.kfree_slow_ns": 100,
             "hardware.kfree_remote_ns": 40,
+            "hardware.memory_latency_ns": memory_latency_ns,
         },
     )
-    return FreeCosts(hw, 32, locality)
+    return FreeCosts(hw, slab_bytes, locality)
 
 
 def test_slub_bulk_frees_pay_the_slow_path_once_per_slab_and_slab_saves_nothing():
@@ -338,6 +357,17 @@ def test_slub_bulk_frees_pay_the_slow_path_once_per_slab_and_slab_saves_nothing(
 def test_one_by_one_frees_of_the_rcu_head_list_cost_more_than_bulk():
     slub = _costs("slub")
     assert slub.head(10_000, True) > 5 * slub.bulk(True)
+
+
+def test_the_rcu_head_walk_waits_for_memory_at_each_scattered_object_and_bulk_frees_never():
+    def extra(locality: float, slab_bytes: int = 1024) -> tuple[float, float]:
+        slow, fast = (_costs("slub", locality, slab_bytes, m) for m in (200.0, 0.0))
+        return slow.head(10_000, True) - fast.head(10_000, True), slow.bulk(True) - fast.bulk(True)
+
+    assert extra(0.0) == pytest.approx((200e-9, 0.0))  # every object on a line no cache holds
+    assert extra(0.3) == pytest.approx((140e-9, 0.0))
+    assert extra(1.0) == pytest.approx((0.0, 0.0))  # allocation order: the prefetcher streams the list
+    assert extra(0.3, slab_bytes=32) == extra(0.3, slab_bytes=4096)
 
 
 # rcuscale's test modes per release ----------------------------------------------------------------

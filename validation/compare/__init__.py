@@ -95,6 +95,7 @@ __all__ = [
     "calibrate",
     "compare",
     "csv_files",
+    "fit_guest",
     "load_calibration",
     "load_measured",
     "load_points",
