@@ -112,9 +112,6 @@ class HardwareProfile(_Profile):
         60.0, 0.1, 1e6, "kfree() into another slab: SLUB __slab_free(), SLAB free_block() per object"
     )
     kfree_remote_ns: float = _float(40.0, 0.0, 1e6, "extra per object another CPU allocated (cache lines move)")
-    memory_latency_ns: float = _float(
-        90.0, 0.0, 1e6, "a load that misses every cache: each new line of a pointer chase waits that long"
-    )
     global_lock_hold_ns: float = _float(120.0, 1.0, 1e6, "hold time of a shared pool lock, incl. cache-line transfer")
     # Page allocator.
     alloc_fast_us: float = _float(0.6, 0.01, 1e5, "order-0 allocation above the low watermark")

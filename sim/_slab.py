@@ -11,14 +11,6 @@ SLAB (mm/slab.c, removed in v6.8): every free goes to the CPU's array cache and,
 a time, back to their slabs under the node lock (cache_flusharray() -> free_block()); kfree_bulk() is
 a loop of the same frees, so it saves nothing per object.
 
-Walking the rcu_head list (kfree_rcu_work()) is a pointer chase: the next object's address is read
-from the object just freed, so an object on a line no cache holds is a load that waits for memory
-(`memory_latency_ns`) before the next free can start. Objects freed in allocation order lie at one
-stride (the size class) in one direction, which the CPU's prefetcher streams in (a chase through 1 KiB
-to 4 KiB strides took 16-18 ns per object on an EPYC host, against 224 ns for scattered lines); the
-objects freed apart from their slab neighbours (1 - locality) each pay the whole latency. kfree_bulk()
-reads its pointers in array order and only stores into the objects, so its misses overlap.
-
 Objects per slab follow SLUB's calc_slab_order(): the smallest order (up to
 PAGE_ALLOC_COSTLY_ORDER) that holds min_objects = 4 * (fls(nr_cpus) + 1) objects.
 """
@@ -59,7 +51,6 @@ class FreeCosts:
         self.per_slab = objects_per_slab(object_bytes, hw.cpus, hw.page_size)
         self.group = max(1.0, locality * self.per_slab)  # objects per detached freelist in kfree_bulk()
         self.locality = locality
-        self.chase = hw.memory_latency_ns * 1e-9 * (1.0 - locality)  # the rcu_head walk's misses per object
 
     def bulk(self, local: bool) -> float:
         """kfree_bulk() per record of a block: SLUB links the objects of one slab into a detached freelist
@@ -70,15 +61,14 @@ class FreeCosts:
         return self.slow / self.group + self.fast * (1.0 - 1.0 / self.group) + extra
 
     def head(self, count: int, local: bool) -> float:
-        """Per object of an rcu_head list of `count` objects freed one by one with kvfree(), the walk's
-        wait for each next object included."""
+        """Per object of an rcu_head list of `count` objects freed one by one with kvfree()."""
         if not self.slub:
-            return self.chase + self.fast + self.slow + (0.0 if local else self.remote)  # then free_block()
+            return self.fast + self.slow + (0.0 if local else self.remote)  # array cache, then free_block()
         if not local or count <= 0:
-            return self.chase + self.slow + (0.0 if local else self.remote)
+            return self.slow + (0.0 if local else self.remote)
         # The list is newest first: the first objects may still sit in this CPU's current slab.
         hits = min(1.0, self.locality * self.per_slab / count)
-        return self.chase + hits * self.fast + (1.0 - hits) * self.slow
+        return hits * self.fast + (1.0 - hits) * self.slow
 
     def single(self, local: bool = True) -> float:
         """One kvfree() of an object that waited a grace period (a callback, or the synchronize_rcu() fallback)."""

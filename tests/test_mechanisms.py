@@ -330,7 +330,7 @@ def test_a_guest_that_runs_out_of_memory_ends_in_oom():
 # Per-object costs ---------------------------------------------------------------------------------
 
 
-def _costs(allocator: str, locality: float = 1.0, slab_bytes: int = 32, memory_latency_ns: float = 0.0) -> FreeCosts:
+def _costs(allocator: str, locality: float = 1.0) -> FreeCosts:
     hw, _ = load(
         "vm-2",
         "steady",
@@ -339,10 +339,9 @@ def _costs(allocator: str, locality: float = 1.0, slab_bytes: int = 32, memory_l
             "hardware.kfree_fast_ns": 10,
             "hardware.kfree_slow_ns": 100,
             "hardware.kfree_remote_ns": 40,
-            "hardware.memory_latency_ns": memory_latency_ns,
         },
     )
-    return FreeCosts(hw, slab_bytes, locality)
+    return FreeCosts(hw, 32, locality)
 
 
 def test_slub_bulk_frees_pay_the_slow_path_once_per_slab_and_slab_saves_nothing():
@@ -357,17 +356,6 @@ def test_slub_bulk_frees_pay_the_slow_path_once_per_slab_and_slab_saves_nothing(
 def test_one_by_one_frees_of_the_rcu_head_list_cost_more_than_bulk():
     slub = _costs("slub")
     assert slub.head(10_000, True) > 5 * slub.bulk(True)
-
-
-def test_the_rcu_head_walk_waits_for_memory_at_each_scattered_object_and_bulk_frees_never():
-    def extra(locality: float, slab_bytes: int = 1024) -> tuple[float, float]:
-        slow, fast = (_costs("slub", locality, slab_bytes, m) for m in (200.0, 0.0))
-        return slow.head(10_000, True) - fast.head(10_000, True), slow.bulk(True) - fast.bulk(True)
-
-    assert extra(0.0) == pytest.approx((200e-9, 0.0))  # every object on a line no cache holds
-    assert extra(0.3) == pytest.approx((140e-9, 0.0))
-    assert extra(1.0) == pytest.approx((0.0, 0.0))  # allocation order: the prefetcher streams the list
-    assert extra(0.3, slab_bytes=32) == extra(0.3, slab_bytes=4096)
 
 
 # rcuscale's test modes per release ----------------------------------------------------------------

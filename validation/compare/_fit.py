@@ -26,14 +26,17 @@ absolute times.
 
 The search runs in stages, each over the parameters that drive one part of J most, then over all of
 them together: CPU costs (time: the call, and the allocator's fast and slow frees), the loops'
-jitter, context switches and callback invocation (time, batches), memory (all of J). The refill
-kick's latency (`hrtimer_latency_us`) is not fitted: it acts only where a preemptible loop switches
-to the refill between two calls, and every fitted point is PREEMPT_NONE, so J cannot see it (a fit
-left it at its range's end). Grace-period durations are not fitted: every guest CPU runs a kfree thread, so every
-quiescent state comes from the model's mechanism (the profile's GP distribution only speaks for CPUs
-no loop holds). A stage first scans each of its parameters over five points of its range (the OOM
-part is a step function of the memory parameters, flat between steps, where a line search finds
-nothing), then runs scipy's bounded Powell method from the best point. Every evaluation uses the
+jitter, context switches and callback invocation (time, batches), memory (all of J), each over
+the PREEMPT_NONE points the profile describes. The refill kick's latency (`hrtimer_latency_us`)
+acts only where a preemptible loop switches to the refill between two calls, so J over those points
+cannot see it (a fit left it at its range's end): a last stage fits it, with the context switch the
+kick costs twice, on the PREEMPT_VOLUNTARY build's training points (`Stage.preempt_model`), by their
+loop times and N curve; their GP counts' own part stays out (the model's are a known 1.3-3.7x off).
+Grace-period durations are not fitted: every guest CPU runs a kfree thread, so every quiescent state
+comes from the model's mechanism (the profile's GP distribution only speaks for CPUs no loop holds).
+A stage first scans each of its parameters over five points of its range (the OOM part is a step
+function of the memory parameters, flat between steps, where a line search finds nothing), then
+runs scipy's bounded Powell method from the best point. Every evaluation uses the
 same seeds, so J is a deterministic function of the parameters and the whole fit is repeatable.
 
 Fixed from the guest's build and boot, not fitted: HZ=1000 (CONFIG_HZ_1000), CONFIG_PREEMPT_NONE
@@ -156,7 +159,7 @@ STAGES = (
     Stage("all together", tuple(p for p in PARAMETERS if p != "hrtimer_latency_us"), ALL_PARTS, 160),
     # The refill kick's cost shows only where a preemptible loop switches to the refill between two
     # calls: at N=0 on PREEMPT_VOLUNTARY every miss kicks it again (6.1 arms the hrtimer for a work
-    # that fills nothing). Time only: that build's GP counts are a known disagreement (README).
+    # that fills nothing). Not the batches part: that build's GP counts are a known disagreement.
     Stage(
         "refill kick (PREEMPT_VOLUNTARY build)",
         ("hrtimer_latency_us", "context_switch_us"),
