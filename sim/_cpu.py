@@ -187,10 +187,11 @@ class RunQueue:
     def _start_work(self, now: float, pool: str | None) -> None:
         """A work item of `pool` starts here: a context switch unless the same pool's kworker is still
         on the CPU, straight from its previous item."""
-        if pool is None or pool != self._thread or now > self._thread_until + 1e-12:
+        from_loop = now > self._thread_until + 1e-12  # no work item ran up to now
+        if pool is None or pool != self._thread or from_loop:
             if self.held:
                 self.switch(now)
-                if now > self._thread_until + 1e-12:  # it takes the CPU from the loop itself
+                if from_loop:
                     self._switch_back()
             self._thread_since = now
         self._thread = pool
@@ -274,14 +275,7 @@ class RunQueue:
 
     def _run(self, work: Work, pool: str | None) -> None:
         now = self.env.now
-        self._start_work(now, pool)
-        cost = work(now)
-        self._thread_until = now + max(0.0, cost)  # its kworker is on the CPU till then
-        if cost > 0.0:
-            self.busy_until = now + cost
-            self.work_seconds += cost
-            if self.held and not self.at_point:
-                self.charged += cost
+        self._execute(work, pool, now)
         drained = self._drained
         if drained is not None and not self.waiting:
             if self.busy_until <= now + 1e-12:
@@ -290,6 +284,17 @@ class RunQueue:
             elif not self._pumping:
                 self._pumping = True
                 self.env.timeout(self.busy_until - now).callbacks.append(self._pump)
+
+    def _execute(self, work: Work, pool: str | None, now: float) -> None:
+        """Start one work item now: the CPU is its until its cost has run."""
+        self._start_work(now, pool)  # a context switch, unless this pool's kworker goes on
+        cost = work(now)
+        self._thread_until = now + max(0.0, cost)  # its kworker is on the CPU till then
+        if cost > 0.0:
+            self.busy_until = now + cost
+            self.work_seconds += cost
+            if self.held and not self.at_point:
+                self.charged += cost  # preemptible loop: it pays for the time at its next chunk
 
     def _pump(self, _event: simpy.Event | None = None) -> None:
         """Run waiting work one item after another while the CPU lets it run."""
@@ -303,14 +308,7 @@ class RunQueue:
                 env.timeout(self.busy_until - now).callbacks.append(self._pump)
                 return
             work, pool = waiting.popleft()
-            self._start_work(now, pool)  # a context switch, unless this pool's kworker goes on
-            cost = work(now)
-            self._thread_until = now + max(0.0, cost)  # its kworker is on the CPU till then
-            if cost > 0.0:
-                self.busy_until = now + cost
-                self.work_seconds += cost
-                if self.held and not self.at_point:
-                    self.charged += cost  # preemptible loop: it pays for the time at its next chunk
+            self._execute(work, pool, now)
         drained = self._drained
         if drained is not None and not waiting:
             if self.busy_until <= env.now + 1e-12:

@@ -27,7 +27,7 @@ import numpy as np
 import simpy
 
 from ._arrivals import ArrivalStream
-from ._cpu import EVENTS, EVENTS_HIGHPRI, EVENTS_UNBOUND, SHORT_WORK_S, CpuSet
+from ._cpu import EVENTS_HIGHPRI, SHORT_WORK_S, CpuSet
 from ._gp import GraceEngine
 from ._kernels import KernelBehaviour
 from ._memory import PageAllocator
@@ -847,7 +847,7 @@ class KfreeRcuCpu:
         c = self.c
         target = self.cpu if (c.pipeline.bound or not c.cpus.any_held) else c.cpus.unbound_target(self.cpu)
         rq = c.cpus.queues[target]
-        pool = EVENTS if c.pipeline.bound else EVENTS_UNBOUND
+        pool = c.pipeline.pool
         if rq.run_if_free(lambda t: self.monitor_work(t, target), pool):
             return None
         self.queued = True
@@ -1009,9 +1009,8 @@ class KfreeRcuCpu:
         """The batch's GP ended and its callback runs on `invoked_on` (`delay` from now): queue
         kfree_rcu_work() on the release's workqueue (a kworker wakes there)."""
         target = self.c.pipeline.work_cpu(invoked_on)
-        pool = EVENTS if self.c.pipeline.bound else EVENTS_UNBOUND
         self.c.cpus.queues[target].submit(
-            lambda now: self.kfree_rcu_work(batch, target, now), delay, wake=True, pool=pool
+            lambda now: self.kfree_rcu_work(batch, target, now), delay, wake=True, pool=self.c.pipeline.pool
         )
 
     def kfree_rcu_work(self, batch: Batch, run_cpu: int, now: float) -> float:
@@ -1110,9 +1109,8 @@ class KfreeRcuCpu:
         self.work_in_progress = True
         if self.backoff:
             target = self.cpu if c.pipeline.bound else c.cpus.unbound_target(self.cpu)
-            pool = EVENTS if c.pipeline.bound else EVENTS_UNBOUND
             c.cpus[target].submit(
-                self.fill_page_cache_func, delay=c.policy.refill_delay_ms * 1e-3, wake=True, pool=pool
+                self.fill_page_cache_func, delay=c.policy.refill_delay_ms * 1e-3, wake=True, pool=c.pipeline.pool
             )
         else:
             self.rq.submit(self.fill_page_cache_func, wake=True, pool=EVENTS_HIGHPRI)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import simpy
 
-from ._cpu import CpuSet
+from ._cpu import EVENTS, EVENTS_UNBOUND, CpuSet
 from ._gp import QOVLD, GraceEngine
 from ._kernels import KernelBehaviour
 from ._profiles import HardwareProfile
@@ -52,6 +52,8 @@ class ReclaimPipeline:
         self.housekeeping = list(range(hw.nocb_cpus, hw.cpus))
         self.stride = nocb_gp_stride(hw.cpus)
         self.bound = kernel.reclaim_wq == "system_wq"
+        # The worker pool the monitor, kfree_rcu_work() and a backed-off refill run in.
+        self.pool = EVENTS if self.bound else EVENTS_UNBOUND
         self.resched_limit = RCU_RESCHED_NS * 1e-9 if kernel.qovld else math.inf  # both arrived around v5.7
         self.qovld = kernel.qovld
         self.cb_cost = hw.cb_invoke_us * 1e-6

@@ -319,8 +319,11 @@ def fit_guest(
     mine = [p for p in points if p.params.guest_cpus == cpus and p.params.accelerator == accelerator]
     if not mine:
         raise ValueError(f"no training points for guest {name}")
-    base_build = [p for p in mine if p.params.preempt_model == "none"] or mine
-    values = initial_values(base_build, start)
+    by_build: dict[str, list[Point]] = {}
+    for p in mine:
+        by_build.setdefault(p.params.preempt_model, []).append(p)
+    by_build["none"] = by_build.get("none") or mine  # the profile's own build (every point if none is)
+    values = initial_values(by_build["none"], start)
     evaluations = 0
     cache: dict[tuple, Loss] = {}
 
@@ -331,7 +334,7 @@ def fit_guest(
         if key not in cache:
             evaluations += 1
             guest = guest_from(vals, name, cpus, 512)
-            subset = [p for p in mine if p.params.preempt_model == build] if build != "none" else base_build
+            subset = by_build[build]
             cache[key] = loss(subset, runner.simulate(subset, {name: guest}, seeds=seeds, oom_seeds=oom_seeds))
         return cache[key]
 
@@ -339,7 +342,7 @@ def fit_guest(
     progress(f"[fit {name}] {len(mine)} training points, start J={start_loss.total:.4f}")
     for stage in stages:
         params = [PARAMETERS[n] for n in stage.parameters]
-        if not any(p.params.preempt_model == stage.preempt_model for p in mine) and stage.preempt_model != "none":
+        if stage.preempt_model not in by_build:
             continue  # no training points of that build: its parameters keep their start values
 
         def stage_loss(vals: dict[str, float], stage=stage) -> Loss:
