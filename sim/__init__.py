@@ -22,7 +22,7 @@ from ._profiles import (
     split_overrides,
 )
 
-SIMULATOR_VERSION = "2.3.0"
+SIMULATOR_VERSION = "2.4.0"
 """Bumped whenever a change can alter any metric for the same inputs; stored with every study."""
 
 __all__ = [

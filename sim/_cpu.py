@@ -275,7 +275,12 @@ class RunQueue:
 
     def _run(self, work: Work, pool: str | None) -> None:
         now = self.env.now
+        self._pumping = True  # work this item queues here waits for it (see `_pump`)
         self._execute(work, pool, now)
+        self._pumping = False
+        if self.waiting:
+            self._pump()
+            return
         drained = self._drained
         if drained is not None and not self.waiting:
             if self.busy_until <= now + 1e-12:
@@ -297,18 +302,23 @@ class RunQueue:
                 self.charged += cost  # preemptible loop: it pays for the time at its next chunk
 
     def _pump(self, _event: simpy.Event | None = None) -> None:
-        """Run waiting work one item after another while the CPU lets it run."""
-        self._pumping = False
+        """Run waiting work one item after another while the CPU lets it run.
+
+        While an item runs, `_pumping` stays set: work it queues here (the rcuo kthread queuing
+        kfree_rcu_work(), the monitor kicking the refill on a held CPU) waits for the item's end.
+        Before, it found the CPU free (the item's cost is known only when it returns) and started
+        at the same instant, beside it."""
+        self._pumping = True
         env = self.env
         waiting = self.waiting
         while waiting and (not self.held or self.at_point or self.preempt != "none"):
             now = env.now
             if self.busy_until > now + 1e-12:
-                self._pumping = True
                 env.timeout(self.busy_until - now).callbacks.append(self._pump)
                 return
             work, pool = waiting.popleft()
             self._execute(work, pool, now)
+        self._pumping = False
         drained = self._drained
         if drained is not None and not waiting:
             if self.busy_until <= env.now + 1e-12:

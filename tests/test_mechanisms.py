@@ -13,7 +13,7 @@ import pytest
 import simpy
 
 from rcutune import sim
-from rcutune.sim._cpu import EVENTS, EVENTS_HIGHPRI, CpuSet, kworker_protection
+from rcutune.sim._cpu import EVENTS, EVENTS_HIGHPRI, CpuSet, RunQueue, kworker_protection
 from rcutune.sim._engine import Model
 from rcutune.sim._krc import KfreeRcuCpu
 from rcutune.sim._memory import SHRINK_BATCH, PageAllocator, Shrinker
@@ -138,6 +138,38 @@ def test_works_of_one_pool_back_to_back_share_one_context_switch():
         env.run(until=0.01)
         assert len(switches) == expected, (pools, switches)
         assert switches[-1] == pytest.approx(0.004)  # back to the loop when both items are done
+
+
+def test_work_queued_by_running_work_joins_the_same_pump(monkeypatch):
+    # An rcuo kthread queuing kfree_rcu_work() where it runs: the work starts when the item that
+    # queued it ends, not beside it; one pump runs both, whether the first item ran from the queue
+    # or at once on an idle pool.
+    env = simpy.Environment()
+    cpus = CpuSet(env, 1, "none", 1000, 0.0, on_switch=lambda cpu, now: None)
+    rq = cpus[0]
+    pumps, ran = [], []
+    pump = RunQueue._pump
+
+    def counted(self, event=None):
+        pumps.append(env.now)
+        pump(self, event)
+
+    monkeypatch.setattr(RunQueue, "_pump", counted)
+
+    def monitor(now):
+        ran.append(("monitor", now))
+        rq.submit(lambda t: ran.append(("work", t)) or 0.001)
+        return 0.002
+
+    rq.submit(lambda now: 0.001)
+    rq.submit(monitor)
+    env.run(until=0.01)
+    assert ran == [("monitor", pytest.approx(0.001)), ("work", pytest.approx(0.003))]
+    assert pumps == pytest.approx([0.0, 0.001, 0.003])
+    ran.clear()
+    rq.submit(monitor)  # an idle pool: runs at once, its work after it
+    env.run(until=0.02)
+    assert ran == [("monitor", pytest.approx(0.01)), ("work", pytest.approx(0.012))]
 
 
 @pytest.mark.parametrize("preempt", ["none", "voluntary"])

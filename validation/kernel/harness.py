@@ -1496,8 +1496,10 @@ def _print_summary(rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m rcutune.validation.kernel build | boot ... | sweep FILE --out CSV | measure |
-    summary CSV | trace ... --out FILE`."""
+    summary CSV | trace ... --out FILE | free-costs --guest-cpus C`."""
     import argparse
+
+    from . import free_costs
 
     ap = argparse.ArgumentParser(
         prog="python -m rcutune.validation.kernel", description="Build/boot Linux 6.1 rcuscale guests under qemu TCG."
@@ -1544,6 +1546,18 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(KVFREE_TRACE_EVENTS),
         help="comma-separated trace events enabled from boot (default: the kvfree_rcu() ones)",
     )
+    fc = sub.add_parser(
+        "free-costs",
+        help="measure per-object free costs by size on the trace build (per page: rcu_head walk, kfree_bulk())",
+    )
+    fc.add_argument("--guest-cpus", type=int, default=2)
+    fc.add_argument("--guest-mem-mib", type=int, default=1024)
+    fc.add_argument("--kfree-alloc-num", type=int, default=8000)
+    fc.add_argument("--kfree-loops", type=int, default=4)
+    fc.add_argument("--kfree-mult", default=",".join(map(str, free_costs.KFREE_MULTS)), help="sizes, comma-separated")
+    fc.add_argument("--boots", type=int, default=3, help="boots per size and form; the figures are their medians")
+    fc.add_argument("--out", help="file to write (default: validation/free-costs/qemu-tcg-<cpus>.toml)")
+    fc.add_argument("--keep-dir", help="keep the trace consoles here")
     s = sub.add_parser("sweep", help="run a sweep file, appending to (and resuming) a CSV")
     s.add_argument("file")
     s.add_argument("--out", required=True)
@@ -1591,6 +1605,30 @@ def main(argv: list[str] | None = None) -> int:
                 f"overrun: {tr.overrun}; span: {tr.first_ts_s}-{tr.last_ts_s} s"
             )
             return 0 if res.status == "ok" and tr.events else 1
+        elif a.cmd == "free-costs":
+            try:
+                mults = tuple(int(x) for x in a.kfree_mult.split(",") if x.strip())
+            except ValueError:
+                raise ValueError(f"--kfree-mult {a.kfree_mult!r}: give sizes as integers, e.g. 1,16,64,128") from None
+            if len(mults) < 2 or min(mults) < 1 or a.boots < 1:
+                raise ValueError("free-costs needs two sizes or more (--kfree-mult >= 1) and --boots >= 1")
+            keep = Path(a.keep_dir) if a.keep_dir else None
+            if keep:
+                keep.mkdir(parents=True, exist_ok=True)
+            rows = free_costs.measure(
+                a.guest_cpus, a.guest_mem_mib, a.kfree_alloc_num, a.kfree_loops, mults, a.boots, keep
+            )
+            out = Path(a.out) if a.out else free_costs.FREE_COSTS_DIR / f"qemu-tcg-{a.guest_cpus}.toml"
+            command = (
+                f"python -m rcutune.validation.kernel free-costs --guest-cpus {a.guest_cpus} "
+                f"--guest-mem-mib {a.guest_mem_mib} --kfree-alloc-num {a.kfree_alloc_num} "
+                f"--kfree-loops {a.kfree_loops} --kfree-mult {','.join(map(str, mults))} --boots {a.boots}"
+            )
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(free_costs.free_costs_text(a.guest_cpus, rows, command))
+            costs = free_costs.measured_costs(out.parent)
+            print(" ".join(f"{k}={v:.1f}" for k, v in costs.items()))
+            return 0
         elif a.cmd == "boot":
             params = cli_params(normalize_variants(a.variant), a.rcu_nocbs)
             res = boot(params, a.timeout, accel=a.accel)
