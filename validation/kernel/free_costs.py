@@ -26,6 +26,7 @@ and both guests run on the same emulator and host, so one fit covers every measu
 from __future__ import annotations
 
 import statistics
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +218,9 @@ def _trace_once(
         kfree_rcu_test_single=0,
         kfree_rcu_test_double=1,
     )
-    out = (keep_dir or Path(".")) / f"free-costs-c{cpus}-n{n}-x{mult}-{rep}.txt"
-    res, _ = trace_boot(params, out, events=FREE_COST_EVENTS, quiet_ms=3000)
-    if res.status != "ok":
-        raise RuntimeError(f"{params.point_id}: the trace boot ended with status {res.status}")
-    costs = trace_costs(out.read_text(errors="replace"))
-    if keep_dir is None:
-        out.unlink()
-    return costs
+    with tempfile.TemporaryDirectory() as scratch:
+        out = Path(keep_dir or scratch) / f"free-costs-c{cpus}-n{n}-x{mult}-{rep}.txt"
+        res, _ = trace_boot(params, out, events=FREE_COST_EVENTS, quiet_ms=3000)
+        if res.status != "ok":
+            raise RuntimeError(f"{params.point_id}: the trace boot ended with status {res.status}")
+        return trace_costs(out.read_text(errors="replace"))

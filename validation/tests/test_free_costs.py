@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rcutune.validation.kernel import free_costs as fc
@@ -97,3 +99,33 @@ def test_bad_sizes_are_refused_in_one_line_before_any_boot(args, message, capsys
     assert harness.main(["free-costs", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_measure_boots_each_size_with_the_list_and_with_blocks_and_takes_medians(monkeypatch):
+    from types import SimpleNamespace
+
+    from rcutune.validation.kernel import harness
+
+    booted = []
+
+    def fake_trace_boot(params, out, *, events, quiet_ms):
+        booted.append((params.kfree_mult, params.rcu_min_cached_objs))
+        rep = sum(1 for b in booted if b == booted[-1]) - 1
+        step_us = (2 if params.kfree_mult == 128 else 1) + (3 if rep == 1 else 0)  # the second boot is slow
+        if params.rcu_min_cached_objs == 0:
+            lines = _walk(0, 1.0, [step_us] * 10)
+        else:
+            bulk = "rcu_invoke_kfree_bulk_callback"
+            lines = [
+                _line("kworker/0:1", 0, 2.0, bulk, "rcu_sched bulk=0x(ptr) nr_records=100"),
+                _line("kworker/0:1", 0, 2.0 + step_us * 1e-5, "workqueue_execute_end", "work"),
+            ]
+        Path(out).write_text("\n".join(lines))
+        return SimpleNamespace(status="ok"), None
+
+    monkeypatch.setattr(harness, "trace_boot", fake_trace_boot)
+    rows = fc.measure(2, 1024, 8000, 4, (1, 128), 3, None)
+    assert booted == [(1, 0), (1, 64)] * 3 + [(128, 0), (128, 64)] * 3
+    assert [r.slot_bytes for r in rows] == [32, 4096]
+    assert [r.list_step_ns for r in rows] == pytest.approx([1000, 2000])
+    assert [r.bulk_record_ns for r in rows] == pytest.approx([100, 200])
