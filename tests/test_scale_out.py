@@ -360,3 +360,23 @@ def test_an_interrupt_stops_a_heartbeat_thread_optuna_left_running():
         raise KeyboardInterrupt
     assert ended.value.exit_code == 130
     assert not any("_record_heartbeat" in t.name for t in threading.enumerate())
+
+
+def test_a_trial_already_retried_is_not_queued_a_second_time():
+    # A worker stopped with SIGTERM hands its trial back; if another worker had found that trial stale
+    # and queued its retry already, a second copy would wait for ever once the budget is spent.
+    from rcutune.tuner.search._stored import queue_retry
+
+    study = optuna.create_study()
+    trial = study.ask({"n_per_cpu": optuna.distributions.IntDistribution(0, 64)})
+    trial.set_user_attr("batch", 0)
+    trial.set_user_attr("slot", 3)
+    study.tell(trial, state=TrialState.FAIL)
+    failed = study.trials[0]
+    assert queue_retry(study, failed)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert [(t.system_attrs["fixed_params"], t.user_attrs) for t in waiting] == [
+        (failed.params, {"batch": 0, "slot": 3, "retry_of": 0})
+    ]
+    assert not queue_retry(study, failed)  # the retry exists: nothing more is queued
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1

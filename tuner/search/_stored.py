@@ -77,9 +77,18 @@ def fail_and_retry(rdb: optuna.storages.RDBStorage, study: optuna.Study, number:
         return False
     rdb.set_trial_user_attr(trial_id(rdb, study, number), "fail_reason", reason)
     study.tell(number, state=TrialState.FAIL)
+    queue_retry(study, trial)
+    return True
+
+
+def queue_retry(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Queue a failed trial's parameters again (when it had chosen them), unless a retry of it exists:
+    a worker that found it stale queued one, and a second copy queued once the budget is spent would
+    wait for ever. The caller holds the study's lock. Returns whether it queued one."""
     params = params_of(trial)
-    if params:
-        study.enqueue_trial(params, user_attrs=retry_attrs(trial))
+    if not params or any(t.user_attrs.get("retry_of") == trial.number for t in study.get_trials(deepcopy=False)):
+        return False
+    study.enqueue_trial(params, user_attrs=retry_attrs(trial))
     return True
 
 

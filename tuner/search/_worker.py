@@ -57,7 +57,6 @@ from ._protocol import (
     drive,
     fail_trial,
     finish_trial,
-    params_of,
     plan_batch,
     retry_attrs,
     seen_before,
@@ -65,7 +64,17 @@ from ._protocol import (
     trial_protocol,
 )
 from ._reconnecting import ReconnectingStorage, open_reconnecting
-from ._stored import BUDGET_ATTR, GRACE_PERIOD_S, PLANNED, SAMPLER_ATTR, SPENT, fail_and_retry, stored_trial, trial_id
+from ._stored import (
+    BUDGET_ATTR,
+    GRACE_PERIOD_S,
+    PLANNED,
+    SAMPLER_ATTR,
+    SPENT,
+    fail_and_retry,
+    queue_retry,
+    stored_trial,
+    trial_id,
+)
 
 HEARTBEAT_INTERVAL_S = 10
 MAX_RETRIES = 3
@@ -654,9 +663,8 @@ class _Objective:
                 if fail_and_retry(fleet.rdb, study, number, "interrupted: the worker was stopped"):
                     return  # it was still RUNNING (stopped before Optuna could fail it)
                 trial = stored_trial(fleet.rdb, study, number)
-                params = params_of(trial)  # what it had chosen (or was queued with), even if stopped mid-suggestion
-                if trial.state == TrialState.FAIL and params:
-                    study.enqueue_trial(params, user_attrs=retry_attrs(trial))
+                if trial.state == TrialState.FAIL:  # failed by Optuna on the interrupt, or by a worker's sweep
+                    queue_retry(study, trial)  # what it had chosen (or was queued with), even if stopped mid-suggestion
         except storage.DatabaseUnreachable:
             pass
 
