@@ -72,6 +72,20 @@ def spent(url: str) -> int:
         engine.dispose()
 
 
+def workers_seen(url: str) -> int:
+    """Workers that have taken a trial (0 while the server is away): each is past its start-up check."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text("SELECT count(DISTINCT value_json) FROM trial_user_attributes WHERE key = 'worker'")
+            ).scalar()
+    except sa.exc.OperationalError:
+        return 0
+    finally:
+        engine.dispose()
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -117,12 +131,14 @@ def test_four_workers_ride_out_a_fast_restart_and_a_20_s_stop_losing_and_running
 def test_a_server_away_longer_than_db_timeout_ends_each_worker_with_exit_1_and_the_campaign_resumes_later(
     cluster, url, tmp_path
 ):
-    create(url, "away", 6, ("steady",))
+    create(url, "away", 12, ("steady",))
     outs = [tmp_path / f"worker-{i}.out" for i in range(2)]
     errs = [tmp_path / f"worker-{i}.err" for i in range(2)]
     procs = [start_worker(url, "away", outs[i], *FAST_BEATS, "--db-timeout", "6", err=errs[i]) for i in range(2)]
     try:
-        wait_until(lambda: spent(url) >= 1, 300, "a trial is told")
+        # Both workers past their start-up check (which does not wait for a server that is away: a
+        # worker still starting when the server stops exits 2, as `rcutune worker` on a wrong URL).
+        wait_until(lambda: spent(url) >= 1 and workers_seen(url) == 2, 300, "a trial is told and both workers run")
         cluster.stop("fast")
         stopped = time.monotonic()
         assert wait_all(procs, 120), "workers did not give up"
