@@ -30,7 +30,8 @@ last campaign runs to its end. Then every campaign is checked (`tests.support.wo
   the trial that pruned it.
 
 Workers must end in one of the expected ways: exit 0 (budget spent), 130 or -15 (SIGTERM), -9
-(SIGKILL), or exit 2 with one line when the server was away as it started, and say nothing on
+(SIGKILL), or exit 2 with one line when the server was away as it started (from the start-up check,
+or from the first session when the server went away right after that check), and say nothing on
 stderr but one line per outage ("worker: lost the database ...") and "interrupted"; anything else
 (a traceback, a warning, exit 1) counts as `unexpected`. peak_rss_mib is the largest resident memory of one
 worker with its simulation processes, summed, sampled every 0.25 s; the largest high-water mark
@@ -218,7 +219,7 @@ def expected(w: Worker) -> bool:
     """Whether a worker ended in one of the ways the soak allows (see the module docstring)."""
     err = w.err.read_text()
     said = [line for line in err.splitlines() if not line.startswith(("worker: lost the database", "interrupted"))]
-    if said and not (w.code == 2 and len(said) == 1 and said[0].startswith("error: cannot connect")):
+    if said and not (w.code == 2 and len(said) == 1 and _refused(said[0])):
         return False  # a traceback, a warning, an error: anything but an outage line or the refusal at its start
     if w.signalled == "kill-9":
         # 0: the worker finished between the soak's look (poll) and the signal, which then met a zombie.
@@ -227,8 +228,17 @@ def expected(w: Worker) -> bool:
         return w.code in (0, 130, -signal.SIGTERM)
     if w.code == 2:  # refused at its start: the server was away
         errors = [line for line in err.splitlines() if line.startswith("error:")]
-        return len(errors) == 1 and "cannot connect" in errors[0]
+        return len(errors) == 1 and _refused(errors[0])
     return w.code == 0
+
+
+def _refused(line: str) -> bool:
+    """The one line of a worker that found no server as it started: from its start-up check ("cannot
+    connect to ..."), or, when the server went away between that check and the worker's first
+    session, from the session ("storage '...': connection failed: ... shutting down")."""
+    return line.startswith("error: cannot connect") or (
+        line.startswith("error: storage '") and "connection failed" in line
+    )
 
 
 def main() -> None:

@@ -43,3 +43,25 @@ def test_a_short_soak_loses_duplicates_and_strands_nothing():
     assert int(last["trials"]) >= 32  # at least one whole campaign
     assert float(last["rss"]) < 1024  # one worker with its simulation processes, in MiB
     assert "unexpected=0" in lines[-3] and soak.returncode == 0, soak.stdout[-3000:]
+
+
+@pytest.mark.parametrize(
+    "line, allowed",
+    [
+        ("error: cannot connect to postgresql://x/db (connection refused); check the host", True),
+        ("error: storage 'postgresql://x/db': connection failed: FATAL: the database system is shutting down", True),
+        ("error: storage 'postgresql://x/db': relation \"trials\" does not exist", False),
+        ("Traceback (most recent call last):", False),
+    ],
+)
+def test_a_worker_refused_at_its_start_is_expected_only_for_a_connection_failure(tmp_path, line, allowed):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("soak", ROOT / "bench" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = soak
+    spec.loader.exec_module(soak)
+    err = tmp_path / "w.err"
+    err.write_text(line + "\n")
+    worker = soak.Worker(proc=None, campaign="c", out=tmp_path / "w.out", err=err, code=2)
+    assert soak.expected(worker) is allowed
