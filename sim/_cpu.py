@@ -279,14 +279,14 @@ class RunQueue:
         self._execute(work, pool, now)
         self._pumping = False
         if self.waiting:
-            self._pump()
+            self._pump()  # what it queued
             return
-        drained = self._drained
-        if drained is not None and not self.waiting:
+        drained = self._drained  # a loop at cond_resched() waits for the CPU to drain
+        if drained is not None:
             if self.busy_until <= now + 1e-12:
                 self._drained = None
                 drained.succeed()
-            elif not self._pumping:
+            else:
                 self._pumping = True
                 self.env.timeout(self.busy_until - now).callbacks.append(self._pump)
 

@@ -60,30 +60,26 @@ def create(url: str, campaign: str, trials: int, workloads: tuple[str, ...]) -> 
     assert result.exit_code == 0, result.output
 
 
-def spent(url: str) -> int:
-    """Complete and pruned trials now (0 while the server is away)."""
+def count_now(url: str, sql: str) -> int:
+    """One count from the database now (0 while the server is away)."""
     engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with engine.connect() as conn:
-            return conn.execute(sa.text("SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")).scalar()
+            return conn.execute(sa.text(sql)).scalar()
     except sa.exc.OperationalError:
         return 0
     finally:
         engine.dispose()
+
+
+def spent(url: str) -> int:
+    """Complete and pruned trials now."""
+    return count_now(url, "SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')")
 
 
 def workers_seen(url: str) -> int:
-    """Workers that have taken a trial (0 while the server is away): each is past its start-up check."""
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    try:
-        with engine.connect() as conn:
-            return conn.execute(
-                sa.text("SELECT count(DISTINCT value_json) FROM trial_user_attributes WHERE key = 'worker'")
-            ).scalar()
-    except sa.exc.OperationalError:
-        return 0
-    finally:
-        engine.dispose()
+    """Workers that have taken a trial: each is past its start-up check."""
+    return count_now(url, "SELECT count(DISTINCT value_json) FROM trial_user_attributes WHERE key = 'worker'")
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from rcutune.sim._profiles import kmalloc_size
 
+from . import harness
+
 MAX_STEP_NS = 5_000.0  # a longer gap between two objects of a walk is an interruption, not a step
 MIN_BLOCK_RECORDS = 50  # smaller blocks are dominated by the call around them
 OBJECT_BYTES = 24  # rcuscale's struct kfree_obj: char[8] + rcu_head
@@ -62,14 +64,12 @@ class TraceCosts:
 
 def trace_costs(text: str) -> TraceCosts:
     """The per-object figures of one trace (a trace boot's console)."""
-    from .harness import TRACE_LINE_RE
-
     last_kvfree: dict[int, float] = {}
     pending_bulk: dict[int, tuple[float, int]] = {}
     steps: list[float] = []
     per_record: list[float] = []
     for line in text.splitlines():
-        m = TRACE_LINE_RE.match(line)
+        m = harness.TRACE_LINE_RE.match(line)
         if not m:
             continue
         cpu, ts, event = int(m["cpu"]), float(m["ts"]), m["event"]
@@ -205,9 +205,7 @@ def measure(
 def _trace_once(
     cpus: int, mem_mib: int, alloc_num: int, loops: int, mult: int, n: int, rep: int, keep_dir: Path | None
 ) -> TraceCosts:
-    from .harness import BootParams, trace_boot
-
-    params = BootParams(
+    params = harness.BootParams(
         guest_cpus=cpus,
         guest_mem_mib=mem_mib,
         rcu_min_cached_objs=n,
@@ -220,7 +218,7 @@ def _trace_once(
     )
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(keep_dir or scratch) / f"free-costs-c{cpus}-n{n}-x{mult}-{rep}.txt"
-        res, _ = trace_boot(params, out, events=FREE_COST_EVENTS, quiet_ms=3000)
+        res, _ = harness.trace_boot(params, out, events=FREE_COST_EVENTS, quiet_ms=3000)
         if res.status != "ok":
             raise RuntimeError(f"{params.point_id}: the trace boot ended with status {res.status}")
         return trace_costs(out.read_text(errors="replace"))
